@@ -1,0 +1,32 @@
+# fedhaven: `make sim` runs the default simulation, `make test` runs every test.
+# Both create .venv with pip on first use (pip takes torch from the machine's local wheels;
+# uv or poetry would download multi-GB CUDA builds instead).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.fedhaven-installed
+export FLWR_TELEMETRY_ENABLED := 0
+export FLWR_DISABLE_UPDATE_CHECK := 1
+export RAY_USAGE_STATS_ENABLED := 0
+
+.PHONY: venv sim test test-fast clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+sim: $(STAMP)
+	$(VENV)/bin/fl-sim run mnist
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
+clean:
+	rm -rf runs .pytest_cache

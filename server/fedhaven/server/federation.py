@@ -1,0 +1,126 @@
+"""The coordinator's round loop: fit, refuse a round without aggregate, evaluate centrally, record, checkpoint."""
+
+from __future__ import annotations
+
+import logging
+import math
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedhaven.server.flower_legacy import FitRoundLog, LegacyFederation, build_strategy
+from fedhaven.server.recorder import CentralEvaluator, RoundFailed, RoundRecord, RunRecorder, SiteReport
+from fedhaven.shared.models import InputSpec, build_model
+from fedhaven.shared.schema import RunConfig
+from fedhaven.shared.task import task_for_round, task_to_config
+from fedhaven.shared.weights import get_weights
+
+log = logging.getLogger("fedhaven.server")
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """A finished run: its directory, final weights, every round's record and each site's last privacy report."""
+
+    run_dir: Path
+    weights: list[np.ndarray]
+    rounds: list[RoundRecord]
+    sites: dict[str, SiteReport]
+    wall_time_s: float
+
+
+def site_reports(fit_log: FitRoundLog) -> list[SiteReport]:
+    """Each site's metrics from one fit round, typed."""
+    out = []
+    for n, m in fit_log.results:
+        out.append(SiteReport(site=str(m.get("site", "?")), num_examples=int(n), loss=float(m.get("loss", math.nan)),
+                              accuracy=float(m.get("accuracy", math.nan)), epsilon=float(m.get("epsilon", math.inf)),
+                              delta=float(m.get("delta", 0.0)), noise_multiplier=float(m.get("noise_multiplier", 0)),
+                              sample_rate=float(m.get("sample_rate", 0)), steps=int(m.get("steps", 0)),
+                              total_steps=int(m.get("total_steps", 0))))
+    return out
+
+
+def run_federation(
+    *,
+    grid: Any,
+    context: Any,
+    run: RunConfig,
+    run_dir: Path,
+    input_spec: InputSpec,
+    classes: tuple[str, ...],
+    evaluator: CentralEvaluator | None,
+    max_weight: float | None,
+    on_round: Callable[[RoundRecord], None] | None = None,
+) -> RunResult:
+    """Run `run.rounds` rounds on Flower's grid; raise RoundFailed when a round yields no aggregate after retries."""
+    start = time.perf_counter()
+    recorder = RunRecorder(run_dir=run_dir, run=run, input_spec=input_spec, classes=classes, on_round=on_round)
+    initial = get_weights(build_model(cfg=run.model, spec=input_spec, seed=run.seed, dp=run.dp.enabled))
+
+    def fit_config(server_round: int) -> dict[str, Any]:
+        return task_to_config(task_for_round(run=run, server_round=server_round, input_spec=input_spec,
+                                             classes=classes))
+
+    strategy = build_strategy(run=run, initial=initial, fit_config=fit_config)
+    fed = LegacyFederation(grid=grid, context=context, run=run, strategy=strategy,
+                           max_weight=max_weight if run.secagg.enabled else None)
+    weights = fed.weights()
+    try:
+        if evaluator is not None:
+            loss, acc = evaluator(weights)
+            recorder.record(RoundRecord(round=0, status="initial", attempt=0, loss=loss, accuracy=acc,
+                                        epsilon_max=0.0, epsilon_mean=0.0, sites_ok=0, sites_failed=0,
+                                        round_time_s=0.0, fit_time_s=0.0, eval_time_s=0.0,
+                                        secure_aggregation=run.secagg.enabled))
+        for server_round in range(1, run.rounds + 1):
+            weights = _one_round(fed=fed, run=run, server_round=server_round, recorder=recorder, evaluator=evaluator)
+        recorder.finish(weights=weights)
+    finally:
+        fed.close()
+    return RunResult(run_dir=run_dir, weights=weights, rounds=recorder.rounds, sites=dict(recorder.sites),
+                     wall_time_s=time.perf_counter() - start)
+
+
+def _one_round(*, fed: LegacyFederation, run: RunConfig, server_round: int, recorder: RunRecorder,
+               evaluator: CentralEvaluator | None) -> list[np.ndarray]:
+    attempts = run.round_retries + 1
+    for attempt in range(1, attempts + 1):
+        t0 = time.perf_counter()
+        outcome = fed.fit_round(server_round)
+        fit_time = time.perf_counter() - t0
+        reports = site_reports(outcome.log)
+        recorder.site_reports(reports)
+        eps_all = {name: rep.epsilon for name, rep in recorder.sites.items()}
+        finite = [e for e in eps_all.values() if math.isfinite(e)]
+        common = dict(round=server_round, attempt=attempt, sites_ok=len(reports),
+                      sites_failed=len(outcome.log.failures), fit_time_s=fit_time,
+                      secure_aggregation=run.secagg.enabled, epsilons=eps_all,
+                      failures=tuple(outcome.log.failures),
+                      epsilon_max=max(eps_all.values()) if eps_all else None,
+                      epsilon_mean=statistics.fmean(finite) if finite else None)
+        if outcome.weights is None:
+            why = f"no aggregate (halted at {outcome.halted_stage})"
+            recorder.record(RoundRecord(status="failed", loss=None, accuracy=None, round_time_s=fit_time,
+                                        eval_time_s=0.0, **common))
+            reasons = "; ".join(outcome.log.failures[:5]) or "no site error was reported"
+            log.error("round %d attempt %d/%d failed: %s. Site errors: %s", server_round, attempt, attempts, why,
+                      reasons)
+            if attempt == attempts:
+                raise RoundFailed(f"round {server_round} produced no aggregate in {attempts} attempt(s), last "
+                                  f"{why}; site errors: {reasons}. The global model of round {server_round - 1} "
+                                  f"is kept in {recorder.run_dir}")
+            continue
+        t1 = time.perf_counter()
+        loss, acc = evaluator(outcome.weights) if evaluator is not None else (None, None)
+        eval_time = time.perf_counter() - t1
+        recorder.checkpoint(server_round=server_round, weights=outcome.weights)
+        recorder.record(RoundRecord(status="ok", loss=loss, accuracy=acc, round_time_s=time.perf_counter() - t0,
+                                    eval_time_s=eval_time, **common))
+        return outcome.weights
+    raise AssertionError("unreachable")

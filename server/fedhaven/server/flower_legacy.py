@@ -1,0 +1,206 @@
+"""Flower's legacy server stack (LegacyContext, strategies, SecAgg+ workflow) behind one module.
+
+SecAgg+ exists only on Flower's legacy stack in 1.42, so the coordinator runs
+there. Everything Flower-typed on the server side lives here; the rest of
+fedhaven.server sees numpy arrays, typed configs and plain callbacks.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from flwr.app import ConfigRecord, Context
+from flwr.common import FitRes, Parameters, ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.compat.common import recorddict_compat as compat
+from flwr.server import LegacyContext
+from flwr.server import ServerConfig as FlowerServerConfig
+from flwr.server.client_manager import SimpleClientManager
+from flwr.server.client_proxy import ClientProxy
+from flwr.server.compat.app_utils import start_update_client_manager_thread
+from flwr.server.strategy import FedAdam, FedAvg, FedProx, Strategy
+from flwr.server.workflow import SecAggPlusWorkflow
+from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD, Key
+from flwr.server.workflow.default_workflows import default_fit_workflow, default_init_params_workflow
+from flwr.server.workflow.secure_aggregation.secaggplus_workflow import WorkflowState
+from flwr.serverapp.grid import Grid
+
+from fedhaven.shared.schema import RunConfig, SecAggConfig
+
+log = logging.getLogger("fedhaven.server")
+
+
+@dataclass
+class FitRoundLog:
+    """What the strategy saw in one fit round: each site's metrics and every failure reason."""
+
+    results: list[tuple[int, dict[str, Any]]] = field(default_factory=list)  # (num_examples, metrics)
+    failures: list[str] = field(default_factory=list)
+
+
+class RecordingStrategy(Strategy):
+    """Delegates to a Flower strategy and keeps what each fit round returned."""
+
+    def __init__(self, inner: Strategy) -> None:
+        self.inner = inner
+        self.last = FitRoundLog()
+
+    def initialize_parameters(self, client_manager):  # noqa: ANN001, ANN201 - Flower signature
+        return self.inner.initialize_parameters(client_manager)
+
+    def configure_fit(self, server_round, parameters, client_manager):  # noqa: ANN001, ANN201
+        return self.inner.configure_fit(server_round, parameters, client_manager)
+
+    def aggregate_fit(self, server_round: int, results: list[tuple[ClientProxy, FitRes]],
+                      failures: list) -> tuple[Parameters | None, dict]:
+        self.last.results = [(r.num_examples, dict(r.metrics)) for _, r in results]
+        self.last.failures.extend(_reason(f) for f in failures)
+        return self.inner.aggregate_fit(server_round, results, failures)
+
+    def configure_evaluate(self, server_round, parameters, client_manager):  # noqa: ANN001, ANN201
+        return self.inner.configure_evaluate(server_round, parameters, client_manager)
+
+    def aggregate_evaluate(self, server_round, results, failures):  # noqa: ANN001, ANN201
+        return self.inner.aggregate_evaluate(server_round, results, failures)
+
+    def evaluate(self, server_round, parameters):  # noqa: ANN001, ANN201
+        return self.inner.evaluate(server_round, parameters)
+
+
+def _reason(failure: Any) -> str:
+    """One readable line for a site's failure (Flower wraps the site's exception in Ray tracebacks)."""
+    if isinstance(failure, tuple):
+        return f"site returned status {failure[1].status.code.name}: {failure[1].status.message}"
+    return short_reason(str(failure))
+
+
+def short_reason(text: str, *, limit: int = 400) -> str:
+    """The innermost error message of a Flower/Ray error text, without the tracebacks."""
+    marker = "occurred. Message:"
+    lines = [ln.strip() for ln in text.replace("\\n", "\n").rsplit(marker, 1)[-1].splitlines() if ln.strip()]
+    if marker not in text:
+        errors = [ln for ln in lines if re.match(r"^[\w.]+(Error|Exception|Refused): ", ln)]
+        lines = errors[-1:] or lines
+    out = (lines[0] if lines else text).strip(" '\">)")
+    return out if len(out) <= limit else out[: limit - 3] + "..."
+
+
+def _fit_metrics(results: list[tuple[int, dict]]) -> dict:
+    n = sum(k for k, _ in results) or 1
+    out: dict[str, float] = {}
+    for key in ("loss", "accuracy"):
+        vals = [(k, m[key]) for k, m in results if isinstance(m.get(key), (int, float))]
+        if vals:
+            out[f"train_{key}"] = sum(k * v for k, v in vals) / n
+    return out
+
+
+def build_strategy(*, run: RunConfig, initial: Sequence[np.ndarray],
+                   fit_config: Callable[[int], dict[str, Any]]) -> RecordingStrategy:
+    """FedAvg, FedProx or FedAdam as configured, with fedhaven's task config sent every round."""
+    common: dict[str, Any] = dict(
+        fraction_fit=run.strategy.fraction_fit, fraction_evaluate=0.0, min_fit_clients=run.min_sites,
+        min_evaluate_clients=0, min_available_clients=run.min_sites, on_fit_config_fn=fit_config,
+        accept_failures=True, initial_parameters=ndarrays_to_parameters(list(initial)),
+        fit_metrics_aggregation_fn=_fit_metrics,
+    )
+    s = run.strategy
+    if s.name == "fedprox":
+        inner: Strategy = FedProx(proximal_mu=s.proximal_mu, **common)
+    elif s.name == "fedadam":
+        inner = FedAdam(eta=s.server_lr, eta_l=run.train.lr, beta_1=s.beta_1, beta_2=s.beta_2, tau=s.tau, **common)
+    else:
+        inner = FedAvg(**common)
+    return RecordingStrategy(inner)
+
+
+@dataclass(frozen=True)
+class FitOutcome:
+    """A fit round's outcome: new global weights, or None with the reason no aggregate came out."""
+
+    weights: list[np.ndarray] | None
+    log: FitRoundLog
+    halted_stage: str | None = None
+
+
+class CheckedSecAggPlus(SecAggPlusWorkflow):
+    """Flower's SecAgg+ workflow that remembers at which stage it halted and why.
+
+    Flower's own `__call__` logs "Secure aggregation halted." and returns; the
+    run would then carry on with the old model and finish as "completed".
+    """
+
+    halted_stage: str | None = None
+    failures: tuple[str, ...] = ()
+
+    def __call__(self, grid: Grid, context: Context) -> None:
+        state = WorkflowState()
+        self.halted_stage, self.failures = None, ()
+        stages = (("setup", self.setup_stage), ("share keys", self.share_keys_stage),
+                  ("collect masked vectors", self.collect_masked_vectors_stage), ("unmask", self.unmask_stage))
+        for name, stage in stages:
+            if not stage(grid, context, state):  # type: ignore[arg-type]
+                self.halted_stage = name
+                # Flower records some failures twice (once per loop over replies): keep each once.
+                self.failures = tuple(dict.fromkeys(short_reason(str(f)) for f in state.failures))
+                return
+
+
+def secagg_workflow(cfg: SecAggConfig, *, max_weight: float) -> CheckedSecAggPlus:
+    return CheckedSecAggPlus(num_shares=cfg.num_shares, reconstruction_threshold=cfg.reconstruction_threshold,
+                             max_weight=max_weight, clipping_range=cfg.clipping_range,
+                             quantization_range=cfg.quantization_range, modulus_range=cfg.modulus_range,
+                             timeout=cfg.timeout)
+
+
+class LegacyFederation:
+    """Drives Flower's legacy stack one fit round at a time for fedhaven's round loop."""
+
+    def __init__(self, *, grid: Grid, context: Context, run: RunConfig, strategy: RecordingStrategy,
+                 max_weight: float | None) -> None:
+        self.grid = grid
+        self.ctx = LegacyContext(context=context, config=FlowerServerConfig(num_rounds=run.rounds),
+                                 strategy=strategy, client_manager=SimpleClientManager())
+        self.strategy = strategy
+        self.secagg = secagg_workflow(run.secagg, max_weight=max_weight) if max_weight is not None else None
+        self._thread, self._stop, done = start_update_client_manager_thread(grid, self.ctx.client_manager)
+        done.wait()
+        default_init_params_workflow(grid, self.ctx)
+        self.ctx.state.config_records[MAIN_CONFIGS_RECORD] = ConfigRecord({Key.START_TIME: 0.0})
+
+    def weights(self) -> list[np.ndarray]:
+        rec = self.ctx.state.array_records[MAIN_PARAMS_RECORD]
+        return parameters_to_ndarrays(compat.arrayrecord_to_parameters(rec, keep_input=True))
+
+    def set_weights(self, weights: Sequence[np.ndarray]) -> None:
+        """Restore global weights (e.g. from a checkpoint) as the next round's starting point."""
+        params = ndarrays_to_parameters(list(weights))
+        self.ctx.state.array_records[MAIN_PARAMS_RECORD] = compat.parameters_to_arrayrecord(params, keep_input=True)
+
+    def available_sites(self) -> int:
+        return self.ctx.client_manager.num_available()
+
+    def fit_round(self, server_round: int) -> FitOutcome:
+        """One fit round (SecAgg+ or plain); weights None when no aggregate was produced."""
+        self.ctx.state.config_records[MAIN_CONFIGS_RECORD][Key.CURRENT_ROUND] = server_round
+        self.strategy.last = FitRoundLog()
+        before = self.ctx.state.array_records[MAIN_PARAMS_RECORD]
+        halted = None
+        if self.secagg is not None:
+            self.secagg(self.grid, self.ctx)
+            halted = self.secagg.halted_stage
+            self.strategy.last.failures.extend(self.secagg.failures)
+        else:
+            default_fit_workflow(self.grid, self.ctx)
+        after = self.ctx.state.array_records[MAIN_PARAMS_RECORD]
+        if after is before:
+            return FitOutcome(weights=None, log=self.strategy.last, halted_stage=halted or "aggregate")
+        return FitOutcome(weights=self.weights(), log=self.strategy.last)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()

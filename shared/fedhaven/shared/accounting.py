@@ -1,0 +1,128 @@
+"""Per-site privacy accounting over everything a site has ever trained, recomputable with a fresh Opacus accountant."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from fedhaven.shared.runtime import quiet_opacus_import
+from fedhaven.shared.schema import Accountant
+
+
+@dataclass(frozen=True)
+class PrivacyStep:
+    """`steps` DP-SGD steps with one noise multiplier and one Poisson sample rate."""
+
+    noise_multiplier: float
+    sample_rate: float
+    steps: int
+
+    def __post_init__(self) -> None:
+        if self.noise_multiplier < 0 or not 0 < self.sample_rate <= 1 or self.steps < 0:
+            raise ValueError(f"invalid privacy step {self}")
+
+
+@dataclass(frozen=True)
+class PrivacyHistory:
+    """Every (noise, sample rate, steps) a site has trained with, in order; never reset."""
+
+    steps: tuple[PrivacyStep, ...] = ()
+
+    def add(self, *, noise_multiplier: float, sample_rate: float, steps: int) -> PrivacyHistory:
+        return PrivacyHistory((*self.steps, PrivacyStep(noise_multiplier, sample_rate, steps)))
+
+    def extend(self, other: PrivacyHistory) -> PrivacyHistory:
+        return PrivacyHistory((*self.steps, *other.steps))
+
+    @property
+    def total_steps(self) -> int:
+        return sum(s.steps for s in self.steps)
+
+    def as_opacus(self) -> list[tuple[float, float, int]]:
+        """The history in Opacus' accountant format, runs of identical (noise, rate) merged."""
+        merged: list[tuple[float, float, int]] = []
+        for s in self.steps:
+            if s.steps == 0:
+                continue
+            if merged and merged[-1][:2] == (s.noise_multiplier, s.sample_rate):
+                merged[-1] = (s.noise_multiplier, s.sample_rate, merged[-1][2] + s.steps)
+            else:
+                merged.append((s.noise_multiplier, s.sample_rate, s.steps))
+        return merged
+
+    def to_columns(self) -> dict[str, list[float] | list[int]]:
+        """Plain lists (one per field) for storage in a Flower record or JSON."""
+        return {"noise_multiplier": [s.noise_multiplier for s in self.steps],
+                "sample_rate": [s.sample_rate for s in self.steps],
+                "steps": [s.steps for s in self.steps]}
+
+    @classmethod
+    def from_columns(cls, columns: dict[str, Sequence[float] | Sequence[int]]) -> PrivacyHistory:
+        cols = [columns.get(k, []) for k in ("noise_multiplier", "sample_rate", "steps")]
+        if len({len(c) for c in cols}) != 1:
+            raise ValueError("privacy history columns have different lengths")
+        return cls(tuple(PrivacyStep(float(z), float(q), int(n)) for z, q, n in zip(*cols, strict=True)))
+
+
+def _accountant(kind: Accountant):  # noqa: ANN202 - Opacus type
+    quiet_opacus_import()
+    from opacus.accountants import create_accountant
+
+    return create_accountant(kind)
+
+
+def epsilon(*, history: PrivacyHistory | Iterable[PrivacyStep], delta: float, accountant: Accountant = "rdp") -> float:
+    """Epsilon at `delta` after the whole `history`, from a fresh Opacus accountant.
+
+    Zero when nothing was trained; infinite when any step added no noise.
+    """
+    hist = history if isinstance(history, PrivacyHistory) else PrivacyHistory(tuple(history))
+    entries = hist.as_opacus()
+    if not entries:
+        return 0.0
+    if any(z == 0 for z, _, _ in entries):
+        return math.inf
+    acc = _accountant(accountant)
+    acc.history = list(entries)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return float(acc.get_epsilon(delta=delta))
+
+
+def noise_for_budget(
+    *,
+    target_epsilon: float,
+    delta: float,
+    sample_rate: float,
+    steps: int,
+    prior: PrivacyHistory = PrivacyHistory(),  # noqa: B008 - frozen, immutable default
+    accountant: Accountant = "rdp",
+    tolerance: float = 0.005,
+) -> float:
+    """The smallest noise multiplier (within `tolerance`) that keeps `prior` plus `steps` more steps at or under the target.
+
+    Raises ValueError when the prior history has already spent the budget.
+    """
+    spent = epsilon(history=prior, delta=delta, accountant=accountant)
+    if spent >= target_epsilon:
+        raise ValueError(f"the privacy budget is spent: epsilon {spent:.3f} already reaches the target "
+                         f"{target_epsilon:g} (delta {delta:g}); nothing more can be trained under it")
+
+    def eps_with(z: float) -> float:
+        return epsilon(history=prior.add(noise_multiplier=z, sample_rate=sample_rate, steps=steps),
+                       delta=delta, accountant=accountant)
+
+    low, high = 0.0, 1.0
+    while eps_with(high) > target_epsilon:
+        low, high = high, high * 2
+        if high > 1e4:
+            raise ValueError(f"no noise multiplier below 1e4 meets epsilon {target_epsilon:g}")
+    while high - low > tolerance:
+        mid = (low + high) / 2
+        if eps_with(mid) > target_epsilon:
+            low = mid
+        else:
+            high = mid
+    return high

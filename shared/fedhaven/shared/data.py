@@ -1,0 +1,174 @@
+"""Image data sources (IDX/MNIST, ImageFolder, scikit-learn digits) loaded into memory as uint8 tensors."""
+
+from __future__ import annotations
+
+import gzip
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+
+from fedhaven.shared.models import InputSpec
+from fedhaven.shared.schema import DataConfig
+
+Split = Literal["train", "test"]
+
+#: MNIST as shipped with fedhaven (CC BY-SA 3.0, Y. LeCun and C. Cortes), so the default run works offline.
+BUNDLED_MNIST = Path(__file__).parent / "datasets" / "mnist"
+_IDX_PREFIX = {"train": "train", "test": "t10k"}
+_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+class DataError(ValueError):
+    """Data that is missing, unreadable, or not shaped the way the task needs."""
+
+
+@dataclass(frozen=True)
+class ImageData:
+    """Images as uint8 (N, C, H, W) with int64 labels in [0, len(classes))."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    classes: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.images.dtype != torch.uint8 or self.images.dim() != 4:
+            problems.append(f"images must be uint8 (N, C, H, W), got {self.images.dtype} {tuple(self.images.shape)}")
+        if self.labels.dtype != torch.int64 or self.labels.dim() != 1:
+            problems.append(f"labels must be int64 (N,), got {self.labels.dtype} {tuple(self.labels.shape)}")
+        elif self.images.dim() == 4 and len(self.labels) != len(self.images):
+            problems.append(f"{len(self.images)} images but {len(self.labels)} labels")
+        elif len(self.labels) and not 0 <= int(self.labels.min()) <= int(self.labels.max()) < len(self.classes):
+            problems.append(f"labels must lie in [0, {len(self.classes)})")
+        if problems:
+            raise DataError("; ".join(problems))
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def spec(self) -> InputSpec:
+        """The model input this data needs."""
+        _, c, h, w = self.images.shape
+        if h != w:
+            raise DataError(f"images must be square, got {h}x{w}; set image_size to resize them")
+        return InputSpec(channels=c, image_size=h, num_classes=len(self.classes))
+
+    def subset(self, index: np.ndarray | torch.Tensor) -> ImageData:
+        idx = torch.as_tensor(np.asarray(index), dtype=torch.int64)
+        return ImageData(self.images[idx], self.labels[idx], self.classes)
+
+    def aligned_to(self, classes: tuple[str, ...]) -> ImageData:
+        """The same images labelled by position in `classes` (matched by name), e.g. the coordinator's class list."""
+        if classes == self.classes:
+            return self
+        unknown = [c for c in self.classes if c not in classes]
+        if unknown:
+            raise DataError(f"classes {unknown} are not among the task's classes {list(classes)}; "
+                            f"rename or remove those folders")
+        mapping = torch.tensor([classes.index(c) for c in self.classes], dtype=torch.int64)
+        return ImageData(self.images, mapping[self.labels] if len(self.labels) else self.labels, classes)
+
+    def class_counts(self) -> dict[str, int]:
+        counts = Counter(self.labels.tolist())
+        return {name: counts.get(i, 0) for i, name in enumerate(self.classes)}
+
+
+def to_model_input(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images to floats in [-1, 1], the one normalisation every source shares."""
+    return images.float().div_(127.5).sub_(1.0)
+
+
+def read_idx(path: str | Path) -> np.ndarray:
+    """One IDX file (gzipped or not) as a numpy array."""
+    p = Path(path)
+    try:
+        raw = gzip.decompress(p.read_bytes()) if p.suffix == ".gz" else p.read_bytes()
+    except OSError as exc:
+        raise DataError(f"cannot read IDX file {p}: {exc}") from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
+        raise DataError(f"{p} is not an IDX file (bad magic number)")
+    ndim = raw[3]
+    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    dtype = np.dtype(_IDX_DTYPES[raw[2]])
+    expected = 4 + 4 * ndim + int(np.prod(dims)) * dtype.itemsize
+    if len(raw) != expected:
+        raise DataError(f"{p}: header says {dims} but the file holds {len(raw)} bytes, expected {expected}")
+    return np.frombuffer(raw, dtype=dtype, offset=4 + 4 * ndim).reshape(dims)
+
+
+def _find_idx(root: Path, stem: str) -> Path:
+    for name in (f"{stem}.gz", stem, f"{stem.replace('-idx', '.idx')}.gz", stem.replace("-idx", ".idx")):
+        if (root / name).exists():
+            return root / name
+    raise DataError(f"{root}: no IDX file named {stem}[.gz]; expected MNIST file names "
+                    f"(train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-...)")
+
+
+def load_idx(root: str | Path, *, split: Split) -> ImageData:
+    """MNIST-layout IDX files in `root`: `{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]`."""
+    base = Path(root)
+    if not base.is_dir():
+        raise DataError(f"IDX data folder {base} does not exist")
+    prefix = _IDX_PREFIX[split]
+    images = read_idx(_find_idx(base, f"{prefix}-images-idx3-ubyte"))
+    labels = read_idx(_find_idx(base, f"{prefix}-labels-idx1-ubyte"))
+    if images.dtype != np.uint8 or images.ndim not in (3, 4):
+        raise DataError(f"{base}: images must be uint8 (N, H, W) or (N, C, H, W), got {images.dtype} {images.shape}")
+    if images.ndim == 3:
+        images = images[:, None]
+    n_classes = int(labels.max()) + 1 if len(labels) else 0
+    return ImageData(torch.from_numpy(images.copy()), torch.from_numpy(labels.astype(np.int64)),
+                     tuple(str(i) for i in range(n_classes)))
+
+
+def load_imagefolder(root: str | Path, *, image_size: int, channels: int = 3) -> ImageData:
+    """An ImageFolder tree (`root/<class>/<image>`), resized to `image_size` squares."""
+    from torchvision import transforms
+    from torchvision.datasets import ImageFolder
+
+    base = Path(root)
+    if not base.is_dir():
+        raise DataError(f"ImageFolder root {base} does not exist")
+    mode = "L" if channels == 1 else "RGB"
+    tf = transforms.Compose([transforms.Lambda(lambda im: im.convert(mode)),
+                             transforms.Resize((image_size, image_size)), transforms.PILToTensor()])
+    try:
+        folder = ImageFolder(str(base), transform=tf)
+    except (FileNotFoundError, RuntimeError) as exc:
+        raise DataError(f"{base}: not an ImageFolder tree (one sub-folder of images per class): {exc}") from None
+    images = torch.stack([img for img, _ in folder]) if len(folder) else torch.zeros(0, channels, image_size,
+                                                                                     image_size, dtype=torch.uint8)
+    labels = torch.tensor([t for _, t in folder.samples], dtype=torch.int64)
+    return ImageData(images, labels, tuple(folder.classes))
+
+
+def load_digits_data(*, split: Split, test_fraction: float = 0.25, seed: int = 0) -> ImageData:
+    """scikit-learn's bundled 8x8 digits (1,797 images), split deterministically."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    images = np.clip(np.rint(bunch.images * (255 / 16)), 0, 255).astype(np.uint8)[:, None]
+    order = np.random.default_rng(seed).permutation(len(images))
+    n_test = int(round(len(images) * test_fraction))
+    idx = order[:n_test] if split == "test" else order[n_test:]
+    return ImageData(torch.from_numpy(images[idx]), torch.from_numpy(bunch.target[idx].astype(np.int64)),
+                     tuple(str(i) for i in range(10)))
+
+
+def load_data(*, cfg: DataConfig, split: Split) -> ImageData:
+    """The `split` of the source `cfg` describes."""
+    if cfg.source == "mnist":
+        return load_idx(cfg.path or BUNDLED_MNIST, split=split)
+    if cfg.source == "idx":
+        return load_idx(cfg.path or "", split=split)
+    if cfg.source == "digits":
+        return load_digits_data(split=split)
+    root = cfg.test_path if split == "test" else cfg.path
+    if root is None:
+        raise DataError("imagefolder: no test_path is set, so there is no held-out test set")
+    return load_imagefolder(root, image_size=cfg.image_size or 32, channels=cfg.channels or 3)

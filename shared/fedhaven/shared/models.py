@@ -1,0 +1,143 @@
+"""Models by name: the DP-compatible LeNet CNN and a registry for more, each checked by Opacus when built."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from fedhaven.shared.schema import ModelConfig
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What a model consumes and predicts: image channels, square image size, number of classes."""
+
+    channels: int
+    image_size: int
+    num_classes: int
+
+    def problems(self) -> list[str]:
+        out = []
+        if self.channels not in (1, 3):
+            out.append(f"channels: expected 1 (grey) or 3 (RGB), got {self.channels}")
+        if self.image_size < 4:
+            out.append(f"image_size: expected at least 4 pixels, got {self.image_size}")
+        if self.num_classes < 2:
+            out.append(f"num_classes: expected at least 2 classes, got {self.num_classes}")
+        return out
+
+
+class ModelError(ValueError):
+    """A model that cannot be built or cannot be trained with differential privacy."""
+
+
+ModelFactory = Callable[[InputSpec, ModelConfig], nn.Module]
+_REGISTRY: dict[str, ModelFactory] = {}
+
+
+def register_model(name: str) -> Callable[[ModelFactory], ModelFactory]:
+    """Register a factory `(InputSpec, ModelConfig) -> nn.Module` under `name`."""
+
+    def deco(factory: ModelFactory) -> ModelFactory:
+        if name in _REGISTRY:
+            raise ValueError(f"model {name!r} is already registered")
+        _REGISTRY[name] = factory
+        return factory
+
+    return deco
+
+
+def model_names() -> tuple[str, ...]:
+    """Names of every registered model."""
+    return tuple(sorted(_REGISTRY))
+
+
+def _activation(name: str) -> type[nn.Module]:
+    return {"relu": nn.ReLU, "tanh": nn.Tanh}[name]
+
+
+class LeNet(nn.Module):
+    """conv(5x5) -> pool -> conv(5x5) -> pool -> fc -> fc -> fc, as in the original write-up.
+
+    No BatchNorm (per-sample gradients forbid it); optional GroupNorm after each
+    convolution. Images under 16 pixels are zero-padded in the convolutions so
+    the 8x8 digits keep the same architecture; MNIST's 28x28 keeps the classic
+    16x4x4 feature map.
+    """
+
+    def __init__(self, spec: InputSpec, *, activation: str = "tanh", norm: str = "none") -> None:
+        super().__init__()
+        act = _activation(activation)
+        pad = 2 if spec.image_size < 16 else 0
+        side = spec.image_size
+        for _ in range(2):
+            side = (side + 2 * pad - 4) // 2
+        if side < 1:
+            raise ModelError(f"lenet: image_size {spec.image_size} is too small for two 5x5 convolutions")
+
+        def block(c_in: int, c_out: int) -> list[nn.Module]:
+            layers: list[nn.Module] = [nn.Conv2d(c_in, c_out, 5, padding=pad)]
+            if norm == "group":
+                layers.append(nn.GroupNorm(min(2, c_out), c_out))
+            return [*layers, act(), nn.MaxPool2d(2)]
+
+        self.features = nn.Sequential(*block(spec.channels, 6), *block(6, 16))
+        self.classifier = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(16 * side * side, 120), act(),
+            nn.Linear(120, 84), act(),
+            nn.Linear(84, spec.num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+@register_model("lenet")
+def _lenet(spec: InputSpec, cfg: ModelConfig) -> nn.Module:
+    return LeNet(spec, activation=cfg.activation, norm=cfg.norm)
+
+
+@register_model("mlp")
+def _mlp(spec: InputSpec, cfg: ModelConfig) -> nn.Module:
+    act = _activation(cfg.activation)
+    return nn.Sequential(nn.Flatten(), nn.Linear(spec.channels * spec.image_size**2, 128), act(),
+                         nn.Linear(128, spec.num_classes))
+
+
+def dp_problems(model: nn.Module) -> list[str]:
+    """What Opacus' ModuleValidator finds wrong with `model` for DP-SGD (empty when fine)."""
+    from fedhaven.shared.runtime import quiet_opacus_import
+
+    quiet_opacus_import()
+    from opacus.validators import ModuleValidator
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        errors = ModuleValidator.validate(model, strict=False)
+    return [str(e) for e in errors]
+
+
+def build_model(*, cfg: ModelConfig, spec: InputSpec, seed: int | None = None, dp: bool = True) -> nn.Module:
+    """Build the model `cfg.name` for `spec`; refuse one that DP-SGD cannot train when `dp`."""
+    problems = spec.problems()
+    if problems:
+        raise ModelError(f"{cfg.name}: bad input spec: " + "; ".join(problems))
+    factory = _REGISTRY.get(cfg.name)
+    if factory is None:
+        raise ModelError(f"unknown model {cfg.name!r}; valid models: {', '.join(model_names())}")
+    if seed is not None:
+        torch.manual_seed(seed)
+    model = factory(spec, cfg)
+    if dp:
+        found = dp_problems(model)
+        if found:
+            raise ModelError(
+                f"{cfg.name} cannot be trained with DP-SGD: " + "; ".join(found)
+                + ". Replace BatchNorm with GroupNorm (opacus.validators.ModuleValidator.fix does this)."
+            )
+    return model

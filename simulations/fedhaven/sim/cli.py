@@ -1,0 +1,131 @@
+"""`fl-sim`: simulate many sites on one machine. `fl-sim run`, `fl-sim check`, `fl-sim list`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from fedhaven.shared.runtime import configure_logging, harden_environment
+
+harden_environment()  # before anything imports flwr: Flower reads the telemetry switch on import
+
+from fedhaven.shared.config import ConfigError, to_dict  # noqa: E402
+from fedhaven.shared.schema import ExperimentConfig  # noqa: E402
+from fedhaven.sim.experiment import DEFAULT_EXPERIMENT, bundled_experiments, load_experiment  # noqa: E402
+
+COMMANDS = ("run", "check", "list")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fl-sim", description="Simulate a fedhaven federation on this machine "
+                                "(Flower simulation engine), with the same ClientApp and ServerApp as deployment.")
+    sub = p.add_subparsers(dest="command")
+    for name, help_ in (("run", "run an experiment (the default command)"),
+                        ("check", "validate an experiment and print its effective config, without training")):
+        s = sub.add_parser(name, help=help_)
+        s.add_argument("experiment", nargs="?", default=DEFAULT_EXPERIMENT,
+                       help=f"a bundled experiment ({', '.join(bundled_experiments())}) or a TOML file")
+        s.add_argument("overrides", nargs="*", metavar="key=value", help="override any setting, e.g. train.lr=0.5")
+        s.add_argument("--sites", type=int, help="number of simulated sites")
+        s.add_argument("--rounds", type=int, help="number of federated rounds")
+        s.add_argument("--partition", help="iid, dirichlet:ALPHA (label skew, e.g. dirichlet:0.3) or folders")
+        s.add_argument("--seed", type=int, help="seed for data split and model initialisation")
+        s.add_argument("--no-dp", action="store_true", help="turn differential privacy OFF (prints a warning)")
+        s.add_argument("--no-secagg", action="store_true", help="turn secure aggregation OFF (prints a warning)")
+        s.add_argument("--run-dir", type=Path, help="write results here instead of OUTPUT_DIR/NAME-TIMESTAMP")
+        s.add_argument("-v", "--verbose", action="store_true", help="show Flower's and Ray's own logs")
+    sub.add_parser("list", help="list the bundled experiments")
+    return p
+
+
+def _flags(args: argparse.Namespace) -> dict:
+    flags: dict = {}
+    for key in ("sites", "rounds", "partition", "seed"):
+        if getattr(args, key) is not None:
+            flags[key] = getattr(args, key)
+    if args.no_dp:
+        flags["dp"] = {"enabled": False}
+    if args.no_secagg:
+        flags["secagg"] = {"enabled": False}
+    return flags
+
+
+def effective_config(exp: ExperimentConfig) -> str:
+    import tomli_w
+
+    return tomli_w.dumps(to_dict(exp))
+
+
+def warnings_for(exp: ExperimentConfig) -> list[str]:
+    """Loud notes for every protection that is turned off."""
+    out = []
+    if not exp.dp.enabled:
+        out.append("WARNING: differential privacy is OFF: site updates carry no formal privacy guarantee.")
+    if not exp.secagg.enabled:
+        out.append("WARNING: secure aggregation is OFF: the coordinator sees every site's update in the clear.")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in (*COMMANDS, "-h", "--help"):
+        argv.insert(0, "run")
+    args = _parser().parse_args(argv)
+    logger = configure_logging(verbose=getattr(args, "verbose", False))
+    if args.command == "list":
+        for name in bundled_experiments():
+            print(name)
+        return 0
+    try:
+        exp = load_experiment(source=args.experiment, overrides=args.overrides, flags=_flags(args))
+    except ConfigError as exc:
+        print(f"fl-sim: {exc}", file=sys.stderr)
+        return 2
+    for w in warnings_for(exp):
+        logger.warning(w)
+    logger.info("effective configuration:\n%s", effective_config(exp))
+
+    from fedhaven.sim.runner import SimulationFailed, check_experiment, run_experiment, sites_per_round
+
+    try:
+        sizes = check_experiment(exp)
+    except (ConfigError, ValueError) as exc:
+        print(f"fl-sim: {exc}", file=sys.stderr)
+        return 2
+    logger.info("%d sites, %d-%d training examples each, %d per round", len(sizes), min(sizes), max(sizes),
+                sites_per_round(exp))
+    if args.command == "check":
+        logger.info("check passed: nothing was trained")
+        return 0
+
+    run_dir = args.run_dir or Path(exp.output_dir) / f"{exp.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+    def progress(rec) -> None:  # noqa: ANN001 - RoundRecord
+        if rec.status == "initial":
+            logger.info("round %3d/%d  test accuracy %6.2f%%  (initial model)", 0, exp.rounds, 100 * rec.accuracy)
+            return
+        if rec.status != "ok":
+            logger.error("round %3d/%d  FAILED (attempt %d): %s", rec.round, exp.rounds, rec.attempt,
+                         "; ".join(rec.failures[:3]) or "no aggregate")
+            return
+        eps = f"epsilon max {rec.epsilon_max:.3f}" if exp.dp.enabled and rec.epsilon_max is not None else "no DP"
+        logger.info("round %3d/%d  test accuracy %6.2f%%  loss %.4f  %s  sites %d/%d  %.1f s", rec.round,
+                    exp.rounds, 100 * rec.accuracy, rec.loss, eps, rec.sites_ok, rec.sites_ok + rec.sites_failed,
+                    rec.round_time_s)
+
+    logger.info("running %s -> %s", exp.name, run_dir)
+    try:
+        summary = run_experiment(exp=exp, run_dir=run_dir, on_round=progress)
+    except (SimulationFailed, ConfigError) as exc:
+        print(f"fl-sim: FAILED: {exc}", file=sys.stderr)
+        return 1
+    logger.info("\n%s", summary.text())
+    for w in warnings_for(exp):
+        logger.warning(w)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,45 @@
+"""Experiment files: defaults, then a TOML file, then key=value overrides, then flags; parsed once, frozen."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from fedhaven.shared.config import deep_merge, load_toml, parse, parse_override
+from fedhaven.shared.schema import ExperimentConfig
+
+#: Experiments shipped with fedhaven, usable by name (`fl-sim run mnist`).
+BUNDLED = Path(__file__).parent / "experiments"
+DEFAULT_EXPERIMENT = "mnist"
+
+
+def bundled_experiments() -> list[str]:
+    return sorted(p.stem for p in BUNDLED.glob("*.toml"))
+
+
+def experiment_path(name_or_path: str) -> Path:
+    """A bundled experiment's file by name, or the path given."""
+    p = Path(name_or_path)
+    if p.suffix == ".toml" or p.exists():
+        return p
+    bundled = BUNDLED / f"{name_or_path}.toml"
+    if bundled.exists():
+        return bundled
+    from fedhaven.shared.config import ConfigError
+
+    raise ConfigError([f"{name_or_path!r} is neither a TOML file nor a bundled experiment "
+                       f"({', '.join(bundled_experiments())})"], source="experiment")
+
+
+def load_experiment(
+    *, source: str = DEFAULT_EXPERIMENT, overrides: Sequence[str] = (), flags: Mapping[str, Any] | None = None
+) -> ExperimentConfig:
+    """Resolve an experiment: defaults <- file <- `key=value` overrides <- command-line flags."""
+    path = experiment_path(source)
+    data = load_toml(path)
+    for item in overrides:
+        data = deep_merge(data, parse_override(item))
+    if flags:
+        data = deep_merge(data, dict(flags))
+    return parse(ExperimentConfig, data, source=str(path))

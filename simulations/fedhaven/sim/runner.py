@@ -1,0 +1,107 @@
+"""Run an experiment on Flower's simulation engine (Ray) with the deployment ClientApp and ServerApp."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from fedhaven.client.flower_app import make_client_app
+from fedhaven.server.app import make_server_app
+from fedhaven.server.federation import RunResult
+from fedhaven.server.recorder import RoundRecord
+from fedhaven.shared.config import ConfigError
+from fedhaven.shared.runtime import HARDENED_ENV
+from fedhaven.shared.schema import ExperimentConfig
+from fedhaven.sim.report import Summary, plot_rounds, summarize
+from fedhaven.sim.sites import SimulatedSites
+
+log = logging.getLogger("fedhaven.sim")
+
+
+class SimulationFailed(RuntimeError):
+    """The simulation stopped before finishing; what it wrote so far stays in the run directory."""
+
+
+def resolve_max_weight(exp: ExperimentConfig, sizes: list[int]) -> float:
+    """SecAgg+'s max_weight: the largest site's example count under "auto", else checked against it."""
+    largest = max(sizes)
+    if exp.secagg.max_weight == "auto":
+        return float(largest)
+    if exp.secagg.max_weight < largest:
+        raise ConfigError([f"secagg.max_weight: {exp.secagg.max_weight:g} is below the largest site's "
+                           f"{largest} examples; SecAgg+ would clip that site's update. Use \"auto\" or >= {largest}"],
+                          source="experiment")
+    return float(exp.secagg.max_weight)
+
+
+def sites_per_round(exp: ExperimentConfig) -> int:
+    """How many sites Flower's strategies sample each round."""
+    return min(exp.sites, max(int(exp.sites * exp.strategy.fraction_fit), exp.min_sites))
+
+
+def check_experiment(exp: ExperimentConfig) -> list[int]:
+    """Everything that can be checked without running: data loads and splits, SecAgg+ fits. Returns site sizes."""
+    sizes = SimulatedSites(exp).sizes()
+    problems = []
+    if exp.secagg.enabled:
+        per_round = sites_per_round(exp)
+        if per_round < exp.secagg.min_sites():
+            problems.append(f"secagg: {per_round} sites per round is below the SecAgg+ reconstruction threshold "
+                            f"{exp.secagg.min_sites()}; sample more sites or lower the threshold")
+        try:
+            resolve_max_weight(exp, sizes)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+    if min(sizes) < 1:
+        problems.append("partition: a site received no examples; use fewer sites or a larger alpha")
+    if problems:
+        raise ConfigError(problems, source="experiment")
+    return sizes
+
+
+def run_experiment(
+    *, exp: ExperimentConfig, run_dir: Path, on_round: Callable[[RoundRecord], None] | None = None
+) -> Summary:
+    """Simulate `exp` end to end; write the run directory; return the summary."""
+    from flwr.simulation import run_simulation
+
+    started = time.perf_counter()
+    sizes = check_experiment(exp)
+    max_weight = resolve_max_weight(exp, sizes) if exp.secagg.enabled else None
+    run_dir.mkdir(parents=True, exist_ok=True)
+    results: list[RunResult] = []
+    server_app = make_server_app(run=exp.run_config(), run_dir=run_dir, max_weight=max_weight, on_round=on_round,
+                                 on_result=results.append)
+    client_app = make_client_app(sites=SimulatedSites(exp))
+    cpus = os.cpu_count() or 1
+    backend_config = {
+        "client_resources": {"num_cpus": exp.simulation.cpus_per_site, "num_gpus": exp.simulation.gpus_per_site},
+        "init_args": {"num_cpus": cpus, "include_dashboard": False, "logging_level": logging.ERROR,
+                      "log_to_driver": True},
+    }
+    os.environ.update(HARDENED_ENV)  # Ray workers inherit the environment of this process
+    try:
+        run_simulation(server_app=server_app, client_app=client_app, num_supernodes=exp.sites,
+                       backend_config=backend_config)
+    except Exception as exc:  # noqa: BLE001 - re-raised with the run directory named
+        raise SimulationFailed(f"{exc} (partial results kept in {run_dir})") from exc
+    finally:
+        _shutdown_ray()
+    if not results:
+        raise SimulationFailed(f"the server finished without a result; see the log (partial results in {run_dir})")
+    wall = time.perf_counter() - started
+    plot_rounds(rounds=results[0].rounds, run_dir=run_dir, title=exp.name)
+    return summarize(exp=exp, result=results[0], wall_time_s=wall)
+
+
+def _shutdown_ray() -> None:
+    try:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+    except ImportError:  # pragma: no cover - ray is a dependency
+        pass
