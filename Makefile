@@ -23,10 +23,10 @@ sim: $(STAMP)
 	$(VENV)/bin/fl-sim run mnist
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(VENV)/bin/pytest -q
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not slow"
+	$(VENV)/bin/pytest -q -m "not slow"
 
 clean:
 	rm -rf runs .pytest_cache

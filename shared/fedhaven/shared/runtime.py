@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import sys
 from typing import Literal
 
 #: Environment every fedhaven process and everything it starts runs with.
@@ -65,12 +66,24 @@ def configure_logging(*, verbose: bool = False) -> logging.Logger:
     flwr_logger.addFilter(_FlowerLogFloor(logging.DEBUG if verbose else logging.CRITICAL))
     logger = logging.getLogger("fedhaven")
     if not logger.handlers:
-        handler = logging.StreamHandler()
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(message)s"))
         logger.addHandler(handler)
         logger.propagate = False
     logger.setLevel(logging.DEBUG if verbose else logging.INFO)
     return logger
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever `sys.stderr` is at the time of each record (test capture, redirection)."""
+
+    @property  # type: ignore[override]
+    def stream(self):  # noqa: ANN201
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:  # noqa: ANN001
+        pass
 
 
 Device = Literal["auto", "cpu", "cuda"]
