@@ -79,8 +79,14 @@ class ImageData:
 
 
 def to_model_input(images: torch.Tensor) -> torch.Tensor:
-    """uint8 images to floats in [-1, 1], the one normalisation every source shares."""
-    return images.float().div_(127.5).sub_(1.0)
+    """uint8 images to floats in [-1, 1], the one normalisation every source shares.
+
+    The result always has row-major strides: a (N, 1, H, W) tensor sliced from
+    numpy can carry an odd stride on its size-1 channel axis, which torch's
+    expanded-weights convolution (Opacus' "ew" mode) cannot view.
+    """
+    out = torch.empty(images.shape, dtype=torch.float32, device=images.device)
+    return out.copy_(images).div_(127.5).sub_(1.0)
 
 
 def read_idx(path: str | Path) -> np.ndarray:
