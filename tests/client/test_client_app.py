@@ -13,7 +13,7 @@ from flwr.common import Code, FitIns, ndarrays_to_parameters, parameters_to_ndar
 from flwr.compat.common import recorddict_compat as compat
 
 from fedhaven.client.flower_app import load_privacy, make_client_app
-from fedhaven.client.site import Site, TaskRefused
+from fedhaven.client.types import Site, SiteInfo, TaskRefused
 from fedhaven.shared.config import ConfigError
 from fedhaven.shared.accounting import PrivacyStep, epsilon
 from fedhaven.shared.models import InputSpec, build_model
@@ -29,8 +29,11 @@ class OneSite:
     def key(self, context):
         return f"test:{id(self.site)}"
 
-    def load(self, context):
-        return self.site
+    def info(self, context):
+        return self.site.info
+
+    def data(self, context):
+        return self.site.data
 
 
 def _task(server_round: int, **dp) -> TaskSpec:
@@ -58,7 +61,7 @@ def _task_identity():
 
 @pytest.fixture
 def app_and_weights(synthetic_images):
-    app = make_client_app(sites=OneSite(Site(name="hospital-a", data=synthetic_images)))
+    app = make_client_app(sites=OneSite(Site(info=SiteInfo(name="hospital-a"), data=synthetic_images)))
     weights = get_weights(build_model(cfg=ModelConfig(), spec=InputSpec(1, 8, 3), seed=0))
     return app, weights
 

@@ -1,10 +1,18 @@
-"""The ClientApp: fedhaven's site logic wired into Flower (legacy NumPyClient + SecAgg+ mod). The only Flower client module."""
+"""The ClientApp: fedhaven's site logic wired into Flower (legacy NumPyClient + SecAgg+ mod). The only Flower client module.
+
+Mods, outermost first: the ledger records what leaves the site after the reply
+is final (masked, under SecAgg+); the policy refuses tasks before any data is
+read; Flower's SecAgg+ mod masks the update (the update is clipped and noised
+by DP-SGD before, so it is clip, then mask).
+"""
 
 from __future__ import annotations
 
+import hashlib
+import math
 import threading
 from collections.abc import Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 from flwr.app import ConfigRecord, Context, Message
@@ -13,22 +21,35 @@ from flwr.client import NumPyClient
 from flwr.client.mod import secaggplus_mod
 from flwr.clientapp import ClientApp
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, RECORD_KEY_STATE, Key, Stage
+from flwr.common.serde import recorddict_to_proto
+from flwr.compat.common import recorddict_compat as compat
 
-from fedhaven.client.site import PrivacyState, Site, SiteTrainer, TaskRefused
+from fedhaven.client.ledger import Ledger
+from fedhaven.client.policy import task_violations
+from fedhaven.client.types import PrivacyState, Site, SiteInfo, TaskRefused
 from fedhaven.shared.accounting import PrivacyHistory
 from fedhaven.shared.task import task_from_config
 
+if TYPE_CHECKING:  # torch-backed: imported only by the stages that train
+    from fedhaven.client.site import SiteTrainer
+    from fedhaven.shared.data import ImageData
+
 PRIVACY_RECORD = "fedhaven.privacy"
+PENDING_RECORD = "fedhaven.pending-ledger"
+Mod = Callable[[Message, Context, Callable[[Message, Context], Message]], Message]
 
 
 class SiteProvider(Protocol):
-    """Finds the site a ClientApp instance serves: from node config in deployment, a partition in simulation."""
+    """Finds the site a ClientApp serves: from node config in deployment, a partition in simulation."""
 
     def key(self, context: Context) -> str:
         """A stable identity for the site, used to keep its data and model loaded between messages."""
 
-    def load(self, context: Context) -> Site:
-        """Load the site (its data is read here, once per process)."""
+    def info(self, context: Context) -> SiteInfo:
+        """Name, policy, state directory and device: cheap, reads no training data."""
+
+    def data(self, context: Context) -> ImageData:
+        """The site's training data (read once per process)."""
 
 
 _TRAINERS: dict[str, SiteTrainer] = {}
@@ -36,22 +57,27 @@ _LOCK = threading.Lock()
 
 
 def _trainer(sites: SiteProvider, context: Context) -> SiteTrainer:
+    from fedhaven.client.site import SiteTrainer
+
     key = sites.key(context)
     with _LOCK:
         trainer = _TRAINERS.get(key)
         if trainer is None:
-            trainer = _TRAINERS[key] = SiteTrainer(site=sites.load(context))
+            trainer = _TRAINERS[key] = SiteTrainer(site=Site(info=sites.info(context), data=sites.data(context)))
         return trainer
 
 
-def load_privacy(context: Context) -> PrivacyState:
-    """The site's privacy state kept in Flower's per-node context between rounds of a run."""
+def load_privacy(context: Context, info: SiteInfo | None = None) -> PrivacyState:
+    """The site's privacy state: history from its ledger when it has one (all runs), else from Flower's context."""
     rec = context.state.config_records.get(PRIVACY_RECORD)
-    if rec is None:
-        return PrivacyState()
-    history = PrivacyHistory.from_columns({k: list(rec.get(k, [])) for k in ("noise_multiplier", "sample_rate",
-                                                                              "steps")})
-    run_noise = rec.get("run_noise")
+    run_noise = rec.get("run_noise") if rec is not None else None
+    if info is not None and info.state_dir is not None:
+        history = Ledger.in_dir(info.state_dir).history()
+    elif rec is not None:
+        history = PrivacyHistory.from_columns({k: list(rec.get(k, [])) for k in ("noise_multiplier", "sample_rate",
+                                                                                 "steps")})
+    else:
+        history = PrivacyHistory()
     return PrivacyState(history=history, run_noise=float(run_noise) if run_noise is not None else None)
 
 
@@ -77,8 +103,11 @@ class FedhavenClient(NumPyClient):
 
     def fit(self, parameters: list[np.ndarray], config: dict) -> tuple[list[np.ndarray], int, dict]:
         task = task_from_config(config)
-        outcome = self.trainer.fit(task=task, weights=parameters, privacy=load_privacy(self.ctx))
+        outcome = self.trainer.fit(task=task, weights=parameters,
+                                   privacy=load_privacy(self.ctx, self.trainer.site.info))
         save_privacy(self.ctx, outcome.privacy)
+        self.ctx.state.config_records[PENDING_RECORD] = ConfigRecord(
+            {k: v for k, v in outcome.ledger.items() if not (isinstance(v, float) and math.isinf(v))})
         return outcome.weights, outcome.num_examples, outcome.metrics
 
     def evaluate(self, parameters: list[np.ndarray], config: dict) -> tuple[float, int, dict]:
@@ -86,7 +115,37 @@ class FedhavenClient(NumPyClient):
                           "the coordinator evaluates centrally on its held-out set")
 
 
-def _secagg_mod(sites: SiteProvider) -> Callable[[Message, Context, Callable[[Message, Context], Message]], Message]:
+def _fit_stage(msg: Message) -> tuple[bool, bool]:
+    """(carries a training task, under SecAgg+) for a TRAIN message."""
+    secagg = RECORD_KEY_CONFIGS in msg.content.config_records
+    if not secagg:
+        return True, False
+    return msg.content.config_records[RECORD_KEY_CONFIGS].get(Key.STAGE) == Stage.COLLECT_MASKED_VECTORS, True
+
+
+def _policy_mod(sites: SiteProvider) -> Mod:
+    """Refuse a task that breaks the site policy, before the site's data is read for it."""
+
+    def mod(msg: Message, ctx: Context, call_next: Callable[[Message, Context], Message]) -> Message:
+        if msg.metadata.message_type != MessageType.TRAIN:
+            return call_next(msg, ctx)
+        has_task, secagg = _fit_stage(msg)
+        if not has_task:
+            return call_next(msg, ctx)
+        info = sites.info(ctx)
+        fitins = compat.recorddict_to_fitins(msg.content, keep_input=True)
+        task = task_from_config(fitins.config)
+        violations = task_violations(task=task, policy=info.policy, secure_aggregation=secagg,
+                                     history=load_privacy(ctx, info).history)
+        if violations:
+            raise TaskRefused(f"site {info.name} refused the task (nothing was trained or sent): "
+                              + "; ".join(violations))
+        return call_next(msg, ctx)
+
+    return mod
+
+
+def _secagg_mod(sites: SiteProvider) -> Mod:
     """Flower's SecAgg+ client protocol for SecAgg+ messages, plain training for the others.
 
     Before training it checks that the site's example count fits the
@@ -110,10 +169,51 @@ def _secagg_mod(sites: SiteProvider) -> Callable[[Message, Context, Callable[[Me
     return mod
 
 
+def content_sha256(msg: Message) -> str:
+    """SHA-256 of a message's content as serialised for the wire: what the ledger calls 'the bytes sent'."""
+    return hashlib.sha256(recorddict_to_proto(msg.content).SerializeToString(deterministic=True)).hexdigest()
+
+
+def _ledger_mod(sites: SiteProvider) -> Mod:
+    """After a training reply is final, append it to the site's ledger (fsync'd) before it is handed back to send."""
+
+    def mod(msg: Message, ctx: Context, call_next: Callable[[Message, Context], Message]) -> Message:
+        reply = call_next(msg, ctx)
+        pending = ctx.state.config_records.get(PENDING_RECORD)
+        if msg.metadata.message_type != MessageType.TRAIN or pending is None or not reply.has_content():
+            return reply
+        del ctx.state.config_records[PENDING_RECORD]
+        info = sites.info(ctx)
+        if info.state_dir is None:
+            return reply
+        ledger = Ledger.in_dir(info.state_dir)
+        from fedhaven.client.policy import budget_spent
+
+        history = ledger.history().add(noise_multiplier=float(pending["noise_multiplier"]),
+                                       sample_rate=float(pending["sample_rate"]), steps=int(pending["steps"]))
+        cumulative = budget_spent(policy=info.policy, history=history)
+        ledger.append(site=str(pending["site"]), run_id=int(msg.metadata.run_id),
+                      server_round=int(pending["server_round"]), model=str(pending["model"]),
+                      update_sha256=content_sha256(reply), weights_sha256=str(pending["weights_sha256"]),
+                      update_l2_norm=float(pending["update_l2_norm"]), num_examples=int(pending["num_examples"]),
+                      noise_multiplier=float(pending["noise_multiplier"]), sample_rate=float(pending["sample_rate"]),
+                      steps=int(pending["steps"]), delta=float(pending["delta"]), accountant=str(pending["accountant"]),
+                      epsilon_before=_finite(pending.get("epsilon_before")),
+                      epsilon_after=_finite(pending.get("epsilon_after")),
+                      cumulative_epsilon=_finite(cumulative))
+        return reply
+
+    return mod
+
+
+def _finite(x: object) -> float | None:
+    return float(x) if isinstance(x, (int, float)) and math.isfinite(x) else None
+
+
 def make_client_app(*, sites: SiteProvider) -> ClientApp:
     """The ClientApp for the sites `sites` provides; identical in simulation and deployment."""
 
     def client_fn(context: Context):  # noqa: ANN202 - Flower's Client type
         return FedhavenClient(trainer=_trainer(sites, context), context=context).to_client()
 
-    return ClientApp(client_fn=client_fn, mods=[_secagg_mod(sites)])
+    return ClientApp(client_fn=client_fn, mods=[_ledger_mod(sites), _policy_mod(sites), _secagg_mod(sites)])

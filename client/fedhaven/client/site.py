@@ -2,52 +2,38 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
+from fedhaven.client.policy import over_budget
+from fedhaven.client.types import PrivacyState, Site, SiteInfo, TaskRefused
 from fedhaven.shared.accounting import PrivacyHistory, epsilon, noise_for_budget
 from fedhaven.shared.data import ImageData
 from fedhaven.shared.models import build_model
 from fedhaven.shared.task import TaskSpec
+from fedhaven.shared.runtime import resolve_device
 from fedhaven.shared.training import DPSettings, schedule, train_local
 from fedhaven.shared.weights import get_weights, set_weights
+
+__all__ = ["FitOutcome", "PrivacyState", "Site", "SiteInfo", "SiteTrainer", "TaskRefused", "task_problems"]
 
 log = logging.getLogger("fedhaven.client")
 
 
-class TaskRefused(RuntimeError):
-    """A task this site will not run; the message says why and what to change."""
-
-
-@dataclass(frozen=True)
-class Site:
-    """A site: its name, its local training data (never sent anywhere) and its device."""
-
-    name: str
-    data: ImageData
-    device: str = "cpu"
-
-
-@dataclass(frozen=True)
-class PrivacyState:
-    """What a site remembers about privacy: all training history, and the noise fixed for the current run."""
-
-    history: PrivacyHistory = PrivacyHistory()
-    run_noise: float | None = None
-
-
 @dataclass(frozen=True)
 class FitOutcome:
-    """A round's result: the weights to send, the example count, metrics, and the site's new privacy state."""
+    """A round's result: weights to send, example count, metrics, the new privacy state, the ledger facts."""
 
     weights: list[np.ndarray]
     num_examples: int
     metrics: dict[str, float | int | str]
     privacy: PrivacyState
+    ledger: dict[str, float | int | str] = field(default_factory=dict)
 
 
 def task_problems(task: TaskSpec, data: ImageData) -> list[str]:
@@ -62,6 +48,16 @@ def task_problems(task: TaskSpec, data: ImageData) -> list[str]:
     if len(data) == 0:
         out.append("this site has no training examples")
     return out
+
+
+def update_digest(weights: list[np.ndarray], start: list[np.ndarray]) -> tuple[str, float]:
+    """(sha256 of the trained weights, L2 norm of the update weights - start) for the ledger."""
+    h = hashlib.sha256()
+    sq = 0.0
+    for w, s in zip(weights, start, strict=True):
+        h.update(np.ascontiguousarray(w).tobytes())
+        sq += float(np.sum((w.astype(np.float64) - s.astype(np.float64)) ** 2))
+    return h.hexdigest(), math.sqrt(sq)
 
 
 class SiteTrainer:
@@ -80,20 +76,29 @@ class SiteTrainer:
         return self._model
 
     def choose_noise(self, *, task: TaskSpec, privacy: PrivacyState) -> float:
-        """The run's noise multiplier: fixed by the task, or derived once per run from the target epsilon."""
+        """The run's noise multiplier: fixed by the task, or derived once per run.
+
+        Derived noise keeps both the task's target (at its delta) and the site's own
+        budget (at the policy's delta) for every planned round, counting all prior
+        spending, and never falls below the site's minimum noise.
+        """
         if task.dp.noise_multiplier != "auto":
             return float(task.dp.noise_multiplier)
         if privacy.run_noise is not None:
             return privacy.run_noise
+        policy = self.site.info.policy
         sample_rate, steps = schedule(num_examples=len(self.site.data), batch_size=task.train.batch_size,
                                       local_epochs=task.train.local_epochs)
-        rounds_left = task.planned_rounds - task.server_round + 1
+        planned = steps * (task.planned_rounds - task.server_round + 1)
+        targets = [(task.dp.target_epsilon, task.dp.delta, task.dp.accountant)]
+        if math.isfinite(policy.max_epsilon):
+            targets.append((policy.max_epsilon, policy.delta, policy.accountant))
         try:
-            return noise_for_budget(target_epsilon=task.dp.target_epsilon, delta=task.dp.delta,
-                                    sample_rate=sample_rate, steps=steps * rounds_left,
-                                    prior=privacy.history, accountant=task.dp.accountant)
+            noise = max(noise_for_budget(target_epsilon=eps, delta=delta, sample_rate=sample_rate, steps=planned,
+                                         prior=privacy.history, accountant=acc) for eps, delta, acc in targets)
         except ValueError as exc:
             raise TaskRefused(f"site {self.site.name}: {exc}") from None
+        return max(noise, policy.min_noise_multiplier)
 
     def fit(self, *, task: TaskSpec, weights: list[np.ndarray], privacy: PrivacyState,
             generator: torch.Generator | None = None) -> FitOutcome:
@@ -102,17 +107,25 @@ class SiteTrainer:
         if problems:
             raise TaskRefused(f"site {self.site.name} cannot run this task: " + "; ".join(problems))
         data = self.site.data.aligned_to(task.classes)
-        model = self._model_for(task)
-        set_weights(model, weights)
         dp = None
+        history = privacy.history
         if task.dp.enabled:
             noise = self.choose_noise(task=task, privacy=privacy)
             privacy = PrivacyState(history=privacy.history, run_noise=noise)
+            sample_rate, steps = schedule(num_examples=len(data), batch_size=task.train.batch_size,
+                                          local_epochs=task.train.local_epochs)
+            planned = history.add(noise_multiplier=noise, sample_rate=sample_rate, steps=steps)
+            why = over_budget(policy=self.site.info.policy, history_after=planned)
+            if why:
+                raise TaskRefused(f"site {self.site.name}: {why}")
             dp = DPSettings(noise_multiplier=noise, max_grad_norm=task.dp.max_grad_norm,
                             grad_sample_mode=task.dp.grad_sample_mode)
-        report = train_local(model=model, data=data, train=task.train, dp=dp, device=self.site.device,
+        model = self._model_for(task)
+        set_weights(model, weights)
+        device = resolve_device(self.site.info.device)  # type: ignore[arg-type]
+        report = train_local(model=model, data=data, train=task.train, dp=dp, device=device,
                              generator=generator, proximal_mu=task.proximal_mu)
-        history = privacy.history
+        eps_before = epsilon(history=history, delta=task.dp.delta, accountant=task.dp.accountant)
         if dp is not None:
             history = history.add(noise_multiplier=dp.noise_multiplier, sample_rate=report.sample_rate,
                                   steps=report.steps)
@@ -122,6 +135,8 @@ class SiteTrainer:
                             task.dp.target_epsilon)
         else:
             eps = math.inf
+        new_weights = get_weights(model)
+        digest, norm = update_digest(new_weights, list(weights))
         metrics: dict[str, float | int | str] = {
             "site": self.site.name,
             "loss": report.loss,
@@ -134,5 +149,10 @@ class SiteTrainer:
             "total_steps": history.total_steps,
             "empty_batches": report.empty_batches,
         }
-        return FitOutcome(weights=get_weights(model), num_examples=len(self.site.data), metrics=metrics,
-                          privacy=PrivacyState(history=history, run_noise=privacy.run_noise))
+        ledger = {"site": self.site.name, "server_round": task.server_round, "model": task.model.name,
+                  "weights_sha256": digest, "update_l2_norm": norm, "num_examples": len(data),
+                  "noise_multiplier": report.noise_multiplier, "sample_rate": report.sample_rate,
+                  "steps": report.steps, "delta": task.dp.delta,
+                  "accountant": task.dp.accountant, "epsilon_before": eps_before, "epsilon_after": eps}
+        return FitOutcome(weights=new_weights, num_examples=len(data), metrics=metrics,
+                          privacy=PrivacyState(history=history, run_noise=privacy.run_noise), ledger=ledger)

@@ -4,31 +4,13 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from fedhaven.shared.schema import ModelConfig
+from fedhaven.shared.schema import InputSpec, ModelConfig
 
-
-@dataclass(frozen=True)
-class InputSpec:
-    """What a model consumes and predicts: image channels, square image size, number of classes."""
-
-    channels: int
-    image_size: int
-    num_classes: int
-
-    def problems(self) -> list[str]:
-        out = []
-        if self.channels not in (1, 3):
-            out.append(f"channels: expected 1 (grey) or 3 (RGB), got {self.channels}")
-        if self.image_size < 4:
-            out.append(f"image_size: expected at least 4 pixels, got {self.image_size}")
-        if self.num_classes < 2:
-            out.append(f"num_classes: expected at least 2 classes, got {self.num_classes}")
-        return out
+__all__ = ["InputSpec", "LeNet", "ModelError", "build_model", "dp_problems", "model_names", "register_model"]
 
 
 class ModelError(ValueError):

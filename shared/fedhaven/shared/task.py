@@ -8,8 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fedhaven.shared.config import ConfigError, bounds, flatten, parse, to_dict, unflatten
-from fedhaven.shared.models import InputSpec
-from fedhaven.shared.schema import DPConfig, ModelConfig, RunConfig, TrainConfig
+from fedhaven.shared.schema import DPConfig, InputSpec, ModelConfig, RunConfig, TrainConfig
 
 #: Prefix of every fedhaven key inside a Flower message config, so Flower's own keys stay apart.
 KEY_PREFIX = "fedhaven."

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
-from fedhaven.client.site import Site
+from fedhaven.client.types import Site, SiteInfo
 from fedhaven.shared.data import ImageData, load_data, load_imagefolder
 from fedhaven.shared.partition import partition_dirichlet, partition_iid, site_folders
-from fedhaven.shared.runtime import resolve_device
 from fedhaven.shared.schema import DataConfig, ExperimentConfig
 
 PARTITION_ID = "partition-id"
@@ -36,9 +36,13 @@ def site_name(index: int, sites: int) -> str:
 
 @dataclass(frozen=True)
 class SimulatedSites:
-    """The SiteProvider of `fl-sim`: site i holds partition i of the experiment's training data."""
+    """The SiteProvider of `fl-sim`: site i holds partition i of the experiment's training data.
+
+    With `state_root`, each site keeps a privacy ledger in `state_root/<site>/`, as a deployed site does.
+    """
 
     experiment: ExperimentConfig
+    state_root: str | None = None
 
     def _index(self, node_config: dict) -> int:
         pid = int(node_config[PARTITION_ID])
@@ -48,25 +52,37 @@ class SimulatedSites:
 
     def key(self, context) -> str:  # noqa: ANN001 - Flower Context
         exp = self.experiment
-        return f"sim:{hash((exp.data, exp.partition, exp.sites, exp.seed))}:{self._index(context.node_config)}"
+        ident = hash((exp.data, exp.partition, exp.sites, exp.seed, self.state_root))
+        return f"sim:{ident}:{self._index(context.node_config)}"
 
-    def load(self, context) -> Site:  # noqa: ANN001 - Flower Context
-        return self.site(self._index(context.node_config))
+    def info(self, context) -> SiteInfo:  # noqa: ANN001 - Flower Context
+        return self.site_info(self._index(context.node_config))
+
+    def data(self, context) -> ImageData:  # noqa: ANN001 - Flower Context
+        return self.site_data(self._index(context.node_config))
 
     def sizes(self) -> list[int]:
-        """Training examples per site, without loading any site's images twice."""
+        """Training examples per site."""
         exp = self.experiment
         if exp.partition == "folders":
-            return [len(self.site(i).data) for i in range(exp.sites)]
+            return [len(self.site_data(i)) for i in range(exp.sites)]
         return [len(p) for p in _partitions(exp.data, exp.partition, exp.sites, exp.seed, exp.partition_alpha())]
 
-    def site(self, index: int) -> Site:
+    def site_info(self, index: int) -> SiteInfo:
         exp = self.experiment
-        device = resolve_device(exp.simulation.device)
         name = site_name(index, exp.sites)
         if exp.partition == "folders":
+            name = f"{name}-{site_folders(exp.data.path or '', num_sites=exp.sites)[index].name}"
+        state_dir = Path(self.state_root) / name if self.state_root else None
+        return SiteInfo(name=name, state_dir=state_dir, device=exp.simulation.device)
+
+    def site_data(self, index: int) -> ImageData:
+        exp = self.experiment
+        if exp.partition == "folders":
             folder = site_folders(exp.data.path or "", num_sites=exp.sites)[index]
-            data = load_imagefolder(folder, image_size=exp.data.image_size or 32, channels=exp.data.channels or 3)
-            return Site(name=f"{name}-{folder.name}", data=data, device=device)
+            return load_imagefolder(folder, image_size=exp.data.image_size or 32, channels=exp.data.channels or 3)
         parts = _partitions(exp.data, exp.partition, exp.sites, exp.seed, exp.partition_alpha())
-        return Site(name=name, data=_train_data(exp.data).subset(parts[index]), device=device)
+        return _train_data(exp.data).subset(parts[index])
+
+    def site(self, index: int) -> Site:
+        return Site(info=self.site_info(index), data=self.site_data(index))

@@ -1,0 +1,96 @@
+"""A site's own configuration file (site.toml): coordinator, credentials, local data, and the site policy."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Literal
+
+from fedhaven.shared.config import ConfigError, bounds, load_toml, parse
+from fedhaven.shared.schema import Accountant, DataConfig
+
+
+@dataclass(frozen=True)
+class SitePolicy:
+    """Limits the coordinator cannot override: checked on the site before any data is read for a task."""
+
+    max_epsilon: float = field(default=8.0, metadata=bounds(gt=0))
+    delta: float = field(default=1e-5, metadata=bounds(gt=0, lt=1))
+    accountant: Accountant = "rdp"
+    min_noise_multiplier: float = field(default=0.5, metadata=bounds(ge=0))
+    require_dp: bool = True
+    require_secure_aggregation: bool = True
+    allowed_models: tuple[str, ...] = ("lenet",)  # "*" allows any registered model
+
+    def allows_model(self, name: str) -> bool:
+        return "*" in self.allowed_models or name in self.allowed_models
+
+
+#: The policy of a simulated site: no limits beyond what the experiment asks for.
+SIMULATION_POLICY = SitePolicy(max_epsilon=float("inf"), min_noise_multiplier=0.0, require_dp=False,
+                               require_secure_aggregation=False, allowed_models=("*",))
+
+
+@dataclass(frozen=True)
+class CoordinatorConfig:
+    """Where the coordinator is and how to trust it."""
+
+    address: str = "localhost:9092"
+    ca_cert: str | None = None
+    insecure: bool = False
+
+    def problems(self) -> list[str]:
+        host, _, port = self.address.rpartition(":")
+        out = []
+        if not host or not port.isdigit():
+            out.append(f"address: expected host:port, got {self.address!r}")
+        if not self.insecure and not self.ca_cert:
+            out.append("ca_cert: the coordinator's CA certificate (ca.pem from the operator) is required for TLS; "
+                       "plain HTTP needs insecure = true")
+        return out
+
+
+@dataclass(frozen=True)
+class SiteConfig:
+    """Everything `fl-client` needs; relative paths are relative to the file."""
+
+    name: str
+    state_dir: str = "state"
+    private_key: str | None = "site.key"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    clientappio_port: int = field(default=9094, metadata=bounds(ge=1, le=65535))
+    coordinator: CoordinatorConfig = field(default_factory=CoordinatorConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    policy: SitePolicy = field(default_factory=SitePolicy)
+
+    def problems(self) -> list[str]:
+        out = []
+        if not self.name or any(c in self.name for c in "/\\ \t\n\"'"):
+            out.append(f"name: a site name without spaces, quotes or slashes, got {self.name!r}")
+        if not self.coordinator.insecure and not self.private_key:
+            out.append("private_key: SuperNode authentication needs the site's private key (fl-client keygen)")
+        return out
+
+    def resolved(self, base: Path) -> SiteConfig:
+        """The same config with every path made absolute against `base` (the file's folder)."""
+
+        def abs_(p: str | None) -> str | None:
+            return None if p is None else str((base / Path(p).expanduser()).resolve())
+
+        return replace(
+            self,
+            state_dir=abs_(self.state_dir) or "",
+            private_key=abs_(self.private_key),
+            coordinator=replace(self.coordinator, ca_cert=abs_(self.coordinator.ca_cert)),
+            data=replace(self.data, path=abs_(self.data.path), test_path=abs_(self.data.test_path)),
+        )
+
+
+def load_site_config(path: str | Path) -> SiteConfig:
+    """Read and validate site.toml (every problem listed at once); paths come back absolute."""
+    p = Path(path).expanduser().resolve()
+    try:
+        cfg = parse(SiteConfig, load_toml(p), source=str(p))
+    except ConfigError:
+        raise
+    return cfg.resolved(p.parent)

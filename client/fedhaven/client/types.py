@@ -1,0 +1,47 @@
+"""Light types shared by the site's modules (no torch import: Flower's short SecAgg+ stages load only these)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from fedhaven.client.site_config import SIMULATION_POLICY, SitePolicy
+from fedhaven.shared.accounting import PrivacyHistory
+
+if TYPE_CHECKING:
+    from fedhaven.shared.data import ImageData
+
+
+class TaskRefused(RuntimeError):
+    """A task this site will not run; the message says why and what to change."""
+
+
+@dataclass(frozen=True)
+class SiteInfo:
+    """What is known about a site without reading its data: name, policy, state directory, device."""
+
+    name: str
+    policy: SitePolicy = SIMULATION_POLICY
+    state_dir: Path | None = None
+    device: str = "cpu"  # "auto", "cpu" or "cuda": resolved once, where training runs
+
+
+@dataclass(frozen=True)
+class Site:
+    """A site with its local training data (never sent anywhere)."""
+
+    info: SiteInfo
+    data: ImageData
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+
+@dataclass(frozen=True)
+class PrivacyState:
+    """What a site remembers about privacy: all training history, and the noise fixed for the current run."""
+
+    history: PrivacyHistory = PrivacyHistory()
+    run_noise: float | None = None
