@@ -70,7 +70,7 @@ from fedhaven.shared.runtime import configure_logging
 configure_logging()
 import opacus, flwr, logging
 from flwr.supercore import log
-assert not logging.getLogger().handlers, logging.getLogger().handlers
+assert all(isinstance(h, logging.NullHandler) for h in logging.getLogger().handlers), logging.getLogger().handlers
 log(logging.CRITICAL, 'only-once')
 """
     res = _py(code, tmp_path)

@@ -34,7 +34,7 @@ def test_digits_three_sites_two_rounds(tmp_path):
     assert all(r.sites_ok == 3 and r.secure_aggregation for r in seen[1:])
 
     for name in ("config.json", "metrics.jsonl", "model.pt", "model.json", "accuracy.png", "epsilon.png",
-                 "summary.json", "checkpoints/round-001.pt", "checkpoints/round-002.pt"):
+                 "summary.json", "privacy.json", "privacy.md", "checkpoints/round-001.pt", "checkpoints/round-002.pt"):
         assert (tmp_path / name).exists(), name
     data = json.loads((tmp_path / "summary.json").read_text())
     assert data == summary.data
@@ -45,6 +45,13 @@ def test_digits_three_sites_two_rounds(tmp_path):
         recomputed = epsilon(history=[PrivacyStep(site["noise_multiplier"], site["sample_rate"], site["steps"])],
                              delta=data["delta"], accountant=data["accountant"])
         assert recomputed == pytest.approx(site["epsilon"], rel=1e-9)
+    # every simulated site kept a verified ledger whose last entry is the epsilon reported
+    from fedhaven.client.ledger import Ledger
+
+    for name, site in data["privacy_per_site"].items():
+        ledger = Ledger.in_dir(tmp_path / "sites" / name)
+        assert ledger.verify().ok and len(ledger.entries()) == 2
+        assert ledger.entries()[-1].epsilon_after == pytest.approx(site["epsilon"])
     model = build_model(cfg=ModelConfig(), spec=InputSpec(1, 8, 10))
     model.load_state_dict(torch.load(tmp_path / "model.pt"))
 

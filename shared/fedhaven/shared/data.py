@@ -11,8 +11,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from fedhaven.shared.models import InputSpec
-from fedhaven.shared.schema import DataConfig
+from fedhaven.shared.schema import DataConfig, InputSpec
 
 Split = Literal["train", "test"]
 
@@ -113,6 +112,20 @@ def _find_idx(root: Path, stem: str) -> Path:
             return root / name
     raise DataError(f"{root}: no IDX file named {stem}[.gz]; expected MNIST file names "
                     f"(train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-...)")
+
+
+def save_idx(data: ImageData, root: str | Path, *, split: Split) -> None:
+    """Write `data` as gzipped MNIST-layout IDX files in `root` (what `load_idx` reads back)."""
+    base = Path(root)
+    base.mkdir(parents=True, exist_ok=True)
+    prefix = _IDX_PREFIX[split]
+    images = data.images.numpy()
+    if images.shape[1] == 1:
+        images = images[:, 0]
+    labels = data.labels.numpy().astype(np.uint8)
+    for name, arr in ((f"{prefix}-images-idx3-ubyte.gz", images), (f"{prefix}-labels-idx1-ubyte.gz", labels)):
+        header = bytes([0, 0, 0x08, arr.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in arr.shape)
+        (base / name).write_bytes(gzip.compress(header + np.ascontiguousarray(arr).tobytes()))
 
 
 def load_idx(root: str | Path, *, split: Split) -> ImageData:

@@ -57,7 +57,11 @@ class _FlowerLogFloor(logging.Filter):
 def configure_logging(*, verbose: bool = False) -> logging.Logger:
     """fedhaven's logger, printing once per line; Flower's own logger kept quieter unless `verbose`."""
     harden_environment()
-    quiet_opacus_import()
+    # A root handler makes Opacus' import-time basicConfig a no-op, whenever Opacus is imported later
+    # (importing it here would cost every command several seconds).
+    root = logging.getLogger()
+    if not root.handlers:
+        root.addHandler(logging.NullHandler())
     # Quiet by default: fedhaven reports rounds, failures and their reasons itself;
     # Flower's own errors arrive wrapped in long Ray tracebacks. `verbose` shows them.
     flwr_logger = logging.getLogger("flwr")

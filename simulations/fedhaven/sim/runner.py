@@ -11,6 +11,7 @@ from pathlib import Path
 from fedhaven.client.flower_app import make_client_app
 from fedhaven.server.app import make_server_app
 from fedhaven.server.federation import RunResult
+from fedhaven.server.privacy_report import build_privacy_report
 from fedhaven.server.recorder import RoundRecord
 from fedhaven.shared.config import ConfigError
 from fedhaven.shared.runtime import HARDENED_ENV
@@ -75,7 +76,8 @@ def run_experiment(
     results: list[RunResult] = []
     server_app = make_server_app(run=exp.run_config(), run_dir=run_dir, max_weight=max_weight, on_round=on_round,
                                  on_result=results.append)
-    client_app = make_client_app(sites=SimulatedSites(exp))
+    # Each simulated site keeps a privacy ledger, as a deployed site does.
+    client_app = make_client_app(sites=SimulatedSites(exp, state_root=str(run_dir / "sites")))
     cpus = os.cpu_count() or 1
     backend_config = {
         "client_resources": {"num_cpus": exp.simulation.cpus_per_site, "num_gpus": exp.simulation.gpus_per_site},
@@ -93,8 +95,11 @@ def run_experiment(
     if not results:
         raise SimulationFailed(f"the server finished without a result; see the log (partial results in {run_dir})")
     wall = time.perf_counter() - started
-    plot_rounds(rounds=results[0].rounds, run_dir=run_dir, title=exp.name)
-    return summarize(exp=exp, result=results[0], wall_time_s=wall)
+    result = results[0]
+    plot_rounds(rounds=result.rounds, run_dir=run_dir, title=exp.name)
+    build_privacy_report(run=exp.run_config(), sites=result.sites, max_weight=max_weight,
+                         rounds_completed=sum(r.status == "ok" for r in result.rounds)).write(run_dir)
+    return summarize(exp=exp, result=result, wall_time_s=wall)
 
 
 def _shutdown_ray() -> None:

@@ -1,0 +1,88 @@
+"""`fl-client check`: config, credentials, data, device and privacy budget, checked without connecting."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from fedhaven.client.ledger import Ledger
+from fedhaven.client.policy import budget_spent
+from fedhaven.client.site_config import SiteConfig, load_site_config
+from fedhaven.shared.config import ConfigError
+from fedhaven.shared.crypto import private_key_problems
+from fedhaven.shared.runtime import resolve_device
+
+if TYPE_CHECKING:
+    from fedhaven.shared.data import ImageData
+
+log = logging.getLogger("fedhaven.client")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, default=Path("site.toml"), help="the site's configuration file")
+
+
+def credential_problems(cfg: SiteConfig) -> list[str]:
+    out = []
+    if cfg.private_key and not cfg.coordinator.insecure:
+        out += private_key_problems(Path(cfg.private_key))
+    if cfg.coordinator.ca_cert:
+        ca = Path(cfg.coordinator.ca_cert)
+        if not ca.exists():
+            out.append(f"{ca}: CA certificate not found (ca.pem from the operator's bundle)")
+        else:
+            from cryptography import x509
+
+            try:
+                x509.load_pem_x509_certificate(ca.read_bytes())
+            except ValueError as exc:
+                out.append(f"{ca}: not a PEM certificate ({exc})")
+    return out
+
+
+def check_site(cfg: SiteConfig) -> ImageData:
+    """Everything `fl-client start` needs, or ConfigError listing every problem."""
+    from fedhaven.shared.data import load_data  # torch: only the commands that read data pay for it
+
+    problems = credential_problems(cfg)
+    data = None
+    try:
+        data = load_data(cfg=cfg.data, split="train")
+        if len(data) == 0:
+            problems.append(f"data: no training images found under {cfg.data.path}")
+    except (ValueError, OSError) as exc:
+        problems.append(f"data: {exc}")
+    report = Ledger.in_dir(cfg.state_dir).verify()
+    problems += [f"ledger: {p}" for p in report.problems]
+    try:
+        resolve_device(cfg.device)
+    except RuntimeError as exc:
+        problems.append(f"device: {exc}")
+    if problems or data is None:
+        raise ConfigError(problems, source="fl-client check")
+    return data
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = load_site_config(args.config)
+    data = check_site(cfg)
+    ledger = Ledger.in_dir(cfg.state_dir)
+    spent = budget_spent(policy=cfg.policy, history=ledger.history())
+    log.info("site          %s", cfg.name)
+    log.info("coordinator   %s (%s)", cfg.coordinator.address, "PLAIN HTTP" if cfg.coordinator.insecure else "TLS")
+    log.info("device        %s", resolve_device(cfg.device))
+    spec = data.spec
+    log.info("data          %d images, %dx%dx%d, %d classes", len(data), spec.channels, spec.image_size,
+             spec.image_size, len(data.classes))
+    for name, count in data.class_counts().items():
+        log.info("  %-12s %d", name, count)
+    log.info("ledger        %d entries, chain verified", len(ledger.entries()))
+    log.info("budget        epsilon %.3f spent of %g (delta %g): %.3f left", spent, cfg.policy.max_epsilon,
+             cfg.policy.delta, max(0.0, cfg.policy.max_epsilon - spent))
+    log.info("policy        min noise %g, DP %s, secure aggregation %s, models %s", cfg.policy.min_noise_multiplier,
+             "required" if cfg.policy.require_dp else "optional",
+             "required" if cfg.policy.require_secure_aggregation else "optional", list(cfg.policy.allowed_models))
+    log.info("check passed")
+    return 0

@@ -1,0 +1,43 @@
+"""`fl-server status`: is the coordinator up, which sites are registered and online, which runs exist."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from fedhaven.server.coordinator import Runtime, control_for, pid_alive
+from fedhaven.server.flower_control import ControlError
+from fedhaven.server.provision import StateDir
+
+log = logging.getLogger("fedhaven.server")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    pass
+
+
+def run(args: argparse.Namespace) -> int:
+    state = StateDir(args.state_dir)
+    rt = Runtime.load(state)
+    if rt is None or not pid_alive(rt.pid):
+        log.info("coordinator: not running (%s)", state.root)
+        return 3
+    parts = {"superlink": rt.superlink_pid, "executor": rt.superexec_pid, "front": rt.front_pid}
+    log.info("coordinator: running (pid %d), sites connect to %s%s", rt.pid, rt.listen,
+             " WITHOUT TLS (--insecure)" if rt.insecure else "")
+    for name, pid in parts.items():
+        log.info("  %-9s pid %-7d %s", name, pid, "up" if pid_alive(pid) else "DOWN")
+    control = control_for(state, insecure=rt.insecure, port=int(rt.control_address.rpartition(":")[2]))
+    try:
+        nodes = {n["node_id"]: n for n in control.nodes()}
+        for rec in state.sites().values():
+            live = nodes.get(rec.node_id) if rec.node_id else None
+            log.info("  site %-20s %-10s %s", rec.name, rec.status, live["status"] if live else "-")
+        for r in control.runs():
+            log.info("  run %-20d %s:%s %s", r.run_id, r.status, r.sub_status, r.details)
+    except ControlError as exc:
+        log.error("Control API: %s", exc)
+        return 1
+    finally:
+        control.close()
+    return 0

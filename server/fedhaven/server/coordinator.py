@@ -1,0 +1,202 @@
+"""Runs the coordinator: Flower's SuperLink and SuperExec on loopback, the Fleet front for sites, site registrations."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from fedhaven.server.flower_control import Control
+from fedhaven.server.provision import CoordinatorConfig, StateDir
+from fedhaven.shared.runtime import HARDENED_ENV
+
+log = logging.getLogger("fedhaven.server")
+
+
+class CoordinatorError(RuntimeError):
+    """The coordinator could not start or stopped unexpectedly; the message names the part."""
+
+
+def child_env(state: StateDir) -> dict[str, str]:
+    """Environment of every process the coordinator starts: no telemetry, no dependency installs, own FLWR_HOME."""
+    env = {**os.environ, **HARDENED_ENV, "FLWR_HOME": str(state.flwr_home),
+           "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
+    bindir = str(Path(sys.executable).parent)  # Flower starts flower-superexec and flwr-serverapp from PATH
+    env["PATH"] = bindir + os.pathsep + env.get("PATH", "")
+    env.pop("PYTHONPATH", None)
+    return env
+
+
+def wait_for_port(host: str, port: int, *, timeout: float, proc: subprocess.Popen | None = None,
+                  what: str = "service") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise CoordinatorError(f"{what} exited with code {proc.returncode} while starting; see its log")
+        try:
+            with socket.create_connection((host, port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise CoordinatorError(f"{what} did not open {host}:{port} within {timeout:.0f} s")
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """coordinator.json: what is running, for `fl-server status` and `fl-server stop`."""
+
+    pid: int
+    superlink_pid: int
+    superexec_pid: int
+    front_pid: int
+    control_address: str
+    listen: str
+    insecure: bool
+    started: float
+
+    def save(self, state: StateDir) -> None:
+        state.runtime_file.write_text(json.dumps(self.__dict__, indent=2))
+
+    @classmethod
+    def load(cls, state: StateDir) -> Runtime | None:
+        if not state.runtime_file.exists():
+            return None
+        return cls(**json.loads(state.runtime_file.read_text()))
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether `pid` runs; a zombie (exited, not yet reaped by its parent) counts as stopped."""
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def control_for(state: StateDir, *, insecure: bool, port: int) -> Control:
+    """The operator's Control API connection: loopback only, trusting the coordinator's own CA."""
+    return Control(address=f"127.0.0.1:{port}", ca_cert=None if insecure else state.ca_cert,
+                   flwr_home=state.flwr_home)
+
+
+def sync_sites(*, state: StateDir, control: Control) -> list[str]:
+    """Make the SuperLink's allow-list match the registry: register pending sites, unregister revoked ones."""
+    live = {n["node_id"] for n in control.nodes() if "unregistered" not in str(n["status"]).lower()}
+    notes = []
+    for rec in state.sites().values():
+        if rec.status == "pending" or (rec.status == "registered" and rec.node_id not in live):
+            node_id = control.register_site(public_key=state.site_public_key(rec.name), name=rec.name)
+            state.update_site(replace(rec, status="registered", node_id=node_id))
+            notes.append(f"registered site {rec.name} (node {node_id}, key {rec.fingerprint})")
+        elif rec.status == "revoked" and rec.node_id is not None:
+            if rec.node_id in live:
+                control.unregister_site(node_id=rec.node_id)
+            state.update_site(replace(rec, node_id=None))
+            notes.append(f"revoked site {rec.name}: its key is no longer accepted")
+    return notes
+
+
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)  # each child was started in its own session: its group is its own
+    except ProcessLookupError:
+        pass
+
+
+class Coordinator:
+    """Starts and supervises the coordinator's three processes; stops them all by PID."""
+
+    def __init__(self, *, state: StateDir, cfg: CoordinatorConfig, insecure: bool) -> None:
+        self.state, self.cfg, self.insecure = state, cfg, insecure
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.logs = state.root / "logs"
+
+    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen:
+        self.logs.mkdir(parents=True, exist_ok=True)
+        out = (self.logs / f"{name}.log").open("ab")
+        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=child_env(self.state),
+                                cwd=self.state.root, start_new_session=True)
+        self.procs[name] = proc
+        return proc
+
+    def start(self) -> Runtime:
+        st, port = self.state, self.cfg.superlink_port
+        bindir = Path(sys.executable).parent
+        tls = (["--insecure"] if self.insecure else
+               ["--ssl-ca-certfile", str(st.ca_cert), "--ssl-certfile", str(st.server_cert),
+                "--ssl-keyfile", str(st.server_key), "--enable-supernode-auth"])
+        superlink = self._spawn("superlink", [
+            str(bindir / "flower-superlink"), *tls, "--database", str(st.database), "--host", "127.0.0.1",
+            "--port", str(port), "--disable-runtime-dependency-installation", "--isolation", "process",
+            "--superexec-auth-secret-file", str(st.secret_file)])
+        wait_for_port("127.0.0.1", port, timeout=60, proc=superlink, what="flower-superlink")
+        superexec = self._spawn("superexec", [
+            str(bindir / "flower-superexec"), "--runtime-api-address", f"127.0.0.1:{port}",
+            *(["--insecure"] if self.insecure else ["--root-certificates", str(st.ca_cert)]),
+            "--superexec-auth-secret-file", str(st.secret_file), "--parent-pid", str(superlink.pid)])
+        host, _, fport = self.cfg.listen.rpartition(":")
+        scheme = "http" if self.insecure else "https"
+        front = self._spawn("front", [
+            sys.executable, "-m", "fedhaven.server.front", "--listen", self.cfg.listen,
+            "--upstream", f"{scheme}://127.0.0.1:{port}",
+            *([] if self.insecure else ["--certfile", str(st.server_cert), "--keyfile", str(st.server_key),
+                                        "--ca-cert", str(st.ca_cert)])])
+        wait_for_port("127.0.0.1" if host in ("0.0.0.0", "") else host, int(fport), timeout=60, proc=front,
+                      what="the Fleet front")
+        if not self.insecure:
+            control = control_for(st, insecure=False, port=port)
+            try:
+                for note in sync_sites(state=st, control=control):
+                    log.info("%s", note)
+            finally:
+                control.close()
+        runtime = Runtime(pid=os.getpid(), superlink_pid=superlink.pid, superexec_pid=superexec.pid,
+                          front_pid=front.pid, control_address=f"127.0.0.1:{port}", listen=self.cfg.listen,
+                          insecure=self.insecure, started=time.time())
+        runtime.save(st)
+        return runtime
+
+    def wait(self) -> int:
+        """Block until SIGTERM/SIGINT or a child dies; then stop everything. Returns an exit code."""
+        stop = {"signal": False}
+
+        def on_signal(signum, frame) -> None:  # noqa: ANN001
+            stop["signal"] = True
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        code = 0
+        while not stop["signal"]:
+            dead = [n for n, p in self.procs.items() if p.poll() is not None]
+            if dead:
+                log.error("%s exited unexpectedly (see %s); stopping the coordinator", dead[0],
+                          self.logs / f"{dead[0]}.log")
+                code = 1
+                break
+            time.sleep(0.5)
+        self.stop()
+        return code
+
+    def stop(self) -> None:
+        for name in ("front", "superexec", "superlink"):
+            proc = self.procs.get(name)
+            if proc is None:
+                continue
+            _signal_group(proc, signal.SIGTERM)  # the child and what it started (e.g. ServerApp processes)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                _signal_group(proc, signal.SIGKILL)
+                proc.wait()
+        self.state.runtime_file.unlink(missing_ok=True)

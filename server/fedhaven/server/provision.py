@@ -1,0 +1,198 @@
+"""Provisioning for operators: the coordinator's state directory, its PKI, and one bundle per site."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Literal
+
+import tomli_w
+
+from fedhaven.shared.config import ConfigError, bounds, load_toml, parse, to_dict
+from fedhaven.shared.crypto import (
+    CredentialError, check_site_public_key, fingerprint, make_ca, make_server_cert, make_site_keypair, write_private,
+    write_public,
+)
+
+
+@dataclass(frozen=True)
+class CoordinatorConfig:
+    """server.toml: where the coordinator listens and the names sites know it by."""
+
+    public_address: str = "localhost:9092"  # what sites dial; goes into every site.toml
+    listen: str = "0.0.0.0:9092"  # where the Fleet front listens
+    superlink_port: int = field(default=9093, metadata=bounds(ge=1, le=65535))  # 127.0.0.1 only
+    names: tuple[str, ...] = ("localhost",)
+    ips: tuple[str, ...] = ()
+
+    def problems(self) -> list[str]:
+        out = []
+        for key in ("public_address", "listen"):
+            host, _, port = getattr(self, key).rpartition(":")
+            if not host or not port.isdigit():
+                out.append(f"{key}: expected host:port, got {getattr(self, key)!r}")
+        if self.listen.endswith(f":{self.superlink_port}"):
+            out.append("superlink_port: must differ from the front's port")
+        return out
+
+
+SiteStatus = Literal["pending", "registered", "revoked"]
+
+
+@dataclass(frozen=True)
+class SiteRecord:
+    """One site in the registry: its key's fingerprint and whether the SuperLink knows it."""
+
+    name: str
+    fingerprint: str
+    status: SiteStatus = "pending"
+    node_id: int | None = None
+    added: float = field(default_factory=time.time)
+    revoked: float | None = None
+
+
+class StateDir:
+    """The coordinator's state directory (keep it backed up; it holds the CA key)."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root).expanduser().resolve()
+
+    pki = property(lambda self: self.root / "pki")
+    ca_key = property(lambda self: self.root / "pki" / "ca.key")
+    ca_cert = property(lambda self: self.root / "pki" / "ca.pem")
+    server_key = property(lambda self: self.root / "pki" / "server.key")
+    server_cert = property(lambda self: self.root / "pki" / "server.pem")
+    sites_dir = property(lambda self: self.root / "sites")
+    registry_file = property(lambda self: self.root / "sites.json")
+    config_file = property(lambda self: self.root / "server.toml")
+    secret_file = property(lambda self: self.root / "superexec.secret")
+    database = property(lambda self: self.root / "superlink.db")
+    flwr_home = property(lambda self: self.root / "flwr-home")
+    runs = property(lambda self: self.root / "runs")
+    runtime_file = property(lambda self: self.root / "coordinator.json")
+
+    def has_pki(self) -> bool:
+        return all(p.exists() for p in (self.ca_cert, self.server_cert, self.server_key))
+
+    def config(self) -> CoordinatorConfig:
+        if not self.config_file.exists():
+            raise ConfigError([f"{self.config_file}: not found; run `fl-server init --state-dir {self.root}` first"],
+                              source=str(self.config_file))
+        return parse(CoordinatorConfig, load_toml(self.config_file).get("coordinator", {}),
+                     source=str(self.config_file))
+
+    # ----- registry -----
+    def sites(self) -> dict[str, SiteRecord]:
+        if not self.registry_file.exists():
+            return {}
+        return {k: SiteRecord(**v) for k, v in json.loads(self.registry_file.read_text()).items()}
+
+    def save_sites(self, sites: dict[str, SiteRecord]) -> None:
+        tmp = self.registry_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps({k: asdict(v) for k, v in sorted(sites.items())}, indent=2))
+        os.replace(tmp, self.registry_file)
+
+    def update_site(self, record: SiteRecord) -> None:
+        sites = self.sites()
+        sites[record.name] = record
+        self.save_sites(sites)
+
+    def site_public_key(self, name: str) -> bytes:
+        return (self.sites_dir / name / "site.pub").read_bytes()
+
+
+def init_state(*, state: StateDir, cfg: CoordinatorConfig, force: bool = False) -> list[Path]:
+    """Create the CA, the coordinator's TLS certificate, server.toml and the SuperExec secret."""
+    if state.has_pki() and not force:
+        raise ConfigError([f"{state.pki} already holds a CA; re-initialising would lock every site out. "
+                           f"Pass --force only to start over"], source="fl-server init")
+    ca = make_ca()
+    server = make_server_cert(ca=ca, dns_names=cfg.names, ips=cfg.ips)
+    write_private(state.ca_key, ca.key_pem)
+    write_public(state.ca_cert, ca.cert_pem)
+    write_private(state.server_key, server.key_pem)
+    write_public(state.server_cert, server.cert_pem)
+    write_private(state.secret_file, secrets.token_bytes(32))
+    state.config_file.write_text(tomli_w.dumps({"coordinator": to_dict(cfg)}))
+    state.sites_dir.mkdir(parents=True, exist_ok=True)
+    state.runs.mkdir(parents=True, exist_ok=True)
+    if not state.registry_file.exists():
+        state.save_sites({})
+    return [state.ca_cert, state.server_cert, state.config_file]
+
+
+def site_toml(*, name: str, coordinator: CoordinatorConfig, with_key: bool) -> str:
+    """A site.toml template for `name`: everything filled in but the path to its data."""
+    return f"""# fedhaven site configuration for {name}. Check it with: fl-client check --config site.toml
+name = "{name}"
+state_dir = "state"          # this site's privacy ledger lives here: back it up, never edit it
+private_key = "site.key"     # {'generated by the operator: keep it 0600' if with_key else 'from `fl-client keygen`'}
+device = "auto"              # auto (CUDA if present), cpu or cuda
+clientappio_port = 9094      # loopback port between the SuperNode and its ClientApp
+
+[coordinator]
+address = "{coordinator.public_address}"
+ca_cert = "ca.pem"
+
+[data]
+source = "imagefolder"       # or "idx" (MNIST-format files)
+path = "/path/to/training/images"   # <class>/<image> folders
+image_size = 28
+channels = 1
+
+[policy]                     # the coordinator cannot override these
+max_epsilon = 8.0            # privacy budget across all runs, at delta below
+delta = 1e-5
+min_noise_multiplier = 0.5
+require_dp = true
+require_secure_aggregation = true
+allowed_models = ["lenet"]
+"""
+
+
+def add_site(*, state: StateDir, name: str, public_key: bytes | None = None) -> tuple[SiteRecord, Path]:
+    """Create the bundle for a new site; generate its key pair unless the site sent its public key."""
+    problems = []
+    if not name or any(c in name for c in "/\\ \t\"'") or name.startswith("."):
+        problems.append(f"site name {name!r}: use letters, digits, '-' or '_'")
+    existing = state.sites().get(name)
+    if existing is not None and existing.status != "revoked":
+        problems.append(f"site {name!r} already exists ({existing.status}); revoke it first to replace its key")
+    if not state.has_pki():
+        problems.append(f"{state.pki}: no PKI; run `fl-server init --state-dir {state.root}` first")
+    if problems:
+        raise ConfigError(problems, source="fl-server site add")
+    bundle = state.sites_dir / name
+    bundle.mkdir(parents=True, exist_ok=True)
+    if public_key is None:
+        private, public_key = make_site_keypair()
+        write_private(bundle / "site.key", private)
+    try:
+        fp = check_site_public_key(public_key)
+    except CredentialError as exc:
+        raise ConfigError([str(exc)], source="fl-server site add") from None
+    taken = [r.name for r in state.sites().values() if r.fingerprint == fp and r.status != "revoked"]
+    if taken:
+        raise ConfigError([f"this public key already belongs to site {taken[0]!r}"], source="fl-server site add")
+    write_public(bundle / "site.pub", public_key)
+    write_public(bundle / "ca.pem", state.ca_cert.read_bytes())
+    (bundle / "site.toml").write_text(site_toml(name=name, coordinator=state.config(),
+                                                with_key=(bundle / "site.key").exists()))
+    record = SiteRecord(name=name, fingerprint=fingerprint(public_key))
+    state.update_site(record)
+    return record, bundle
+
+
+def revoke_site(*, state: StateDir, name: str) -> SiteRecord:
+    """Mark a site revoked (the SuperLink forgets its key at the next sync) and delete any key we generated."""
+    record = state.sites().get(name)
+    if record is None:
+        raise ConfigError([f"no site named {name!r}; `fl-server site list` shows them"], source="fl-server site revoke")
+    (state.sites_dir / name / "site.key").unlink(missing_ok=True)
+    record = replace(record, status="revoked", revoked=time.time())
+    state.update_site(record)
+    return record

@@ -1,0 +1,140 @@
+"""The site policy, through the deployed ClientApp: refused tasks read no data, train nothing, send nothing."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from flwr.app import Context, Message, RecordDict
+from flwr.app.message_type import MessageType
+from flwr.common import FitIns, ndarrays_to_parameters
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
+from flwr.compat.common import recorddict_compat as compat
+
+from fedhaven.client import deployment
+from fedhaven.client.ledger import Ledger
+from fedhaven.client.site_config import load_site_config
+from fedhaven.client.types import TaskRefused
+from fedhaven.shared.data import load_digits_data, save_idx
+from fedhaven.shared.models import build_model
+from fedhaven.shared.schema import DPConfig, InputSpec, ModelConfig, TrainConfig
+from fedhaven.shared.task import TaskSpec, task_to_config
+from fedhaven.shared.weights import get_weights
+
+SITE_TOML = """
+name = "hospital-a"
+state_dir = "state"
+private_key = "site.key"
+[coordinator]
+address = "localhost:9092"
+ca_cert = "ca.pem"
+[data]
+source = "idx"
+path = "{data}"
+[policy]
+max_epsilon = 4.0
+min_noise_multiplier = 0.8
+"""
+
+
+@pytest.fixture(autouse=True)
+def _task_identity():
+    from flwr.supercore.task_identity import TaskIdentity
+
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+
+
+@pytest.fixture
+def site(tmp_path, monkeypatch):
+    reads = []
+    real = deployment.SiteConfigProvider.data
+
+    def counting(self, context):
+        reads.append(1)
+        return real(self, context)
+
+    monkeypatch.setattr(deployment.SiteConfigProvider, "data", counting)
+    save_idx(load_digits_data(split="train").subset(np.arange(200)), tmp_path / "data", split="train")
+    (tmp_path / "site.toml").write_text(SITE_TOML.format(data=tmp_path / "data"))
+    deployment._config.cache_clear()
+    return tmp_path, reads
+
+
+def _task(**dp) -> TaskSpec:
+    return TaskSpec(server_round=1, planned_rounds=3, input=InputSpec(1, 8, 10),
+                    classes=tuple(str(i) for i in range(10)), model=ModelConfig(),
+                    train=TrainConfig(local_epochs=1, batch_size=32, lr=0.2), dp=DPConfig(target_epsilon=3.0, **dp))
+
+
+def _message(task: TaskSpec, *, secagg: bool) -> Message:
+    weights = get_weights(build_model(cfg=ModelConfig(), spec=task.input, seed=0))
+    content = compat.fitins_to_recorddict(FitIns(ndarrays_to_parameters(weights), task_to_config(task)), True)
+    if secagg:  # the SecAgg+ stage that carries the task
+        from flwr.app import ConfigRecord
+
+        content.config_records[RECORD_KEY_CONFIGS] = ConfigRecord(
+            {Key.STAGE: Stage.COLLECT_MASKED_VECTORS, Key.CIPHERTEXT_LIST: [], Key.SOURCE_LIST: []})
+    return Message(content=content, dst_node_id=5, message_type=MessageType.TRAIN)
+
+
+def _context(path) -> Context:
+    return Context(run_id=1, node_id=5, node_config={"site-config": str(path / "site.toml")}, state=RecordDict(),
+                   run_config={})
+
+
+def _refused(site, task, *, secagg=True) -> str:
+    path, reads = site
+    with pytest.raises(TaskRefused) as err:
+        deployment.app(_message(task, secagg=secagg), _context(path))
+    assert reads == [], "the site read its data for a refused task"
+    assert not Ledger.in_dir(path / "state").path.exists() or len(Ledger.in_dir(path / "state").entries()) == 0
+    assert "nothing was trained or sent" in str(err.value)
+    return str(err.value)
+
+
+def test_noise_below_the_site_minimum(site):
+    assert "noise multiplier 0.3 is below this site's minimum 0.8" in _refused(site, _task(noise_multiplier=0.3))
+
+
+def test_secure_aggregation_off(site):
+    assert "only sends updates under secure aggregation" in _refused(site, _task(), secagg=False)
+
+
+def test_dp_off_and_unknown_model_are_listed_together(site):
+    task = _task()
+    task = replace(task, dp=replace(task.dp, enabled=False), model=ModelConfig(name="mlp"))
+    why = _refused(site, task)
+    assert "only trains with differential privacy" in why and "model 'mlp' is not allowed" in why
+
+
+def test_epsilon_over_budget(site):
+    path, _ = site
+    ledger = Ledger.in_dir(path / "state")
+    ledger.append(site="hospital-a", run_id=0, server_round=1, model="lenet", update_sha256="0" * 64,
+                  weights_sha256="0" * 64, update_l2_norm=1.0, num_examples=200, noise_multiplier=0.5,
+                  sample_rate=0.5, steps=400, delta=1e-5, accountant="rdp", epsilon_before=0.0,
+                  epsilon_after=50.0, cumulative_epsilon=50.0)
+    with pytest.raises(TaskRefused) as err:
+        deployment.app(_message(_task(), secagg=True), _context(path))
+    assert "privacy budget is spent" in str(err.value) and "of 4 " in str(err.value)
+    assert len(ledger.entries()) == 1  # nothing new left the site
+
+
+def test_policy_caps_the_noise_choice_to_the_site_budget(site):
+    """A task targeting more epsilon than the site allows trains within the site's budget instead."""
+    from fedhaven.client.site import SiteTrainer
+    from fedhaven.client.types import PrivacyState, Site, SiteInfo
+
+    path, _ = site
+    cfg = load_site_config(path / "site.toml")
+    data = load_digits_data(split="train").subset(np.arange(200))
+    trainer = SiteTrainer(site=Site(info=SiteInfo(name="a", policy=cfg.policy), data=data))
+    loose = _task()
+    loose = replace(loose, dp=replace(loose.dp, target_epsilon=50.0))
+    noise = trainer.choose_noise(task=loose, privacy=PrivacyState())
+    from fedhaven.shared.accounting import PrivacyStep, epsilon
+    from fedhaven.shared.training import schedule
+
+    q, steps = schedule(num_examples=200, batch_size=32, local_epochs=1)
+    assert epsilon(history=[PrivacyStep(noise, q, steps * 3)], delta=cfg.policy.delta) <= cfg.policy.max_epsilon
