@@ -88,3 +88,20 @@ def test_unreadable_line(tmp_path):
     with pytest.raises(LedgerError, match=":2: unreadable"):
         ledger.entries()
     assert not ledger.verify().ok
+
+
+def test_a_consistently_rehashed_forgery_is_caught_by_recomputing_epsilon(tmp_path):
+    from dataclasses import asdict, replace
+
+    ledger = Ledger.in_dir(tmp_path)
+    _append(ledger, 3)
+    forged, prev = [], "0" * 64
+    for e in ledger.entries():  # lower every recorded epsilon and rebuild a valid chain
+        e = replace(e, prev_hash=prev, epsilon_after=e.epsilon_after / 2)
+        e = replace(e, hash=e.computed_hash())
+        forged.append(asdict(e))
+        prev = e.hash
+    _write(ledger, forged)
+    problems = ledger.verify().problems
+    assert len(problems) == 3 and all("but the noise, sample rates and steps up to it give" in p for p in problems)
+    assert ledger.verify(recompute=False).ok

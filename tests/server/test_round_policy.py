@@ -29,6 +29,9 @@ class FakeFederation:
         self.calls += 1
         return self.outcomes.pop(0)
 
+    def available_sites(self):
+        return 2
+
 
 def _ok(weights, eps=(1.0, 2.0)):
     log = FitRoundLog(results=[(100, {"site": f"s{i}", "loss": 0.5, "accuracy": 0.8, "epsilon": e, "delta": 1e-5,

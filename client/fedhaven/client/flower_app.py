@@ -12,13 +12,13 @@ import hashlib
 import math
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 from flwr.app import ConfigRecord, Context, Message
 from flwr.app.message_type import MessageType
 from flwr.client import NumPyClient
-from flwr.client.mod import secaggplus_mod
+from flwr.client.mod import adaptiveclipping_mod, fixedclipping_mod, secaggplus_mod
 from flwr.clientapp import ClientApp
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, RECORD_KEY_STATE, Key, Stage
 from flwr.common.serde import recorddict_to_proto
@@ -28,7 +28,7 @@ from fedhaven.client.ledger import Ledger
 from fedhaven.client.policy import task_violations
 from fedhaven.client.types import PrivacyState, Site, SiteInfo, TaskRefused
 from fedhaven.shared.accounting import PrivacyHistory
-from fedhaven.shared.task import task_from_config
+from fedhaven.shared.task import TaskSpec, task_from_config
 
 if TYPE_CHECKING:  # torch-backed: imported only by the stages that train
     from fedhaven.client.site import SiteTrainer
@@ -108,7 +108,8 @@ class FedhavenClient(NumPyClient):
         save_privacy(self.ctx, outcome.privacy)
         self.ctx.state.config_records[PENDING_RECORD] = ConfigRecord(
             {k: v for k, v in outcome.ledger.items() if not (isinstance(v, float) and math.isinf(v))})
-        return outcome.weights, outcome.num_examples, outcome.metrics
+        metrics = {**outcome.metrics, "num_examples": outcome.num_examples}
+        return outcome.weights, _weight(task, outcome.num_examples), metrics
 
     def evaluate(self, parameters: list[np.ndarray], config: dict) -> tuple[float, int, dict]:
         raise TaskRefused("fedhaven sites do not release evaluation metrics on their private data; "
@@ -123,18 +124,29 @@ def _fit_stage(msg: Message) -> tuple[bool, bool]:
     return msg.content.config_records[RECORD_KEY_CONFIGS].get(Key.STAGE) == Stage.COLLECT_MASKED_VECTORS, True
 
 
+def _task_of(msg: Message) -> tuple[TaskSpec | None, bool]:
+    """(the task a TRAIN message carries, or None; whether it came under SecAgg+)."""
+    if msg.metadata.message_type != MessageType.TRAIN:
+        return None, False
+    has_task, secagg = _fit_stage(msg)
+    if not has_task:
+        return None, secagg
+    return task_from_config(compat.recorddict_to_fitins(msg.content, keep_input=True).config), secagg
+
+
+def _weight(task: TaskSpec, num_examples: int) -> int:
+    """The aggregation weight a site reports: its example count, or 1 under central DP (every site counts once)."""
+    return 1 if task.central_dp != "none" else num_examples
+
+
 def _policy_mod(sites: SiteProvider) -> Mod:
     """Refuse a task that breaks the site policy, before the site's data is read for it."""
 
     def mod(msg: Message, ctx: Context, call_next: Callable[[Message, Context], Message]) -> Message:
-        if msg.metadata.message_type != MessageType.TRAIN:
-            return call_next(msg, ctx)
-        has_task, secagg = _fit_stage(msg)
-        if not has_task:
+        task, secagg = _task_of(msg)
+        if task is None:
             return call_next(msg, ctx)
         info = sites.info(ctx)
-        fitins = compat.recorddict_to_fitins(msg.content, keep_input=True)
-        task = task_from_config(fitins.config)
         violations = task_violations(task=task, policy=info.policy, secure_aggregation=secagg,
                                      history=load_privacy(ctx, info).history)
         if violations:
@@ -156,10 +168,11 @@ def _secagg_mod(sites: SiteProvider) -> Mod:
     def mod(msg: Message, ctx: Context, call_next: Callable[[Message, Context], Message]) -> Message:
         if msg.metadata.message_type != MessageType.TRAIN or RECORD_KEY_CONFIGS not in msg.content.config_records:
             return call_next(msg, ctx)
-        if msg.content.config_records[RECORD_KEY_CONFIGS].get(Key.STAGE) == Stage.COLLECT_MASKED_VECTORS:
+        task, _ = _task_of(msg)
+        if task is not None:
             state = ctx.state.config_records.get(RECORD_KEY_STATE)
             max_weight = float(state.get("max_weight", 0.0)) if state is not None else 0.0
-            n = len(_trainer(sites, ctx).site.data)
+            n = _weight(task, len(_trainer(sites, ctx).site.data))
             if max_weight > 0 and n > max_weight:
                 raise TaskRefused(f"this site has {n} training examples but the coordinator's SecAgg+ max_weight "
                                   f"is {max_weight:g}, so its update would be clipped. The operator must set "
@@ -167,6 +180,14 @@ def _secagg_mod(sites: SiteProvider) -> Mod:
         return secaggplus_mod(msg, ctx, call_next)
 
     return mod
+
+
+def _central_dp_mod(msg: Message, ctx: Context, call_next: Callable[[Message, Context], Message]) -> Message:
+    """Flower's client-side clipping of the model update for central DP, innermost: clip, then SecAgg+ masks."""
+    task, _ = _task_of(msg)
+    if task is None or task.central_dp == "none":
+        return call_next(msg, ctx)
+    return (fixedclipping_mod if task.central_dp == "fixed" else adaptiveclipping_mod)(msg, ctx, call_next)
 
 
 def content_sha256(msg: Message) -> str:
@@ -210,10 +231,20 @@ def _finite(x: object) -> float | None:
     return float(x) if isinstance(x, (int, float)) and math.isfinite(x) else None
 
 
-def make_client_app(*, sites: SiteProvider) -> ClientApp:
-    """The ClientApp for the sites `sites` provides; identical in simulation and deployment."""
+def client_fn_for(sites: SiteProvider) -> Callable[[Context], Any]:
+    """Flower's `client_fn` for the sites `sites` provides."""
 
     def client_fn(context: Context):  # noqa: ANN202 - Flower's Client type
         return FedhavenClient(trainer=_trainer(sites, context), context=context).to_client()
 
-    return ClientApp(client_fn=client_fn, mods=[_ledger_mod(sites), _policy_mod(sites), _secagg_mod(sites)])
+    return client_fn
+
+
+def make_client_app(*, sites: SiteProvider) -> ClientApp:
+    """The ClientApp for the sites `sites` provides; identical in simulation and deployment."""
+    return ClientApp(client_fn=client_fn_for(sites), mods=client_mods(sites))
+
+
+def client_mods(sites: SiteProvider) -> list[Mod]:
+    """fedhaven's mods, outermost first: ledger, policy, SecAgg+ masking, central-DP clipping."""
+    return [_ledger_mod(sites), _policy_mod(sites), _secagg_mod(sites), _central_dp_mod]

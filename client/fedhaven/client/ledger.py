@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import time
 from collections.abc import Iterator
@@ -121,8 +122,13 @@ class Ledger:
             os.fsync(fh.fileno())
         return entry
 
-    def verify(self) -> VerifyReport:
-        """Check every hash and link: an edited, deleted, inserted or reordered entry is named."""
+    def verify(self, *, recompute: bool = True) -> VerifyReport:
+        """Check every hash and link, and recompute every entry's epsilon from the history before it.
+
+        An edited, deleted, inserted or reordered entry is named; so is an entry
+        whose recorded epsilon does not follow from the recorded noise, sample
+        rates and steps (even if someone re-hashed the whole chain).
+        """
         problems = []
         try:
             entries = self.entries()
@@ -140,4 +146,22 @@ class Ledger:
                 problems.append(f"{where}: does not link to the entry before it: an entry before it was "
                                 f"edited, deleted or reordered")
             prev_hash = e.hash
+        if recompute:
+            problems += self._epsilon_problems(entries)
         return VerifyReport(entries=len(entries), problems=tuple(problems))
+
+    @staticmethod
+    def _epsilon_problems(entries: list[LedgerEntry]) -> list[str]:
+        from fedhaven.shared.accounting import epsilon
+
+        out = []
+        history = PrivacyHistory()
+        for i, e in enumerate(entries):
+            if e.steps > 0:
+                history = history.add(noise_multiplier=e.noise_multiplier, sample_rate=e.sample_rate, steps=e.steps)
+            got = epsilon(history=history, delta=e.delta, accountant=e.accountant)  # type: ignore[arg-type]
+            want = math.inf if e.epsilon_after is None else e.epsilon_after
+            if not (got == want or math.isclose(got, want, rel_tol=1e-6, abs_tol=1e-9)):
+                out.append(f"entry {i + 1} (seq {e.seq}): records epsilon {want:.6g}, but the noise, sample rates "
+                           f"and steps up to it give {got:.6g}")
+        return out

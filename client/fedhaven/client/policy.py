@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from fedhaven.client.site_config import SitePolicy
-from fedhaven.shared.accounting import PrivacyHistory, epsilon
+from fedhaven.shared.accounting import BUDGET_SPENT, PrivacyHistory, epsilon
 from fedhaven.shared.task import TaskSpec
 
 
@@ -35,7 +35,7 @@ def task_violations(*, task: TaskSpec, policy: SitePolicy, secure_aggregation: b
             out.append(f"delta {task.dp.delta:g} is weaker than this site's delta {policy.delta:g}")
         spent = budget_spent(policy=policy, history=history)
         if math.isfinite(policy.max_epsilon) and spent >= policy.max_epsilon:
-            out.append(f"this site's privacy budget is spent: epsilon {spent:.3f} of {policy.max_epsilon:g} "
+            out.append(f"this site's {BUDGET_SPENT}: epsilon {spent:.3f} of {policy.max_epsilon:g} "
                        f"(delta {policy.delta:g}) across all runs; nothing more can be trained")
     return out
 
@@ -46,6 +46,6 @@ def over_budget(*, policy: SitePolicy, history_after: PrivacyHistory) -> str | N
         return None
     after = budget_spent(policy=policy, history=history_after)
     if after > policy.max_epsilon * (1 + 1e-9):
-        return (f"this round would take the site to epsilon {after:.3f}, past its budget {policy.max_epsilon:g} "
-                f"(delta {policy.delta:g}); it was refused before training")
+        return (f"{BUDGET_SPENT} for another round: it would take the site to epsilon {after:.3f}, past its "
+                f"budget {policy.max_epsilon:g} (delta {policy.delta:g}); refused before training")
     return None

@@ -7,28 +7,9 @@ from pathlib import Path
 from typing import Literal
 
 from fedhaven.shared.config import ConfigError, bounds, load_toml, parse
-from fedhaven.shared.schema import Accountant, DataConfig
+from fedhaven.shared.schema import SIMULATION_POLICY, DataConfig, SitePolicy
 
-
-@dataclass(frozen=True)
-class SitePolicy:
-    """Limits the coordinator cannot override: checked on the site before any data is read for a task."""
-
-    max_epsilon: float = field(default=8.0, metadata=bounds(gt=0))
-    delta: float = field(default=1e-5, metadata=bounds(gt=0, lt=1))
-    accountant: Accountant = "rdp"
-    min_noise_multiplier: float = field(default=0.5, metadata=bounds(ge=0))
-    require_dp: bool = True
-    require_secure_aggregation: bool = True
-    allowed_models: tuple[str, ...] = ("lenet",)  # "*" allows any registered model
-
-    def allows_model(self, name: str) -> bool:
-        return "*" in self.allowed_models or name in self.allowed_models
-
-
-#: The policy of a simulated site: no limits beyond what the experiment asks for.
-SIMULATION_POLICY = SitePolicy(max_epsilon=float("inf"), min_noise_multiplier=0.0, require_dp=False,
-                               require_secure_aggregation=False, allowed_models=("*",))
+__all__ = ["SIMULATION_POLICY", "CoordinatorConfig", "SiteConfig", "SitePolicy", "load_site_config"]
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ def run_config_from_context(context: Context) -> RunConfig:
     """The typed RunConfig from Flower's flat run config (checked again here: the file may have been edited)."""
     run = parse(RunConfig, unflatten(dict(context.run_config)), source="run config")
     problems = []
-    if run.secagg.enabled and run.secagg.max_weight == "auto":
+    if run.secagg.enabled and run.known_max_weight() is None:
         problems.append("secagg.max_weight: a deployed coordinator cannot see site sizes before training; set it "
                         "to at least the largest site's number of training examples")
     if not Path(run.output_dir).is_absolute():
@@ -43,10 +43,10 @@ def main(grid: Grid, context: Context) -> None:
     run_dir = Path(run.output_dir) / f"run-{context.run_id}"
     test = load_data(cfg=run.data, split="test")
     evaluator = CentralEvaluator(run=run, data=test, device=resolve_device("auto"))
-    max_weight = float(run.secagg.max_weight) if run.secagg.enabled else None
+    max_weight = run.known_max_weight() if run.secagg.enabled else None
     result = run_federation(grid=grid, context=context, run=run, run_dir=run_dir, input_spec=test.spec,
                             classes=test.classes, evaluator=evaluator, max_weight=max_weight)
-    report = build_privacy_report(run=run, sites=result.sites, rounds_completed=sum(
-        r.status == "ok" for r in result.rounds), max_weight=max_weight)
+    report = build_privacy_report(run=run, sites=result.sites, rounds=result.rounds, max_weight=max_weight,
+                                  central=result.central_noise, stopped=result.stopped)
     report.write(run_dir)
     log.info("run %s finished: %d rounds, privacy report in %s", context.run_id, len(result.rounds) - 1, run_dir)

@@ -7,14 +7,16 @@ import math
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from fedhaven.server.flower_legacy import FitRoundLog, LegacyFederation, build_strategy
-from fedhaven.server.recorder import CentralEvaluator, RoundFailed, RoundRecord, RunRecorder, SiteReport
+from fedhaven.server.flower_legacy import FitRoundLog, LegacyFederation, build_strategy, central_noise
+from fedhaven.server.recorder import (
+    CentralEvaluator, CentralNoise, RoundFailed, RoundRecord, RunRecorder, SiteReport,
+)
 from fedhaven.shared.models import InputSpec, build_model
 from fedhaven.shared.schema import RunConfig
 from fedhaven.shared.task import task_for_round, task_to_config
@@ -32,13 +34,16 @@ class RunResult:
     rounds: list[RoundRecord]
     sites: dict[str, SiteReport]
     wall_time_s: float
+    central_noise: list[CentralNoise] = field(default_factory=list)
+    stopped: str | None = None  # why the run ended before its last round, if it did
 
 
 def site_reports(fit_log: FitRoundLog) -> list[SiteReport]:
     """Each site's metrics from one fit round, typed."""
     out = []
     for n, m in fit_log.results:
-        out.append(SiteReport(site=str(m.get("site", "?")), num_examples=int(n), loss=float(m.get("loss", math.nan)),
+        out.append(SiteReport(site=str(m.get("site", "?")), num_examples=int(m.get("num_examples", n)),
+                              loss=float(m.get("loss", math.nan)),
                               accuracy=float(m.get("accuracy", math.nan)), epsilon=float(m.get("epsilon", math.inf)),
                               delta=float(m.get("delta", 0.0)), noise_multiplier=float(m.get("noise_multiplier", 0)),
                               sample_rate=float(m.get("sample_rate", 0)), steps=int(m.get("steps", 0)),
@@ -78,13 +83,23 @@ def run_federation(
                                         epsilon_max=0.0, epsilon_mean=0.0, sites_ok=0, sites_failed=0,
                                         round_time_s=0.0, fit_time_s=0.0, eval_time_s=0.0,
                                         secure_aggregation=run.secagg.enabled))
+        stopped = None
         for server_round in range(1, run.rounds + 1):
-            weights = _one_round(fed=fed, run=run, server_round=server_round, recorder=recorder, evaluator=evaluator)
+            try:
+                weights = _one_round(fed=fed, run=run, server_round=server_round, recorder=recorder,
+                                     evaluator=evaluator)
+            except RoundFailed as exc:
+                if not exc.budget_exhausted:
+                    raise
+                stopped = (f"stopped cleanly before round {server_round}: too few sites have privacy budget left "
+                           f"({len(exc.reasons)} refused: {exc.reasons[0]})")
+                log.warning("%s", stopped)
+                break
         recorder.finish(weights=weights)
     finally:
         fed.close()
     return RunResult(run_dir=run_dir, weights=weights, rounds=recorder.rounds, sites=dict(recorder.sites),
-                     wall_time_s=time.perf_counter() - start)
+                     wall_time_s=time.perf_counter() - start, central_noise=central_noise(strategy), stopped=stopped)
 
 
 def _one_round(*, fed: LegacyFederation, run: RunConfig, server_round: int, recorder: RunRecorder,
@@ -100,6 +115,7 @@ def _one_round(*, fed: LegacyFederation, run: RunConfig, server_round: int, reco
         finite = [e for e in eps_all.values() if math.isfinite(e)]
         common = dict(round=server_round, attempt=attempt, sites_ok=len(reports),
                       sites_failed=len(outcome.log.failures), fit_time_s=fit_time,
+                      sites_available=fed.available_sites(),
                       secure_aggregation=run.secagg.enabled, epsilons=eps_all,
                       failures=tuple(outcome.log.failures),
                       epsilon_max=max(eps_all.values()) if eps_all else None,
@@ -114,7 +130,7 @@ def _one_round(*, fed: LegacyFederation, run: RunConfig, server_round: int, reco
             if attempt == attempts:
                 raise RoundFailed(f"round {server_round} produced no aggregate in {attempts} attempt(s), last "
                                   f"{why}; site errors: {reasons}. The global model of round {server_round - 1} "
-                                  f"is kept in {recorder.run_dir}")
+                                  f"is kept in {recorder.run_dir}", reasons=tuple(outcome.log.failures))
             continue
         t1 = time.perf_counter()
         loss, acc = evaluator(outcome.weights) if evaluator is not None else (None, None)

@@ -22,13 +22,18 @@ from flwr.server import ServerConfig as FlowerServerConfig
 from flwr.server.client_manager import SimpleClientManager
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.compat.app_utils import start_update_client_manager_thread
-from flwr.server.strategy import FedAdam, FedAvg, FedProx, Strategy
+from flwr.supercore.differential_privacy import add_gaussian_noise_to_params, compute_stdv
+from flwr.server.strategy import (
+    DifferentialPrivacyClientSideAdaptiveClipping, DifferentialPrivacyClientSideFixedClipping, FedAdam, FedAvg, FedProx,
+    Strategy,
+)
 from flwr.server.workflow import SecAggPlusWorkflow
 from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD, Key
 from flwr.server.workflow.default_workflows import default_fit_workflow, default_init_params_workflow
 from flwr.server.workflow.secure_aggregation.secaggplus_workflow import WorkflowState
 from flwr.serverapp.grid import Grid
 
+from fedhaven.server.recorder import CentralNoise
 from fedhaven.shared.schema import RunConfig, SecAggConfig
 
 log = logging.getLogger("fedhaven.server")
@@ -99,6 +104,60 @@ def _fit_metrics(results: list[tuple[int, dict]]) -> dict:
     return out
 
 
+class TolerantFixedClipping(DifferentialPrivacyClientSideFixedClipping):
+    """Flower's client-side fixed-clipping wrapper, tolerating dropouts.
+
+    Flower's version returns no aggregate when any site failed. Here the noise is
+    calibrated to the m updates actually averaged (std z*C/m), which keeps the
+    guarantee while a site that refused (e.g. its budget is spent) is left out.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.applied: list[CentralNoise] = []
+
+    def aggregate_fit(self, server_round, results, failures):  # noqa: ANN001, ANN201 - Flower signature
+        if not results:
+            return None, {}
+        self.num_sampled_clients = len(results)
+        params, metrics = super().aggregate_fit(server_round, results, [])
+        if params is not None:
+            self.applied.append(CentralNoise(server_round, len(results), self.clipping_norm, self.noise_multiplier,
+                                             compute_stdv(self.noise_multiplier, self.clipping_norm, len(results))))
+        return params, metrics
+
+
+class TolerantAdaptiveClipping(DifferentialPrivacyClientSideAdaptiveClipping):
+    """Flower's client-side adaptive-clipping wrapper, tolerating dropouts, with the noise of the norm used.
+
+    Flower 1.42 updates the clipping norm before adding noise, so a shrinking
+    norm under-noises the round the sites clipped with the larger one; here the
+    noise uses the norm the sites were sent.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.applied: list[CentralNoise] = []
+
+    def aggregate_fit(self, server_round, results, failures):  # noqa: ANN001, ANN201 - Flower signature
+        if not results:
+            return None, {}
+        used, m = self.clipping_norm, len(results)
+        self.num_sampled_clients = m
+        params, metrics = self.strategy.aggregate_fit(server_round, results, [])
+        self._update_clip_norm(results)
+        if params is not None:
+            params = add_gaussian_noise_to_params(params, self.noise_multiplier, used, m)
+            self.applied.append(CentralNoise(server_round, m, used, self.noise_multiplier,
+                                             compute_stdv(self.noise_multiplier, used, m)))
+        return params, metrics
+
+
+def central_noise(strategy: RecordingStrategy) -> list[CentralNoise]:
+    """Every round's central-DP noise so far (empty when central DP is off)."""
+    return list(getattr(strategy.inner, "applied", []))
+
+
 def build_strategy(*, run: RunConfig, initial: Sequence[np.ndarray],
                    fit_config: Callable[[int], dict[str, Any]]) -> RecordingStrategy:
     """FedAvg, FedProx or FedAdam as configured, with fedhaven's task config sent every round."""
@@ -115,6 +174,18 @@ def build_strategy(*, run: RunConfig, initial: Sequence[np.ndarray],
         inner = FedAdam(eta=s.server_lr, eta_l=run.train.lr, beta_1=s.beta_1, beta_2=s.beta_2, tau=s.tau, **common)
     else:
         inner = FedAvg(**common)
+    c = run.central_dp
+    if c.enabled:
+        if c.clipping == "fixed":
+            inner = TolerantFixedClipping(inner, noise_multiplier=c.noise_multiplier, clipping_norm=c.clipping_norm,
+                                          num_sampled_clients=run.min_sites)
+        else:
+            inner = TolerantAdaptiveClipping(inner, noise_multiplier=c.noise_multiplier,
+                                             num_sampled_clients=run.min_sites, initial_clipping_norm=c.clipping_norm,
+                                             target_clipped_quantile=c.target_clipped_quantile,
+                                             clip_norm_lr=c.clip_norm_lr,
+                                             clipped_count_stddev=None if c.clipped_count_stddev == "auto"
+                                             else c.clipped_count_stddev)
     return RecordingStrategy(inner)
 
 

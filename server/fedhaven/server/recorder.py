@@ -26,6 +26,17 @@ from fedhaven.shared.weights import state_dict_from_weights
 class RoundFailed(RuntimeError):
     """A round produced no aggregate (e.g. SecAgg+ halted); never reported as success."""
 
+    def __init__(self, message: str, *, reasons: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.reasons = reasons
+
+    @property
+    def budget_exhausted(self) -> bool:
+        """Whether every site that failed refused because its privacy budget is spent."""
+        from fedhaven.shared.accounting import BUDGET_SPENT
+
+        return bool(self.reasons) and all(BUDGET_SPENT in r for r in self.reasons)
+
 
 @dataclass(frozen=True)
 class SiteReport:
@@ -41,6 +52,17 @@ class SiteReport:
     sample_rate: float
     steps: int
     total_steps: int
+
+
+@dataclass(frozen=True)
+class CentralNoise:
+    """What the coordinator's central-DP noise was in one round: the mean of `sites` clipped updates."""
+
+    server_round: int
+    sites: int
+    clipping_norm: float
+    noise_multiplier: float
+    noise_std: float
 
 
 @dataclass(frozen=True)
@@ -60,6 +82,7 @@ class RoundRecord:
     fit_time_s: float
     eval_time_s: float
     secure_aggregation: bool
+    sites_available: int = 0
     epsilons: dict[str, float | None] = field(default_factory=dict)
     failures: tuple[str, ...] = ()
     time: float = field(default_factory=time.time)

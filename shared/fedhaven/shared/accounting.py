@@ -11,6 +11,10 @@ from fedhaven.shared.runtime import quiet_opacus_import
 from fedhaven.shared.schema import Accountant
 
 
+#: Said by every site that refuses a task for lack of privacy budget; the coordinator recognises it by this phrase.
+BUDGET_SPENT = "privacy budget is spent"
+
+
 @dataclass(frozen=True)
 class PrivacyStep:
     """`steps` DP-SGD steps with one noise multiplier and one Poisson sample rate."""
@@ -107,7 +111,7 @@ def noise_for_budget(
     """
     spent = epsilon(history=prior, delta=delta, accountant=accountant)
     if spent >= target_epsilon:
-        raise ValueError(f"the privacy budget is spent: epsilon {spent:.3f} already reaches the target "
+        raise ValueError(f"the {BUDGET_SPENT}: epsilon {spent:.3f} already reaches the target "
                          f"{target_epsilon:g} (delta {delta:g}); nothing more can be trained under it")
 
     def eps_with(z: float) -> float:

@@ -122,6 +122,33 @@ class SecAggConfig:
 
 
 @dataclass(frozen=True)
+class CentralDPConfig:
+    """Optional client-level DP on the aggregate (Flower's client-side clipping wrappers).
+
+    Each site clips its model update to `clipping_norm` before SecAgg+ masks it;
+    the coordinator adds Gaussian noise of std `noise_multiplier * clipping_norm / m`
+    to the mean of the m updates it aggregated. Every site then counts equally.
+    """
+
+    enabled: bool = False
+    clipping: Literal["fixed", "adaptive"] = "fixed"
+    noise_multiplier: float = field(default=1.0, metadata=bounds(ge=0))
+    clipping_norm: float = field(default=1.0, metadata=bounds(gt=0))
+    delta: float = field(default=1e-5, metadata=bounds(gt=0, lt=1))
+    target_clipped_quantile: float = field(default=0.5, metadata=bounds(gt=0, lt=1))
+    clip_norm_lr: float = field(default=0.2, metadata=bounds(gt=0))
+    clipped_count_stddev: float | Literal["auto"] = "auto"  # adaptive: noise on the count of clipped sites
+    accountant: Accountant = "rdp"
+
+    def problems(self) -> list[str]:
+        if self.enabled and self.clipping == "adaptive" and self.noise_multiplier > 0:
+            if isinstance(self.clipped_count_stddev, float) and self.noise_multiplier >= 2 * self.clipped_count_stddev:
+                return [f"clipped_count_stddev: must exceed noise_multiplier / 2 ({self.noise_multiplier / 2:g}) for "
+                        f"adaptive clipping (Andrew et al. 2021)"]
+        return []
+
+
+@dataclass(frozen=True)
 class StrategyConfig:
     """How the coordinator samples sites and combines their models."""
 
@@ -167,13 +194,44 @@ class RunConfig:
     dp: DPConfig = field(default_factory=DPConfig)
     secagg: SecAggConfig = field(default_factory=SecAggConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    central_dp: CentralDPConfig = field(default_factory=CentralDPConfig)
+
+    def known_max_weight(self) -> float | None:
+        """SecAgg+'s max_weight when it is known without seeing the sites: 1 under central DP (every site
+        counts once), the configured number, or None for "auto" (the largest site's example count)."""
+        if self.central_dp.enabled:
+            return 1.0
+        return None if self.secagg.max_weight == "auto" else float(self.secagg.max_weight)
 
     def problems(self) -> list[str]:
         out: list[str] = []
+        if self.central_dp.enabled and self.strategy.name == "fedadam":
+            out.append("central_dp: the noise is calibrated to a mean of clipped updates; use fedavg or fedprox")
         if self.secagg.enabled and self.min_sites < self.secagg.min_sites():
             out.append(f"min_sites: SecAgg+ needs at least {self.secagg.min_sites()} sites per round "
                        f"(its reconstruction_threshold); raise min_sites or lower the threshold")
         return out
+
+
+@dataclass(frozen=True)
+class SitePolicy:
+    """Limits the coordinator cannot override: checked on the site before any data is read for a task."""
+
+    max_epsilon: float = field(default=8.0, metadata=bounds(gt=0))
+    delta: float = field(default=1e-5, metadata=bounds(gt=0, lt=1))
+    accountant: Accountant = "rdp"
+    min_noise_multiplier: float = field(default=0.5, metadata=bounds(ge=0))
+    require_dp: bool = True
+    require_secure_aggregation: bool = True
+    allowed_models: tuple[str, ...] = ("lenet",)  # "*" allows any registered model
+
+    def allows_model(self, name: str) -> bool:
+        return "*" in self.allowed_models or name in self.allowed_models
+
+
+#: The policy of a simulated site: no limits beyond what the experiment asks for.
+SIMULATION_POLICY = SitePolicy(max_epsilon=float("inf"), min_noise_multiplier=0.0, require_dp=False,
+                               require_secure_aggregation=False, allowed_models=("*",))
 
 
 _PARTITION = re.compile(r"^(iid|folders|dirichlet:(?P<alpha>[0-9]*\.?[0-9]+(e-?[0-9]+)?))$")
@@ -196,6 +254,7 @@ class ExperimentConfig(RunConfig):
     sites: int = field(default=10, metadata=bounds(ge=1, le=100_000))
     partition: str = "iid"
     simulation: SimulationConfig = field(default_factory=SimulationConfig)
+    site_policy: SitePolicy = field(default_factory=lambda: SIMULATION_POLICY)  # what every simulated site enforces
 
     def problems(self) -> list[str]:
         out = super().problems()

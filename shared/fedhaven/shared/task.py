@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from fedhaven.shared.config import ConfigError, bounds, flatten, parse, to_dict, unflatten
 from fedhaven.shared.schema import DPConfig, InputSpec, ModelConfig, RunConfig, TrainConfig
@@ -26,6 +26,7 @@ class TaskSpec:
     train: TrainConfig
     dp: DPConfig
     proximal_mu: float = field(default=0.0, metadata=bounds(ge=0))
+    central_dp: Literal["none", "fixed", "adaptive"] = "none"  # clip the update for the coordinator's DP noise
 
     def problems(self) -> list[str]:
         out = []
@@ -47,6 +48,7 @@ def task_for_round(*, run: RunConfig, server_round: int, input_spec: InputSpec, 
         train=run.train,
         dp=run.dp,
         proximal_mu=run.strategy.proximal_mu if run.strategy.name == "fedprox" else 0.0,
+        central_dp=run.central_dp.clipping if run.central_dp.enabled else "none",
     )
 
 

@@ -29,13 +29,16 @@ class SimulationFailed(RuntimeError):
 def resolve_max_weight(exp: ExperimentConfig, sizes: list[int]) -> float:
     """SecAgg+'s max_weight: the largest site's example count under "auto", else checked against it."""
     largest = max(sizes)
-    if exp.secagg.max_weight == "auto":
+    known = exp.known_max_weight()
+    if known is None:
         return float(largest)
-    if exp.secagg.max_weight < largest:
+    if exp.central_dp.enabled:
+        return known
+    if known < largest:
         raise ConfigError([f"secagg.max_weight: {exp.secagg.max_weight:g} is below the largest site's "
                            f"{largest} examples; SecAgg+ would clip that site's update. Use \"auto\" or >= {largest}"],
                           source="experiment")
-    return float(exp.secagg.max_weight)
+    return known
 
 
 def sites_per_round(exp: ExperimentConfig) -> int:
@@ -97,9 +100,33 @@ def run_experiment(
     wall = time.perf_counter() - started
     result = results[0]
     plot_rounds(rounds=result.rounds, run_dir=run_dir, title=exp.name)
-    build_privacy_report(run=exp.run_config(), sites=result.sites, max_weight=max_weight,
-                         rounds_completed=sum(r.status == "ok" for r in result.rounds)).write(run_dir)
+    build_privacy_report(run=exp.run_config(), sites=result.sites, rounds=result.rounds, max_weight=max_weight,
+                         central=result.central_noise, stopped=result.stopped,
+                         membership_inference=audit_membership(exp=exp, weights=result.weights)).write(run_dir)
     return summarize(exp=exp, result=result, wall_time_s=wall)
+
+
+def audit_membership(*, exp: ExperimentConfig, weights: list) -> dict:
+    """Loss-threshold membership inference on the final model: the sites' training data against the test set.
+
+    Only a simulation can run it: it needs the sites' data, which a deployed coordinator never sees.
+    """
+    import torch
+
+    from fedhaven.shared.audit import membership_inference
+    from fedhaven.shared.data import ImageData, load_data
+    from fedhaven.shared.models import build_model
+    from fedhaven.shared.weights import set_weights
+
+    sites = SimulatedSites(exp)
+    test = load_data(cfg=exp.data, split="test")
+    parts = [sites.site_data(i).aligned_to(test.classes) for i in range(exp.sites)]
+    members = ImageData(torch.cat([p.images for p in parts]), torch.cat([p.labels for p in parts]), test.classes)
+    model = build_model(cfg=exp.model, spec=test.spec, dp=False)
+    set_weights(model, weights)
+    result = membership_inference(model=model, members=members, non_members=test, seed=exp.seed)
+    return {"auc": result.auc, "members": result.members, "non_members": result.non_members,
+            "attack": "loss threshold (Yeom et al. 2018)"}
 
 
 def _shutdown_ray() -> None:

@@ -74,7 +74,7 @@ class SimulatedSites:
         if exp.partition == "folders":
             name = f"{name}-{site_folders(exp.data.path or '', num_sites=exp.sites)[index].name}"
         state_dir = Path(self.state_root) / name if self.state_root else None
-        return SiteInfo(name=name, state_dir=state_dir, device=exp.simulation.device)
+        return SiteInfo(name=name, policy=exp.site_policy, state_dir=state_dir, device=exp.simulation.device)
 
     def site_data(self, index: int) -> ImageData:
         exp = self.experiment

@@ -29,8 +29,11 @@ def run(args: argparse.Namespace) -> int:
                 log.error("%s", p)
             log.error("ledger %s does NOT verify (%d entries checked)", ledger.path, report.entries)
             return 1
-        log.info("ledger %s verified: %d entries, chain intact, head %s", ledger.path, report.entries,
-                 ledger.head()[:16])
+        spent = budget_spent(policy=cfg.policy, history=ledger.history())
+        log.info("ledger %s verified: %d entries, chain intact, every epsilon recomputed; head %s", ledger.path,
+                 report.entries, ledger.head()[:16])
+        log.info("epsilon spent across all runs: %.4f at delta %g (budget %g), recomputed from the ledger with a "
+                 "fresh %s accountant", spent, cfg.policy.delta, cfg.policy.max_epsilon, cfg.policy.accountant)
         return 0
     entries = ledger.entries()
     log.info("%-4s %-19s %-8s %-5s %-8s %-9s %-8s %-6s %-9s %s", "seq", "time (UTC)", "run", "round", "model",

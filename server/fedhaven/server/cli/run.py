@@ -38,7 +38,7 @@ def load_run_config(*, path: Path, overrides: list[str], rounds: int | None, out
     data["output_dir"] = str(output_dir)
     run = parse(RunConfig, data, source=str(path))
     problems = []
-    if run.secagg.enabled and run.secagg.max_weight == "auto":
+    if run.secagg.enabled and run.known_max_weight() is None:
         problems.append("secagg.max_weight: set it to at least the largest site's number of training examples "
                         "(a deployed coordinator cannot see site sizes before training)")
     from fedhaven.shared.data import load_data  # torch: imported only when a run is submitted

@@ -1,0 +1,64 @@
+"""An empirical privacy check: the loss-threshold membership-inference attack and its AUC."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fedhaven.shared.data import ImageData, to_model_input
+
+
+@torch.no_grad()
+def per_example_loss(*, model: nn.Module, data: ImageData, device: str, batch_size: int = 2048) -> np.ndarray:
+    """Cross-entropy of every example under `model`."""
+    model.to(device).eval()
+    out = []
+    for start in range(0, len(data), batch_size):
+        x = to_model_input(data.images[start: start + batch_size]).to(device)
+        y = data.labels[start: start + batch_size].to(device)
+        out.append(F.cross_entropy(model(x), y, reduction="none").cpu().numpy())
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+def auc(*, positive: np.ndarray, negative: np.ndarray) -> float:
+    """Area under the ROC curve of scores separating `positive` from `negative` (Mann-Whitney U, ties halved)."""
+    if len(positive) == 0 or len(negative) == 0:
+        raise ValueError("AUC needs at least one positive and one negative score")
+    scores = np.concatenate([positive, negative])
+    order = scores.argsort(kind="mergesort")
+    ranks = np.empty(len(scores), dtype=np.float64)
+    sorted_scores = scores[order]
+    i = 0
+    while i < len(scores):  # average ranks over ties
+        j = i
+        while j + 1 < len(scores) and sorted_scores[j + 1] == sorted_scores[i]:
+            j += 1
+        ranks[order[i: j + 1]] = (i + j) / 2 + 1
+        i = j + 1
+    u = ranks[: len(positive)].sum() - len(positive) * (len(positive) + 1) / 2
+    return float(u / (len(positive) * len(negative)))
+
+
+@dataclass(frozen=True)
+class MembershipInference:
+    """AUC of telling training members from held-out examples by their loss (0.5: no better than chance)."""
+
+    auc: float
+    members: int
+    non_members: int
+
+
+def membership_inference(*, model: nn.Module, members: ImageData, non_members: ImageData, device: str = "cpu",
+                         max_examples: int = 5000, seed: int = 0) -> MembershipInference:
+    """The loss-threshold attack (Yeom et al., 2018) on balanced samples of members and non-members."""
+    n = min(len(members), len(non_members), max_examples)
+    rng = np.random.default_rng(seed)
+    m = members.subset(rng.choice(len(members), n, replace=False))
+    o = non_members.subset(rng.choice(len(non_members), n, replace=False))
+    lm = per_example_loss(model=model, data=m, device=device)
+    lo = per_example_loss(model=model, data=o, device=device)
+    return MembershipInference(auc=auc(positive=-lm, negative=-lo), members=n, non_members=n)
