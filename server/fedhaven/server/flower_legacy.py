@@ -104,40 +104,23 @@ def _fit_metrics(results: list[tuple[int, dict]]) -> dict:
     return out
 
 
-class TolerantFixedClipping(DifferentialPrivacyClientSideFixedClipping):
-    """Flower's client-side fixed-clipping wrapper, tolerating dropouts.
+class _TolerantCentralDP:
+    """Over Flower's client-side clipping wrappers: tolerate dropouts, noise with the norm the sites used.
 
-    Flower's version returns no aggregate when any site failed. Here the noise is
+    Flower's wrappers return no aggregate when any site failed. Here the noise is
     calibrated to the m updates actually averaged (std z*C/m), which keeps the
     guarantee while a site that refused (e.g. its budget is spent) is left out.
+    Flower 1.42's adaptive wrapper also updates the clipping norm before adding
+    noise, so a shrinking norm under-noised the round; here the noise uses the
+    norm the sites were sent.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.applied: list[CentralNoise] = []
 
-    def aggregate_fit(self, server_round, results, failures):  # noqa: ANN001, ANN201 - Flower signature
-        if not results:
-            return None, {}
-        self.num_sampled_clients = len(results)
-        params, metrics = super().aggregate_fit(server_round, results, [])
-        if params is not None:
-            self.applied.append(CentralNoise(server_round, len(results), self.clipping_norm, self.noise_multiplier,
-                                             compute_stdv(self.noise_multiplier, self.clipping_norm, len(results))))
-        return params, metrics
-
-
-class TolerantAdaptiveClipping(DifferentialPrivacyClientSideAdaptiveClipping):
-    """Flower's client-side adaptive-clipping wrapper, tolerating dropouts, with the noise of the norm used.
-
-    Flower 1.42 updates the clipping norm before adding noise, so a shrinking
-    norm under-noises the round the sites clipped with the larger one; here the
-    noise uses the norm the sites were sent.
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.applied: list[CentralNoise] = []
+    def _after_aggregate(self, results: list) -> None:
+        """Hook for wrappers that learn from the round (adaptive clipping)."""
 
     def aggregate_fit(self, server_round, results, failures):  # noqa: ANN001, ANN201 - Flower signature
         if not results:
@@ -145,12 +128,23 @@ class TolerantAdaptiveClipping(DifferentialPrivacyClientSideAdaptiveClipping):
         used, m = self.clipping_norm, len(results)
         self.num_sampled_clients = m
         params, metrics = self.strategy.aggregate_fit(server_round, results, [])
-        self._update_clip_norm(results)
+        self._after_aggregate(results)
         if params is not None:
             params = add_gaussian_noise_to_params(params, self.noise_multiplier, used, m)
             self.applied.append(CentralNoise(server_round, m, used, self.noise_multiplier,
                                              compute_stdv(self.noise_multiplier, used, m)))
         return params, metrics
+
+
+class TolerantFixedClipping(_TolerantCentralDP, DifferentialPrivacyClientSideFixedClipping):
+    """Flower's client-side fixed clipping, tolerating dropouts."""
+
+
+class TolerantAdaptiveClipping(_TolerantCentralDP, DifferentialPrivacyClientSideAdaptiveClipping):
+    """Flower's client-side adaptive clipping, tolerating dropouts, noised with the norm the sites used."""
+
+    def _after_aggregate(self, results: list) -> None:
+        self._update_clip_norm(results)
 
 
 def central_noise(strategy: RecordingStrategy) -> list[CentralNoise]:

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
-import importlib
-import sys
-
 from fedhaven.shared.runtime import harden_environment
 
 harden_environment()  # before anything imports flwr
@@ -18,35 +14,18 @@ SUBCOMMANDS = {
 }
 
 
-def build_parser() -> tuple[argparse.ArgumentParser, dict]:
+def build_parser():  # noqa: ANN201 - (parser, modules)
     """The command's parser and its subcommand modules (also used to check deploy files)."""
-    parser = argparse.ArgumentParser(prog="fl-client", description="fedhaven site, for the site's IT.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    modules = {}
-    for name, help_ in SUBCOMMANDS.items():
-        mod = importlib.import_module(f"fedhaven.client.cli.{name}")
-        p = sub.add_parser(name, help=help_, description=help_)
-        p.add_argument("-v", "--verbose", action="store_true")
-        mod.add_arguments(p)
-        modules[name] = mod
-    return parser, modules
+    from fedhaven.shared.cli import build_parser as frame
+
+    return frame(prog="fl-client", description="fedhaven site, for the site's IT.", package="fedhaven.client.cli",
+                 subcommands=SUBCOMMANDS)
 
 
 def main(argv: list[str] | None = None) -> int:
-    from fedhaven.shared.config import ConfigError
-    from fedhaven.shared.runtime import configure_logging
+    from fedhaven.shared.cli import run_command
 
-    parser, modules = build_parser()
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    configure_logging(verbose=args.verbose)
-    try:
-        return int(modules[args.command].run(args) or 0)
-    except ConfigError as exc:
-        print(f"fl-client {args.command}: {exc}", file=sys.stderr)
-        return 2
-    except RuntimeError as exc:
-        print(f"fl-client {args.command}: {exc}", file=sys.stderr)
-        return 1
+    return run_command(prog="fl-client", built=build_parser(), argv=argv)
 
 
 if __name__ == "__main__":  # pragma: no cover
