@@ -17,8 +17,8 @@ from fedhaven.shared.training import DPSettings, evaluate, poisson_batches, sche
 from fedhaven.shared.weights import get_weights
 
 
-def _model(seed=0):
-    return build_model(cfg=ModelConfig(activation="tanh"), spec=InputSpec(1, 8, 3), seed=seed)
+def _model(seed=0, norm="none"):
+    return build_model(cfg=ModelConfig(activation="tanh", norm=norm), spec=InputSpec(1, 8, 3), seed=seed)
 
 
 def _flat(model):
@@ -47,19 +47,21 @@ def _one_full_batch_step(model, data, *, noise, clip, mode, seed=0):
     return before - _flat(model)
 
 
-@pytest.mark.parametrize("mode", ["ew", "hooks", "functorch"])
+@pytest.mark.parametrize("mode", ["ghost", "ew", "hooks", "functorch"])
 @pytest.mark.parametrize("clip", [0.05, 100.0])  # clipping binding for every example / for none
-def test_clipping_matches_naive_reference(synthetic_images, mode, clip):
+@pytest.mark.parametrize("norm", ["none", "group"])
+def test_clipping_matches_naive_reference(synthetic_images, mode, clip, norm):
     data = synthetic_images.subset(torch.arange(24))
-    ref = _naive_clipped_mean(_model(), data, clip, len(data))
-    update = _one_full_batch_step(_model(), data, noise=0.0, clip=clip, mode=mode)
+    ref = _naive_clipped_mean(_model(norm=norm), data, clip, len(data))
+    update = _one_full_batch_step(_model(norm=norm), data, noise=0.0, clip=clip, mode=mode)
     assert torch.allclose(update, ref, atol=1e-6, rtol=1e-4)
 
 
-def test_noise_has_the_dp_sgd_spread(synthetic_images):
+@pytest.mark.parametrize("mode", ["ghost", "ew"])
+def test_noise_has_the_dp_sgd_spread(synthetic_images, mode):
     data = synthetic_images.subset(torch.arange(24))
-    clean = _one_full_batch_step(_model(), data, noise=0.0, clip=0.5, mode="ew")
-    noisy = _one_full_batch_step(_model(), data, noise=2.0, clip=0.5, mode="ew", seed=1)
+    clean = _one_full_batch_step(_model(), data, noise=0.0, clip=0.5, mode=mode)
+    noisy = _one_full_batch_step(_model(), data, noise=2.0, clip=0.5, mode=mode, seed=1)
     noise = noisy - clean
     expected = 2.0 * 0.5 / len(data)  # sigma * C / expected batch size, times lr 1
     assert noise.mean().abs() < 4 * expected / math.sqrt(noise.numel())
@@ -78,7 +80,8 @@ def test_poisson_sampling_rate():
     assert tiny.count(0) > 150  # empty batches happen
 
 
-def test_empty_batches_take_a_noise_only_step(synthetic_images, monkeypatch):
+@pytest.mark.parametrize("mode", ["ghost", "ew", "hooks"])
+def test_empty_batches_take_a_noise_only_step(synthetic_images, monkeypatch, mode):
     data = synthetic_images
     n_steps = schedule(num_examples=len(data), batch_size=24, local_epochs=0.1)[1]
     monkeypatch.setattr(training, "poisson_batches",
@@ -87,7 +90,7 @@ def test_empty_batches_take_a_noise_only_step(synthetic_images, monkeypatch):
     before = _flat(model)
     report = train_local(model=model, data=data, train=TrainConfig(local_epochs=0.1, batch_size=24, lr=1.0,
                                                                      momentum=0.0),
-                         dp=DPSettings(noise_multiplier=1.5, max_grad_norm=1.0), device="cpu",
+                         dp=DPSettings(noise_multiplier=1.5, max_grad_norm=1.0, grad_sample_mode=mode), device="cpu",
                          generator=torch.Generator().manual_seed(0))
     delta = _flat(model) - before
     assert report.empty_batches == report.steps == n_steps == 1
@@ -99,7 +102,7 @@ def test_empty_batches_take_a_noise_only_step(synthetic_images, monkeypatch):
 def test_weights_have_clean_names_and_model_can_be_wrapped_again(synthetic_images):
     model = _model()
     names = list(model.state_dict())
-    for mode in ("hooks", "hooks", "ew"):
+    for mode in ("hooks", "hooks", "ew", "ghost", "ghost"):
         train_local(model=model, data=synthetic_images, train=TrainConfig(batch_size=32),
                     dp=DPSettings(noise_multiplier=1.0, max_grad_norm=1.0, grad_sample_mode=mode), device="cpu",
                     generator=torch.Generator().manual_seed(0))

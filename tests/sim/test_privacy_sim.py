@@ -32,7 +32,7 @@ pytestmark = pytest.mark.slow
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray workers cannot import test modules
 
 METRIC_KEYS = {"site", "loss", "accuracy", "epsilon", "delta", "noise_multiplier", "sample_rate", "steps",
-               "total_steps", "empty_batches", "num_examples"}
+               "total_steps", "empty_batches", "num_examples", "train_time_s"}
 
 
 def _recorder(folder: Path, kind: str):

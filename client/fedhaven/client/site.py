@@ -148,6 +148,7 @@ class SiteTrainer:
             "steps": report.steps,
             "total_steps": history.total_steps,
             "empty_batches": report.empty_batches,
+            "train_time_s": report.seconds,
         }
         ledger = {"site": self.site.name, "server_round": task.server_round, "model": task.model.name,
                   "weights_sha256": digest, "update_l2_norm": norm, "num_examples": len(data),

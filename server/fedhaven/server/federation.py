@@ -47,7 +47,8 @@ def site_reports(fit_log: FitRoundLog) -> list[SiteReport]:
                               accuracy=float(m.get("accuracy", math.nan)), epsilon=float(m.get("epsilon", math.inf)),
                               delta=float(m.get("delta", 0.0)), noise_multiplier=float(m.get("noise_multiplier", 0)),
                               sample_rate=float(m.get("sample_rate", 0)), steps=int(m.get("steps", 0)),
-                              total_steps=int(m.get("total_steps", 0))))
+                              total_steps=int(m.get("total_steps", 0)),
+                              train_time_s=float(m.get("train_time_s", 0.0))))
     return out
 
 
@@ -116,6 +117,7 @@ def _one_round(*, fed: LegacyFederation, run: RunConfig, server_round: int, reco
         common = dict(round=server_round, attempt=attempt, sites_ok=len(reports),
                       sites_failed=len(outcome.log.failures), fit_time_s=fit_time,
                       sites_available=fed.available_sites(),
+                      site_train_time_s=sum(r.train_time_s for r in reports),
                       secure_aggregation=run.secagg.enabled, epsilons=eps_all,
                       failures=tuple(outcome.log.failures),
                       epsilon_max=max(eps_all.values()) if eps_all else None,

@@ -52,6 +52,7 @@ class SiteReport:
     sample_rate: float
     steps: int
     total_steps: int
+    train_time_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,7 @@ class RoundRecord:
     eval_time_s: float
     secure_aggregation: bool
     sites_available: int = 0
+    site_train_time_s: float = 0.0  # summed over the sites of the round: their local training loops only
     epsilons: dict[str, float | None] = field(default_factory=dict)
     failures: tuple[str, ...] = ()
     time: float = field(default_factory=time.time)

@@ -8,7 +8,7 @@ from typing import Literal
 
 from fedhaven.shared.config import bounds
 
-GradSampleMode = Literal["ew", "hooks", "functorch"]
+GradSampleMode = Literal["ghost", "ew", "hooks", "functorch"]
 Accountant = Literal["rdp", "prv"]
 
 
@@ -68,7 +68,7 @@ class DPConfig:
     max_grad_norm: float = field(default=1.0, metadata=bounds(gt=0))
     delta: float = field(default=1e-5, metadata=bounds(gt=0, lt=1))
     accountant: Accountant = "rdp"
-    grad_sample_mode: GradSampleMode = "ew"
+    grad_sample_mode: GradSampleMode = "ghost"  # fastest correct engine measured here (BENCHMARKS.md)
 
     def problems(self) -> list[str]:
         if isinstance(self.noise_multiplier, float) and self.noise_multiplier < 0:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import secrets
+import time
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ class DPSettings:
 
     noise_multiplier: float
     max_grad_norm: float
-    grad_sample_mode: GradSampleMode = "ew"
+    grad_sample_mode: GradSampleMode = "ghost"
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,7 @@ class TrainReport:
     sample_rate: float
     noise_multiplier: float
     empty_batches: int
+    seconds: float = 0.0  # wall time of the training loop
 
 
 def schedule(*, num_examples: int, batch_size: int, local_epochs: float) -> tuple[float, int]:
@@ -75,15 +77,46 @@ def _wrap(model: nn.Module, mode: GradSampleMode) -> nn.Module:
     return GradSampleModule(model, batch_first=True, loss_reduction="mean", force_functorch=mode == "functorch")
 
 
-def _noise_only(optimizer, params: Sequence[torch.Tensor]) -> None:  # noqa: ANN001 - Opacus DPOptimizer
+def _noise_only(optimizer, params: Sequence[torch.Tensor], *, ghost: bool) -> None:  # noqa: ANN001 - DPOptimizer
     """An empty Poisson batch still takes a step: zero clipped sum plus noise, scaled by the expected batch size.
 
     This is the step DP-SGD's analysis assumes; skipping it would reveal that the
     batch was empty, dividing by the actual size (0) would produce NaNs.
     """
     for p in params:
-        p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype, device=p.device)
+        if ghost:  # ghost clipping's optimizer noises p.grad, the already clipped sum
+            p.grad = torch.zeros_like(p)
+        else:
+            p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype, device=p.device)
     optimizer.pre_step()
+
+
+def _dp_engine(model: nn.Module, sgd: torch.optim.Optimizer, dp: DPSettings, *, expected_batch: int,
+               generator: torch.Generator):  # noqa: ANN202 - (module, DPOptimizer, loss function)
+    """Opacus' module, optimizer and loss for `dp.grad_sample_mode`.
+
+    "ghost" is Opacus' ghost clipping: per-example gradient norms without
+    materialising per-example gradients, then a second backward pass with each
+    example's loss scaled by its clipping factor.
+    """
+    quiet_opacus_import()
+    if dp.grad_sample_mode == "ghost":
+        from opacus.grad_sample import GradSampleModuleFastGradientClipping
+        from opacus.optimizers import DPOptimizerFastGradientClipping
+        from opacus.utils.fast_gradient_clipping_utils import DPLossFastGradientClipping
+
+        net = GradSampleModuleFastGradientClipping(model, batch_first=True, loss_reduction="mean",
+                                                   max_grad_norm=dp.max_grad_norm, use_ghost_clipping=True)
+        opt = DPOptimizerFastGradientClipping(sgd, noise_multiplier=dp.noise_multiplier,
+                                              max_grad_norm=dp.max_grad_norm, expected_batch_size=expected_batch,
+                                              loss_reduction="mean", generator=generator)
+        return net, opt, DPLossFastGradientClipping(net, opt, nn.CrossEntropyLoss(reduction="mean"),
+                                                    loss_reduction="mean")
+    from opacus.optimizers import DPOptimizer
+
+    opt = DPOptimizer(sgd, noise_multiplier=dp.noise_multiplier, max_grad_norm=dp.max_grad_norm,
+                      expected_batch_size=expected_batch, generator=generator)
+    return _wrap(model, dp.grad_sample_mode), opt, F.cross_entropy
 
 
 def train_local(
@@ -106,6 +139,7 @@ def train_local(
     With `proximal_mu` > 0 the FedProx term mu/2 * ||w - w_start||^2 is added; its
     gradient does not depend on the data, so under DP it is added after noising.
     """
+    started = time.perf_counter()
     model.to(device).train()
     if generator is None:
         generator = secure_generator()
@@ -117,18 +151,14 @@ def train_local(
     images, labels = data.images, data.labels
     loss_sum, correct, seen, empty = 0.0, 0, 0, 0
 
+    ghost = dp is not None and dp.grad_sample_mode == "ghost"
     if dp is not None:
-        quiet_opacus_import()
-        from opacus.optimizers import DPOptimizer
-
-        net = _wrap(model, dp.grad_sample_mode)
-        optimizer = DPOptimizer(sgd, noise_multiplier=dp.noise_multiplier, max_grad_norm=dp.max_grad_norm,
-                                expected_batch_size=max(1, round(sample_rate * len(data))),
-                                generator=_derived(generator, device))
+        net, optimizer, loss_fn = _dp_engine(model, sgd, dp, expected_batch=max(1, round(sample_rate * len(data))),
+                                             generator=_derived(generator, device))
         batches: Iterator[torch.Tensor] = poisson_batches(num_examples=len(data), sample_rate=sample_rate,
                                                           steps=steps, generator=generator)
     else:
-        net, optimizer = model, sgd
+        net, optimizer, loss_fn = model, sgd, F.cross_entropy
         batches = _shuffled_batches(len(data), train.batch_size, steps, generator)
 
     try:
@@ -138,14 +168,14 @@ def train_local(
                 optimizer.zero_grad(set_to_none=True)
                 if len(idx) == 0:
                     empty += 1
-                    _noise_only(optimizer, params)
+                    _noise_only(optimizer, params, ghost=ghost)
                 else:
                     x = to_model_input(images[idx]).to(device, non_blocking=True)
                     y = labels[idx].to(device, non_blocking=True)
                     out = net(x)
-                    loss = F.cross_entropy(out, y)
+                    loss = loss_fn(out, y)
                     loss.backward()
-                    loss_sum += float(loss.detach()) * len(idx)
+                    loss_sum += float(loss.item()) * len(idx)
                     correct += int((out.detach().argmax(1) == y).sum())
                     seen += len(idx)
                     if dp is not None:
@@ -160,6 +190,11 @@ def train_local(
         close = getattr(net, "_close", None)
         if dp is not None and callable(close):
             close()  # remove Opacus hooks so the model can be wrapped again next round
+        if ghost:
+            for p in params:  # ghost clipping keeps its per-layer norms on the parameters
+                for attr in ("_norm_sample", "_forward_counter"):
+                    if hasattr(p, attr):
+                        delattr(p, attr)
         for p in params:
             for attr in ("grad_sample", "summed_grad"):
                 if hasattr(p, attr):
@@ -173,6 +208,7 @@ def train_local(
         sample_rate=sample_rate,
         noise_multiplier=dp.noise_multiplier if dp is not None else 0.0,
         empty_batches=empty,
+        seconds=time.perf_counter() - started,
     )
 
 
