@@ -9,7 +9,7 @@ export FLWR_TELEMETRY_ENABLED := 0
 export FLWR_DISABLE_UPDATE_CHECK := 1
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: venv sim test test-fast clean
+.PHONY: venv sim test test-fast bench bench-quick clean
 
 venv: $(STAMP)
 
@@ -27,6 +27,13 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(VENV)/bin/pytest -q -m "not slow"
+
+# Benchmarks are not tests: they write BENCHMARKS.md, simulations/benchmarks/results-*.json and plots.
+bench: $(STAMP)
+	$(PY) -m fedhaven.sim.bench
+
+bench-quick: $(STAMP)
+	$(PY) -m fedhaven.sim.bench --quick
 
 clean:
 	rm -rf runs .pytest_cache
