@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from fedhaven.shared.schema import DPConfig
@@ -60,57 +62,57 @@ def targets(res: dict) -> list[tuple[str, str, str]]:
     return rows
 
 
-def _plots(res: dict, data_dir: Path) -> list[str]:
+@contextmanager
+def _figure(path: Path, *, xlabel: str, ylabel: str, title: str, legend: bool = True) -> Iterator:
+    """Yield axes; label, lay out, save to `path` and close the figure afterwards."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    try:
+        yield ax
+        ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+        if legend:
+            ax.legend()
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+    finally:
+        plt.close(fig)
+
+
+def _plots(res: dict, data_dir: Path) -> list[str]:
     out = []
     if not _section_error(res, "dp"):
         rows = [r for r in res["dp"]["rows"] if "median_epoch_s" in r]
-        fig, ax = plt.subplots(figsize=(6, 3.5))
-        ax.bar([r["mode"] for r in rows], [r["median_epoch_s"] for r in rows], color="C0")
-        ax.set(ylabel="seconds per local epoch", title="DP-SGD engines vs plain torch (1 core)")
-        fig.tight_layout()
-        fig.savefig(data_dir / "dp_cost.png", dpi=110)
-        plt.close(fig)
+        with _figure(data_dir / "dp_cost.png", xlabel="engine", ylabel="seconds per local epoch",
+                     title="DP-SGD engines vs plain torch (1 core)", legend=False) as ax:
+            ax.bar([r["mode"] for r in rows], [r["median_epoch_s"] for r in rows], color="C0")
         out.append("dp_cost.png")
     if not _section_error(res, "secagg"):
-        fig, ax = plt.subplots(figsize=(6, 3.5))
-        for flag, label in ((False, "plain FedAvg"), (True, "SecAgg+")):
-            rows = [r for r in res["secagg"] if r["secagg"] == flag]
-            ax.plot([r["sites"] for r in rows], [r["steady_round_s"] for r in rows], "o-", label=label)
-        ax.set(xlabel="sites", ylabel="steady-state round time (s)", title="Secure aggregation cost")
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(data_dir / "secagg.png", dpi=110)
-        plt.close(fig)
+        with _figure(data_dir / "secagg.png", xlabel="sites", ylabel="steady-state round time (s)",
+                     title="Secure aggregation cost") as ax:
+            for flag, label in ((False, "plain FedAvg"), (True, "SecAgg+")):
+                rows = [r for r in res["secagg"] if r["secagg"] == flag]
+                ax.plot([r["sites"] for r in rows], [r["steady_round_s"] for r in rows], "o-", label=label)
         out.append("secagg.png")
     if not _section_error(res, "accuracy"):
-        fig, ax = plt.subplots(figsize=(6, 3.5))
-        for part in sorted({r["partition"] for r in res["accuracy"]}):
-            rows = sorted((r for r in res["accuracy"] if r["partition"] == part), key=lambda r: r["target_epsilon"])
-            ax.plot([r["target_epsilon"] for r in rows], [100 * r["accuracy"] for r in rows], "o-", label=part)
-        ax.plot([1.2, 3, 7], [94.8, 96.8, 97.1], "k^--", label="published, centralised")
-        ax.set(xlabel="epsilon per site (delta 1e-5)", ylabel="test accuracy (%)", title="MNIST, 10 sites")
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(data_dir / "accuracy.png", dpi=110)
-        plt.close(fig)
+        with _figure(data_dir / "accuracy.png", xlabel="epsilon per site (delta 1e-5)", ylabel="test accuracy (%)",
+                     title="MNIST, 10 sites") as ax:
+            for part in sorted({r["partition"] for r in res["accuracy"]}):
+                rows = sorted((r for r in res["accuracy"] if r["partition"] == part),
+                              key=lambda r: r["target_epsilon"])
+                ax.plot([r["target_epsilon"] for r in rows], [100 * r["accuracy"] for r in rows], "o-", label=part)
+            ax.plot([1.2, 3, 7], [94.8, 96.8, 97.1], "k^--", label="published, centralised")
         out.append("accuracy.png")
     if not _section_error(res, "baseline"):
-        fig, ax = plt.subplots(figsize=(6, 3.5))
-        for key, label in (("fedhaven", "fedhaven (DP + SecAgg+)"), ("flower_baseline", "Flower + Opacus")):
-            r = res["baseline"][key]
-            t = [sum(r["round_s"][: i + 1]) for i in range(len(r["round_s"]))]
-            ax.plot(t, [100 * a for a in r["accuracy_per_round"]], "o-", label=label)
-        ax.set(xlabel="seconds since the first round started", ylabel="test accuracy (%)",
-               title="Same task, side by side")
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(data_dir / "baseline.png", dpi=110)
-        plt.close(fig)
+        with _figure(data_dir / "baseline.png", xlabel="seconds since the first round started",
+                     ylabel="test accuracy (%)", title="Same task, side by side") as ax:
+            for key, label in (("fedhaven", "fedhaven (DP + SecAgg+)"), ("flower_baseline", "Flower + Opacus")):
+                r = res["baseline"][key]
+                t = [sum(r["round_s"][: i + 1]) for i in range(len(r["round_s"]))]
+                ax.plot(t, [100 * a for a in r["accuracy_per_round"]], "o-", label=label)
         out.append("baseline.png")
     return out
 
