@@ -55,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as exc:  # noqa: BLE001 - record and go on: a failed section must not lose the others
             results[name] = {"error": f"{type(exc).__name__}: {exc}"}
         results.setdefault("section_seconds", {})[name] = time.perf_counter() - t
+        results.setdefault("section_runs", {})[name] = {"date": results["date"],
+                                                        "commit": results["machine"].get("commit")}
         results_file.write_text(json.dumps(results, indent=2, default=str))
         log.info("benchmark: %s done in %.0f s", name, time.perf_counter() - t)
 

@@ -117,6 +117,17 @@ def _plots(res: dict, data_dir: Path) -> list[str]:
     return out
 
 
+def _earlier_sections(res: dict) -> list[str]:
+    """Sections kept from an earlier `--only` invocation, named with when and at which commit they ran."""
+    runs = res.get("section_runs", {})
+    older = {k: v for k, v in runs.items() if (v["date"], v["commit"]) != (res["date"], res["machine"].get("commit"))}
+    if not older:
+        return []
+    said = "; ".join(f"{k} on {v['date']} at commit `{v['commit']}`" for k, v in older.items())
+    return [f"Sections kept from an earlier invocation (`--only` reran the others): {said}. Ratios inside each "
+            "section were still measured side by side.", ""]
+
+
 def write_report(*, results: dict, out: Path, data_dir: Path) -> Path:
     res = results
     m = res["machine"]
@@ -127,6 +138,7 @@ def write_report(*, results: dict, out: Path, data_dir: Path) -> Path:
          "Figures are medians measured side by side in this one run on a shared machine; compare ratios, not "
          "absolute seconds. Raw numbers: "
          f"[`{rel}/results-{res['mode']}.json`]({rel}/results-{res['mode']}.json).", "",
+         *_earlier_sections(res),
          f"**Machine:** {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, CUDA: {m['cuda']}; Python "
          f"{m['python']}; " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()) + ".", "",
          "## Targets", "", "| target | measured | |", "|---|---|---|"]
