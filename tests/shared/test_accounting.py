@@ -62,3 +62,16 @@ def test_noise_for_budget_counts_what_was_spent_before():
     spent = PrivacyHistory().add(noise_multiplier=0.5, sample_rate=0.5, steps=500)
     with pytest.raises(ValueError, match="budget is spent"):
         noise_for_budget(target_epsilon=1.0, delta=1e-5, sample_rate=0.1, steps=10, prior=spent)
+
+
+def test_noise_for_budget_is_memoised_per_question():
+    """Equal-sized simulated sites ask the same question; the accountant search runs once per process."""
+    from fedhaven.shared import accounting
+
+    ask = dict(target_epsilon=2.5, delta=1e-5, sample_rate=0.27, steps=60)
+    first = noise_for_budget(**ask)
+    hits = accounting._noise_for_budget.cache_info().hits
+    assert noise_for_budget(**ask) == first
+    assert accounting._noise_for_budget.cache_info().hits == hits + 1
+    prior = PrivacyHistory().add(noise_multiplier=first, sample_rate=0.27, steps=10)
+    assert noise_for_budget(**ask, prior=prior) > first  # a different history is a different question
