@@ -248,6 +248,12 @@ def write_report(*, results: dict, out: Path, data_dir: Path) -> Path:
               "|---|---|---|---|---|"]
         L += [f"| {r['sites']} | {r['sampled_per_round']} | {_f(r['steady_round_s'])} | {_f(r['first_round_s'])} | "
               f"{r['peak_memory_mib'] / 1024:.2f} |" for r in res["scale"]]
+        per_site = ", ".join(f"{r['steady_round_s'] / r['sampled_per_round']:.2f} s at {r['sites']} sites"
+                             for r in res["scale"])
+        L += ["", f"Round time grows with the sites sampled per round (per sampled site: {per_site}): each sampled "
+              "site is four SecAgg+ messages through Ray, and a site new to a worker builds its trainer there. "
+              "Memory barely grows: Ray keeps one worker per core, sites share one loaded dataset per worker, and "
+              "the per-site trainers a worker keeps are small (the model and a slice of that dataset)."]
 
     if plots:
         L += ["", "## Plots", ""] + [f"![{p}]({rel}/{p})" for p in plots]
