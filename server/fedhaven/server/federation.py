@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from fedhaven.server.grid import PollingGrid
 from fedhaven.server.flower_legacy import FitRoundLog, LegacyFederation, build_strategy, central_noise
 from fedhaven.server.recorder import (
     CentralEvaluator, CentralNoise, RoundFailed, RoundRecord, RunRecorder, SiteReport,
@@ -74,6 +75,7 @@ def run_federation(
                                              classes=classes))
 
     strategy = build_strategy(run=run, initial=initial, fit_config=fit_config)
+    grid = PollingGrid(grid, timeout=run.secagg.timeout)  # Flower's own grid sleeps 3 s between pulls
     fed = LegacyFederation(grid=grid, context=context, run=run, strategy=strategy,
                            max_weight=max_weight if run.secagg.enabled else None)
     weights = fed.weights()

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from flwr.app import ConfigRecord, Context
+from flwr.app import ConfigRecord, Context, Error
 from flwr.common import FitRes, Parameters, ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.compat.common import recorddict_compat as compat
 from flwr.server import LegacyContext
@@ -77,9 +77,19 @@ class RecordingStrategy(Strategy):
 
 
 def _reason(failure: Any) -> str:
-    """One readable line for a site's failure (Flower wraps the site's exception in Ray tracebacks)."""
+    """One readable line for a site's failure: the site's own sentence where it sent one.
+
+    A site's refusal arrives as an `Error` reply (wrapped in an Exception by Flower's
+    workflows); Flower's own `flwr-clientapp` formats it as `<class '...'>:<'text'>`,
+    and in simulation it arrives inside Ray tracebacks.
+    """
     if isinstance(failure, tuple):
         return f"site returned status {failure[1].status.code.name}: {failure[1].status.message}"
+    inner = failure.args[0] if isinstance(failure, BaseException) and failure.args else None
+    if isinstance(inner, Error):
+        text = inner.reason
+        wrapped = re.fullmatch(r"<class '[\w.]+'>:<'(.*)'>", text, flags=re.S)
+        return short_reason(wrapped.group(1) if wrapped else text)
     return short_reason(str(failure))
 
 
@@ -211,7 +221,7 @@ class CheckedSecAggPlus(SecAggPlusWorkflow):
             if not stage(grid, context, state):  # type: ignore[arg-type]
                 self.halted_stage = name
                 # Flower records some failures twice (once per loop over replies): keep each once.
-                self.failures = tuple(dict.fromkeys(short_reason(str(f)) for f in state.failures))
+                self.failures = tuple(dict.fromkeys(_reason(f) for f in state.failures))
                 return
 
 
