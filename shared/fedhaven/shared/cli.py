@@ -47,3 +47,7 @@ def run_command(*, prog: str, built: tuple[argparse.ArgumentParser, dict[str, Mo
     except RuntimeError as exc:
         print(f"{prog} {args.command}: {exc}", file=sys.stderr)
         return 1
+    except PermissionError as exc:
+        print(f"{prog} {args.command}: permission denied: {exc.filename or exc}. Only the account that owns it "
+              f"may use it (files are the owner's alone by design); run this as that account.", file=sys.stderr)
+        return 1

@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
         log.warning("WARNING: secure aggregation is OFF for this run (sites requiring it will refuse)")
     log.info("effective run configuration:\n%s", tomli_w.dumps(to_dict(cfg)))
     app_dir = write_app_dir(run=cfg)
-    control = control_for(state, insecure=rt.insecure, port=int(rt.control_address.rpartition(":")[2]))
+    control = control_for(state)
     try:
         run_id = control.start_run(app_dir=app_dir)
         shutil.rmtree(app_dir, ignore_errors=True)

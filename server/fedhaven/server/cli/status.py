@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+from pathlib import Path
 
 from fedhaven.server.coordinator import Runtime, control_for, pid_alive
 from fedhaven.server.flower_control import ControlError
@@ -14,6 +16,16 @@ log = logging.getLogger("fedhaven.server")
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     pass
+
+
+def last_failures(run_dir: Path, *, limit: int = 5) -> list[str]:
+    """The site errors of a run's last failed round (refusals in the sites' own words), from its metrics.jsonl."""
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return []
+    failed = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    failed = [x for x in failed if x.get("status") == "failed"]
+    return list(dict.fromkeys(failed[-1].get("failures", [])))[:limit] if failed else []
 
 
 def run(args: argparse.Namespace) -> int:
@@ -27,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
              " WITHOUT TLS (--insecure)" if rt.insecure else "")
     for name, pid in parts.items():
         log.info("  %-9s pid %-7d %s", name, pid, "up" if pid_alive(pid) else "DOWN")
-    control = control_for(state, insecure=rt.insecure, port=int(rt.control_address.rpartition(":")[2]))
+    control = control_for(state)
     try:
         nodes = {n["node_id"]: n for n in control.nodes()}
         for rec in state.sites().values():
@@ -35,6 +47,8 @@ def run(args: argparse.Namespace) -> int:
             log.info("  site %-20s %-10s %s", rec.name, rec.status, live["status"] if live else "-")
         for r in control.runs():
             log.info("  run %-20d %s:%s %s", r.run_id, r.status, r.sub_status, r.details)
+            for reason in last_failures(state.runs / f"run-{r.run_id}"):
+                log.info("      %s", reason)
     except ControlError as exc:
         log.error("Control API: %s", exc)
         return 1

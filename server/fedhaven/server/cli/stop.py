@@ -24,7 +24,7 @@ def run(args: argparse.Namespace) -> int:
     if rt is None or not pid_alive(rt.pid):
         raise RuntimeError(f"no coordinator is running from {state.root}")
     if args.run is not None:
-        control = control_for(state, insecure=rt.insecure, port=int(rt.control_address.rpartition(":")[2]))
+        control = control_for(state)
         try:
             control.stop_run(args.run)
         finally:
