@@ -42,7 +42,7 @@ from flwr.supercore.interceptors import (  # noqa: E402
 )
 from flwr.supercore.retry import make_simple_http_retry_invoker  # noqa: E402
 from flwr.supercore.runtime import RuntimeHttpClient  # noqa: E402
-from flwr.supernode.runtime.run_clientapp import pull_task_input, push_message, push_task_output  # noqa: E402
+from flwr.supernode.runtime.run_clientapp import push_message, push_task_output  # noqa: E402
 
 from fedhaven.client.app_package import installed_version, review_package  # noqa: E402
 from fedhaven.client.types import TaskRefused  # noqa: E402
@@ -116,7 +116,7 @@ class SiteExecutor:
         sub_status, details, verdict = SubStatus.FAILED, "the task failed before it started", "error"
         timing: dict[str, float] = {}
         try:
-            message, context, run, fab = pull_task_input(client)
+            message, context, run, fab = pull_task_input(client, give_up=self.poll_interval * 200 + 10)
             timing["pull_s"] = time.perf_counter() - t0
             review = review_package(content=fab.content, allowed_hashes=self.allowed_packages)
             if task_type != TaskType.CLIENT_APP:
@@ -170,8 +170,8 @@ class SiteExecutor:
         self.stats.failed += verdict in ("failed", "error")
         kind = message.metadata.message_type if message is not None else "?"
         self.stats.last_task = {"type": kind, "verdict": verdict, "seconds": time.perf_counter() - t0, **timing}
-        log.info("site %s: task %d (%s) %s in %.2f s", self.site, self.stats.tasks, kind, verdict,
-                 time.perf_counter() - t0)
+        log.info("site %s: task %d (%s) %s in %.2f s (%s)", self.site, self.stats.tasks, kind, verdict,
+                 time.perf_counter() - t0, ", ".join(f"{k[:-2]} {v:.2f}" for k, v in timing.items()))
         self._write_stats()
 
     def _write_stats(self) -> None:
@@ -180,6 +180,43 @@ class SiteExecutor:
         tmp = self.stats_file.with_name(f".{self.stats_file.name}.tmp")
         tmp.write_text(json.dumps(asdict(self.stats), indent=2))
         os.replace(tmp, self.stats_file)
+
+
+def pull_task_input(client: RuntimeHttpClient, *, give_up: float) -> tuple[Message, Context, Any, Any]:
+    """Flower's `pull_task_input`, for an executor that is already running when the task appears.
+
+    The SuperNode creates a task before it has stored the message's objects; a
+    freshly started `flwr-clientapp` never sees that gap, a waiting executor does,
+    and Flower's own pull then backs off a full second. Here the message is polled
+    for and its objects are pulled with a 20 ms initial backoff.
+    """
+    from flwr.common.serde import context_from_proto, fab_from_proto, run_from_proto
+    from flwr.proto.node_pb2 import Node
+    from flwr.proto.runtime_pb2 import PullAppMessagesRequest, PullTaskInputRequest
+    from flwr.supercore.inflatable.inflatable_protobuf_utils import (
+        make_confirm_message_received_fn_protobuf, make_pull_object_fn_protobuf,
+    )
+    from flwr.supercore.inflatable.inflatable_utils import pull_and_inflate_object_from_tree
+    from flwr.supercore.task_identity import TaskIdentity
+
+    res = client.PullTaskInput(PullTaskInputRequest())
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = res.task_id, res.run.run_id, res.context.node_id
+    context, run, fab = context_from_proto(res.context), run_from_proto(res.run), fab_from_proto(res.fab)
+    deadline = time.monotonic() + give_up
+    delay = 0.01
+    while not (pulled := client.PullMessages(PullAppMessagesRequest())).messages_list:
+        if time.monotonic() > deadline:
+            raise RuntimeError("the SuperNode handed out a task without a message")
+        time.sleep(delay)
+        delay = min(0.2, delay * 2)
+    tree = pulled.message_object_trees[0]
+    node = Node(node_id=context.node_id)
+    message = pull_and_inflate_object_from_tree(
+        tree, make_pull_object_fn_protobuf(client.PullObject, node, context.run_id),
+        make_confirm_message_received_fn_protobuf(client.ConfirmMessageReceived, node, context.run_id),
+        return_type=Message, max_time=give_up, initial_backoff=0.02, backoff_cap=0.5)
+    message.metadata.__dict__["_message_id"] = tree.object_id  # as Flower's own pull does
+    return message, context, run, fab
 
 
 def _heartbeat_fn(client: RuntimeHttpClient) -> Callable[[], bool]:
