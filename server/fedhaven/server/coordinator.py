@@ -15,7 +15,11 @@ from pathlib import Path
 
 from fedhaven.server.flower_control import Control
 from fedhaven.server.provision import CoordinatorConfig, StateDir
+from fedhaven.shared.process import pid_alive, runs_with, spawn, stop_group, stop_pids
 from fedhaven.shared.runtime import HARDENED_ENV
+
+__all__ = ["Coordinator", "CoordinatorError", "Runtime", "clean_leftovers", "control_for", "leftover_parts", "pid_alive",
+           "sync_sites"]
 
 log = logging.getLogger("fedhaven.server")
 
@@ -72,19 +76,6 @@ class Runtime:
         return cls(**json.loads(state.runtime_file.read_text()))
 
 
-def pid_alive(pid: int) -> bool:
-    """Whether `pid` runs; a zombie (exited, not yet reaped by its parent) counts as stopped."""
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        return False
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
 def control_for(state: StateDir) -> Control:
     """The operator's Control API connection: the SuperLink's Unix socket, which only the operator's account opens."""
     return Control(address=f"unix:{state.superlink_socket}", ca_cert=None, flwr_home=state.flwr_home)
@@ -123,13 +114,6 @@ def sync_sites(*, state: StateDir, control: Control) -> list[str]:
     return notes
 
 
-def _signal_group(proc: subprocess.Popen, sig: int) -> None:
-    try:
-        os.killpg(proc.pid, sig)  # each child was started in its own session: its group is its own
-    except ProcessLookupError:
-        pass
-
-
 class Coordinator:
     """Starts and supervises the coordinator's three processes; stops them all by PID."""
 
@@ -140,9 +124,8 @@ class Coordinator:
 
     def _spawn(self, name: str, args: list[str]) -> subprocess.Popen:
         self.logs.mkdir(parents=True, exist_ok=True)
-        out = (self.logs / f"{name}.log").open("ab")
-        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=child_env(self.state),
-                                cwd=self.state.root, start_new_session=True)
+        with (self.logs / f"{name}.log").open("ab") as out:
+            proc = spawn(args, stdout=out, env=child_env(self.state), cwd=self.state.root)
         self.procs[name] = proc
         return proc
 
@@ -211,12 +194,21 @@ class Coordinator:
     def stop(self) -> None:
         for name in ("front", "superexec", "superlink"):
             proc = self.procs.get(name)
-            if proc is None:
-                continue
-            _signal_group(proc, signal.SIGTERM)  # the child and what it started (e.g. ServerApp processes)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                _signal_group(proc, signal.SIGKILL)
-                proc.wait()
+            if proc is not None:
+                stop_group(proc)  # the child and what it started (e.g. ServerApp processes)
         self.state.runtime_file.unlink(missing_ok=True)
+
+
+def leftover_parts(state: StateDir, rt: Runtime) -> dict[str, int]:
+    """Parts of a coordinator whose `fl-server start` is gone but which still run (after a crash or SIGKILL)."""
+    if pid_alive(rt.pid):
+        return {}
+    parts = {"superlink": rt.superlink_pid, "executor": rt.superexec_pid, "front": rt.front_pid}
+    return {name: pid for name, pid in parts.items() if runs_with(pid, str(state.root))}
+
+
+def clean_leftovers(state: StateDir, rt: Runtime) -> list[int]:
+    """Stop what a crashed `fl-server start` left running (only processes started for this state directory)."""
+    stopped = stop_pids(list(leftover_parts(state, rt).values()), marker=str(state.root))
+    state.runtime_file.unlink(missing_ok=True)
+    return stopped

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from fedhaven.server.grid import PollingGrid
+from fedhaven.server.grid import PollingGrid, describe_nodes
 from fedhaven.server.flower_legacy import FitRoundLog, LegacyFederation, build_strategy, central_noise
 from fedhaven.server.recorder import (
     CentralEvaluator, CentralNoise, RoundFailed, RoundRecord, RunRecorder, SiteReport,
@@ -75,8 +75,19 @@ def run_federation(
                                              classes=classes))
 
     strategy = build_strategy(run=run, initial=initial, fit_config=fit_config)
-    grid = PollingGrid(grid, timeout=run.secagg.timeout)  # Flower's own grid sleeps 3 s between pulls
-    fed = LegacyFederation(grid=grid, context=context, run=run, strategy=strategy,
+    inner = grid
+
+    def waiting_for_replies(waited: float, missing: frozenset[int]) -> None:
+        log.warning("waiting %.0f s for %d site(s) to answer: %s", waited, len(missing),
+                    describe_nodes(inner, missing))
+
+    def waiting_for_sites(waited: float, need: int, have: int) -> None:
+        log.warning("waiting %.0f s for %d sites (min_sites), %d connected: %s", waited, need, have,
+                    describe_nodes(inner))
+
+    # Flower's own grid sleeps 3 s between pulls and may wait forever; ours polls fast and gives up.
+    grid = PollingGrid(grid, timeout=run.secagg.timeout, on_wait=waiting_for_replies)
+    fed = LegacyFederation(grid=grid, context=context, run=run, strategy=strategy, on_waiting=waiting_for_sites,
                            max_weight=max_weight if run.secagg.enabled else None)
     weights = fed.weights()
     try:

@@ -21,6 +21,37 @@ from flwr.supercore.run import Run
 WaitReport = Callable[[float, frozenset[int]], None]
 
 
+def describe_nodes(grid: Grid, node_ids: Iterable[int] | None = None) -> str:
+    """`hospital-c (offline, last seen 40 s ago), node 123 (online)`: what Flower knows of these sites."""
+    wanted = None if node_ids is None else set(node_ids)
+    now = time.time()
+    parts = []
+    try:
+        nodes = list(grid.get_nodes())
+    except Exception:  # noqa: BLE001 - a report must never break the wait it reports on
+        nodes = []
+    for n in nodes:
+        if wanted is not None and n.node_id not in wanted:
+            continue
+        name = getattr(n, "name", "") or f"node {n.node_id}"
+        status = getattr(n, "status", "") or "unknown"
+        seen = _age(getattr(n, "last_activated_at", ""), now)
+        parts.append(f"{name} ({status}{f', last active {seen}' if seen else ''})")
+    if wanted is not None:
+        known = {n.node_id for n in nodes}
+        parts += [f"node {i} (not connected)" for i in sorted(wanted - known)]
+    return ", ".join(parts) or "no sites known"
+
+
+def _age(stamp: str, now: float) -> str:
+    from datetime import datetime
+
+    try:
+        return f"{now - datetime.fromisoformat(stamp).timestamp():.0f} s ago"
+    except (TypeError, ValueError):
+        return ""
+
+
 class PollingGrid(Grid):
     """Delegates to a Flower Grid; only `send_and_receive` is fedhaven's own."""
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import secrets
@@ -18,6 +19,7 @@ from fedhaven.client.cli.check import check_site
 from fedhaven.client.deployment import SITE_CONFIG_KEY
 from fedhaven.client.site_config import SiteConfig, load_site_config
 from fedhaven.shared.crypto import fingerprint, write_private
+from fedhaven.shared.process import pid_alive, spawn, stop_group, stop_pids
 from fedhaven.shared.runtime import HARDENED_ENV
 
 log = logging.getLogger("fedhaven.client")
@@ -45,6 +47,14 @@ def preflight(cfg: SiteConfig, *, timeout: float = 10.0) -> None:
                            f"is it running, and does the firewall allow this site?") from None
     with sock:
         if cfg.coordinator.insecure:
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: fedhaven\r\nConnection: close\r\n\r\n")
+            try:
+                head = sock.recv(5)
+            except OSError:
+                head = b""
+            if not head.startswith(b"HTTP/"):
+                raise RuntimeError(f"the coordinator at {cfg.coordinator.address} speaks TLS but this site has "
+                                   f"insecure = true: set insecure = false and ca_cert to the operator's ca.pem")
             return
         ctx = ssl.create_default_context(cafile=cfg.coordinator.ca_cert)
         try:
@@ -56,24 +66,29 @@ def preflight(cfg: SiteConfig, *, timeout: float = 10.0) -> None:
                 f"({exc.verify_message}): its certificate is not signed by {cfg.coordinator.ca_cert}, or does not "
                 f"name {host}. Ask the operator for the ca.pem of this federation.") from None
         except ssl.SSLError as exc:
-            raise RuntimeError(f"TLS with the coordinator at {cfg.coordinator.address} failed ({exc.reason}); "
-                               f"does it serve TLS (or is the site set to insecure by mistake)?") from None
+            hint = ("it does not speak TLS: was it started with --insecure? Then the site needs insecure = true "
+                    "(testing only)" if exc.reason == "WRONG_VERSION_NUMBER" else "see the reason above")
+            raise RuntimeError(f"TLS with the coordinator at {cfg.coordinator.address} failed ({exc.reason}): "
+                               f"{hint}") from None
 
 
-def stop_group(proc: subprocess.Popen, *, timeout: float = 15) -> None:
-    """Stop a child's whole process group and reap it (SIGTERM, then SIGKILL after `timeout`)."""
+#: What `fl-client start` runs, so that a restart after a crash can stop what the crash left behind.
+SITE_RUNTIME = "site.json"
+
+
+def clean_site_leftovers(state_dir: Path, config_path: Path) -> None:
+    """Stop a SuperNode or executor that a killed `fl-client start` for this site left running."""
+    path = state_dir / SITE_RUNTIME
     try:
-        os.killpg(proc.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        pass
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait()
+        rt = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return
+    if pid_alive(int(rt.get("pid", 0))):
+        raise RuntimeError(f"this site is already running (fl-client start, pid {rt['pid']}); stop it first")
+    stopped = stop_pids([int(v) for k, v in rt.items() if k != "pid"], marker=str(config_path))
+    if stopped:
+        log.warning("stopped what a previous `fl-client start` left running (pids %s)", ", ".join(map(str, stopped)))
+    path.unlink(missing_ok=True)
 
 
 def executor_secret(state_dir: Path) -> Path:
@@ -107,8 +122,7 @@ class _Child:
 
     def __init__(self, name: str, args: list[str], env: dict[str, str], reasons: list[str], fp: str) -> None:
         self.name = name
-        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True,
-                                     bufsize=1, start_new_session=True)
+        self.proc = spawn(args, stdout=subprocess.PIPE, env=env, text=True)
         self.reader = threading.Thread(target=self._pump, args=(reasons, fp), daemon=True)
         self.reader.start()
 
@@ -134,6 +148,7 @@ def run(args: argparse.Namespace) -> int:
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
     env.pop("PYTHONPATH", None)
     secret = executor_secret(state)
+    clean_site_leftovers(state, config_path)
     fp = ""
     if cfg.private_key and Path(cfg.private_key).with_suffix(".pub").exists():
         fp = f" ({fingerprint(Path(cfg.private_key).with_suffix('.pub').read_bytes())})"
@@ -150,6 +165,7 @@ def run(args: argparse.Namespace) -> int:
     dead: _Child | None = None
     try:
         children.append(_Child("executor", executor_args(config_path, cfg, secret), env, reasons, fp))
+        (state / SITE_RUNTIME).write_text(json.dumps({"pid": os.getpid(), **{c.name: c.proc.pid for c in children}}))
         while not stop.is_set() and dead is None:
             dead = next((c for c in children if c.proc.poll() is not None), None)
             stop.wait(0.5)
@@ -158,6 +174,7 @@ def run(args: argparse.Namespace) -> int:
             stop_group(child.proc)
         for child in children:
             child.reader.join(timeout=5)
+        (state / SITE_RUNTIME).unlink(missing_ok=True)
     if reasons:
         raise RuntimeError(f"site {cfg.name} was not admitted: {reasons[0]}")
     if dead is not None and not stop.is_set():

@@ -7,7 +7,7 @@ import json
 import logging
 from pathlib import Path
 
-from fedhaven.server.coordinator import Runtime, control_for, pid_alive
+from fedhaven.server.coordinator import Runtime, control_for, leftover_parts, pid_alive
 from fedhaven.server.flower_control import ControlError
 from fedhaven.server.provision import StateDir
 
@@ -31,6 +31,13 @@ def last_failures(run_dir: Path, *, limit: int = 5) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     state = StateDir(args.state_dir)
     rt = Runtime.load(state)
+    if rt is not None and not pid_alive(rt.pid):
+        left = leftover_parts(state, rt)
+        if left:
+            log.error("coordinator: BROKEN: `fl-server start` (pid %d) is gone but parts of it still run: %s. "
+                      "`fl-server stop` stops them; `fl-server start` cleans them up and starts afresh", rt.pid,
+                      ", ".join(f"{n} pid {p}" for n, p in left.items()))
+            return 4
     if rt is None or not pid_alive(rt.pid):
         log.info("coordinator: not running (%s)", state.root)
         return 3
