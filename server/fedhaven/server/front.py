@@ -119,7 +119,7 @@ def upstream_client(uds: str) -> httpx.AsyncClient:
 
 
 async def serve(*, listen: str, runtime_listen: str, uds: str, certfile: Path | None, keyfile: Path | None,
-                max_body: int = DEFAULT_MAX_BODY) -> None:
+                max_body: int = DEFAULT_MAX_BODY, read_timeout: float = 60.0) -> None:
     """Both listeners until interrupted (plain HTTP only when no certificate is given: --insecure)."""
     import uvicorn
 
@@ -127,7 +127,8 @@ async def serve(*, listen: str, runtime_listen: str, uds: str, certfile: Path | 
     servers = []
     for address, prefix in ((listen, FLEET_PREFIX), (runtime_listen, RUNTIME_PREFIX)):
         host, _, port = address.rpartition(":")
-        config = uvicorn.Config(Front(prefix=prefix, client=client, max_body=max_body), host=host, port=int(port),
+        config = uvicorn.Config(Front(prefix=prefix, client=client, max_body=max_body, read_timeout=read_timeout),
+                                host=host, port=int(port),
                                 ssl_certfile=str(certfile) if certfile else None,
                                 ssl_keyfile=str(keyfile) if keyfile else None, log_level="warning",
                                 lifespan="on", server_header=False, timeout_keep_alive=30,
@@ -146,10 +147,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--uds", required=True, help="the SuperLink's Unix socket")
     p.add_argument("--certfile", type=Path)
     p.add_argument("--keyfile", type=Path)
-    p.add_argument("--max-body", type=int, default=DEFAULT_MAX_BODY)
+    p.add_argument("--max-body", type=int, default=DEFAULT_MAX_BODY, help="largest request body, bytes")
+    p.add_argument("--read-timeout", type=float, default=60.0, help="seconds a client may stall mid-request")
     a = p.parse_args(argv)
     asyncio.run(serve(listen=a.listen, runtime_listen=a.runtime_listen, uds=a.uds, certfile=a.certfile,
-                      keyfile=a.keyfile, max_body=a.max_body))
+                      keyfile=a.keyfile, max_body=a.max_body, read_timeout=a.read_timeout))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -43,8 +43,11 @@ def load_run_config(*, path: Path, overrides: list[str], rounds: int | None, out
                         "(a deployed coordinator cannot see site sizes before training)")
     from fedhaven.shared.data import load_data  # torch: imported only when a run is submitted
 
+    from fedhaven.shared.models import model_problems
+
     try:
-        load_data(cfg=run.data, split="test")
+        test = load_data(cfg=run.data, split="test")
+        problems += model_problems(cfg=run.model, spec=test.spec, dp=run.dp.enabled)
     except (ValueError, OSError) as exc:
         problems.append(f"data: the coordinator's held-out test set does not load: {exc}")
     if problems:
