@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_two_rounds_of_dp_secagg_training_over_tls(federation):
-    before = [len(Ledger.in_dir(d / "state").entries()) for d in federation.site_dirs]
+    before = [len(Ledger.in_dir(d / "state").entries()) for d in federation.site_dirs_list]
     res = federation.run()
     assert res.returncode == 0, res.stdout + res.stderr
     run_dir = federation.run_dir_of(res)
@@ -26,7 +26,7 @@ def test_two_rounds_of_dp_secagg_training_over_tls(federation):
     assert all(x["secure_aggregation"] and x["sites_ok"] == 3 for x in lines[1:])
     privacy = json.loads((run_dir / "privacy.json").read_text())
     assert set(privacy["sites"]) == set(federation.sites)
-    for name, d, n in zip(federation.sites, federation.site_dirs, before):
+    for name, d, n in zip(federation.sites, federation.site_dirs_list, before):
         eps = privacy["sites"][name]["epsilon"]
         assert 0 < eps <= 6.0
         ledger = Ledger.in_dir(d / "state")
@@ -37,17 +37,17 @@ def test_two_rounds_of_dp_secagg_training_over_tls(federation):
 
 
 def test_policy_violation_is_refused_and_nothing_is_trained(federation):
-    before = [len(Ledger.in_dir(d / "state").entries()) for d in federation.site_dirs]
+    before = [len(Ledger.in_dir(d / "state").entries()) for d in federation.site_dirs_list]
     res = federation.run(retries=0, dp_extra="noise_multiplier = 0.1")
     out = res.stdout + res.stderr
     assert res.returncode == 1, out
     assert "below this site's minimum 0.5" in out and "FAILED" in out
-    after = [len(Ledger.in_dir(d / "state").entries()) for d in federation.site_dirs]
+    after = [len(Ledger.in_dir(d / "state").entries()) for d in federation.site_dirs_list]
     assert after == before
 
 
 def test_unregistered_site_is_not_admitted(federation):
-    site = federation.site_dir("intruder", register=False, port=federation.free_port())
+    site = federation.site_dir("intruder", register=False)
     res = federation.cli("fl-client", "start", "--config", str(site / "site.toml"), timeout=120)
     assert res.returncode == 1
     assert "does not accept this site's key" in res.stderr, res.stdout + res.stderr
@@ -55,7 +55,7 @@ def test_unregistered_site_is_not_admitted(federation):
 
 
 def test_site_trusting_another_ca_is_stopped_before_connecting(federation, tmp_path):
-    site = federation.site_dirs[0]
+    site = federation.site_dirs_list[0]
     other = tmp_path / "other-ca.pem"
     other.write_bytes(make_ca(common_name="someone else").cert_pem)
     text = (site / "site.toml").read_text().replace('ca_cert = "ca.pem"', f'ca_cert = "{other}"')
@@ -68,7 +68,7 @@ def test_site_trusting_another_ca_is_stopped_before_connecting(federation, tmp_p
 
 
 def test_site_credentials_cannot_submit_or_stop_runs(federation):
-    ca = str(federation.site_dirs[0] / "ca.pem")
+    ca = str(federation.site_dirs_list[0] / "ca.pem")
     base = f"https://localhost:{federation.front}"
     with httpx.Client(verify=ca) as client:
         for path in ("/v1/control/start-run", "/v1/control/stop-run", "/v1/control/list-runs",

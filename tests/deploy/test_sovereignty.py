@@ -78,7 +78,7 @@ def data_samples(site_dir: Path) -> list[bytes]:
 
 def test_a_run_carrying_its_own_clientapp_is_refused_and_then_a_normal_run_trains(federation, tmp_path):
     marker = Path(tempfile.mkdtemp()) / "pwned"
-    ledgers_before = [Ledger.in_dir(d / "state").entries() for d in federation.site_dirs]
+    ledgers_before = [Ledger.in_dir(d / "state").entries() for d in federation.site_dirs_list]
     app = evil_package(tmp_path, marker=marker, output_dir=federation.state / "runs")
     control = Control(address=f"unix:{federation.state / 'run' / 'superlink.sock'}", ca_cert=None,
                       flwr_home=federation.state / "flwr-home")
@@ -90,7 +90,7 @@ def test_a_run_carrying_its_own_clientapp_is_refused_and_then_a_normal_run_train
     assert state.sub_status == "failed", state
     assert not marker.exists(), "a site ran the run's own ClientApp"
     # every site refused, said why in its own log, and spent nothing
-    for d, name, before in zip(federation.site_dirs, federation.sites, ledgers_before):
+    for d, name, before in zip(federation.site_dirs_list, federation.sites, ledgers_before):
         log = (federation.root / f"{name}.log").read_text()
         assert f"site {name} refused run {run_id}" in log and "evilclient:app" in log, log[-3000:]
         assert Ledger.in_dir(d / "state").entries() == before
@@ -102,7 +102,7 @@ def test_a_run_carrying_its_own_clientapp_is_refused_and_then_a_normal_run_train
     assert f"{run_id}" in status.stdout + status.stderr
     assert "this site only runs its installed fedhaven ClientApp" in status.stdout + status.stderr
     # no byte of any site's data reached the coordinator
-    samples = [s for d in federation.site_dirs for s in data_samples(d)]
+    samples = [s for d in federation.site_dirs_list for s in data_samples(d)]
     for path in federation.state.rglob("*"):
         if path.is_file() and not path.is_socket():
             blob = path.read_bytes()
@@ -110,7 +110,7 @@ def test_a_run_carrying_its_own_clientapp_is_refused_and_then_a_normal_run_train
     # the same sites then train a normal run
     res = federation.run(target=12.0)
     assert res.returncode == 0, res.stdout + res.stderr
-    for d, before in zip(federation.site_dirs, ledgers_before):
+    for d, before in zip(federation.site_dirs_list, ledgers_before):
         assert len(Ledger.in_dir(d / "state").entries()) == len(before) + 2
 
 
