@@ -243,6 +243,21 @@ path = "data"
         if sig in (signal.SIGKILL, signal.SIGTERM):
             proc.wait(timeout=60)
 
+    def site_pids(self, name: str) -> list[int]:
+        """A running site's processes: `fl-client start`, its SuperNode and its executor."""
+        rt = json.loads((self.site_dirs[name] / "state" / "site.json").read_text())
+        return [int(rt["pid"]), *(int(v) for k, v in rt.items() if k != "pid")]
+
+    def signal_site(self, name: str, sig: int) -> None:
+        """Send `sig` to all of a site's processes at once (SIGSTOP freezes it, SIGKILL is a power cut)."""
+        for pid in self.site_pids(name):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        if sig == signal.SIGKILL:
+            self.procs[name].wait(timeout=60)
+
     def stop(self) -> None:
         """Sites first, all at once, then the coordinator (`fl-server stop`), then anything left, by PID."""
         sites = [p for n, p in self.procs.items() if n in self.site_dirs]
