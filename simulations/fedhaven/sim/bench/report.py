@@ -7,6 +7,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from fedhaven.shared.schema import DPConfig
+from fedhaven.sim.bench import deploy_report
 
 
 def _f(x: object, fmt: str = "{:.2f}") -> str:
@@ -59,6 +60,7 @@ def targets(res: dict) -> list[tuple[str, str, str]]:
     rows.append(("1,000 simulated sites fit in 24 GiB", _f(big["peak_memory_mib"] / 1024 if big else None,
                                                            "{:.1f} GiB peak"),
                  _ok(None if not big else big["peak_memory_mib"] < 24 * 1024)))
+    rows += deploy_report.target_rows(res.get("deployment") if not _section_error(res, "deployment") else None)
     return rows
 
 
@@ -254,6 +256,12 @@ def write_report(*, results: dict, out: Path, data_dir: Path) -> Path:
               "site is four SecAgg+ messages through Ray, and a site new to a worker builds its trainer there. "
               "Memory barely grows: Ray keeps one worker per core, sites share one loaded dataset per worker, and "
               "the per-site trainers a worker keeps are small (the model and a slice of that dataset)."]
+
+    L += ["", "## 7. Deployed: fedhaven against Flower on loopback", ""]
+    err = _section_error(res, "deployment")
+    L += [err] if err else deploy_report.section(res["deployment"])
+    L += ["", "Raw events (every timestamp the breakdown comes from): "
+          f"[`{rel}/results-deploy.json`]({rel}/results-deploy.json)."] if not err else []
 
     if plots:
         L += ["", "## Plots", ""] + [f"![{p}]({rel}/{p})" for p in plots]

@@ -1,0 +1,244 @@
+"""`python -m fedhaven.sim.bench.deploy`: fedhaven and plain Flower deployed on loopback, measured side by side.
+
+One invocation deploys, one after the other on this machine, with the same data (scikit-learn digits
+split IID into the sites' IDX folders), model (fedhaven's LeNet), local training and rounds:
+
+1. `flower`: plain Flower, message-API FedAvg, no DP, no SecAgg+;
+2. `flower-secagg`: Flower's SecAgg+ example pattern, no DP;
+3. `fedhaven-dp-secagg`: fedhaven with its defaults (DP + SecAgg+);
+4. `fedhaven-dp`: fedhaven, DP without SecAgg+;
+5. `fedhaven`: fedhaven without DP and SecAgg+ (the fair comparison with 1).
+
+Both deployments use TLS, SuperNode authentication, runtime dependency installation disabled and no
+telemetry. Per round: wall time (server side) and its breakdown (deploy_breakdown). Section "deployment"
+of `python -m fedhaven.sim.bench`; run alone it writes the raw JSON and prints the Markdown section.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from fedhaven.shared.runtime import harden_environment
+from fedhaven.sim.bench.deploy_breakdown import SECAGG_STAGES, analyse_run, parse_site_lines, ratios, round_ends
+
+harden_environment()  # before anything imports flwr (telemetry and the update check are read at import)
+
+ROOT = Path(__file__).resolve().parents[4]
+SYSTEMS: dict[str, dict[str, Any]] = {
+    "flower": {"label": "Flower, FedAvg (message API), no DP, no SecAgg+", "stages": ("train",)},
+    "flower-secagg": {"label": "Flower, SecAgg+ example (legacy FedAvg), no DP", "stages": SECAGG_STAGES},
+    "fedhaven-dp-secagg": {"label": "fedhaven, DP + SecAgg+ (defaults)", "stages": SECAGG_STAGES,
+                           "dp": True, "secagg": True},
+    "fedhaven-dp": {"label": "fedhaven, DP, no SecAgg+", "stages": ("train",), "dp": True, "secagg": False},
+    "fedhaven": {"label": "fedhaven, no DP, no SecAgg+", "stages": ("train",), "dp": False, "secagg": False},
+}
+TRAIN = {"local_epochs": 3.0, "batch_size": 64, "lr": 0.2}
+SECAGG = {"num_shares": 3, "reconstruction_threshold": 2, "max_weight": 1000.0, "timeout": 120.0}
+EPSILON_PER_DP_RUN = 3.0  # fedhaven's default target; sites count what earlier runs spent, so each run adds this
+
+
+def _split(root: Path, sites: int) -> list[Path]:
+    from fedhaven.shared.data import load_digits_data, save_idx
+    from fedhaven.shared.partition import partition_iid
+
+    train = load_digits_data(split="train")
+    out = []
+    for i, idx in enumerate(partition_iid(num_examples=len(train), num_sites=sites, seed=0)):
+        d = root / "data" / f"site-{i}"
+        save_idx(train.subset(idx), d, split="train")
+        out.append(d)
+    return out
+
+
+def _load() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def analyse(name: str, trace: Any) -> dict[str, Any]:
+    """One system's run: per-round breakdown, steady summary, and the raw events it came from."""
+    handled = [h for site, lines in trace.site_lines.items() for h in parse_site_lines(site, lines)]
+    ends = round_ends(trace.records)
+    order = sorted(ends)
+    if name.startswith("flower"):
+        clients = [r for r in trace.records if r.get("kind") == "client"]
+        train: dict[int, float] = {}
+        for r in order[1:]:
+            prev = ends[r - 1] if r - 1 in ends else float("-inf")
+            xs = [c["train_s"] for c in clients if prev < c["enter"] <= ends[r] and c.get("train_s")]
+            if xs:
+                train[r] = sum(xs) / len(xs)
+        waits = [r for r in trace.records if r.get("kind") == "wait"]
+    else:
+        clients, waits = [], []
+        train = {int(r["round"]): r["site_train_time_s"] / max(1, r["sites_ok"]) for r in trace.records
+                 if r.get("status") == "ok" and r.get("sites_ok")}
+    out = analyse_run(ends=ends, messages=trace.messages, handled=handled, objects=trace.objects, clients=clients,
+                      train_per_site=train, stage_names=SYSTEMS[name]["stages"])
+    for row in out["rounds"]:
+        prev = ends[row["round"] - 1]
+        row["in_app_wait_s"] = (sum(w["end"] - w["start"] for w in waits if prev < w["start"] <= ends[row["round"]])
+                                if waits else None)
+    accuracy = [r.get("accuracy") for r in trace.records if r.get("kind") == "round" or r.get("status") == "ok"]
+    return {"label": SYSTEMS[name]["label"], "run_id": trace.run_id, "status": trace.status,
+            "details": trace.details[-1000:], "wall_s": trace.finished - trace.submitted,
+            "final_accuracy": accuracy[-1] if accuracy else None, **out,
+            "raw": {"run_id": trace.run_id, "submitted": trace.submitted, "finished": trace.finished,
+                    "status": trace.status, "details": trace.details, "messages": trace.messages,
+                    "objects": trace.objects, "site_lines": trace.site_lines, "records": trace.records}}
+
+
+def reanalyse(raw: dict[str, Any]) -> dict[str, Any]:
+    """The same results recomputed from a raw results file's events (after a change to the breakdown)."""
+    from types import SimpleNamespace
+
+    out = {**raw, "systems": {}}
+    for name, sys_ in raw["systems"].items():
+        if "raw" not in sys_:
+            out["systems"][name] = sys_
+            continue
+        r = sys_["raw"]
+        trace = SimpleNamespace(**{**r, "site_lines": {k: [tuple(x) for x in v] for k, v in r["site_lines"].items()}})
+        out["systems"][name] = {**analyse(name, trace), "load_start": sys_.get("load_start"),
+                                "load_end": sys_.get("load_end")}
+    out["ratios"] = ratios({k: v for k, v in out["systems"].items() if "error" not in v})
+    return out
+
+
+def run(*, rounds: int = 4, sites: int = 3, systems: tuple[str, ...] = tuple(SYSTEMS), keep: Path | None = None,
+        raw_out: Path | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Deploy and measure `systems`; returns the results without raw events (those go to `raw_out`)."""
+    from fedhaven.sim.bench.deploy_fedhaven import FedhavenDeployment, run_toml
+    from fedhaven.sim.bench.deploy_flower import FlowerDeployment
+
+    unknown = [s for s in systems if s not in SYSTEMS]
+    if unknown:
+        raise ValueError(f"unknown systems {unknown}; choose from {', '.join(SYSTEMS)}")
+    root = Path(tempfile.mkdtemp(prefix="fedhaven-bench-deploy-"))
+    res: dict[str, Any] = {"setup": {"rounds": rounds, "sites": sites, "data": "scikit-learn digits, IID split",
+                                     "model": "fedhaven LeNet", **TRAIN, "secagg": SECAGG, "warmup_rounds": 1,
+                                     "cores": os.cpu_count(), "epsilon_per_dp_run": EPSILON_PER_DP_RUN},
+                           "load_start": _load(), "systems": {}}
+    timeout = 600 + 240 * rounds
+    try:
+        data = _split(root, sites)
+        res["setup"]["examples_per_site"] = [_count(d) for d in data]
+
+        def measure(name: str, fn: Callable[[], Any]) -> None:
+            log(f"deployment: {name} ({rounds} rounds), load {_load()} ...")
+            load0, t0 = _load(), time.perf_counter()
+            try:
+                trace = fn()
+                res["systems"][name] = {**analyse(name, trace), "load_start": load0, "load_end": _load()}
+            except Exception as exc:  # noqa: BLE001 - a failed system must not lose the others
+                res["systems"][name] = {"label": SYSTEMS[name]["label"], "error": f"{type(exc).__name__}: {exc}"}
+            s = res["systems"][name].get("summary", {})
+            log(f"deployment: {name} done in {time.perf_counter() - t0:.0f} s, steady round "
+                f"{s.get('round_mean_s')} s; {res['systems'][name].get('error', '')}")
+
+        def deployment(prefix: str, make: Callable[[], Any], runs: Callable[[Any], None]) -> None:
+            wanted = [s for s in systems if s.startswith(prefix)]
+            if not wanted:
+                return
+            dep = make()
+            try:
+                dep.start()
+                runs(dep)
+            except Exception as exc:  # noqa: BLE001 - e.g. it did not start: say so for each system it owed
+                for name in wanted:
+                    res["systems"].setdefault(name, {"label": SYSTEMS[name]["label"],
+                                                     "error": f"deployment failed: {type(exc).__name__}: {exc}"})
+            finally:
+                dep.stop()
+
+        def flower_runs(flower: FlowerDeployment) -> None:
+            cfg = {"rounds": rounds, "sites": sites, "data-dir": str(root / "data"),
+                   "local-epochs": TRAIN["local_epochs"], "batch-size": TRAIN["batch_size"], "lr": TRAIN["lr"],
+                   **_flower_secagg()}
+            for name, kind in (("flower", "plain"), ("flower-secagg", "secagg")):
+                if name in systems:
+                    measure(name, lambda kind=kind: flower.run(kind=kind, config=cfg, timeout=timeout))
+
+        def fedhaven_runs(fed: FedhavenDeployment) -> None:
+            dp_runs = 0
+            for name in (s for s in SYSTEMS if s.startswith("fedhaven") and s in systems):
+                spec = SYSTEMS[name]
+                dp_runs += spec["dp"]
+                toml = run_toml(rounds=rounds, sites=sites, epochs=TRAIN["local_epochs"],
+                                batch_size=TRAIN["batch_size"], lr=TRAIN["lr"], dp=spec["dp"], secagg=spec["secagg"],
+                                target_epsilon=EPSILON_PER_DP_RUN * max(1, dp_runs), secagg_cfg=SECAGG)
+                measure(name, lambda name=name, toml=toml: fed.run(name=name, toml=toml, timeout=timeout))
+
+        deployment("flower", lambda: FlowerDeployment(root=root / "flower", data_dirs=data), flower_runs)
+        deployment("fedhaven", lambda: FedhavenDeployment(root=root / "fedhaven", data_dirs=data), fedhaven_runs)
+    finally:
+        res["load_end"] = _load()
+        if keep is not None:
+            keep.mkdir(parents=True, exist_ok=True)
+            shutil.copytree(root, keep / root.name, dirs_exist_ok=True, ignore=shutil.ignore_patterns("*.sock"))
+        shutil.rmtree(root, ignore_errors=True)
+    res["ratios"] = ratios({k: v for k, v in res["systems"].items() if "error" not in v})
+    if raw_out is not None:
+        raw_out.parent.mkdir(parents=True, exist_ok=True)
+        raw_out.write_text(json.dumps(res, indent=1, default=str))
+    return strip_raw(res)
+
+
+def _count(folder: Path) -> int:
+    from fedhaven.shared.data import load_idx
+
+    return len(load_idx(folder, split="train"))
+
+
+def _flower_secagg() -> dict[str, Any]:
+    from fedhaven.shared.schema import SecAggConfig
+
+    d = SecAggConfig()
+    return {"num-shares": SECAGG["num_shares"], "reconstruction-threshold": SECAGG["reconstruction_threshold"],
+            "max-weight": SECAGG["max_weight"], "timeout": SECAGG["timeout"], "clipping-range": d.clipping_range,
+            "quantization-range": d.quantization_range, "modulus-range": d.modulus_range}
+
+
+def strip_raw(res: dict[str, Any]) -> dict[str, Any]:
+    """The results without raw events and per-message rows (they stay in the raw JSON)."""
+    out = {**res, "systems": {}}
+    for name, sys_ in res["systems"].items():
+        s = {k: v for k, v in sys_.items() if k != "raw"}
+        if "rounds" in s:
+            s["rounds"] = [{k: v for k, v in r.items() if k != "messages"} for r in s["rounds"]]
+        out["systems"][name] = s
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    from fedhaven.sim.bench.deploy_report import section
+
+    p = argparse.ArgumentParser(prog="python -m fedhaven.sim.bench.deploy", description=__doc__.splitlines()[0])
+    p.add_argument("--rounds", type=int, default=4, help="rounds per run; the first is reported as warm-up")
+    p.add_argument("--systems", nargs="*", default=list(SYSTEMS), choices=list(SYSTEMS))
+    p.add_argument("--out", type=Path, default=ROOT / "simulations" / "benchmarks" / "results-deploy.json",
+                   help="raw results (JSON, with every timestamped event)")
+    p.add_argument("--keep", type=Path, help="copy the deployments' folders (logs, databases) here")
+    p.add_argument("--reanalyse", type=Path, metavar="RAW_JSON", help="deploy nothing: recompute the breakdown "
+                   "from the events in a raw results file and print the section")
+    args = p.parse_args(argv)
+    if args.reanalyse is not None:
+        res = strip_raw(reanalyse(json.loads(args.reanalyse.read_text())))
+        print("\n".join(section(res)))
+        return 0
+    if args.rounds < 2:
+        p.error("--rounds must be at least 2 (round 1 is the warm-up)")
+    res = run(rounds=args.rounds, systems=tuple(args.systems), keep=args.keep, raw_out=args.out)
+    print("\n".join(section(res)))
+    return 0 if all("error" not in s for s in res["systems"].values()) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,111 @@
+"""The "deployment" section of BENCHMARKS.md and its target rows, written from the deploy benchmark's results."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fedhaven.sim.bench.deploy_breakdown import SECAGG_STAGES
+
+
+def _f(x: float | None, fmt: str = "{:.2f}") -> str:
+    return "n/a" if x is None else fmt.format(x)
+
+
+def _ok(flag: bool | None) -> str:
+    return "not measured" if flag is None else ("**met**" if flag else "**not met**")
+
+
+def _measured(res: dict[str, Any] | None) -> dict[str, Any]:
+    """The systems that ran to the end (an error or no rounds leaves a system out of the tables)."""
+    if not res or "systems" not in res:
+        return {}
+    return {k: v for k, v in res["systems"].items() if "error" not in v and v.get("summary")}
+
+
+def target_rows(res: dict[str, Any] | None) -> list[tuple[str, str, str]]:
+    """(target, measured, verdict) for the Targets table: the issue's two deployment ratios."""
+    rows = []
+    by_key = {(r["numerator"], r["denominator"]): r for r in (res or {}).get("ratios", [])}
+    for num, den, label in (("fedhaven-dp-secagg", "flower-secagg", "deployed round, DP + SecAgg+, <= 0.5x Flower's "
+                                                                    "SecAgg+ round (3 loopback sites)"),
+                            ("fedhaven", "flower", "deployed round without SecAgg+ <= 1.0x plain Flower's")):
+        r = by_key.get((num, den), {})
+        rows.append((label, _f(r.get("ratio"), "{:.2f}x"), _ok(r.get("met"))))
+    return rows
+
+
+def section(res: dict[str, Any] | None) -> list[str]:
+    """Markdown lines of the deployment section (no heading numbers: the caller adds its own heading)."""
+    if not res or "systems" not in res:
+        return ["not run in this mode"]
+    if "error" in res:
+        return [f"failed: {res['error']}"]
+    st, ok = res["setup"], _measured(res)
+    per_site = sorted(set(st.get("examples_per_site") or []))
+    L = [f"{st['sites']} sites on 127.0.0.1, each system deployed the way its documentation deploys it: TLS "
+         "everywhere, SuperNode authentication, runtime dependency installation off, no telemetry. Same data "
+         f"({st['data']}, {'/'.join(map(str, per_site)) or '?'} training images a site), model ({st['model']}), "
+         f"local training ({st['local_epochs']:g} epochs, batch {st['batch_size']}, lr {st['lr']:g}, plain SGD "
+         f"or DP-SGD) and {st['rounds']} rounds; the systems ran one after the other in one invocation. Round 1 "
+         f"is the warm-up (processes start, imports); steady = rounds 2-{st['rounds']}. Load average (1/5/15 "
+         f"min) {res.get('load_start')} at the start, {res.get('load_end')} at the end, on {st.get('cores')} "
+         "cores: on a shared machine compare ratios, not seconds.", "",
+         "| system | round 1 (s) | steady round (s) | sd | min-max | stages / round | final accuracy |",
+         "|---|---|---|---|---|---|---|"]
+    for name, s in res["systems"].items():
+        if name not in ok:
+            L.append(f"| {s.get('label', name)} | failed: {s.get('error', s.get('status'))} | | | | | |")
+            continue
+        m = s["summary"]
+        first = m["warmup_rounds"][0] if m["warmup_rounds"] else None
+        L.append(f"| {s['label']} | {_f(first, '{:.1f}')} | **{_f(m['round_mean_s'])}** | {_f(m['round_sd_s'])} | "
+                 f"{_f(m['round_min_s'])}-{_f(m['round_max_s'])} | {_f(m['stages_per_round'], '{:.0f}')} | "
+                 f"{_f(s.get('final_accuracy'), '{:.1%}')} |")
+    L += ["", "| ratio of steady rounds, measured side by side | measured | target | |", "|---|---|---|---|"]
+    for r in res.get("ratios", []):
+        target = "-" if r["target"] is None else f"<= {r['target']:.1f}x"
+        verdict = "" if r["target"] is None else _ok(r["met"])
+        L.append(f"| {r['what']} | {_f(r['ratio'], '{:.2f}x')} | {target} | {verdict} |")
+    L += ["", "Where a steady round goes (mean per round, seconds). Each stage (one message to every site; a "
+          "SecAgg+ round has four) is split along the reply that reached the SuperLink last: *SuperNode idle* = "
+          "message pushed -> claimed by its SuperNode (Flower's SuperNode sleeps 3 s whenever it finds no "
+          "message), *site handling* = claimed -> reply sent to the SuperLink, *server pull* = reply sent -> "
+          "the ServerApp holds every reply (Flower's grid pulls every 3 s; fedhaven's every 0.05-0.5 s). "
+          "*Coordinator* is the rest of the round: aggregation, SecAgg+ unmasking, evaluation, checkpoints. "
+          "Timestamps come from the SuperLink's own state (read-only) and the SuperNodes' output lines.", "",
+          "| system | round | SuperNode idle | site handling | server pull | coordinator | training per site |",
+          "|---|---|---|---|---|---|---|"]
+    for name, s in ok.items():
+        m = s["summary"]
+        L.append(f"| {s['label']} | {_f(m['round_mean_s'])} | {_f(m['idle_cp_s'])} | {_f(m['handling_cp_s'])} | "
+                 f"{_f(m['pull_lag_cp_s'])} | {_f(m['between_s'])} | {_f(m['train_per_site_s'])} |")
+    L += ["", "Per message at a site (mean over the steady rounds' messages, seconds): *to start* = SuperNode "
+          "received the message -> Flower's `flwr-clientapp` process started (SuperExec polls every 1 s) or "
+          "fedhaven's executor took the task (polls every 0.05 s); *start-up* = Flower: interpreter, imports, "
+          "app install and message pull until the handler runs; fedhaven: the executor's pull of the message "
+          "(which waits for the SuperNode's download); *app* = the handler (training, DP, masking); *back* = "
+          "handler done -> reply sent to the SuperLink (the SuperNode looks for replies every 0.5 s). These four "
+          "add up to *site handling*. Transport inside it, overlapping those parts: *download* = the SuperNode "
+          "pulling the message from the SuperLink, *upload* = the SuperNode pushing the reply to it.", "",
+          "| system | messages / round | SuperNode idle | to start | start-up | app | back | site handling | "
+          "download | upload |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, s in ok.items():
+        m, pm = s["summary"], s["summary"]["per_message"]
+        L.append(f"| {s['label']} | {_f(m['messages_per_round'], '{:.0f}')} | {_f(pm['idle'])} | "
+                 f"{_f(pm['to_start'])} | {_f(pm['startup'])} | {_f(pm['app'])} | {_f(pm['back'])} | "
+                 f"{_f(pm['total'])} | {_f(pm.get('download'))} | {_f(pm.get('upload'))} |")
+    sec = {k: v for k, v in ok.items() if list(v["summary"]["stage_span_s"]) == list(SECAGG_STAGES)}
+    if sec:
+        L += ["", "SecAgg+ stages (mean span per round / mean app time per message, seconds):", "",
+              "| system | " + " | ".join(SECAGG_STAGES) + " |", "|---|" + "---|" * len(SECAGG_STAGES)]
+        for name, s in sec.items():
+            m = s["summary"]
+            L.append(f"| {s['label']} | " + " | ".join(f"{_f(m['stage_span_s'][n])} / {_f(m['stage_app_s'][n])}"
+                                                       for n in SECAGG_STAGES) + " |")
+    L += ["", "**Flower's own floor, the SuperNode's 3 s idle sleep** (push -> claim on the critical path, "
+          "summed over a round's stages): " + "; ".join(
+              f"{s['label']}: {_f(s['summary']['idle_cp_s'])} s of {_f(s['summary']['round_mean_s'])} s "
+              f"({_f(s['summary']['idle_share'], '{:.0%}')})" for s in ok.values()) + ". fedhaven runs Flower's "
+          "own SuperNode, so this wait stays in every deployed round: at most 3 s per stage, four stages a "
+          "SecAgg+ round."]
+    return L
