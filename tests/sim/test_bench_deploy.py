@@ -161,6 +161,7 @@ def test_report_section_and_target_rows():
     assert [(m, v) for _, m, v in rows] == [("0.40x", "**met**"), ("1.17x", "**not met**")]
     text = "\n".join(section(res))
     assert "| fedhaven, DP | failed: RuntimeError: boom |" in text
+    assert "| 90.0% | n/a |" in text  # no load figures: said, not invented
     assert "**25.00**" in text and "setup | share keys | collect masked vectors | unmask" in text
     assert "load average" in text.lower() and "[1.0, 1.0, 1.0]" in text
     assert "3.00 s of 25.00 s (12%)" in text  # the SuperNode's idle sleep, named with its share

@@ -49,18 +49,21 @@ def section(res: dict[str, Any] | None) -> list[str]:
          f"or DP-SGD) and {st['rounds']} rounds; the systems ran one after the other in one invocation. Round 1 "
          f"is the warm-up (processes start, imports); steady = rounds 2-{st['rounds']}. Load average (1/5/15 "
          f"min) {res.get('load_start')} at the start, {res.get('load_end')} at the end, on {st.get('cores')} "
-         "cores: on a shared machine compare ratios, not seconds.", "",
-         "| system | round 1 (s) | steady round (s) | sd | min-max | stages / round | final accuracy |",
-         "|---|---|---|---|---|---|---|"]
+         "cores (*load*: 1-minute load average when each system started -> ended): on a shared machine compare "
+         "ratios, not seconds.", "",
+         "| system | round 1 (s) | steady round (s) | sd | min-max | stages / round | final accuracy | load |",
+         "|---|---|---|---|---|---|---|---|"]
     for name, s in res["systems"].items():
         if name not in ok:
-            L.append(f"| {s.get('label', name)} | failed: {s.get('error', s.get('status'))} | | | | | |")
+            L.append(f"| {s.get('label', name)} | failed: {s.get('error', s.get('status'))} | | | | | | |")
             continue
         m = s["summary"]
         first = m["warmup_rounds"][0] if m["warmup_rounds"] else None
+        load = (f"{s['load_start'][0]:.1f} -> {s['load_end'][0]:.1f}" if s.get("load_start") and s.get("load_end")
+                else "n/a")
         L.append(f"| {s['label']} | {_f(first, '{:.1f}')} | **{_f(m['round_mean_s'])}** | {_f(m['round_sd_s'])} | "
                  f"{_f(m['round_min_s'])}-{_f(m['round_max_s'])} | {_f(m['stages_per_round'], '{:.0f}')} | "
-                 f"{_f(s.get('final_accuracy'), '{:.1%}')} |")
+                 f"{_f(s.get('final_accuracy'), '{:.1%}')} | {load} |")
     L += ["", "| ratio of steady rounds, measured side by side | measured | target | |", "|---|---|---|---|"]
     for r in res.get("ratios", []):
         target = "-" if r["target"] is None else f"<= {r['target']:.1f}x"
