@@ -62,6 +62,35 @@ def _load() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
+def _flwr_version() -> str | None:
+    from importlib import metadata
+
+    try:
+        return metadata.version("flwr")
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def code_under_test() -> dict[str, Any]:
+    """Which fedhaven the `fl-server`/`fl-client` commands run: its checkout, commit, and uncommitted changes."""
+    import subprocess
+
+    import fedhaven.server
+
+    root = Path(fedhaven.server.__file__).resolve().parents[3]
+
+    def git(*args: str) -> str | None:
+        try:
+            res = subprocess.run(["git", *args], capture_output=True, text=True, cwd=root, timeout=30)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return res.stdout.strip() if res.returncode == 0 else None
+
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"path": str(root), "commit": git("rev-parse", "--short", "HEAD"),
+            "dirty": None if status is None else bool(status)}
+
+
 def analyse(name: str, trace: Any) -> dict[str, Any]:
     """One system's run: per-round breakdown, steady summary, and the raw events it came from."""
     handled = [h for site, lines in trace.site_lines.items() for h in parse_site_lines(site, lines)]
@@ -124,7 +153,8 @@ def run(*, rounds: int = 4, sites: int = 3, systems: tuple[str, ...] = tuple(SYS
     root = Path(tempfile.mkdtemp(prefix="fedhaven-bench-deploy-"))
     res: dict[str, Any] = {"setup": {"rounds": rounds, "sites": sites, "data": "scikit-learn digits, IID split",
                                      "model": "fedhaven LeNet", **TRAIN, "secagg": SECAGG, "warmup_rounds": 1,
-                                     "cores": os.cpu_count(), "epsilon_per_dp_run": EPSILON_PER_DP_RUN},
+                                     "cores": os.cpu_count(), "epsilon_per_dp_run": EPSILON_PER_DP_RUN,
+                                     "fedhaven_under_test": code_under_test(), "flwr": _flwr_version()},
                            "load_start": _load(), "systems": {}}
     timeout = 600 + 240 * rounds
     try:

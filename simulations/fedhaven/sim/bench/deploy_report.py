@@ -42,6 +42,8 @@ def section(res: dict[str, Any] | None) -> list[str]:
         return [f"failed: {res['error']}"]
     st, ok = res["setup"], _measured(res)
     per_site = sorted(set(st.get("examples_per_site") or []))
+    code = st.get("fedhaven_under_test") or {}
+    dirty = {True: ", with uncommitted changes", False: "", None: ""}[code.get("dirty")]
     L = [f"{st['sites']} sites on 127.0.0.1, each system deployed the way its documentation deploys it: TLS "
          "everywhere, SuperNode authentication, runtime dependency installation off, no telemetry. Same data "
          f"({st['data']}, {'/'.join(map(str, per_site)) or '?'} training images a site), model ({st['model']}), "
@@ -50,7 +52,8 @@ def section(res: dict[str, Any] | None) -> list[str]:
          f"is the warm-up (processes start, imports); steady = rounds 2-{st['rounds']}. Load average (1/5/15 "
          f"min) {res.get('load_start')} at the start, {res.get('load_end')} at the end, on {st.get('cores')} "
          "cores (*load*: 1-minute load average when each system started -> ended): on a shared machine compare "
-         "ratios, not seconds.", "",
+         f"ratios, not seconds. fedhaven under test: commit `{code.get('commit') or 'unknown'}`{dirty}; Flower "
+         f"{st.get('flwr') or 'version unknown'}.", "",
          "| system | round 1 (s) | steady round (s) | sd | min-max | stages / round | final accuracy | load |",
          "|---|---|---|---|---|---|---|---|"]
     for name, s in res["systems"].items():
