@@ -139,7 +139,8 @@ def summary(mean: float) -> dict:
 
 def results() -> dict:
     systems = {"flower": summary(6.0), "flower-secagg": summary(25.0), "fedhaven-dp-secagg": summary(10.0),
-               "fedhaven": summary(7.0), "fedhaven-dp": {"label": "fedhaven, DP", "error": "RuntimeError: boom"}}
+               "fedhaven": {**summary(7.0), "label": "fedhaven", "failed_attempts": 2},
+               "fedhaven-dp": {"label": "fedhaven, DP", "error": "RuntimeError: boom"}}
     return {"setup": {"sites": 3, "data": "digits", "examples_per_site": [449, 449, 449], "model": "LeNet",
                       "local_epochs": 3.0, "batch_size": 64, "lr": 0.2, "rounds": 4, "cores": 2,
                       "fedhaven_under_test": {"commit": "abc1234", "dirty": True}, "flwr": "1.42.0"},
@@ -166,6 +167,7 @@ def test_report_section_and_target_rows():
     assert "**25.00**" in text and "setup | share keys | collect masked vectors | unmask" in text
     assert "load average" in text.lower() and "[1.0, 1.0, 1.0]" in text
     assert "commit `abc1234`, with uncommitted changes; Flower 1.42.0" in text  # which code was measured
+    assert "Failed round attempts (retried; their time is inside the round): fedhaven: 2." in text
     assert "3.00 s of 25.00 s (12%)" in text  # the SuperNode's idle sleep, named with its share
     assert target_rows(None)[0][2] == "not measured" and section(None) == ["not run in this mode"]
 

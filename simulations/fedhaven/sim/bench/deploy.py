@@ -1,7 +1,8 @@
 """`python -m fedhaven.sim.bench.deploy`: fedhaven and plain Flower deployed on loopback, measured side by side.
 
 One invocation deploys, one after the other on this machine, with the same data (scikit-learn digits
-split IID into the sites' IDX folders), model (fedhaven's LeNet), local training and rounds:
+split IID into the sites' IDX folders, written once by `fedhaven.sim.loopback` and read by both),
+model (fedhaven's LeNet), local training and rounds (the run file of `fedhaven.sim.loopback`):
 
 1. `flower`: plain Flower, message-API FedAvg, no DP, no SecAgg+;
 2. `flower-secagg`: Flower's SecAgg+ example pattern, no DP;
@@ -40,22 +41,32 @@ SYSTEMS: dict[str, dict[str, Any]] = {
     "fedhaven-dp": {"label": "fedhaven, DP, no SecAgg+", "stages": ("train",), "dp": True, "secagg": False},
     "fedhaven": {"label": "fedhaven, no DP, no SecAgg+", "stages": ("train",), "dp": False, "secagg": False},
 }
-TRAIN = {"local_epochs": 3.0, "batch_size": 64, "lr": 0.2}
-SECAGG = {"num_shares": 3, "reconstruction_threshold": 2, "max_weight": 1000.0, "timeout": 120.0}
 EPSILON_PER_DP_RUN = 3.0  # fedhaven's default target; sites count what earlier runs spent, so each run adds this
 
 
-def _split(root: Path, sites: int) -> list[Path]:
-    from fedhaven.shared.data import load_digits_data, save_idx
-    from fedhaven.shared.partition import partition_iid
+def fedhaven_run(*, rounds: int, sites: int, dp: bool, secagg: bool, target: float) -> str:
+    """fedhaven's run file for one variant: the loopback federation's (3 epochs, batch 64, lr 0.2, SecAgg+
+    with 3 shares, threshold 2, max_weight 1000), DP at fedhaven's defaults."""
+    from fedhaven.sim.loopback import run_toml
 
-    train = load_digits_data(split="train")
-    out = []
-    for i, idx in enumerate(partition_iid(num_examples=len(train), num_sites=sites, seed=0)):
-        d = root / "data" / f"site-{i}"
-        save_idx(train.subset(idx), d, split="train")
-        out.append(d)
-    return out
+    return run_toml(rounds=rounds, min_sites=sites, dp=dp, secagg=secagg, target=target)
+
+
+def flower_config(*, rounds: int, sites: int, data_dir: Path) -> dict[str, Any]:
+    """The plain Flower apps' run config: the same local training and SecAgg+ parameters as fedhaven's run file."""
+    import tomllib
+
+    from fedhaven.shared.config import parse
+    from fedhaven.shared.schema import RunConfig
+
+    run = parse(RunConfig, tomllib.loads(fedhaven_run(rounds=rounds, sites=sites, dp=False, secagg=True,
+                                                      target=EPSILON_PER_DP_RUN)), source="loopback run file")
+    sa = run.secagg
+    return {"rounds": rounds, "sites": sites, "data-dir": str(data_dir), "local-epochs": run.train.local_epochs,
+            "batch-size": run.train.batch_size, "lr": run.train.lr, "num-shares": int(sa.num_shares),
+            "reconstruction-threshold": int(sa.reconstruction_threshold), "max-weight": float(sa.max_weight),
+            "timeout": sa.timeout, "clipping-range": sa.clipping_range, "quantization-range": sa.quantization_range,
+            "modulus-range": sa.modulus_range}
 
 
 def _load() -> list[float]:
@@ -118,7 +129,8 @@ def analyse(name: str, trace: Any) -> dict[str, Any]:
     accuracy = [r.get("accuracy") for r in trace.records if r.get("kind") == "round" or r.get("status") == "ok"]
     return {"label": SYSTEMS[name]["label"], "run_id": trace.run_id, "status": trace.status,
             "details": trace.details[-1000:], "wall_s": trace.finished - trace.submitted,
-            "final_accuracy": accuracy[-1] if accuracy else None, **out,
+            "final_accuracy": accuracy[-1] if accuracy else None,
+            "failed_attempts": sum(r.get("status") == "failed" for r in trace.records), **out,
             "raw": {"run_id": trace.run_id, "submitted": trace.submitted, "finished": trace.finished,
                     "status": trace.status, "details": trace.details, "messages": trace.messages,
                     "objects": trace.objects, "site_lines": trace.site_lines, "records": trace.records}}
@@ -144,22 +156,34 @@ def reanalyse(raw: dict[str, Any]) -> dict[str, Any]:
 def run(*, rounds: int = 4, sites: int = 3, systems: tuple[str, ...] = tuple(SYSTEMS), keep: Path | None = None,
         raw_out: Path | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Deploy and measure `systems`; returns the results without raw events (those go to `raw_out`)."""
-    from fedhaven.sim.bench.deploy_fedhaven import FedhavenDeployment, run_toml
+    from fedhaven.sim.bench.deploy_fedhaven import FedhavenDeployment
     from fedhaven.sim.bench.deploy_flower import FlowerDeployment
+    from fedhaven.sim.loopback import DEFAULT_SITES
 
     unknown = [s for s in systems if s not in SYSTEMS]
     if unknown:
         raise ValueError(f"unknown systems {unknown}; choose from {', '.join(SYSTEMS)}")
     root = Path(tempfile.mkdtemp(prefix="fedhaven-bench-deploy-"))
+    names = tuple(DEFAULT_SITES[:sites]) if sites <= len(DEFAULT_SITES) else tuple(f"site-{i}" for i in range(sites))
     res: dict[str, Any] = {"setup": {"rounds": rounds, "sites": sites, "data": "scikit-learn digits, IID split",
-                                     "model": "fedhaven LeNet", **TRAIN, "secagg": SECAGG, "warmup_rounds": 1,
-                                     "cores": os.cpu_count(), "epsilon_per_dp_run": EPSILON_PER_DP_RUN,
-                                     "fedhaven_under_test": code_under_test(), "flwr": _flwr_version()},
+                                     "model": "fedhaven LeNet", "warmup_rounds": 1, "cores": os.cpu_count(),
+                                     "epsilon_per_dp_run": EPSILON_PER_DP_RUN, "flwr": _flwr_version(),
+                                     "fedhaven_under_test": code_under_test()},
                            "load_start": _load(), "systems": {}}
     timeout = 600 + 240 * rounds
+    fed = FedhavenDeployment(root=root / "fedhaven", site_names=names)
     try:
-        data = _split(root, sites)
-        res["setup"]["examples_per_site"] = [_count(d) for d in data]
+        (root / "fedhaven").mkdir()
+        fed.provision()  # keys, registrations and each site's data: the Flower sites read the very same files
+        data = root / "data"
+        data.mkdir()
+        for i, d in enumerate(fed.data_dirs()):
+            (data / f"site-{i}").symlink_to(d)
+        cfg = flower_config(rounds=rounds, sites=sites, data_dir=data)
+        res["setup"].update({"local_epochs": cfg["local-epochs"], "batch_size": cfg["batch-size"], "lr": cfg["lr"],
+                             "secagg": {k: cfg[k] for k in ("num-shares", "reconstruction-threshold",
+                                                            "max-weight", "timeout")},
+                             "examples_per_site": [_count(d) for d in fed.data_dirs()]})
 
         def measure(name: str, fn: Callable[[], Any]) -> None:
             log(f"deployment: {name} ({rounds} rounds), load {_load()} ...")
@@ -173,14 +197,13 @@ def run(*, rounds: int = 4, sites: int = 3, systems: tuple[str, ...] = tuple(SYS
             log(f"deployment: {name} done in {time.perf_counter() - t0:.0f} s, steady round "
                 f"{s.get('round_mean_s')} s; {res['systems'][name].get('error', '')}")
 
-        def deployment(prefix: str, make: Callable[[], Any], runs: Callable[[Any], None]) -> None:
+        def deployment(prefix: str, dep: Any, runs: Callable[[], None]) -> None:
             wanted = [s for s in systems if s.startswith(prefix)]
             if not wanted:
                 return
-            dep = make()
             try:
                 dep.start()
-                runs(dep)
+                runs()
             except Exception as exc:  # noqa: BLE001 - e.g. it did not start: say so for each system it owed
                 for name in wanted:
                     res["systems"].setdefault(name, {"label": SYSTEMS[name]["label"],
@@ -188,31 +211,31 @@ def run(*, rounds: int = 4, sites: int = 3, systems: tuple[str, ...] = tuple(SYS
             finally:
                 dep.stop()
 
-        def flower_runs(flower: FlowerDeployment) -> None:
-            cfg = {"rounds": rounds, "sites": sites, "data-dir": str(root / "data"),
-                   "local-epochs": TRAIN["local_epochs"], "batch-size": TRAIN["batch_size"], "lr": TRAIN["lr"],
-                   **_flower_secagg()}
+        flower = FlowerDeployment(root=root / "flower", data_dirs=fed.data_dirs())
+
+        def flower_runs() -> None:
             for name, kind in (("flower", "plain"), ("flower-secagg", "secagg")):
                 if name in systems:
                     measure(name, lambda kind=kind: flower.run(kind=kind, config=cfg, timeout=timeout))
 
-        def fedhaven_runs(fed: FedhavenDeployment) -> None:
+        def fedhaven_runs() -> None:
             dp_runs = 0
             for name in (s for s in SYSTEMS if s.startswith("fedhaven") and s in systems):
                 spec = SYSTEMS[name]
                 dp_runs += spec["dp"]
-                toml = run_toml(rounds=rounds, sites=sites, epochs=TRAIN["local_epochs"],
-                                batch_size=TRAIN["batch_size"], lr=TRAIN["lr"], dp=spec["dp"], secagg=spec["secagg"],
-                                target_epsilon=EPSILON_PER_DP_RUN * max(1, dp_runs), secagg_cfg=SECAGG)
-                measure(name, lambda name=name, toml=toml: fed.run(name=name, toml=toml, timeout=timeout))
+                toml = fedhaven_run(rounds=rounds, sites=sites, dp=spec["dp"], secagg=spec["secagg"],
+                                    target=EPSILON_PER_DP_RUN * max(1, dp_runs))
+                measure(name, lambda name=name, toml=toml: fed.measure(name=name, toml=toml, timeout=timeout))
 
-        deployment("flower", lambda: FlowerDeployment(root=root / "flower", data_dirs=data), flower_runs)
-        deployment("fedhaven", lambda: FedhavenDeployment(root=root / "fedhaven", data_dirs=data), fedhaven_runs)
+        deployment("flower", flower, flower_runs)
+        deployment("fedhaven", fed, fedhaven_runs)
     finally:
+        fed.stop()  # a no-op when it never started or has stopped
         res["load_end"] = _load()
         if keep is not None:
             keep.mkdir(parents=True, exist_ok=True)
-            shutil.copytree(root, keep / root.name, dirs_exist_ok=True, ignore=shutil.ignore_patterns("*.sock"))
+            shutil.copytree(root, keep / root.name, dirs_exist_ok=True, symlinks=True,
+                            ignore=shutil.ignore_patterns("*.sock"))
         shutil.rmtree(root, ignore_errors=True)
     res["ratios"] = ratios({k: v for k, v in res["systems"].items() if "error" not in v})
     if raw_out is not None:
@@ -225,15 +248,6 @@ def _count(folder: Path) -> int:
     from fedhaven.shared.data import load_idx
 
     return len(load_idx(folder, split="train"))
-
-
-def _flower_secagg() -> dict[str, Any]:
-    from fedhaven.shared.schema import SecAggConfig
-
-    d = SecAggConfig()
-    return {"num-shares": SECAGG["num_shares"], "reconstruction-threshold": SECAGG["reconstruction_threshold"],
-            "max-weight": SECAGG["max_weight"], "timeout": SECAGG["timeout"], "clipping-range": d.clipping_range,
-            "quantization-range": d.quantization_range, "modulus-range": d.modulus_range}
 
 
 def strip_raw(res: dict[str, Any]) -> dict[str, Any]:

@@ -1,132 +1,77 @@
-"""fedhaven deployed on loopback exactly as an operator and three sites deploy it (the recipe of tests/deploy).
+"""fedhaven deployed on loopback exactly as an operator and its sites deploy it, with every output line timestamped.
 
-`fl-server init` (CA and TLS certificate), `fl-client keygen` per site, `fl-server site add --public-key`,
-site.toml per site, `fl-server start`, `fl-client start` per site (Flower's SuperNode in process
-isolation plus fedhaven's long-lived site executor), then `fl-server run run.toml` per variant. The
-commands are the installed ones (the venv of this interpreter).
+The deployment is `fedhaven.sim.loopback` (the one the deployment tests use: `fl-server init`, keys by
+`fl-client keygen`, `fl-server site add --public-key`, `fl-server start`, `fl-client start` per site,
+`fl-server run`); here each long-running command's output is read line by line and stamped with the
+time it was read, and the SuperLink's state is watched, so that rounds can be broken down.
 """
 
 from __future__ import annotations
 
 import json
 import re
-import subprocess
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from fedhaven.sim.bench.deploy_flower import RunTrace, collect
-from fedhaven.sim.bench.deploy_procs import BIN, MessageWatcher, Proc, child_env, free_port
+from fedhaven.sim.bench.deploy_procs import BIN, MessageWatcher, Proc
+from fedhaven.sim.loopback import LoopbackFederation, cli, command_env
 
-SITE_NAMES = ("hospital-a", "hospital-b", "hospital-c", "hospital-d", "hospital-e")
-
-
-def run_toml(*, rounds: int, sites: int, epochs: float, batch_size: int, lr: float, dp: bool, secagg: bool,
-             target_epsilon: float, secagg_cfg: dict[str, Any]) -> str:
-    """The run file of one variant; DP and SecAgg+ otherwise at fedhaven's defaults."""
-    sa = "\n".join(f"{k} = {v!r}" if not isinstance(v, str) else f'{k} = "{v}"' for k, v in secagg_cfg.items())
-    return (f"rounds = {rounds}\nmin_sites = {sites}\nround_retries = 0\n[data]\nsource = \"digits\"\n"
-            f"[train]\nlocal_epochs = {float(epochs)}\nbatch_size = {batch_size}\nlr = {lr}\n"
-            f"[dp]\nenabled = {str(dp).lower()}\ntarget_epsilon = {float(target_epsilon)}\n"
-            f"[secagg]\nenabled = {str(secagg).lower()}\n{sa}\n")
+#: Every variant may run, including the one without DP and SecAgg+ that is compared with plain Flower.
+PERMISSIVE_POLICY = ("max_epsilon = 1000.0\nmin_noise_multiplier = 0.0\nrequire_dp = false\n"
+                     "require_secure_aggregation = false")
 
 
-class FedhavenDeployment:
-    """A coordinator and one site per data folder, each started with fedhaven's own commands."""
+@dataclass
+class FedhavenDeployment(LoopbackFederation):
+    """The loopback federation, its processes started as `Proc`s (own process group, output lines timed)."""
 
-    def __init__(self, *, root: Path, data_dirs: list[Path]) -> None:
-        self.root = root
-        self.state = root / "coordinator"
-        self.data_dirs = data_dirs
-        self.front = free_port()
-        self.logs = root / "logs"
-        self.logs.mkdir(parents=True, exist_ok=True)
-        self.coordinator: Proc | None = None
-        self.sites: dict[str, Proc] = {}
-        self.watcher: MessageWatcher | None = None
-        self.env = child_env()
+    policy: str = PERMISSIVE_POLICY
+    timed: dict[str, Proc] = field(default_factory=dict)
+    watcher: MessageWatcher | None = None
 
-    def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-        res = subprocess.run([str(BIN / args[0]), *args[1:]], capture_output=True, text=True, timeout=timeout,
-                             env=self.env, cwd=self.root)
-        if res.returncode != 0:
-            raise RuntimeError(f"{' '.join(args[:3])} failed ({res.returncode}):\n{res.stdout}{res.stderr}")
-        return res
+    def spawn(self, name: str, *args: str):  # noqa: ANN201 - subprocess.Popen, as the base class
+        proc = Proc(name, [str(BIN / args[0]), *args[1:]], env=command_env(self.env), cwd=self.root,
+                    log_dir=self.root)
+        self.timed[name] = proc
+        self.procs[name] = proc.popen
+        return proc.popen
 
-    def _site(self, name: str, data: Path) -> Path:
-        site = self.root / name
-        site.mkdir()
-        self.cli("fl-client", "keygen", "--out", str(site))
-        self.cli("fl-server", "site", "add", name, "--public-key", str(site / "site.pub"), "--state-dir",
-                 str(self.state))
-        (site / "ca.pem").write_bytes((self.state / "sites" / name / "ca.pem").read_bytes())
-        # The policy lets every variant run, including the one without DP and SecAgg+ compared with plain Flower.
-        (site / "site.toml").write_text(f"""name = "{name}"
-clientappio_port = {free_port()}
-[coordinator]
-address = "localhost:{self.front}"
-ca_cert = "ca.pem"
-[data]
-source = "idx"
-path = "{data}"
-[policy]
-max_epsilon = 1000.0
-min_noise_multiplier = 0.0
-require_dp = false
-require_secure_aggregation = false
-""")
-        return site
+    def data_dirs(self) -> list[Path]:
+        """Each site's training data (IDX files), in site order: what the Flower deployment trains on too."""
+        return [self.site_dirs[name] / "data" for name in self.site_names]
 
-    def start(self, *, timeout: float = 180) -> None:
-        self.cli("fl-server", "init", "--state-dir", str(self.state), "--name", "localhost", "--listen",
-                 f"127.0.0.1:{self.front}", "--superlink-port", str(free_port()))
-        dirs = [self._site(name, data) for name, data in zip(SITE_NAMES, self.data_dirs, strict=False)]
+    def start(self, *, online_timeout: float = 180) -> FedhavenDeployment:
+        super().start(online_timeout=online_timeout)
         self.watcher = MessageWatcher(self.state / "superlink.db").__enter__()
-        self.coordinator = Proc("fl-server-start", [str(BIN / "fl-server"), "start", "--state-dir", str(self.state)],
-                                env=self.env, cwd=self.root, log_dir=self.logs)
-        deadline = time.monotonic() + timeout
-        while not (self.state / "coordinator.json").exists():
-            if not self.coordinator.alive() or time.monotonic() > deadline:
-                raise RuntimeError(f"the coordinator did not start; see {self.coordinator.log_path}")
-            time.sleep(0.5)
-        for d in dirs:
-            self.sites[d.name] = Proc(f"fl-client-{d.name}", [str(BIN / "fl-client"), "start", "--config",
-                                                               str(d / "site.toml")],
-                                      env=self.env, cwd=d, log_dir=self.logs)
-        while True:
-            res = subprocess.run([str(BIN / "fl-server"), "status", "--state-dir", str(self.state)],
-                                 capture_output=True, text=True, timeout=120, env=self.env)
-            if (res.stdout + res.stderr).count(" online") >= len(dirs):
-                return
-            dead = [p.name for p in [self.coordinator, *self.sites.values()] if not p.alive()]
-            if dead or time.monotonic() > deadline:
-                raise RuntimeError(f"fedhaven sites did not come online ({dead or 'timeout'}); see {self.logs}")
-            time.sleep(1)
+        return self
 
-    def run(self, *, name: str, toml: str, timeout: float) -> RunTrace:
-        """`fl-server run` one variant, as the operator; its metrics.jsonl is read back."""
-        path = self.root / f"run-{name}.toml"
-        path.write_text(toml)
+    def measure(self, *, name: str, toml: str, timeout: float) -> RunTrace:
+        """`fl-server run` one variant, as the operator, to the end; its metrics.jsonl is read back."""
         submitted = time.time()
-        res = subprocess.run([str(BIN / "fl-server"), "run", str(path), "--state-dir", str(self.state)],
-                             capture_output=True, text=True, timeout=timeout, env=self.env, cwd=self.root)
+        res = cli("fl-server", "run", str(self.write_run(toml)), "--state-dir", str(self.state), timeout=timeout)
         finished = time.time()
         out = res.stdout + res.stderr
-        (self.logs / f"fl-server-run-{name}.log").write_text(out)
+        (self.root / f"fl-server-run-{name}.log").write_text(out)
         m = re.search(r"submitted; results in (\S*run-(\d+))", out)
         if m is None:
             raise RuntimeError(f"fl-server run {name} named no run ({res.returncode}):\n{out[-3000:]}")
         metrics = Path(m[1]) / "metrics.jsonl"
         records = [json.loads(x) for x in metrics.read_text().splitlines() if x.strip()] if metrics.exists() else []
         assert self.watcher is not None
-        return collect(watcher=self.watcher, run_id=int(m[2]), nodes=self.sites, submitted=submitted,
-                       finished=finished, status="completed" if res.returncode == 0 else f"failed ({res.returncode})",
+        sites = {n: p for n, p in self.timed.items() if n in self.site_dirs}
+        return collect(watcher=self.watcher, run_id=int(m[2]), nodes=sites, submitted=submitted, finished=finished,
+                       status="completed" if res.returncode == 0 else f"failed ({res.returncode})",
                        details="" if res.returncode == 0 else out[-2000:], records=records)
 
     def stop(self) -> None:
-        for proc in self.sites.values():  # sites first, then the coordinator (it stops what it started)
-            proc.stop()
-        if self.coordinator is not None:
-            self.coordinator.stop(timeout=60)
+        """Sites first, then the coordinator (which stops what it started), each by process group, then leftovers."""
+        for name, proc in self.timed.items():
+            if name in self.site_dirs:
+                proc.stop()
+        for name, proc in self.timed.items():
+            if name not in self.site_dirs:
+                proc.stop(timeout=60)
         if self.watcher is not None:
             self.watcher.__exit__()

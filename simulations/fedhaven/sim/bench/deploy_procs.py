@@ -16,34 +16,27 @@ import signal
 import socket
 import sqlite3
 import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 
-from fedhaven.shared.runtime import HARDENED_ENV
+from fedhaven.shared.process import spawn, stop_group
 from fedhaven.sim.bench.machine import _children
+from fedhaven.sim.loopback import BIN, command_env, free_port
 
-BIN = Path(sys.executable).parent
+__all__ = ["BIN", "MessageWatcher", "Proc", "Seen", "child_env", "free_port", "wait_for_port"]
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def child_env(*, flwr_home: Path | None = None) -> dict[str, str]:
-    """No telemetry, no update check, no inherited PYTHONPATH (children run the installed code), unbuffered output."""
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update(HARDENED_ENV, PYTHONUNBUFFERED="1", FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1")
+    """Hardened, no inherited PYTHONPATH (children run the installed code), no dependency installs, own FLWR_HOME."""
+    env = command_env({"FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"})
     env["PATH"] = str(BIN) + os.pathsep + env.get("PATH", "")  # Flower starts flower-superexec, flwr-* from PATH
     if flwr_home is not None:
         env["FLWR_HOME"] = str(flwr_home)
     return env
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for_port(port: int, *, timeout: float, proc: Proc) -> None:
@@ -79,15 +72,14 @@ def descendants(root: int) -> dict[int, int | None]:
 
 
 class Proc:
-    """A child in its own process group whose output lines are kept with the wall time each was read."""
+    """A child in its own process group (dying with us) whose output lines are kept with the time each was read."""
 
     def __init__(self, name: str, args: list[str], *, env: dict[str, str], cwd: Path, log_dir: Path) -> None:
         self.name = name
         self.log_path = log_dir / f"{name}.log"
         self.lines: list[tuple[float, str]] = []
         self._lock = threading.Lock()
-        self.popen = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=cwd,
-                                      text=True, bufsize=1, start_new_session=True, errors="replace")
+        self.popen = spawn(args, env=env, stdout=subprocess.PIPE, cwd=cwd, text=True)
         self._reader = threading.Thread(target=self._pump, daemon=True)
         self._reader.start()
 
@@ -110,22 +102,9 @@ class Proc:
         return self.popen.poll() is None
 
     def stop(self, *, timeout: float = 30) -> None:
-        """SIGTERM the group (the child stops what it started), SIGKILL what is left, by group and by PID."""
-        tree = descendants(self.popen.pid)
-        for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 10)):
-            if self.popen.poll() is not None:
-                break
-            try:
-                os.killpg(self.popen.pid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                self.popen.wait(timeout=wait)
-            except subprocess.TimeoutExpired:
-                continue
-        if self.popen.poll() is None:
-            self.popen.kill()
-            self.popen.wait()
+        """SIGTERM the group (the child stops what it started), SIGKILL after `timeout`, then leftovers by PID."""
+        tree = descendants(self.popen.pid)  # before: children in sessions of their own are not in the group
+        stop_group(self.popen, timeout=timeout)
         deadline = time.monotonic() + 10
         left = {p: s for p, s in tree.items() if s is not None and _start_ticks(p) == s}
         while left and time.monotonic() < deadline:  # children in sessions of their own, still stopping

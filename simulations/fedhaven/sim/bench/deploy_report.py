@@ -67,6 +67,9 @@ def section(res: dict[str, Any] | None) -> list[str]:
         L.append(f"| {s['label']} | {_f(first, '{:.1f}')} | **{_f(m['round_mean_s'])}** | {_f(m['round_sd_s'])} | "
                  f"{_f(m['round_min_s'])}-{_f(m['round_max_s'])} | {_f(m['stages_per_round'], '{:.0f}')} | "
                  f"{_f(s.get('final_accuracy'), '{:.1%}')} | {load} |")
+    retried = [f"{s['label']}: {s['failed_attempts']}" for s in ok.values() if s.get("failed_attempts")]
+    if retried:
+        L += ["", "Failed round attempts (retried; their time is inside the round): " + "; ".join(retried) + "."]
     L += ["", "| ratio of steady rounds, measured side by side | measured | target | |", "|---|---|---|---|"]
     for r in res.get("ratios", []):
         target = "-" if r["target"] is None else f"<= {r['target']:.1f}x"
