@@ -104,6 +104,7 @@ def message_parts(handled: dict[str, Any], client: dict[str, Any] | None) -> dic
 
 
 def stage_breakdown(wave: Sequence[dict[str, Any]], handled: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """One stage: its span (first push -> the ServerApp holds every reply), split along the last reply sent."""
     start = min(m["created"] for m in wave)
     got = [m.get("reply_received") or m.get("reply_claimed") for m in wave]
     end = max(got) if None not in got else None  # type: ignore[type-var]
