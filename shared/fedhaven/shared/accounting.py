@@ -12,8 +12,12 @@ from fedhaven.shared.runtime import quiet_opacus_import
 from fedhaven.shared.schema import Accountant
 
 
-#: Said by every site that refuses a task for lack of privacy budget; the coordinator recognises it by this phrase.
+#: Said by a site that refuses a task because its own budget (policy.max_epsilon) is spent.
 BUDGET_SPENT = "privacy budget is spent"
+#: Said by a site that refuses a task because the run's target (dp.target_epsilon) is reached.
+RUN_TARGET_REACHED = "run's privacy target is reached"
+#: The coordinator recognises a refusal for lack of budget, of either kind, by these phrases.
+BUDGET_REFUSALS = (BUDGET_SPENT, RUN_TARGET_REACHED)
 
 
 @dataclass(frozen=True)
@@ -96,6 +100,36 @@ def epsilon(*, history: PrivacyHistory | Iterable[PrivacyStep], delta: float, ac
         return float(acc.get_epsilon(delta=delta))
 
 
+@functools.lru_cache(maxsize=8192)
+def _rdp_per_step(sample_rate: float, noise_multiplier: float) -> tuple[float, ...]:
+    """Opacus' RDP of one sampled-Gaussian step at its default orders (multiplied by steps, it is exactly what
+    `RDPAccountant` sums). Cached: successive noise searches revisit the same dyadic noise values."""
+    quiet_opacus_import()
+    from opacus.accountants.analysis import rdp as analysis
+    from opacus.accountants.rdp import RDPAccountant
+
+    return tuple(analysis.compute_rdp(q=sample_rate, noise_multiplier=noise_multiplier, steps=1,
+                                      orders=RDPAccountant.DEFAULT_ALPHAS))
+
+
+def _search_epsilon(history: PrivacyHistory, delta: float, accountant: Accountant) -> float:
+    """`epsilon` for the noise search: the same arithmetic as a fresh RDP accountant, with per-step RDP cached.
+
+    Only the search uses it; every reported epsilon comes from `epsilon` (a fresh Opacus accountant),
+    and a site checks its planned round with `epsilon` before training.
+    """
+    entries = history.as_opacus()
+    if accountant != "rdp" or not entries or any(z == 0 for z, _, _ in entries):
+        return epsilon(history=history, delta=delta, accountant=accountant)
+    import numpy as np
+    from opacus.accountants.analysis import rdp as analysis
+    from opacus.accountants.rdp import RDPAccountant
+
+    rdp = sum(np.array(_rdp_per_step(q, z)) * n for z, q, n in entries)
+    eps, _ = analysis.get_privacy_spent(orders=RDPAccountant.DEFAULT_ALPHAS, rdp=rdp, delta=delta)
+    return float(eps)
+
+
 def noise_for_budget(
     *,
     target_epsilon: float,
@@ -108,7 +142,7 @@ def noise_for_budget(
 ) -> float:
     """The smallest noise multiplier (within `tolerance`) that keeps `prior` plus `steps` more steps at or under the target.
 
-    Raises ValueError when the prior history has already spent the budget. Memoised per process: the
+    Raises ValueError when the prior history has already reached the target. Memoised per process: the
     search costs a few seconds of accountant arithmetic, and simulated sites of equal size all ask
     the same question (at 1,000 sites it was most of a round).
     """
@@ -121,12 +155,11 @@ def _noise_for_budget(target_epsilon: float, delta: float, sample_rate: float, s
                       accountant: Accountant, tolerance: float) -> float:
     spent = epsilon(history=prior, delta=delta, accountant=accountant)
     if spent >= target_epsilon:
-        raise ValueError(f"the {BUDGET_SPENT}: epsilon {spent:.3f} already reaches the target "
-                         f"{target_epsilon:g} (delta {delta:g}); nothing more can be trained under it")
+        raise ValueError(f"epsilon {spent:.3f} already spent reaches the target {target_epsilon:g} (delta {delta:g}); "
+                         f"nothing more can be trained under it")
 
     def eps_with(z: float) -> float:
-        return epsilon(history=prior.add(noise_multiplier=z, sample_rate=sample_rate, steps=steps),
-                       delta=delta, accountant=accountant)
+        return _search_epsilon(prior.add(noise_multiplier=z, sample_rate=sample_rate, steps=steps), delta, accountant)
 
     low, high = 0.0, 1.0
     while eps_with(high) > target_epsilon:
