@@ -30,7 +30,7 @@ class OneSite:
     site: Site
 
     def key(self, context):
-        return f"guard:{id(self.site)}"
+        return f"guard:{self.site.info.state_dir}"  # not id(): a freed object's id is reused
 
     def info(self, context):
         return self.site.info

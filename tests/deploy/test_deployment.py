@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -24,7 +25,7 @@ pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
 SITES = ("hospital-a", "hospital-b", "hospital-c")
 RUN_TOML = """
-rounds = 2
+rounds = {rounds}
 min_sites = 3
 round_retries = {retries}
 [data]
@@ -34,7 +35,7 @@ local_epochs = 3.0
 batch_size = 64
 lr = 0.2
 [dp]
-target_epsilon = 6.0
+target_epsilon = {target}
 {dp_extra}
 [secagg]
 num_shares = 3
@@ -104,6 +105,8 @@ path = "data"
 max_epsilon = 10.0
 min_noise_multiplier = 0.5
 """)
+        res = cli("fl-client", "ledger", "init", "--config", str(site / "site.toml"))  # a new site, explicitly
+        assert res.returncode == 0, res.stderr
         return site
 
     def wait_online(self, n: int, timeout: float = 90) -> None:
@@ -150,16 +153,21 @@ def federation(tmp_path_factory):
     fed.stop()
 
 
-def _run(fed: Federation, *, retries: int = 1, dp_extra: str = "", timeout: float = 600):
+def _run(fed: Federation, *, retries: int = 1, dp_extra: str = "", target: float = 6.0, rounds: int = 2,
+         timeout: float = 600):
     path = fed.root / f"run-{time.monotonic_ns()}.toml"
-    path.write_text(RUN_TOML.format(retries=retries, dp_extra=dp_extra))
+    path.write_text(RUN_TOML.format(retries=retries, dp_extra=dp_extra, target=target, rounds=rounds))
     return cli("fl-server", "run", str(path), "--state-dir", str(fed.state), timeout=timeout)
+
+
+def _newest_run(fed: Federation) -> Path:
+    return max((fed.state / "runs").glob("run-*"), key=lambda p: p.stat().st_mtime)
 
 
 def test_two_rounds_of_dp_secagg_training_over_tls(federation):
     res = _run(federation)
     assert res.returncode == 0, res.stdout + res.stderr
-    run_dir = next((federation.state / "runs").iterdir())
+    run_dir = _newest_run(federation)
     lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [x["status"] for x in lines] == ["initial", "ok", "ok"]
     assert lines[2]["loss"] < lines[0]["loss"] and lines[2]["accuracy"] > lines[0]["accuracy"] + 0.1
@@ -170,8 +178,10 @@ def test_two_rounds_of_dp_secagg_training_over_tls(federation):
         eps = privacy["sites"][name]["epsilon"]
         assert 0 < eps <= 6.0
         ledger = Ledger.in_dir(d / "state")
-        assert ledger.verify().ok and len(ledger.entries()) == 2
+        assert ledger.verify().ok and [e.kind for e in ledger.entries()] == ["init", "update", "update"]
         assert ledger.entries()[-1].epsilon_after == pytest.approx(eps)  # the site's record matches the report
+    witnesses = json.loads((federation.state / "runs" / "ledger-witnesses.json").read_text())["sites"]
+    assert set(witnesses) == set(SITES) and all(w["seq"] == 2 for w in witnesses.values())
     assert (run_dir / "model.pt").exists() and (run_dir / "checkpoints" / "round-002.pt").exists()
     assert "Privacy report" in res.stdout + res.stderr
 
@@ -186,12 +196,57 @@ def test_policy_violation_is_refused_and_nothing_is_trained(federation):
     assert after == before
 
 
+def test_a_run_every_site_refuses_fails_and_names_the_runs_target(federation):
+    """Sites spent ~6 of their own 10; a run targeting 1 trains nothing: exit 1, and the reason is the run's."""
+    res = _run(federation, retries=0, target=1.0)
+    out = res.stdout + res.stderr
+    assert res.returncode == 1, out
+    assert "run's privacy target is reached" in out and "dp.target_epsilon = 1" in out
+    assert "no round produced an aggregate" in out and "finished: completed" not in out
+
+
+def test_a_deleted_ledger_stops_the_site_until_its_operator_acts(federation):
+    site = federation.site_dirs[0]
+    ledger = Ledger.in_dir(site / "state")
+    aside = site / "ledger-backup.jsonl"
+    ledger.path.rename(aside)
+    try:
+        res = cli("fl-client", "ledger", "verify", "--config", str(site / "site.toml"))
+        assert res.returncode == 1 and "is missing, but its anchor" in res.stderr
+        res = cli("fl-client", "check", "--config", str(site / "site.toml"))
+        assert res.returncode == 2 and "is missing, but its anchor" in res.stderr
+        res = _run(federation, retries=0, target=8.0, rounds=1)
+        out = res.stdout + res.stderr
+        assert "hospital-a refuses to train until its operator acts" in out and "is missing" in out, out
+        assert not ledger.path.exists()  # nothing was trained or recorded: no fresh ledger appeared
+    finally:
+        aside.rename(ledger.path)
+    assert cli("fl-client", "ledger", "verify", "--config", str(site / "site.toml")).returncode == 0
+
+
+def test_a_rolled_back_ledger_and_anchor_are_caught_by_the_coordinators_witness(federation, tmp_path):
+    """A full restore of an older backup (ledger and anchor) verifies locally; the coordinator's witness does not."""
+    site = federation.site_dirs[1]
+    ledger = Ledger.in_dir(site / "state")
+    shutil.copy(ledger.path, tmp_path / "ledger")
+    shutil.copy(ledger.anchor_path, tmp_path / "anchor")
+    res = _run(federation, retries=0, target=9.0, rounds=1)
+    assert res.returncode == 0, res.stdout + res.stderr
+    shutil.copy(tmp_path / "ledger", ledger.path)
+    shutil.copy(tmp_path / "anchor", ledger.anchor_path)
+    assert cli("fl-client", "ledger", "verify", "--config", str(site / "site.toml")).returncode == 0
+    res = _run(federation, retries=0, target=9.5, rounds=1)
+    out = res.stdout + res.stderr
+    assert "hospital-b refuses to train until its operator acts" in out and "does not contain it" in out, out
+    assert len(ledger.entries()) == len(Ledger(tmp_path / "ledger", anchor=tmp_path / "anchor").entries())
+
+
 def test_unregistered_site_is_not_admitted(federation):
     site = federation.site_dir("intruder", register=False, port=free_port())
     res = cli("fl-client", "start", "--config", str(site / "site.toml"), timeout=120)
     assert res.returncode == 1
     assert "does not accept this site's key" in res.stderr, res.stdout + res.stderr
-    assert not (site / "state" / "privacy-ledger.jsonl").exists()
+    assert [e.kind for e in Ledger.in_dir(site / "state").entries()] == ["init"]
 
 
 def test_site_trusting_another_ca_is_stopped_before_connecting(federation, tmp_path):
@@ -202,6 +257,7 @@ def test_site_trusting_another_ca_is_stopped_before_connecting(federation, tmp_p
     (tmp_path / "site.toml").write_text(text.replace('path = "data"', f'path = "{site / "data"}"'))
     (tmp_path / "site.key").write_bytes((site / "site.key").read_bytes())
     os.chmod(tmp_path / "site.key", 0o600)
+    assert cli("fl-client", "ledger", "init", "--config", str(tmp_path / "site.toml")).returncode == 0
     res = cli("fl-client", "start", "--config", str(tmp_path / "site.toml"), timeout=60)
     assert res.returncode == 1
     assert "is not who the site's CA says it is" in res.stderr

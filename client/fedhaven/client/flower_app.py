@@ -29,7 +29,7 @@ from flwr.compat.common import recorddict_compat as compat
 from fedhaven.client.ledger import GENESIS, budget_history
 from fedhaven.client.policy import task_violations
 from fedhaven.client.types import PrivacyState, Site, SiteInfo, TaskRefused
-from fedhaven.shared.accounting import PrivacyHistory
+from fedhaven.shared.accounting import NOTHING_SENT, PrivacyHistory
 from fedhaven.shared.task import TaskSpec, task_from_config
 from fedhaven.shared.witness import LEDGER_PREV_HASH, LEDGER_SEQ, Witness
 
@@ -107,7 +107,8 @@ class FedhavenClient(NumPyClient):
         task = task_from_config(config)
         outcome = self.trainer.fit(task=task, weights=parameters,
                                    privacy=load_privacy(self.ctx, self.trainer.site.info))
-        save_privacy(self.ctx, outcome.privacy)
+        if self.trainer.site.info.ledger() is None:  # with a ledger, the ledger is the only record
+            save_privacy(self.ctx, outcome.privacy)
         self.ctx.state.config_records[PENDING_RECORD] = ConfigRecord(
             {k: v for k, v in outcome.ledger.items() if not (isinstance(v, float) and math.isinf(v))})
         metrics = {**outcome.metrics, "num_examples": outcome.num_examples}
@@ -156,7 +157,7 @@ def _policy_mod(sites: SiteProvider) -> Mod:
         violations = task_violations(task=task, policy=info.policy, secure_aggregation=secagg,
                                      history=load_privacy(ctx, info).history)
         if violations:
-            raise TaskRefused(f"site {info.name} refused the task (nothing was trained or sent): "
+            raise TaskRefused(f"site {info.name} refused the task ({NOTHING_SENT}): "
                               + "; ".join(violations))
         return call_next(msg, ctx)
 
@@ -180,7 +181,8 @@ def _secagg_mod(sites: SiteProvider) -> Mod:
             max_weight = float(state.get("max_weight", 0.0)) if state is not None else 0.0
             n = _weight(task, len(_trainer(sites, ctx).site.data))
             if max_weight > 0 and n > max_weight:
-                raise TaskRefused(f"this site has {n} training examples but the coordinator's SecAgg+ max_weight "
+                raise TaskRefused(f"this site has {n} training examples ({NOTHING_SENT}) but the coordinator's SecAgg+ "
+                                  f"max_weight "
                                   f"is {max_weight:g}, so its update would be clipped. The operator must set "
                                   f"secagg.max_weight to at least {n}")
         return secaggplus_mod(msg, ctx, call_next)
@@ -224,8 +226,8 @@ def _ledger_mod(sites: SiteProvider) -> Mod:
         with ledger.locked():
             problems = ledger.check(witness=witness)
             if problems:
-                raise TaskRefused(f"site {info.name} refuses to train until its operator acts (nothing was trained "
-                                  f"or sent): its privacy ledger does not verify: " + "; ".join(problems))
+                raise TaskRefused(f"site {info.name} refuses to train until its operator acts ({NOTHING_SENT}): its "
+                                  f"privacy ledger does not verify: " + "; ".join(problems))
             entries = ledger.entries()
             ctx.state.config_records[LEDGER_HEAD_RECORD] = ConfigRecord(
                 {"seq": len(entries), "prev_hash": entries[-1].hash if entries else GENESIS})

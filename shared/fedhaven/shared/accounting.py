@@ -18,6 +18,8 @@ BUDGET_SPENT = "privacy budget is spent"
 RUN_TARGET_REACHED = "run's privacy target is reached"
 #: The coordinator recognises a refusal for lack of budget, of either kind, by these phrases.
 BUDGET_REFUSALS = (BUDGET_SPENT, RUN_TARGET_REACHED)
+#: In every refusal a site sends before training: the coordinator then knows the site spent nothing on that task.
+NOTHING_SENT = "nothing was trained or sent"
 
 
 @dataclass(frozen=True)
@@ -83,7 +85,10 @@ def _accountant(kind: Accountant):  # noqa: ANN202 - Opacus type
 
 
 def epsilon(*, history: PrivacyHistory | Iterable[PrivacyStep], delta: float, accountant: Accountant = "rdp") -> float:
-    """Epsilon at `delta` after the whole `history`, from a fresh Opacus accountant.
+    """Epsilon at `delta` after the whole `history`, as a fresh Opacus accountant computes it.
+
+    PRV: Opacus' PRVAccountant. RDP: Opacus' own RDP analysis summed exactly as `RDPAccountant` does
+    (bitwise the same number), per-step RDP cached.
 
     Zero when nothing was trained; infinite when any step added no noise.
     """
@@ -93,6 +98,8 @@ def epsilon(*, history: PrivacyHistory | Iterable[PrivacyStep], delta: float, ac
         return 0.0
     if any(z == 0 for z, _, _ in entries):
         return math.inf
+    if accountant == "rdp":
+        return _rdp_epsilon(entries, delta)
     acc = _accountant(accountant)
     acc.history = list(entries)
     with warnings.catch_warnings():
@@ -101,32 +108,30 @@ def epsilon(*, history: PrivacyHistory | Iterable[PrivacyStep], delta: float, ac
 
 
 @functools.lru_cache(maxsize=8192)
-def _rdp_per_step(sample_rate: float, noise_multiplier: float) -> tuple[float, ...]:
+def _rdp_per_step(sample_rate: float, noise_multiplier: float):  # noqa: ANN202 - read-only numpy array
     """Opacus' RDP of one sampled-Gaussian step at its default orders (multiplied by steps, it is exactly what
-    `RDPAccountant` sums). Cached: successive noise searches revisit the same dyadic noise values."""
+    `RDPAccountant` sums)."""
     quiet_opacus_import()
     from opacus.accountants.analysis import rdp as analysis
     from opacus.accountants.rdp import RDPAccountant
 
-    return tuple(analysis.compute_rdp(q=sample_rate, noise_multiplier=noise_multiplier, steps=1,
-                                      orders=RDPAccountant.DEFAULT_ALPHAS))
+    out = analysis.compute_rdp(q=sample_rate, noise_multiplier=noise_multiplier, steps=1,
+                               orders=RDPAccountant.DEFAULT_ALPHAS)
+    out.setflags(write=False)  # shared by every caller
+    return out
 
 
-def _search_epsilon(history: PrivacyHistory, delta: float, accountant: Accountant) -> float:
-    """`epsilon` for the noise search: the same arithmetic as a fresh RDP accountant, with per-step RDP cached.
-
-    Only the search uses it; every reported epsilon comes from `epsilon` (a fresh Opacus accountant),
-    and a site checks its planned round with `epsilon` before training.
-    """
-    entries = history.as_opacus()
-    if accountant != "rdp" or not entries or any(z == 0 for z, _, _ in entries):
-        return epsilon(history=history, delta=delta, accountant=accountant)
-    import numpy as np
+def _rdp_epsilon(entries: list[tuple[float, float, int]], delta: float) -> float:
+    """`RDPAccountant(history=entries).get_epsilon(delta)`, the same arithmetic in the same order (bitwise equal,
+    tested), with each (sample rate, noise) pair's per-step RDP computed once per process: a site's history
+    grows every round and the noise search revisits the same values."""
     from opacus.accountants.analysis import rdp as analysis
     from opacus.accountants.rdp import RDPAccountant
 
-    rdp = sum(np.array(_rdp_per_step(q, z)) * n for z, q, n in entries)
-    eps, _ = analysis.get_privacy_spent(orders=RDPAccountant.DEFAULT_ALPHAS, rdp=rdp, delta=delta)
+    rdp = sum([_rdp_per_step(q, z) * n for z, q, n in entries])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        eps, _ = analysis.get_privacy_spent(orders=RDPAccountant.DEFAULT_ALPHAS, rdp=rdp, delta=delta)
     return float(eps)
 
 
@@ -159,7 +164,8 @@ def _noise_for_budget(target_epsilon: float, delta: float, sample_rate: float, s
                          f"nothing more can be trained under it")
 
     def eps_with(z: float) -> float:
-        return _search_epsilon(prior.add(noise_multiplier=z, sample_rate=sample_rate, steps=steps), delta, accountant)
+        return epsilon(history=prior.add(noise_multiplier=z, sample_rate=sample_rate, steps=steps), delta=delta,
+                       accountant=accountant)
 
     low, high = 0.0, 1.0
     while eps_with(high) > target_epsilon:
