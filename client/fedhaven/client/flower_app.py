@@ -233,13 +233,12 @@ def _ledger_mod(sites: SiteProvider) -> Mod:
                 {"seq": len(entries), "prev_hash": entries[-1].hash if entries else GENESIS})
             try:
                 reply = call_next(msg, ctx)
-            finally:
+            finally:  # never leave a half-finished round behind for the next message
                 del ctx.state.config_records[LEDGER_HEAD_RECORD]
-            pending = ctx.state.config_records.get(PENDING_RECORD)
-            if pending is None:
-                return reply
-            del ctx.state.config_records[PENDING_RECORD]
-            if not reply.has_content():
+                pending = ctx.state.config_records.get(PENDING_RECORD)
+                if pending is not None:
+                    del ctx.state.config_records[PENDING_RECORD]
+            if pending is None or not reply.has_content():
                 return reply
             from fedhaven.client.policy import budget_spent
 

@@ -100,8 +100,9 @@ class PrivacyReport:
                      f"{c['count_noise_std']:g}; the accountant uses the total z."
                      if c["clipping"] == "adaptive" and c["value_noise_multipliers"] else "")
             lines += ["## Central differential privacy (client level, on the aggregate)", "",
-                      f"Each site clips its update to L2 norm {c['clipping']} before SecAgg+ masks it; the "
-                      f"coordinator adds Gaussian noise of std z*C/m (z = {c['noise_multiplier']:g}) to the mean of "
+                      f"Each site clips its update ({c['clipping']} clipping, L2 norms "
+                      f"{', '.join(f'{x:.4g}' for x in c['clipping_norms']) or 'none'}) before SecAgg+ masks it; the "
+                      f"coordinator adds Gaussian noise of std z*C/m (configured z = {c['noise_multiplier']:g}) to the mean of "
                       f"the m updates.{split} {c['rounds']} noised round(s), site sampling rate {c['sample_rates']}; "
                       f"{c['accountant']} accountant.", "",
                       f"**epsilon = {format_epsilon(c['epsilon'])} at delta {c['delta']:g}** for any one site's "
