@@ -9,7 +9,7 @@ export FLWR_TELEMETRY_ENABLED := 0
 export FLWR_DISABLE_UPDATE_CHECK := 1
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: venv sim test test-fast bench bench-quick clean
+.PHONY: venv sim test test-fast faults bench bench-quick clean
 
 venv: $(STAMP)
 
@@ -23,7 +23,11 @@ sim: $(STAMP)
 	$(VENV)/bin/fl-sim run mnist
 
 test: $(STAMP)
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q -m "not fault or fault_smoke"
+
+# Every fault-injection test on real processes; writes RELIABILITY.md from this run.
+faults: $(STAMP)
+	$(VENV)/bin/pytest -q tests/faults --reliability RELIABILITY.md
 
 test-fast: $(STAMP)
 	$(VENV)/bin/pytest -q -m "not slow"

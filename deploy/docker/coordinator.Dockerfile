@@ -15,11 +15,12 @@ COPY client ./client
 COPY server ./server
 COPY simulations ./simulations
 RUN pip install . && useradd --system --home /var/lib/fedhaven fedhaven && mkdir -p /var/lib/fedhaven \
-    && chown fedhaven /var/lib/fedhaven
+    && chown fedhaven /var/lib/fedhaven && chmod 0700 /var/lib/fedhaven
 
 USER fedhaven
 VOLUME /var/lib/fedhaven
-# Only the Fleet front is exposed; the SuperLink's Control and Runtime APIs stay on 127.0.0.1 inside.
+# Only the Fleet front is exposed; the SuperLink listens on a Unix socket in the 0700 state directory and the
+# Runtime front on 127.0.0.1 inside.
 EXPOSE 9092
 ENTRYPOINT ["fl-server"]
 CMD ["start", "--state-dir", "/var/lib/fedhaven"]

@@ -18,11 +18,15 @@ COPY shared ./shared
 COPY client ./client
 COPY server ./server
 COPY simulations ./simulations
-RUN pip install . && useradd --system --home /var/lib/fedhaven fedhaven && mkdir -p /var/lib/fedhaven \
-    && chown fedhaven /var/lib/fedhaven
+# /etc/fedhaven/key and /etc/fedhaven/public exist, owned by fedhaven, so that an empty named volume mounted there
+# (the compose demo) takes that owner: the site's key is made and read by this user only.
+RUN pip install . && useradd --system --home /var/lib/fedhaven fedhaven \
+    && mkdir -p /var/lib/fedhaven /etc/fedhaven/key /etc/fedhaven/public \
+    && chown fedhaven /var/lib/fedhaven /etc/fedhaven/key /etc/fedhaven/public && chmod 0700 /etc/fedhaven/key
 
 USER fedhaven
-# site.toml (with state_dir = "/var/lib/fedhaven", the key and ca.pem beside it) is mounted at /etc/fedhaven.
+# The site's own bundle and nothing else: /etc/fedhaven holds site.toml (state_dir = "/var/lib/fedhaven"),
+# the site's key and the CA certificate; never mount the coordinator's state or another site's files.
 VOLUME /var/lib/fedhaven
 ENTRYPOINT ["fl-client"]
 CMD ["start", "--config", "/etc/fedhaven/site.toml"]

@@ -15,7 +15,11 @@ from pathlib import Path
 
 from fedhaven.server.flower_control import Control
 from fedhaven.server.provision import CoordinatorConfig, StateDir
+from fedhaven.shared.process import pid_alive, runs_with, spawn, stop_group, stop_pids
 from fedhaven.shared.runtime import HARDENED_ENV
+
+__all__ = ["Coordinator", "CoordinatorError", "Runtime", "clean_leftovers", "control_for", "leftover_parts", "pid_alive",
+           "sync_sites"]
 
 log = logging.getLogger("fedhaven.server")
 
@@ -56,10 +60,11 @@ class Runtime:
     superlink_pid: int
     superexec_pid: int
     front_pid: int
-    control_address: str
+    control_address: str  # unix:<socket>: the Control API, for the operator's account only
     listen: str
     insecure: bool
     started: float
+    runtime_address: str = ""  # 127.0.0.1:<port>: the Runtime API front, for Flower's executor
 
     def save(self, state: StateDir) -> None:
         state.runtime_file.write_text(json.dumps(self.__dict__, indent=2))
@@ -71,23 +76,25 @@ class Runtime:
         return cls(**json.loads(state.runtime_file.read_text()))
 
 
-def pid_alive(pid: int) -> bool:
-    """Whether `pid` runs; a zombie (exited, not yet reaped by its parent) counts as stopped."""
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        return False
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+def control_for(state: StateDir) -> Control:
+    """The operator's Control API connection: the SuperLink's Unix socket, which only the operator's account opens."""
+    return Control(address=f"unix:{state.superlink_socket}", ca_cert=None, flwr_home=state.flwr_home)
 
 
-def control_for(state: StateDir, *, insecure: bool, port: int) -> Control:
-    """The operator's Control API connection: loopback only, trusting the coordinator's own CA."""
-    return Control(address=f"127.0.0.1:{port}", ca_cert=None if insecure else state.ca_cert,
-                   flwr_home=state.flwr_home)
+def wait_for_socket(path: Path, *, timeout: float, proc: subprocess.Popen, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise CoordinatorError(f"{what} exited with code {proc.returncode} while starting; see its log")
+        if path.exists():
+            try:
+                with socket.socket(socket.AF_UNIX) as s:
+                    s.connect(str(path))
+                    return
+            except OSError:
+                pass
+        time.sleep(0.2)
+    raise CoordinatorError(f"{what} did not open {path} within {timeout:.0f} s")
 
 
 def sync_sites(*, state: StateDir, control: Control) -> list[str]:
@@ -107,13 +114,6 @@ def sync_sites(*, state: StateDir, control: Control) -> list[str]:
     return notes
 
 
-def _signal_group(proc: subprocess.Popen, sig: int) -> None:
-    try:
-        os.killpg(proc.pid, sig)  # each child was started in its own session: its group is its own
-    except ProcessLookupError:
-        pass
-
-
 class Coordinator:
     """Starts and supervises the coordinator's three processes; stops them all by PID."""
 
@@ -124,45 +124,48 @@ class Coordinator:
 
     def _spawn(self, name: str, args: list[str]) -> subprocess.Popen:
         self.logs.mkdir(parents=True, exist_ok=True)
-        out = (self.logs / f"{name}.log").open("ab")
-        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=child_env(self.state),
-                                cwd=self.state.root, start_new_session=True)
+        with (self.logs / f"{name}.log").open("ab") as out:
+            proc = spawn(args, stdout=out, env=child_env(self.state), cwd=self.state.root)
         self.procs[name] = proc
         return proc
 
     def start(self) -> Runtime:
         st, port = self.state, self.cfg.superlink_port
         bindir = Path(sys.executable).parent
+        st.sockets.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(st.sockets, 0o700)
+        # Flower's SuperLink, on a Unix socket only this account can enter. Flower requires TLS certificates
+        # for SuperNode authentication; sites get TLS at the front, the socket itself carries plain HTTP.
         tls = (["--insecure"] if self.insecure else
                ["--ssl-ca-certfile", str(st.ca_cert), "--ssl-certfile", str(st.server_cert),
                 "--ssl-keyfile", str(st.server_key), "--enable-supernode-auth"])
         superlink = self._spawn("superlink", [
-            str(bindir / "flower-superlink"), *tls, "--database", str(st.database), "--host", "127.0.0.1",
-            "--port", str(port), "--disable-runtime-dependency-installation", "--isolation", "process",
+            sys.executable, "-m", "fedhaven.server.superlink", "--uds", str(st.superlink_socket), *tls,
+            "--database", str(st.database), "--disable-runtime-dependency-installation", "--isolation", "process",
             "--superexec-auth-secret-file", str(st.secret_file)])
-        wait_for_port("127.0.0.1", port, timeout=60, proc=superlink, what="flower-superlink")
+        wait_for_socket(st.superlink_socket, timeout=60, proc=superlink, what="flower-superlink")
+        host, _, fport = self.cfg.listen.rpartition(":")
+        front = self._spawn("front", [
+            sys.executable, "-m", "fedhaven.server.front", "--listen", self.cfg.listen,
+            "--runtime-listen", f"127.0.0.1:{port}", "--uds", str(st.superlink_socket),
+            *([] if self.insecure else ["--certfile", str(st.server_cert), "--keyfile", str(st.server_key)])])
+        wait_for_port("127.0.0.1" if host in ("0.0.0.0", "") else host, int(fport), timeout=60, proc=front,
+                      what="the Fleet front")
+        wait_for_port("127.0.0.1", port, timeout=60, proc=front, what="the Runtime front")
         superexec = self._spawn("superexec", [
             str(bindir / "flower-superexec"), "--runtime-api-address", f"127.0.0.1:{port}",
             *(["--insecure"] if self.insecure else ["--root-certificates", str(st.ca_cert)]),
             "--superexec-auth-secret-file", str(st.secret_file), "--parent-pid", str(superlink.pid)])
-        host, _, fport = self.cfg.listen.rpartition(":")
-        scheme = "http" if self.insecure else "https"
-        front = self._spawn("front", [
-            sys.executable, "-m", "fedhaven.server.front", "--listen", self.cfg.listen,
-            "--upstream", f"{scheme}://127.0.0.1:{port}",
-            *([] if self.insecure else ["--certfile", str(st.server_cert), "--keyfile", str(st.server_key),
-                                        "--ca-cert", str(st.ca_cert)])])
-        wait_for_port("127.0.0.1" if host in ("0.0.0.0", "") else host, int(fport), timeout=60, proc=front,
-                      what="the Fleet front")
         if not self.insecure:
-            control = control_for(st, insecure=False, port=port)
+            control = control_for(st)
             try:
                 for note in sync_sites(state=st, control=control):
                     log.info("%s", note)
             finally:
                 control.close()
         runtime = Runtime(pid=os.getpid(), superlink_pid=superlink.pid, superexec_pid=superexec.pid,
-                          front_pid=front.pid, control_address=f"127.0.0.1:{port}", listen=self.cfg.listen,
+                          front_pid=front.pid, control_address=f"unix:{st.superlink_socket}",
+                          runtime_address=f"127.0.0.1:{port}", listen=self.cfg.listen,
                           insecure=self.insecure, started=time.time())
         runtime.save(st)
         return runtime
@@ -191,12 +194,21 @@ class Coordinator:
     def stop(self) -> None:
         for name in ("front", "superexec", "superlink"):
             proc = self.procs.get(name)
-            if proc is None:
-                continue
-            _signal_group(proc, signal.SIGTERM)  # the child and what it started (e.g. ServerApp processes)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                _signal_group(proc, signal.SIGKILL)
-                proc.wait()
+            if proc is not None:
+                stop_group(proc)  # the child and what it started (e.g. ServerApp processes)
         self.state.runtime_file.unlink(missing_ok=True)
+
+
+def leftover_parts(state: StateDir, rt: Runtime) -> dict[str, int]:
+    """Parts of a coordinator whose `fl-server start` is gone but which still run (after a crash or SIGKILL)."""
+    if pid_alive(rt.pid):
+        return {}
+    parts = {"superlink": rt.superlink_pid, "executor": rt.superexec_pid, "front": rt.front_pid}
+    return {name: pid for name, pid in parts.items() if runs_with(pid, str(state.root))}
+
+
+def clean_leftovers(state: StateDir, rt: Runtime) -> list[int]:
+    """Stop what a crashed `fl-server start` left running (only processes started for this state directory)."""
+    stopped = stop_pids(list(leftover_parts(state, rt).values()), marker=str(state.root))
+    state.runtime_file.unlink(missing_ok=True)
+    return stopped

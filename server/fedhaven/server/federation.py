@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from fedhaven.server.grid import PollingGrid, describe_nodes
 from fedhaven.server.flower_legacy import FitRoundLog, LegacyFederation, build_strategy, central_noise
 from fedhaven.server.privacy_report import PrivacyReport, build_privacy_report, worst_epsilon
 from fedhaven.server.recorder import (
@@ -88,7 +89,19 @@ def run_federation(
 
     strategy = build_strategy(run=run, initial=initial, fit_config=fit_config)
     strategy.witnesses = witnesses if witnesses is not None else SiteWitnesses()
-    fed = LegacyFederation(grid=grid, context=context, run=run, strategy=strategy,
+    inner = grid
+
+    def waiting_for_replies(waited: float, missing: frozenset[int]) -> None:
+        log.warning("waiting %.0f s for %d site(s) to answer: %s", waited, len(missing),
+                    describe_nodes(inner, missing))
+
+    def waiting_for_sites(waited: float, need: int, have: int) -> None:
+        log.warning("waiting %.0f s for %d sites (min_sites), %d connected: %s", waited, need, have,
+                    describe_nodes(inner))
+
+    # Flower's own grid sleeps 3 s between pulls and may wait forever; ours polls fast and gives up.
+    grid = PollingGrid(grid, timeout=run.secagg.timeout, on_wait=waiting_for_replies)
+    fed = LegacyFederation(grid=grid, context=context, run=run, strategy=strategy, on_waiting=waiting_for_sites,
                            max_weight=max_weight if run.secagg.enabled else None)
     weights = fed.weights()
     stopped, failure = None, None

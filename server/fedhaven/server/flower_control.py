@@ -56,17 +56,24 @@ class RunState:
 
 
 class Control:
-    """A Control API connection; only ever pointed at the SuperLink's loopback address on the coordinator."""
+    """The operator's Control API connection: over the SuperLink's Unix socket, which only the operator can open.
+
+    `address` is `unix:/path/to/superlink.sock` (the coordinator's own SuperLink) or `host:port` (a
+    SuperLink reached over TCP, e.g. to show that the Fleet front refuses Control calls).
+    """
 
     def __init__(self, *, address: str, ca_cert: Path | None, flwr_home: Path) -> None:
         os.environ["FLWR_HOME"] = str(flwr_home)  # Flower's CLI helpers keep tokens there, never in ~/.flwr
-        from flwr.cli.typing import SuperLinkConnection
-        from flwr.cli.utils import init_http_client_from_connection
-
-        conn = SuperLinkConnection(name="fedhaven", address=address, insecure=ca_cert is None,
-                                   root_certificates=str(ca_cert) if ca_cert else None)
         try:
-            self._client = init_http_client_from_connection(conn)
+            if address.startswith("unix:"):
+                self._client = _socket_client(address[len("unix:"):])
+            else:
+                from flwr.cli.typing import SuperLinkConnection
+                from flwr.cli.utils import init_http_client_from_connection
+
+                conn = SuperLinkConnection(name="fedhaven", address=address, insecure=ca_cert is None,
+                                           root_certificates=str(ca_cert) if ca_cert else None)
+                self._client = init_http_client_from_connection(conn)
         except Exception as exc:  # noqa: BLE001 - Flower raises several kinds
             raise ControlError(f"cannot open the Control API at {address}: {exc}") from None
 
@@ -132,3 +139,27 @@ class Control:
     def close(self) -> None:
         self._client.close()
 
+
+
+def _socket_client(path: str):  # noqa: ANN202 - Flower's ControlHttpClient
+    """Flower's own Control client (same interceptors as its CLI), carried over a Unix socket."""
+    import httpx
+    from flwr.cli.cli_client_interceptor import CliClientHttpInterceptor
+    from flwr.supercore.control.control_http_client import ControlHttpClient
+    from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor
+
+    try:
+        os.stat(path)
+        if not os.access(path, os.R_OK | os.W_OK):
+            raise PermissionError(path)
+    except PermissionError:
+        raise ControlError(f"permission denied: this account may not use {path}; only the operator's account "
+                           f"drives the coordinator") from None
+    except FileNotFoundError:
+        raise ControlError(f"the coordinator's socket {path} does not exist: is `fl-server start` running?") from None
+    client = ControlHttpClient("http://superlink", interceptors=[CliClientHttpInterceptor(),
+                                                                 RuntimeVersionHttpInterceptor(component_name="flwr CLI")])
+    client._client.close()  # noqa: SLF001 - same client settings, over the socket instead of TCP
+    client._client = httpx.Client(transport=httpx.HTTPTransport(uds=path), timeout=30.0,  # noqa: SLF001
+                                  follow_redirects=True)
+    return client

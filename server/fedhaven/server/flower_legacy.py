@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from flwr.app import ConfigRecord, Context
+from flwr.app import ConfigRecord, Context, Error
 from flwr.app.message_type import MessageType
 from flwr.common import FitIns, FitRes, Parameters, ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.compat.common import recorddict_compat as compat
@@ -104,9 +105,19 @@ class RecordingStrategy(Strategy):
 
 
 def _reason(failure: Any) -> str:
-    """One readable line for a site's failure (Flower wraps the site's exception in Ray tracebacks)."""
+    """One readable line for a site's failure: the site's own sentence where it sent one.
+
+    A site's refusal arrives as an `Error` reply (wrapped in an Exception by Flower's
+    workflows); Flower's own `flwr-clientapp` formats it as `<class '...'>:<'text'>`,
+    and in simulation it arrives inside Ray tracebacks.
+    """
     if isinstance(failure, tuple):
         return f"site returned status {failure[1].status.code.name}: {failure[1].status.message}"
+    inner = failure.args[0] if isinstance(failure, BaseException) and failure.args else None
+    if isinstance(inner, Error):
+        text = inner.reason
+        wrapped = re.fullmatch(r"<class '[\w.]+'>:<'(.*)'>", text, flags=re.S)
+        return short_reason(wrapped.group(1) if wrapped else text)
     return short_reason(str(failure))
 
 
@@ -279,7 +290,7 @@ class CheckedSecAggPlus(SecAggPlusWorkflow):
                 if not stage(grid, context, state):  # type: ignore[arg-type]
                     self.halted_stage = name
                     # Flower records some failures twice (once per loop over replies): keep each once.
-                    self.failures = tuple(dict.fromkeys(short_reason(str(f)) for f in state.failures))
+                    self.failures = tuple(dict.fromkeys(_reason(f) for f in state.failures))
                     return
         finally:
             # Sites that trained sent their metrics in the clear with their masked vectors: what they spent
@@ -295,14 +306,46 @@ def secagg_workflow(cfg: SecAggConfig, *, max_weight: float) -> CheckedSecAggPlu
                              timeout=cfg.timeout)
 
 
+class BoundedClientManager(SimpleClientManager):
+    """Flower's client manager whose wait for `min_sites` is bounded and says who is missing while it waits.
+
+    Flower's own waits up to 86,400 s without a word. Here the wait lasts at most
+    `timeout` seconds and, every `report_every` seconds, `report` is called with
+    (seconds waited, sites needed, sites online).
+    """
+
+    def __init__(self, *, timeout: float, report: Callable[[float, int, int], None] | None = None,
+                 report_every: float = 30.0) -> None:
+        super().__init__()
+        self.timeout, self.report, self.report_every = timeout, report, report_every
+        self.shortfall: str | None = None  # why the last wait gave up
+
+    def wait_for(self, num_clients: int, timeout: int = 86400) -> bool:  # noqa: D102 - Flower's signature
+        limit = min(float(timeout), self.timeout)
+        start = time.monotonic()
+        while True:
+            left = limit - (time.monotonic() - start)
+            if super().wait_for(num_clients, timeout=max(0.0, min(left, self.report_every))):  # type: ignore[arg-type]
+                self.shortfall = None
+                return True
+            waited = time.monotonic() - start
+            if waited >= limit:
+                self.shortfall = (f"waited {waited:.0f} s for {num_clients} sites (min_sites), only "
+                                  f"{self.num_available()} connected")
+                return False
+            if self.report is not None:
+                self.report(waited, num_clients, self.num_available())
+
+
 class LegacyFederation:
     """Drives Flower's legacy stack one fit round at a time for fedhaven's round loop."""
 
     def __init__(self, *, grid: Grid, context: Context, run: RunConfig, strategy: RecordingStrategy,
-                 max_weight: float | None) -> None:
+                 max_weight: float | None, on_waiting: Callable[[float, int, int], None] | None = None) -> None:
         self.grid = grid
         self.ctx = LegacyContext(context=context, config=FlowerServerConfig(num_rounds=run.rounds),
-                                 strategy=strategy, client_manager=SimpleClientManager())
+                                 strategy=strategy, client_manager=BoundedClientManager(
+                                     timeout=run.secagg.timeout, report=on_waiting))
         self.strategy = strategy
         self.node_sites: dict[int, str] = {}
         self.secagg = secagg_workflow(run.secagg, max_weight=max_weight) if max_weight is not None else None
@@ -343,8 +386,12 @@ class LegacyFederation:
         last.unanswered = [self._site_name(n) for n in watch.unanswered]
         self._witness(last)
         after = self.ctx.state.array_records[MAIN_PARAMS_RECORD]
+        shortfall = getattr(self.ctx.client_manager, "shortfall", None)
+        if shortfall:
+            self.strategy.last.failures.append(shortfall)
         if after is before:
-            return FitOutcome(weights=None, log=self.strategy.last, halted_stage=halted or "aggregate")
+            return FitOutcome(weights=None, log=self.strategy.last,
+                              halted_stage=halted or ("waiting for sites" if shortfall else "aggregate"))
         return FitOutcome(weights=self.weights(), log=self.strategy.last)
 
     def _witness(self, log: FitRoundLog) -> None:

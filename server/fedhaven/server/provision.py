@@ -25,7 +25,9 @@ class CoordinatorConfig:
 
     public_address: str = "localhost:9092"  # what sites dial; goes into every site.toml
     listen: str = "0.0.0.0:9092"  # where the Fleet front listens
-    superlink_port: int = field(default=9093, metadata=bounds(ge=1, le=65535))  # 127.0.0.1 only
+    # 127.0.0.1 only: where Flower's ServerApp executor reaches the Runtime API (the SuperLink itself listens
+    # on a Unix socket in the state directory)
+    superlink_port: int = field(default=9093, metadata=bounds(ge=1, le=65535))
     names: tuple[str, ...] = ("localhost",)
     ips: tuple[str, ...] = ()
 
@@ -74,6 +76,8 @@ class StateDir:
     flwr_home = property(lambda self: self.root / "flwr-home")
     runs = property(lambda self: self.root / "runs")
     runtime_file = property(lambda self: self.root / "coordinator.json")
+    sockets = property(lambda self: self.root / "run")
+    superlink_socket = property(lambda self: self.root / "run" / "superlink.sock")
 
     def has_pki(self) -> bool:
         return all(p.exists() for p in (self.ca_cert, self.server_cert, self.server_key))
@@ -110,6 +114,8 @@ def init_state(*, state: StateDir, cfg: CoordinatorConfig, force: bool = False) 
     if state.has_pki() and not force:
         raise ConfigError([f"{state.pki} already holds a CA; re-initialising would lock every site out. "
                            f"Pass --force only to start over"], source="fl-server init")
+    state.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(state.root, 0o700)  # the CA key, site keys, the SuperLink's state and socket: operator only
     ca = make_ca()
     server = make_server_cert(ca=ca, dns_names=cfg.names, ips=cfg.ips)
     write_private(state.ca_key, ca.key_pem)

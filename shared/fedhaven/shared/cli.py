@@ -37,13 +37,37 @@ def run_command(*, prog: str, built: tuple[argparse.ArgumentParser, dict[str, Mo
 
     harden_environment()
     parser, modules = built
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    args = parse_with_overrides(parser, sys.argv[1:] if argv is None else argv)
     configure_logging(verbose=args.verbose)
     try:
         return int(modules[args.command].run(args) or 0)
     except ConfigError as exc:
-        print(f"{prog} {args.command}: {exc}", file=sys.stderr)
+        print(_prefixed(f"{prog} {args.command}", str(exc)), file=sys.stderr)
         return 2
     except RuntimeError as exc:
-        print(f"{prog} {args.command}: {exc}", file=sys.stderr)
+        print(_prefixed(f"{prog} {args.command}", str(exc)), file=sys.stderr)
         return 1
+    except PermissionError as exc:
+        print(f"{prog} {args.command}: permission denied: {exc.filename or exc}. Only the account that owns it "
+              f"may use it (files are the owner's alone by design); run this as that account.", file=sys.stderr)
+        return 1
+
+
+def _prefixed(prefix: str, message: str) -> str:
+    """`prefix: message`, without saying the prefix twice when the message already starts with it."""
+    return message if message.startswith(f"{prefix}:") else f"{prefix}: {message}"
+
+
+def parse_with_overrides(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """Parse `argv`, accepting `key=value` overrides anywhere on the line for commands that take overrides.
+
+    argparse stops collecting a `nargs="*"` positional at the first option, so
+    `fl-server run run.toml --state-dir X rounds=3` would be refused.
+    """
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if hasattr(args, "overrides") and all("=" in x and not x.startswith("-") for x in extra):
+            args.overrides = [*(args.overrides or []), *extra]
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args

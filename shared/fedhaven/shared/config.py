@@ -90,6 +90,9 @@ def _coerce(tp: Any, value: Any, path: str, problems: list[str]) -> Any:
             return value
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if value != value:  # TOML accepts nan; no setting of ours means anything with it
+                problems.append(f"{path}: expected a number, got nan")
+                return None
             return float(value)
     elif tp is str:
         if isinstance(value, str):
@@ -219,3 +222,8 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         raise ConfigError([f"{p}: file not found"], source=str(p)) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"{p}: not valid TOML ({exc})"], source=str(p)) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{p}: not a UTF-8 text file (byte {exc.start}); TOML files are UTF-8"],
+                          source=str(p)) from None
+    except IsADirectoryError:
+        raise ConfigError([f"{p}: is a folder, not a TOML file"], source=str(p)) from None

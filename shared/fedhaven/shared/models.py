@@ -10,7 +10,8 @@ from torch import nn
 
 from fedhaven.shared.schema import InputSpec, ModelConfig
 
-__all__ = ["InputSpec", "LeNet", "ModelError", "build_model", "dp_problems", "model_names", "register_model"]
+__all__ = ["InputSpec", "LeNet", "ModelError", "build_model", "dp_problems", "model_names", "model_problems",
+           "register_model"]
 
 
 class ModelError(ValueError):
@@ -123,3 +124,12 @@ def build_model(*, cfg: ModelConfig, spec: InputSpec, seed: int | None = None, d
                 + ". Replace BatchNorm with GroupNorm (opacus.validators.ModuleValidator.fix does this)."
             )
     return model
+
+
+def model_problems(*, cfg: ModelConfig, spec: InputSpec, dp: bool) -> list[str]:
+    """Why `cfg` cannot be built for `spec` (unknown name, too small an input, not DP-trainable), or nothing."""
+    try:
+        build_model(cfg=cfg, spec=spec, dp=dp)
+    except ModelError as exc:
+        return [f"model: {exc}"]
+    return []

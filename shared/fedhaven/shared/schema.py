@@ -260,9 +260,16 @@ class SitePolicy:
     require_secure_aggregation: bool = True
     allowed_models: tuple[str, ...] = ("lenet",)  # "*" allows any registered model
     send_training_metrics: bool = True  # false: replies carry no training loss/accuracy (not covered by epsilon)
+    # SHA-256 of the run packages (FABs) this site reviewed; empty: any package that only names the
+    # installed fedhaven ClientApp. A site never runs code from a package either way.
+    allowed_app_packages: tuple[str, ...] = ()
 
     def allows_model(self, name: str) -> bool:
         return "*" in self.allowed_models or name in self.allowed_models
+
+    def problems(self) -> list[str]:
+        return [f"allowed_app_packages: {h!r} is not a SHA-256 hex digest (64 hex characters)"
+                for h in self.allowed_app_packages if not re.fullmatch(r"[0-9a-f]{64}", h)]
 
 
 #: The policy of a simulated site: no limits beyond what the experiment asks for.

@@ -47,8 +47,11 @@ def sites_per_round(exp: ExperimentConfig) -> int:
 
 def check_experiment(exp: ExperimentConfig) -> list[int]:
     """Everything that can be checked without running: data loads and splits, SecAgg+ fits. Returns site sizes."""
+    from fedhaven.shared.data import load_data
+    from fedhaven.shared.models import model_problems
+
     sizes = SimulatedSites(exp).sizes()
-    problems = []
+    problems = model_problems(cfg=exp.model, spec=load_data(cfg=exp.data, split="test").spec, dp=exp.dp.enabled)
     if exp.secagg.enabled:
         per_round = sites_per_round(exp)
         if per_round < exp.secagg.min_sites():

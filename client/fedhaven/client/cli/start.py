@@ -1,10 +1,12 @@
-"""`fl-client start`: check everything, verify the coordinator's TLS identity, then run Flower's SuperNode."""
+"""`fl-client start`: check, verify the coordinator's TLS identity, run Flower's SuperNode and the site's executor."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
+import secrets
 import signal
 import socket
 import ssl
@@ -16,7 +18,8 @@ from pathlib import Path
 from fedhaven.client.cli.check import check_site
 from fedhaven.client.deployment import SITE_CONFIG_KEY
 from fedhaven.client.site_config import SiteConfig, load_site_config
-from fedhaven.shared.crypto import fingerprint
+from fedhaven.shared.crypto import fingerprint, write_private
+from fedhaven.shared.process import pid_alive, spawn, stop_group, stop_pids
 from fedhaven.shared.runtime import HARDENED_ENV
 
 log = logging.getLogger("fedhaven.client")
@@ -44,6 +47,14 @@ def preflight(cfg: SiteConfig, *, timeout: float = 10.0) -> None:
                            f"is it running, and does the firewall allow this site?") from None
     with sock:
         if cfg.coordinator.insecure:
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: fedhaven\r\nConnection: close\r\n\r\n")
+            try:
+                head = sock.recv(5)
+            except OSError:
+                head = b""
+            if not head.startswith(b"HTTP/"):
+                raise RuntimeError(f"the coordinator at {cfg.coordinator.address} speaks TLS but this site has "
+                                   f"insecure = true: set insecure = false and ca_cert to the operator's ca.pem")
             return
         ctx = ssl.create_default_context(cafile=cfg.coordinator.ca_cert)
         try:
@@ -55,30 +66,73 @@ def preflight(cfg: SiteConfig, *, timeout: float = 10.0) -> None:
                 f"({exc.verify_message}): its certificate is not signed by {cfg.coordinator.ca_cert}, or does not "
                 f"name {host}. Ask the operator for the ca.pem of this federation.") from None
         except ssl.SSLError as exc:
-            raise RuntimeError(f"TLS with the coordinator at {cfg.coordinator.address} failed ({exc.reason}); "
-                               f"does it serve TLS (or is the site set to insecure by mistake)?") from None
+            hint = ("it does not speak TLS: was it started with --insecure? Then the site needs insecure = true "
+                    "(testing only)" if exc.reason == "WRONG_VERSION_NUMBER" else "see the reason above")
+            raise RuntimeError(f"TLS with the coordinator at {cfg.coordinator.address} failed ({exc.reason}): "
+                               f"{hint}") from None
 
 
-def stop_group(proc: subprocess.Popen) -> None:
-    """Stop the SuperNode's whole process group (its executor and ClientApp processes) and reap it."""
+#: What `fl-client start` runs, so that a restart after a crash can stop what the crash left behind.
+SITE_RUNTIME = "site.json"
+
+
+def clean_site_leftovers(state_dir: Path, config_path: Path) -> None:
+    """Stop a SuperNode or executor that a killed `fl-client start` for this site left running."""
+    path = state_dir / SITE_RUNTIME
     try:
-        os.killpg(proc.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        pass
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        rt = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return
+    if pid_alive(int(rt.get("pid", 0))):
+        raise RuntimeError(f"this site is already running (fl-client start, pid {rt['pid']}); stop it first")
+    stopped = stop_pids([int(v) for k, v in rt.items() if k != "pid"], marker=str(config_path))
+    if stopped:
+        log.warning("stopped what a previous `fl-client start` left running (pids %s)", ", ".join(map(str, stopped)))
+    path.unlink(missing_ok=True)
 
 
-def supernode_args(cfg: SiteConfig, config_path: Path) -> list[str]:
+def executor_secret(state_dir: Path) -> Path:
+    """The secret the SuperNode and the site's executor share (0600, created once): no other local account can
+    take the SuperNode's tasks."""
+    path = state_dir / "executor.secret"
+    if not path.exists():
+        write_private(path, secrets.token_bytes(32))
+    return path
+
+
+def supernode_args(cfg: SiteConfig, config_path: Path, secret_file: Path) -> list[str]:
+    """Flower's SuperNode in process isolation: it starts nothing itself; the site's own executor takes its tasks."""
     bindir = Path(sys.executable).parent
     tls = (["--insecure"] if cfg.coordinator.insecure else
            ["--root-certificates", str(cfg.coordinator.ca_cert), "--auth-supernode-private-key", str(cfg.private_key)])
     return [str(bindir / "flower-supernode"), *tls, "--superlink", cfg.coordinator.address,
             "--node-config", f'{SITE_CONFIG_KEY}="{config_path}"', "--host", "127.0.0.1",
-            "--port", str(cfg.clientappio_port), "--isolation", "subprocess"]
+            "--port", str(cfg.clientappio_port), "--isolation", "process",
+            "--superexec-auth-secret-file", str(secret_file)]
+
+
+def executor_args(config_path: Path, cfg: SiteConfig, secret_file: Path) -> list[str]:
+    return [sys.executable, "-m", "fedhaven.client.executor", "--config", str(config_path),
+            "--runtime-api-address", f"127.0.0.1:{cfg.clientappio_port}", "--secret-file", str(secret_file),
+            "--parent-pid", str(os.getpid())]
+
+
+class _Child:
+    """A child process whose output is forwarded line by line (and scanned for known failures)."""
+
+    def __init__(self, name: str, args: list[str], env: dict[str, str], reasons: list[str], fp: str) -> None:
+        self.name = name
+        self.proc = spawn(args, stdout=subprocess.PIPE, env=env, text=True)
+        self.reader = threading.Thread(target=self._pump, args=(reasons, fp), daemon=True)
+        self.reader.start()
+
+    def _pump(self, reasons: list[str], fp: str) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            text = line.rstrip()
+            if text and not text.endswith("INFO \x1b[0m:"):
+                log.info("%s | %s", self.name, text) if self.name == "supernode" else log.info("%s", text)
+            reasons.extend(why.format(fp=fp) for marker, why in KNOWN_FAILURES.items() if marker in line)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -88,41 +142,42 @@ def run(args: argparse.Namespace) -> int:
         log.warning("WARNING: insecure = true: no TLS and no site authentication; updates travel in the clear")
     check_site(cfg)
     preflight(cfg)
-    env = {**os.environ, **HARDENED_ENV, "FLWR_HOME": str(Path(cfg.state_dir) / "flwr-home")}
+    state = Path(cfg.state_dir)
+    state.mkdir(parents=True, exist_ok=True, mode=0o700)
+    env = {**os.environ, **HARDENED_ENV, "FLWR_HOME": str(state / "flwr-home")}
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
     env.pop("PYTHONPATH", None)
-    Path(cfg.state_dir).mkdir(parents=True, exist_ok=True)
+    secret = executor_secret(state)
+    clean_site_leftovers(state, config_path)
     fp = ""
     if cfg.private_key and Path(cfg.private_key).with_suffix(".pub").exists():
         fp = f" ({fingerprint(Path(cfg.private_key).with_suffix('.pub').read_bytes())})"
     log.info("site %s joining %s", cfg.name, cfg.coordinator.address)
-    proc = subprocess.Popen(supernode_args(cfg, config_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            env=env, text=True, bufsize=1, start_new_session=True)
-
-    def forward(signum, frame) -> None:  # noqa: ANN001
-        proc.terminate()
-
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
     reasons: list[str] = []
+    stop = threading.Event()
 
-    def pump() -> None:  # Flower's executor children inherit the pipe: read it beside, not instead of, waiting
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            text = line.rstrip()
-            if text and not text.endswith("INFO \x1b[0m:"):
-                log.info("supernode | %s", text)
-            reasons.extend(why.format(fp=fp) for marker, why in KNOWN_FAILURES.items() if marker in line)
+    def on_signal(signum, frame) -> None:  # noqa: ANN001
+        stop.set()
 
-    reader = threading.Thread(target=pump, daemon=True)
-    reader.start()
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    children = [_Child("supernode", supernode_args(cfg, config_path, secret), env, reasons, fp)]
+    dead: _Child | None = None
     try:
-        code = proc.wait()
+        children.append(_Child("executor", executor_args(config_path, cfg, secret), env, reasons, fp))
+        (state / SITE_RUNTIME).write_text(json.dumps({"pid": os.getpid(), **{c.name: c.proc.pid for c in children}}))
+        while not stop.is_set() and dead is None:
+            dead = next((c for c in children if c.proc.poll() is not None), None)
+            stop.wait(0.5)
     finally:
-        stop_group(proc)
-    reader.join(timeout=5)
+        for child in reversed(children):
+            stop_group(child.proc)
+        for child in children:
+            child.reader.join(timeout=5)
+        (state / SITE_RUNTIME).unlink(missing_ok=True)
     if reasons:
         raise RuntimeError(f"site {cfg.name} was not admitted: {reasons[0]}")
-    if code not in (0, -signal.SIGTERM, -signal.SIGINT):
-        raise RuntimeError(f"Flower's SuperNode exited with code {code}; see the lines above")
+    if dead is not None and not stop.is_set():
+        raise RuntimeError(f"the site's {dead.name} exited with code {dead.proc.returncode}; see the lines above. "
+                           f"Nothing else keeps running: start the site again with `fl-client start`")
     return 0

@@ -32,7 +32,11 @@ def build_parser():  # noqa: ANN201 - (parser, modules)
 
 
 def main(argv: list[str] | None = None) -> int:
+    import os
+
     from fedhaven.shared.cli import run_command
+
+    os.umask(0o077)  # everything the operator's commands and the coordinator write is the operator's alone
 
     return run_command(prog="fl-server", built=build_parser(), argv=argv)
 

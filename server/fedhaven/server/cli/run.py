@@ -43,8 +43,11 @@ def load_run_config(*, path: Path, overrides: list[str], rounds: int | None, out
                         "(a deployed coordinator cannot see site sizes before training)")
     from fedhaven.shared.data import load_data  # torch: imported only when a run is submitted
 
+    from fedhaven.shared.models import model_problems
+
     try:
-        load_data(cfg=run.data, split="test")
+        test = load_data(cfg=run.data, split="test")
+        problems += model_problems(cfg=run.model, spec=test.spec, dp=run.dp.enabled)
     except (ValueError, OSError) as exc:
         problems.append(f"data: the coordinator's held-out test set does not load: {exc}")
     if problems:
@@ -78,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
         log.warning("WARNING: secure aggregation is OFF for this run (sites requiring it will refuse)")
     log.info("effective run configuration:\n%s", tomli_w.dumps(to_dict(cfg)))
     app_dir = write_app_dir(run=cfg)
-    control = control_for(state, insecure=rt.insecure, port=int(rt.control_address.rpartition(":")[2]))
+    control = control_for(state)
     try:
         run_id = control.start_run(app_dir=app_dir)
         shutil.rmtree(app_dir, ignore_errors=True)

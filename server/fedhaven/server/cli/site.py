@@ -24,7 +24,7 @@ def _sync_if_running(state: StateDir) -> None:
     if rt is None or not pid_alive(rt.superlink_pid) or rt.insecure:
         log.info("the coordinator is not running: the change takes effect at the next `fl-server start`")
         return
-    control = control_for(state, insecure=False, port=int(rt.control_address.rpartition(":")[2]))
+    control = control_for(state)
     try:
         for note in sync_sites(state=state, control=control):
             log.info("%s", note)

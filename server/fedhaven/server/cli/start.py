@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from fedhaven.server.coordinator import Coordinator, Runtime, pid_alive
+from fedhaven.server.coordinator import Coordinator, Runtime, clean_leftovers, pid_alive
 from fedhaven.server.provision import StateDir
 
 log = logging.getLogger("fedhaven.server")
@@ -25,6 +25,10 @@ def run(args: argparse.Namespace) -> int:
     rt = Runtime.load(state)
     if rt is not None and pid_alive(rt.pid):
         raise RuntimeError(f"a coordinator is already running from {state.root} (pid {rt.pid})")
+    if rt is not None:
+        stopped = clean_leftovers(state, rt)
+        log.warning("the previous coordinator (pid %d) did not stop cleanly%s", rt.pid,
+                    f"; stopped what it left running (pids {', '.join(map(str, stopped))})" if stopped else "")
     if args.insecure:
         log.warning("WARNING: --insecure: no TLS and no site authentication. Anyone who reaches %s can read "
                     "the traffic and join as a site.", cfg.listen)

@@ -8,7 +8,7 @@ import os
 import signal
 import time
 
-from fedhaven.server.coordinator import Runtime, control_for, pid_alive
+from fedhaven.server.coordinator import Runtime, clean_leftovers, control_for, pid_alive
 from fedhaven.server.provision import StateDir
 
 log = logging.getLogger("fedhaven.server")
@@ -21,10 +21,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     state = StateDir(args.state_dir)
     rt = Runtime.load(state)
+    if rt is not None and not pid_alive(rt.pid) and args.run is None:
+        stopped = clean_leftovers(state, rt)
+        log.info("the coordinator (pid %d) was gone; stopped what it left running: %s", rt.pid,
+                 ", ".join(map(str, stopped)) or "nothing")
+        return 0
     if rt is None or not pid_alive(rt.pid):
         raise RuntimeError(f"no coordinator is running from {state.root}")
     if args.run is not None:
-        control = control_for(state, insecure=rt.insecure, port=int(rt.control_address.rpartition(":")[2]))
+        control = control_for(state)
         try:
             control.stop_run(args.run)
         finally:

@@ -1,0 +1,118 @@
+"""Flower's Grid with short, bounded waits: replies are pulled every fraction of a second, never longer than a timeout.
+
+Flower's deployed grid (`HttpGrid.send_and_receive`) sleeps 3 s between pulls,
+and waits forever when the timeout is None (what its default workflows pass).
+A SecAgg+ round is four message rounds, so those sleeps alone cost several
+seconds a round. This wrapper drives the same Grid through its push/pull calls:
+it pulls after `poll_min` seconds, backing off to `poll_max` while nothing
+arrives, and gives up after `timeout` seconds whatever the caller asked.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+
+from flwr.app import Message, RecordDict
+from flwr.serverapp import Grid
+from flwr.supercore.run import Run
+
+#: Called while waiting: (seconds waited, node ids still missing).
+WaitReport = Callable[[float, frozenset[int]], None]
+
+
+def describe_nodes(grid: Grid, node_ids: Iterable[int] | None = None) -> str:
+    """`hospital-c (offline, last seen 40 s ago), node 123 (online)`: what Flower knows of these sites."""
+    wanted = None if node_ids is None else set(node_ids)
+    now = time.time()
+    parts = []
+    try:
+        nodes = list(grid.get_nodes())
+    except Exception:  # noqa: BLE001 - a report must never break the wait it reports on
+        nodes = []
+    for n in nodes:
+        if wanted is not None and n.node_id not in wanted:
+            continue
+        name = getattr(n, "name", "") or f"node {n.node_id}"
+        status = getattr(n, "status", "") or "unknown"
+        seen = _age(getattr(n, "last_activated_at", ""), now)
+        parts.append(f"{name} ({status}{f', last active {seen}' if seen else ''})")
+    if wanted is not None:
+        known = {n.node_id for n in nodes}
+        parts += [f"node {i} (not connected)" for i in sorted(wanted - known)]
+    return ", ".join(parts) or "no sites known"
+
+
+def _age(stamp: str, now: float) -> str:
+    from datetime import datetime
+
+    try:
+        return f"{now - datetime.fromisoformat(stamp).timestamp():.0f} s ago"
+    except (TypeError, ValueError):
+        return ""
+
+
+class PollingGrid(Grid):
+    """Delegates to a Flower Grid; only `send_and_receive` is fedhaven's own."""
+
+    def __init__(self, inner: Grid, *, timeout: float, poll_min: float = 0.05, poll_max: float = 0.5,
+                 report_every: float = 30.0, on_wait: WaitReport | None = None) -> None:
+        if timeout <= 0 or not 0 < poll_min <= poll_max:
+            raise ValueError("PollingGrid needs timeout > 0 and 0 < poll_min <= poll_max")
+        self.inner = inner
+        self.timeout = timeout
+        self.poll_min, self.poll_max = poll_min, poll_max
+        self.report_every = report_every
+        self.on_wait = on_wait
+
+    # ----- delegated as is -----
+    def set_run(self, run: Run) -> None:  # noqa: D102
+        self.inner.set_run(run)
+
+    @property
+    def run(self) -> Run:  # noqa: D102
+        return self.inner.run
+
+    def create_message(self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str,  # noqa: D102
+                       ttl: float | None = None) -> Message:
+        return self.inner.create_message(content, message_type, dst_node_id, group_id, ttl)
+
+    def get_node_ids(self) -> Iterable[int]:  # noqa: D102
+        return self.inner.get_node_ids()
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:  # noqa: D102
+        return self.inner.push_messages(messages)
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:  # noqa: D102
+        return self.inner.pull_messages(message_ids)
+
+    def __getattr__(self, name: str):  # noqa: ANN204 - anything else a Flower grid offers
+        return getattr(self.inner, name)
+
+    # ----- fedhaven's wait -----
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        """Push `messages`, then pull replies until all arrived or the (finite) timeout passed."""
+        messages = list(messages)
+        ids = list(self.inner.push_messages(messages))
+        node_of = dict(zip(ids, (m.metadata.dst_node_id for m in messages), strict=False))
+        pending = {i for i in ids if i}
+        limit = self.timeout if timeout is None else min(timeout, self.timeout)
+        start = time.monotonic()
+        next_report = start + self.report_every
+        delay = self.poll_min
+        replies: list[Message] = []
+        while pending:
+            got = list(self.inner.pull_messages(pending))
+            replies.extend(got)
+            pending.difference_update(m.metadata.reply_to_message_id for m in got)
+            if not pending:
+                break
+            now = time.monotonic()
+            if now - start >= limit:
+                break
+            if self.on_wait is not None and now >= next_report:
+                self.on_wait(now - start, frozenset(node_of[i] for i in pending if i in node_of))
+                next_report = now + self.report_every
+            time.sleep(min(delay, max(0.0, limit - (now - start))))
+            delay = self.poll_min if got else min(self.poll_max, delay * 1.5)
+        return replies

@@ -1,0 +1,284 @@
+"""A real deployment on 127.0.0.1: `fl-server` and N `fl-client` sites as processes, for tests, faults and benchmarks.
+
+Everything goes through the installed commands exactly as an operator and a
+site's IT would type them (keys by `fl-client keygen`, sites added by public
+key, TLS, SuperNode authentication). Each site holds an IID part of
+scikit-learn's digits as MNIST-format files. Every process started here is
+stopped by PID.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fedhaven.shared.runtime import HARDENED_ENV
+
+BIN = Path(sys.executable).parent
+DEFAULT_SITES = ("hospital-a", "hospital-b", "hospital-c")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def command_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of every command started here: hardened, no PYTHONPATH leaking in."""
+    out = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    out.update(HARDENED_ENV)
+    out.update(extra or {})
+    return out
+
+
+def cli(*args: str, timeout: float = 120, cwd: Path | None = None,
+        env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run an installed fedhaven command (`fl-server ...`, `fl-client ...`) to completion."""
+    return subprocess.run([str(BIN / args[0]), *args[1:]], capture_output=True, text=True, timeout=timeout,
+                          env=command_env(env), cwd=cwd)
+
+
+def run_toml(*, rounds: int = 2, min_sites: int = 3, retries: int = 1, target: float = 6.0, timeout: float = 120.0,
+             num_shares: int = 3, threshold: int = 2, secagg: bool = True, dp: bool = True, extra: str = "") -> str:
+    """A run config for the digits sites: `rounds` of DP-SGD (to `target` epsilon, counting prior spending)."""
+    return f"""
+rounds = {rounds}
+min_sites = {min_sites}
+round_retries = {retries}
+[data]
+source = "digits"
+[train]
+local_epochs = 3.0
+batch_size = 64
+lr = 0.2
+[dp]
+enabled = {str(dp).lower()}
+target_epsilon = {target}
+[secagg]
+enabled = {str(secagg).lower()}
+num_shares = {num_shares}
+reconstruction_threshold = {threshold}
+max_weight = 1000
+timeout = {timeout}
+{extra}
+"""
+
+
+@dataclass
+class LoopbackFederation:
+    """One coordinator and its sites under `root`; `start()` brings them up, `stop()` takes everything down."""
+
+    root: Path
+    site_names: Sequence[str] = DEFAULT_SITES
+    policy: str = "max_epsilon = 50.0\nmin_noise_multiplier = 0.5"
+    env: dict[str, str] = field(default_factory=dict)
+    procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+    site_dirs: dict[str, Path] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.state = self.root / "coordinator"
+        self.front = free_port()
+        self.runtime_port = free_port()
+
+    @classmethod
+    def in_temp(cls, *, prefix: str = "fedhaven-loopback-", **kwargs: object) -> LoopbackFederation:
+        """A federation in a fresh folder under /tmp that other local accounts may traverse (0755), so that only
+        the coordinator's own permissions keep them out."""
+        root = Path(tempfile.mkdtemp(prefix=prefix))
+        root.chmod(0o755)
+        return cls(root=root, **kwargs)  # type: ignore[arg-type]
+
+    # ----- set-up -----
+    def provision(self) -> None:
+        """`fl-server init`, then for every site: keygen, data, `fl-server site add --public-key`, site.toml."""
+        from fedhaven.shared.data import load_digits_data
+        from fedhaven.shared.partition import partition_iid
+
+        res = cli("fl-server", "init", "--state-dir", str(self.state), "--name", "localhost", "--listen",
+                  f"127.0.0.1:{self.front}", "--superlink-port", str(self.runtime_port))
+        _check(res, "fl-server init")
+        parts = partition_iid(num_examples=len(load_digits_data(split="train")), num_sites=len(self.site_names),
+                              seed=0)
+        for name, index in zip(self.site_names, parts, strict=True):
+            self.site_dirs[name] = self.add_site_dir(name, register=True, data_index=index)
+
+    def add_site_dir(self, name: str, *, register: bool, data_index: Sequence[int] | None = None) -> Path:
+        """A site's folder: its key pair, its digits part as IDX files, the CA certificate and site.toml."""
+        import numpy as np
+
+        from fedhaven.shared.data import load_digits_data, save_idx
+
+        site = self.root / name
+        site.mkdir()
+        _check(cli("fl-client", "keygen", "--out", str(site)), "fl-client keygen")
+        digits = load_digits_data(split="train")
+        save_idx(digits.subset(np.asarray(data_index if data_index is not None else np.arange(300))),
+                 site / "data", split="train")
+        if register:
+            _check(cli("fl-server", "site", "add", name, "--public-key", str(site / "site.pub"), "--state-dir",
+                       str(self.state)), "fl-server site add")
+            (site / "ca.pem").write_bytes((self.state / "sites" / name / "ca.pem").read_bytes())
+        else:
+            (site / "ca.pem").write_bytes((self.state / "pki" / "ca.pem").read_bytes())
+        (site / "site.toml").write_text(f"""
+name = "{name}"
+clientappio_port = {free_port()}
+[coordinator]
+address = "localhost:{self.front}"
+ca_cert = "ca.pem"
+[data]
+source = "idx"
+path = "data"
+[policy]
+{self.policy}
+""")
+        # a new site starts its privacy ledger explicitly; it refuses to train until then
+        _check(cli("fl-client", "ledger", "init", "--config", str(site / "site.toml")), "fl-client ledger init")
+        return site
+
+    def spawn(self, name: str, *args: str) -> subprocess.Popen:
+        """Start a long-running command, its output appended to `root/<name>.log`."""
+        with (self.root / f"{name}.log").open("a") as log:
+            proc = subprocess.Popen([str(BIN / args[0]), *args[1:]], stdout=log, stderr=subprocess.STDOUT,
+                                    env=command_env(self.env), cwd=self.root)
+        self.procs[name] = proc
+        return proc
+
+    def start_coordinator(self, *, timeout: float = 90) -> None:
+        """`fl-server start`; returns once this very process has written its coordinator.json."""
+        proc = self.spawn("coordinator", "fl-server", "start", "--state-dir", str(self.state))
+        deadline = time.monotonic() + timeout
+        while (self.runtime() or {}).get("pid") != proc.pid:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the coordinator did not start:\n{self.log('coordinator')[-3000:]}")
+            time.sleep(0.3)
+
+    def start_site(self, name: str) -> subprocess.Popen:
+        return self.spawn(name, "fl-client", "start", "--config", str(self.site_dirs[name] / "site.toml"))
+
+    def start(self, *, online_timeout: float = 90) -> LoopbackFederation:
+        """Provision (once), start the coordinator and every site, and wait until all sites are online."""
+        if not self.state.exists():
+            self.provision()
+        self.start_coordinator()
+        for name in self.site_names:
+            self.start_site(name)
+        self.wait_online(len(self.site_names), timeout=online_timeout)
+        return self
+
+    # ----- observing -----
+    def runtime(self) -> dict | None:
+        try:
+            return json.loads((self.state / "coordinator.json").read_text())
+        except (OSError, ValueError):
+            return None
+
+    def log(self, name: str) -> str:
+        try:
+            return (self.root / f"{name}.log").read_text()
+        except OSError:
+            return ""
+
+    def status(self) -> subprocess.CompletedProcess:
+        return cli("fl-server", "status", "--state-dir", str(self.state))
+
+    def online(self) -> int:
+        res = self.status()
+        return (res.stdout + res.stderr).count(" online")
+
+    def wait_online(self, n: int, *, timeout: float = 90) -> None:
+        deadline = time.monotonic() + timeout
+        while self.online() < n:
+            if time.monotonic() > deadline:
+                res = self.status()
+                raise RuntimeError(f"{n} sites did not come online:\n{res.stdout}{res.stderr}")
+            time.sleep(1)
+
+    def wait_for_log(self, name: str, text: str, *, count: int = 1, timeout: float = 300) -> None:
+        """Block until `text` appears `count` times in a process's log (e.g. a site's executor task lines)."""
+        deadline = time.monotonic() + timeout
+        while self.log(name).count(text) < count:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{text!r} did not appear {count}x in {name}.log within {timeout:.0f} s")
+            time.sleep(0.05)
+
+    # ----- runs -----
+    def write_run(self, text: str) -> Path:
+        path = self.root / f"run-{time.monotonic_ns()}.toml"
+        path.write_text(text)
+        return path
+
+    def run(self, text: str | None = None, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+        """`fl-server run` of `text` (default: `run_toml()`), as the operator, to the end."""
+        return cli("fl-server", "run", str(self.write_run(text or run_toml())), "--state-dir", str(self.state),
+                   *args, timeout=timeout)
+
+    def submit(self, text: str | None = None, *args: str) -> subprocess.Popen:
+        """`fl-server run` in the background (output in `root/operator.log`)."""
+        return self.spawn("operator", "fl-server", "run", str(self.write_run(text or run_toml())), "--state-dir",
+                          str(self.state), *args)
+
+    @staticmethod
+    def run_dir_of(output: str) -> Path:
+        """The run directory `fl-server run` named in its output."""
+        for line in output.splitlines():
+            if "submitted; results in " in line:
+                return Path(line.rsplit("results in ", 1)[1].strip())
+        raise RuntimeError(f"fl-server run named no run directory:\n{output[-3000:]}")
+
+    # ----- faults and teardown -----
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        """Send `sig` to one process started here (a site, the coordinator, the operator's command)."""
+        proc = self.procs[name]
+        if proc.poll() is None:
+            proc.send_signal(sig)
+        if sig in (signal.SIGKILL, signal.SIGTERM):
+            proc.wait(timeout=60)
+
+    def site_pids(self, name: str) -> list[int]:
+        """A running site's processes: `fl-client start`, its SuperNode and its executor."""
+        rt = json.loads((self.site_dirs[name] / "state" / "site.json").read_text())
+        return [int(rt["pid"]), *(int(v) for k, v in rt.items() if k != "pid")]
+
+    def signal_site(self, name: str, sig: int) -> None:
+        """Send `sig` to all of a site's processes at once (SIGSTOP freezes it, SIGKILL is a power cut)."""
+        for pid in self.site_pids(name):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        if sig == signal.SIGKILL:
+            self.procs[name].wait(timeout=60)
+
+    def stop(self) -> None:
+        """Sites first, all at once, then the coordinator (`fl-server stop`), then anything left, by PID."""
+        sites = [p for n, p in self.procs.items() if n in self.site_dirs]
+        for proc in sites:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGCONT)
+                proc.send_signal(signal.SIGTERM)
+        cli("fl-server", "stop", "--state-dir", str(self.state), timeout=90)
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGCONT)
+                proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def _check(res: subprocess.CompletedProcess, what: str) -> None:
+    if res.returncode != 0:
+        raise RuntimeError(f"{what} failed ({res.returncode}):\n{res.stdout}{res.stderr}")
