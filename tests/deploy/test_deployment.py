@@ -77,7 +77,7 @@ def test_a_deleted_ledger_stops_the_site_until_its_operator_acts(federation):
         assert res.returncode == 1 and "is missing, but its anchor" in res.stderr
         res = federation.cli("fl-client", "check", "--config", str(site / "site.toml"))
         assert res.returncode == 2 and "is missing, but its anchor" in res.stderr
-        res = _run_rounds(federation, rounds=1, target=_spent(federation) + 2.0)
+        res = _run_rounds(federation, rounds=1, target=_spent(federation) + 0.5)
         out = res.stdout + res.stderr
         assert f"{federation.sites[0]} refuses to train until its operator acts" in out and "is missing" in out, out
         assert not ledger.path.exists()  # nothing was trained or recorded: no fresh ledger appeared
@@ -92,15 +92,21 @@ def test_a_rolled_back_ledger_and_anchor_are_caught_by_the_coordinators_witness(
     ledger = Ledger.in_dir(site / "state")
     shutil.copy(ledger.path, tmp_path / "ledger")
     shutil.copy(ledger.anchor_path, tmp_path / "anchor")
-    res = _run_rounds(federation, rounds=1, target=_spent(federation) + 2.0)
+    res = _run_rounds(federation, rounds=1, target=_spent(federation) + 0.5)
     assert res.returncode == 0, res.stdout + res.stderr
+    newest = ledger.path.read_bytes(), ledger.anchor_path.read_bytes()
     shutil.copy(tmp_path / "ledger", ledger.path)
     shutil.copy(tmp_path / "anchor", ledger.anchor_path)
     assert federation.cli("fl-client", "ledger", "verify", "--config", str(site / "site.toml")).returncode == 0
-    res = _run_rounds(federation, rounds=1, target=_spent(federation) + 2.0)
-    out = res.stdout + res.stderr
-    assert f"{federation.sites[1]} refuses to train until its operator acts" in out and "does not contain it" in out
-    assert len(ledger.entries()) == len(Ledger(tmp_path / "ledger", anchor=tmp_path / "anchor").entries())
+    try:
+        res = _run_rounds(federation, rounds=1, target=_spent(federation) + 0.5)
+        out = res.stdout + res.stderr
+        assert f"{federation.sites[1]} refuses to train until its operator acts" in out, out
+        assert "does not contain it" in out
+        assert len(ledger.entries()) == len(Ledger(tmp_path / "ledger", anchor=tmp_path / "anchor").entries())
+    finally:  # the operator's first remedy: restore the newest ledger and anchor
+        ledger.path.write_bytes(newest[0])
+        ledger.anchor_path.write_bytes(newest[1])
 
 
 def _run_rounds(federation, *, rounds: int, target: float):
