@@ -1,13 +1,20 @@
-"""The privacy ledger: hash chain, tamper detection by entry, accountant rebuilt from it."""
+"""The privacy ledger: hash chain, tamper detection by entry, anchor and witness, explicit init/reset, the lock."""
 
 from __future__ import annotations
 
+import fcntl
 import json
+import shutil
+import subprocess
+import sys
+from dataclasses import asdict, replace
 
 import pytest
 
+from fedhaven.client.anchor import read_anchor
 from fedhaven.client.ledger import GENESIS, Ledger, LedgerError
 from fedhaven.shared.accounting import PrivacyHistory, epsilon
+from fedhaven.shared.witness import Witness
 
 
 def _append(ledger: Ledger, n: int, run_id: int = 7) -> None:
@@ -17,9 +24,16 @@ def _append(ledger: Ledger, n: int, run_id: int = 7) -> None:
         hist = hist.add(noise_multiplier=1.2, sample_rate=0.05, steps=20)
         after = epsilon(history=hist, delta=1e-5)
         ledger.append(site="hospital-a", run_id=run_id, server_round=r, model="lenet", update_sha256="ab" * 32,
-                      weights_sha256="cd" * 32, update_l2_norm=3.5, num_examples=400, noise_multiplier=1.2, sample_rate=0.05, steps=20,
-                      delta=1e-5, accountant="rdp", epsilon_before=before, epsilon_after=after,
-                      cumulative_epsilon=after)
+                      weights_sha256="cd" * 32, update_l2_norm=3.5, num_examples=400, noise_multiplier=1.2,
+                      sample_rate=0.05, steps=20, delta=1e-5, accountant="rdp", epsilon_before=before,
+                      epsilon_after=after, cumulative_epsilon=after)
+
+
+@pytest.fixture
+def ledger(tmp_path) -> Ledger:
+    led = Ledger.in_dir(tmp_path / "state")
+    led.init(site="hospital-a")
+    return led
 
 
 def _lines(ledger: Ledger) -> list[dict]:
@@ -30,78 +44,197 @@ def _write(ledger: Ledger, lines: list[dict]) -> None:
     ledger.path.write_text("".join(json.dumps(x, sort_keys=True) + "\n" for x in lines))
 
 
-def test_chain_and_history_across_runs(tmp_path):
-    ledger = Ledger.in_dir(tmp_path)
+def _witness(ledger: Ledger) -> Witness:
+    """What the coordinator holds after receiving the newest update."""
+    last = ledger.entries()[-1]
+    return Witness(site="hospital-a", seq=last.seq, prev_hash=last.prev_hash)
+
+
+def test_chain_anchor_and_history_across_runs(tmp_path):
+    ledger = Ledger.in_dir(tmp_path / "state")
     assert ledger.head() == GENESIS and ledger.history() == PrivacyHistory()
+    assert any("never initialised" in p for p in ledger.check())  # no ledger, no anchor: refuse, never "fresh"
+    ledger.init(site="hospital-a")
+    assert ledger.anchor_path == tmp_path / "state.ledger-anchor.json"  # outside the state directory
     _append(ledger, 2, run_id=1)
-    _append(Ledger.in_dir(tmp_path), 2, run_id=2)  # a restart: a new object on the same file
+    _append(Ledger.in_dir(tmp_path / "state"), 2, run_id=2)  # a restart: a new object on the same files
     entries = ledger.entries()
-    assert [e.seq for e in entries] == [0, 1, 2, 3]
+    assert [e.seq for e in entries] == [0, 1, 2, 3, 4] and entries[0].kind == "init"
     assert entries[0].prev_hash == GENESIS and all(b.prev_hash == a.hash for a, b in zip(entries, entries[1:]))
-    assert ledger.verify().ok and ledger.verify().entries == 4
+    assert ledger.verify().ok and ledger.verify().entries == 5
     assert ledger.history().total_steps == 80
     assert entries[-1].cumulative_epsilon == pytest.approx(epsilon(history=ledger.history(), delta=1e-5))
-    assert ledger.head() == entries[-1].hash
+    anchor = read_anchor(ledger.anchor_path)
+    assert (anchor.entries, anchor.head) == (5, ledger.head())
 
 
 @pytest.mark.parametrize(("tamper", "expect"), [
-    (lambda ls: ls[1].update({"epsilon_after": 0.01}), "entry 2 (seq 1, run 7, round 2): contents do not match"),
-    (lambda ls: ls.pop(1), "entry 2 (seq 2, run 7, round 3): expected seq 1: entries were deleted"),
-    (lambda ls: ls.insert(1, ls.pop(2)), "entries were reordered"),
-    (lambda ls: ls.pop(), None),  # dropping the newest entry is only visible against an outside copy of the head
+    (lambda ls: ls[2].update({"epsilon_after": 0.01}), "entry 3 (seq 2, run 7, round 2): contents do not match"),
+    (lambda ls: ls.pop(2), "entry 3 (seq 3, run 7, round 3): expected seq 2: entries were deleted"),
+    (lambda ls: ls.insert(2, ls.pop(3)), "entries were reordered"),
+    (lambda ls: ls.pop(), "truncated: it holds 4 entries but its anchor"),  # newest entry dropped
+    (lambda ls: ls.clear(), "truncated: it holds 0 entries"),  # emptied
 ])
-def test_tampering_is_named(tmp_path, tamper, expect):
-    ledger = Ledger.in_dir(tmp_path)
+def test_tampering_is_named(ledger, tamper, expect):
     _append(ledger, 4)
-    head = ledger.head()
     lines = _lines(ledger)
     tamper(lines)
     _write(ledger, lines)
     report = ledger.verify()
-    if expect is None:
-        assert report.ok and ledger.head() != head
-    else:
-        assert not report.ok
-        assert any(expect in p for p in report.problems), report.problems
+    assert not report.ok
+    assert any(expect in p for p in report.problems), report.problems
+    assert ledger.check()  # the cheap per-round check sees it too
 
 
-def test_recomputed_hash_still_breaks_the_link(tmp_path):
-    ledger = Ledger.in_dir(tmp_path)
+def test_a_deleted_ledger_is_not_a_fresh_budget(ledger):
+    _append(ledger, 2)
+    ledger.path.unlink()
+    problems = ledger.check()
+    assert len(problems) == 1 and "is missing, but its anchor" in problems[0] and "held 3 entries" in problems[0]
+    assert "fl-client ledger reset" in problems[0]
+    with pytest.raises(LedgerError, match="had a ledger, which is missing"):
+        ledger.init(site="hospital-a")  # a lost file never becomes a new site by accident
+    ledger.anchor_path.unlink()  # both gone (e.g. the disk): still refused, the operator must act
+    assert "never initialised" in ledger.check()[0]
+
+
+def test_a_replaced_ledger_of_the_same_length_is_caught(ledger, tmp_path):
+    _append(ledger, 2)
+    other = Ledger.in_dir(tmp_path / "other")
+    other.init(site="hospital-a")
+    _append(other, 2)
+    shutil.copy(other.path, ledger.path)  # a valid chain, but not this site's
+    assert any("replaced or rolled back" in p for p in ledger.check())
+
+
+def test_a_consistent_rollback_of_ledger_and_anchor_is_caught_by_the_witness(ledger, tmp_path):
+    _append(ledger, 1)
+    backup = tmp_path / "backup"
+    backup.mkdir()
+    shutil.copy(ledger.path, backup / "ledger")
+    shutil.copy(ledger.anchor_path, backup / "anchor")
+    _append(ledger, 2)
+    seen = _witness(ledger)  # the coordinator received the newest update
+    assert ledger.check(witness=seen) == []
+    shutil.copy(backup / "ledger", ledger.path)  # a full restore of an older backup
+    shutil.copy(backup / "anchor", ledger.anchor_path)
+    assert ledger.check() == []  # locally consistent: only the coordinator's witness can tell
+    problems = ledger.check(witness=seen)
+    assert len(problems) == 1 and "does not contain it" in problems[0]
+    assert f"--accept-witness {seen.key()}" in problems[0]
+    # the operator records the loss: appended, with the witness, and the chain verifies again
+    entry = ledger.reset(site="hospital-a", reason="restored from Monday's backup", accept_witness=seen)
+    assert entry.kind == "reset" and entry.witness == seen.key() and "accepted as lost" in entry.acknowledged
+    assert ledger.check(witness=seen) == [] and ledger.verify().ok
+    assert ledger.history() == PrivacyHistory()  # a fresh budget, recorded in the chain
+
+
+def test_a_crash_between_append_and_anchor_is_not_a_rollback(ledger):
+    _append(ledger, 1)
+    stale = ledger.anchor_path.read_text()
+    _append(ledger, 1)
+    ledger.anchor_path.write_text(stale)  # the anchor one entry behind: the ledger extends it
+    assert ledger.check() == []
+
+
+def test_a_missing_anchor_is_named_and_re_anchoring_keeps_the_budget(ledger):
+    _append(ledger, 2)
+    spent = ledger.history()
+    ledger.anchor_path.unlink()
+    assert any("anchor" in p and "is missing" in p for p in ledger.check())
+    entry = ledger.reset(site="hospital-a", reason="anchor disk replaced", fresh_budget=False)
+    assert entry.fresh_budget is False and "is missing" in entry.acknowledged
+    assert ledger.check() == [] and ledger.verify().ok and ledger.history() == spent
+
+
+def test_reset_of_a_damaged_chain_moves_it_aside(ledger):
+    _append(ledger, 2)
+    lines = _lines(ledger)
+    lines[1]["steps"] = 1
+    _write(ledger, lines)
+    ledger.reset(site="hospital-a", reason="someone edited the ledger")
+    aside = list(ledger.path.parent.glob("privacy-ledger.jsonl.damaged-*"))
+    assert len(aside) == 1 and len(aside[0].read_text().splitlines()) == 3  # kept, never deleted
+    entries = ledger.entries()
+    assert [e.kind for e in entries] == ["reset"] and str(aside[0]) in entries[0].acknowledged
+    assert ledger.verify().ok
+
+
+def test_init_and_reset_are_explicit(ledger):
+    with pytest.raises(LedgerError, match="already exists"):
+        ledger.init(site="hospital-a")
+    with pytest.raises(LedgerError, match="needs a --reason"):
+        ledger.reset(site="hospital-a", reason=" ")
+
+
+def test_entries_written_before_the_new_fields_still_verify(tmp_path):
+    """Entries without `kind` (older fedhaven) hash as they were written."""
+    from fedhaven.client.ledger import LedgerEntry
+
+    ledger = Ledger.in_dir(tmp_path / "state")
+    ledger.init(site="a")
+    _append(ledger, 1)
+    old = {k: v for k, v in _lines(ledger)[1].items()
+           if k not in ("kind", "reason", "acknowledged", "fresh_budget", "witness")}
+    assert LedgerEntry(**old).computed_hash() == old["hash"]
+
+
+def test_recomputed_hash_still_breaks_the_link(ledger):
     _append(ledger, 3)
     entries = ledger.entries()
-    from dataclasses import asdict, replace
-
-    forged = replace(entries[0], steps=1)
+    forged = replace(entries[1], steps=1)
     forged = replace(forged, hash=forged.computed_hash())  # a careful forger re-hashes the edited entry
     lines = _lines(ledger)
-    lines[0] = asdict(forged)
+    lines[1] = asdict(forged)
     _write(ledger, lines)
     problems = ledger.verify().problems
-    assert any("entry 2" in p and "does not link" in p for p in problems)
+    assert any("entry 3" in p and "does not link" in p for p in problems)
 
 
-def test_unreadable_line(tmp_path):
-    ledger = Ledger.in_dir(tmp_path)
+def test_unreadable_line(ledger):
     _append(ledger, 1)
     with ledger.path.open("a") as fh:
         fh.write("{not json\n")
-    with pytest.raises(LedgerError, match=":2: unreadable"):
+    with pytest.raises(LedgerError, match=":3: unreadable"):
         ledger.entries()
     assert not ledger.verify().ok
 
 
-def test_a_consistently_rehashed_forgery_is_caught_by_recomputing_epsilon(tmp_path):
-    from dataclasses import asdict, replace
+def test_a_consistently_rehashed_forgery_is_caught_by_recomputing_epsilon(ledger):
+    from fedhaven.client.anchor import Anchor, write_anchor
 
-    ledger = Ledger.in_dir(tmp_path)
     _append(ledger, 3)
-    forged, prev = [], "0" * 64
-    for e in ledger.entries():  # lower every recorded epsilon and rebuild a valid chain
-        e = replace(e, prev_hash=prev, epsilon_after=e.epsilon_after / 2)
+    forged, prev = [], GENESIS
+    for e in ledger.entries():  # lower every recorded epsilon, rebuild a valid chain and its anchor
+        if e.kind == "update":
+            e = replace(e, epsilon_after=e.epsilon_after / 2)
+        e = replace(e, prev_hash=prev)
         e = replace(e, hash=e.computed_hash())
         forged.append(asdict(e))
         prev = e.hash
     _write(ledger, forged)
+    write_anchor(ledger.anchor_path, Anchor(entries=4, head=prev, site="hospital-a", ledger="x", time=0.0))
     problems = ledger.verify().problems
     assert len(problems) == 3 and all("but the noise, sample rates and steps up to it give" in p for p in problems)
     assert ledger.verify(recompute=False).ok
+
+
+def test_the_lock_holds_across_processes(ledger):
+    """A second process cannot take the site's ledger lock while the first holds it."""
+    lock = ledger.path.with_name(ledger.path.name + ".lock")
+    code = (f"from fedhaven.client.ledger import Ledger\nimport sys\nl = Ledger.in_dir({str(ledger.path.parent)!r})\n"
+            f"with l.locked():\n    print('held', flush=True)\n    sys.stdin.readline()\n")
+    child = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "held"
+        with open(lock, "a") as fh:
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            child.stdin.write("\n")
+            child.stdin.flush()
+            assert child.wait(timeout=30) == 0
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)  # free once the holder is done
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()

@@ -58,6 +58,7 @@ def site(tmp_path, monkeypatch):
     save_idx(load_digits_data(split="train").subset(np.arange(200)), tmp_path / "data", split="train")
     (tmp_path / "site.toml").write_text(SITE_TOML.format(data=tmp_path / "data"))
     deployment._config.cache_clear()
+    load_site_config(tmp_path / "site.toml").ledger().init(site="hospital-a")
     return tmp_path, reads
 
 
@@ -88,7 +89,7 @@ def _refused(site, task, *, secagg=True) -> str:
     with pytest.raises(TaskRefused) as err:
         deployment.app(_message(task, secagg=secagg), _context(path))
     assert reads == [], "the site read its data for a refused task"
-    assert not Ledger.in_dir(path / "state").path.exists() or len(Ledger.in_dir(path / "state").entries()) == 0
+    assert [e.kind for e in Ledger.in_dir(path / "state").entries()] in ([], ["init"])  # nothing was recorded
     assert "nothing was trained or sent" in str(err.value)
     return str(err.value)
 
@@ -108,33 +109,74 @@ def test_dp_off_and_unknown_model_are_listed_together(site):
     assert "only trains with differential privacy" in why and "model 'mlp' is not allowed" in why
 
 
+def _spend(path, *, noise=0.5, rate=0.5, steps=400) -> Ledger:
+    """Record an earlier update (epsilon about 50 with the defaults) in the site's ledger."""
+    ledger = load_site_config(path / "site.toml").ledger()
+    eps = __import__("fedhaven.shared.accounting", fromlist=["epsilon"]).epsilon(
+        history=ledger.history().add(noise_multiplier=noise, sample_rate=rate, steps=steps), delta=1e-5)
+    ledger.append(site="hospital-a", run_id=0, server_round=1, model="lenet", update_sha256="0" * 64,
+                  weights_sha256="0" * 64, update_l2_norm=1.0, num_examples=200, noise_multiplier=noise,
+                  sample_rate=rate, steps=steps, delta=1e-5, accountant="rdp", epsilon_before=0.0,
+                  epsilon_after=eps, cumulative_epsilon=eps)
+    return ledger
+
+
 def test_epsilon_over_budget(site):
     path, _ = site
-    ledger = Ledger.in_dir(path / "state")
-    ledger.append(site="hospital-a", run_id=0, server_round=1, model="lenet", update_sha256="0" * 64,
-                  weights_sha256="0" * 64, update_l2_norm=1.0, num_examples=200, noise_multiplier=0.5,
-                  sample_rate=0.5, steps=400, delta=1e-5, accountant="rdp", epsilon_before=0.0,
-                  epsilon_after=50.0, cumulative_epsilon=50.0)
+    ledger = _spend(path)
     with pytest.raises(TaskRefused) as err:
         deployment.app(_message(_task(), secagg=True), _context(path))
-    assert "privacy budget is spent" in str(err.value) and "of 4 " in str(err.value)
-    assert len(ledger.entries()) == 1  # nothing new left the site
+    why = str(err.value)
+    assert "this site's own privacy budget is spent" in why and "of 4 (policy.max_epsilon" in why
+    assert len(ledger.entries()) == 2  # nothing new left the site
+
+
+def test_the_run_target_is_named_apart_from_the_site_budget(site):
+    """Spent ~1.3 with a site budget of 4: a run targeting 1 is refused for the *run's* target."""
+    path, reads = site
+    _spend(path, noise=1.5, rate=0.1, steps=100)
+    task = _task()
+    task = replace(task, dp=replace(task.dp, target_epsilon=1.0))
+    with pytest.raises(TaskRefused) as err:
+        deployment.app(_message(task, secagg=True), _context(path))
+    why = str(err.value)
+    assert "run's privacy target is reached" in why and "dp.target_epsilon = 1" in why
+    assert "this site's own budget (policy.max_epsilon = 4) has" in why and "budget is spent" not in why
+    assert reads == []
+
+
+@pytest.mark.parametrize("damage", ["delete", "truncate", "replace"])
+def test_a_damaged_ledger_stops_the_site_before_it_reads_data(site, damage, tmp_path):
+    path, reads = site
+    ledger = _spend(path, noise=3.0, rate=0.01, steps=10)
+    if damage == "delete":
+        ledger.path.unlink()
+    elif damage == "truncate":
+        ledger.path.write_text(ledger.path.read_text().splitlines(keepends=True)[0])
+    else:  # a valid chain of the same length and site name, from another state directory
+        other = Ledger.in_dir(tmp_path / "other")
+        other.init(site="hospital-a")
+        other.append(**{k: v for k, v in vars(ledger.entries()[1]).items()
+                        if k not in ("seq", "prev_hash", "time", "hash")})
+        ledger.path.write_bytes(other.path.read_bytes())
+    with pytest.raises(TaskRefused) as err:
+        deployment.app(_message(_task(), secagg=True), _context(path))
+    why = str(err.value)
+    assert "refuses to train until its operator acts" in why and "nothing was trained or sent" in why
+    assert {"delete": "is missing", "truncate": "truncated", "replace": "replaced or rolled back"}[damage] in why
+    assert reads == []
 
 
 def test_policy_caps_the_noise_choice_to_the_site_budget(site):
     """A task targeting more epsilon than the site allows trains within the site's budget instead."""
-    from fedhaven.client.site import SiteTrainer
-    from fedhaven.client.types import PrivacyState, Site, SiteInfo
+    from fedhaven.client.policy import plan_round
+    from fedhaven.shared.accounting import PrivacyHistory, PrivacyStep, epsilon
 
     path, _ = site
     cfg = load_site_config(path / "site.toml")
-    data = load_digits_data(split="train").subset(np.arange(200))
-    trainer = SiteTrainer(site=Site(info=SiteInfo(name="a", policy=cfg.policy), data=data))
     loose = _task()
     loose = replace(loose, dp=replace(loose.dp, target_epsilon=50.0))
-    noise = trainer.choose_noise(task=loose, privacy=PrivacyState())
-    from fedhaven.shared.accounting import PrivacyStep, epsilon
-    from fedhaven.shared.training import schedule
-
-    q, steps = schedule(num_examples=200, batch_size=32, local_epochs=1)
-    assert epsilon(history=[PrivacyStep(noise, q, steps * 3)], delta=cfg.policy.delta) <= cfg.policy.max_epsilon
+    plan = plan_round(task=loose, policy=cfg.policy, history=PrivacyHistory(), num_examples=200)
+    planned = epsilon(history=[PrivacyStep(plan.noise_multiplier, plan.sample_rate, plan.steps * 3)],
+                      delta=cfg.policy.delta)
+    assert planned <= cfg.policy.max_epsilon and planned > 0.95 * cfg.policy.max_epsilon

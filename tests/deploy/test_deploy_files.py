@@ -528,8 +528,11 @@ def systemd_problems(site: dict[str, str], coord: dict[str, str], site_toml: dic
         if path != f"/etc/fedhaven/{want}":
             problems.append(f"the site reads its {want} from {path}, not /etc/fedhaven/{want}")
     site_state = posixpath.normpath(posixpath.join(bundle, site_toml["state_dir"]))
-    if unit_writable(site) != {site_state}:
-        problems.append(f"the site unit may write {sorted(unit_writable(site))}; only its state_dir {site_state}")
+    anchor = site_toml.get("ledger_anchor") or f"{site_state}.ledger-anchor.json"  # the ledger's anchor file
+    anchor_dir = posixpath.dirname(posixpath.normpath(posixpath.join(bundle, anchor)))
+    if unit_writable(site) != {site_state, anchor_dir}:
+        problems.append(f"the site unit may write {sorted(unit_writable(site))}; only its state_dir {site_state} "
+                        f"and its ledger anchor's folder {anchor_dir}")
     if unit_writable(coord) != {coord_state}:
         problems.append(f"the coordinator unit may write {sorted(unit_writable(coord))}; only {coord_state}")
     if overlap(site_state, coord_state):
@@ -547,7 +550,7 @@ def systemd_problems(site: dict[str, str], coord: dict[str, str], site_toml: dic
     readable = unit_paths(site, "ReadOnlyPaths", "BindReadOnlyPaths") | unit_writable(site)
     if coord_state not in unit_paths(site, "InaccessiblePaths") or any(overlap(p, coord_state) for p in readable):
         problems.append(f"the site unit can reach the coordinator's state {coord_state} (InaccessiblePaths=)")
-    for path in (bundle, site_state):
+    for path in (bundle, site_state, anchor_dir):
         if path not in unit_paths(coord, "InaccessiblePaths"):
             problems.append(f"the coordinator unit can reach a site's {path} on the same host (InaccessiblePaths=)")
     return problems

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import httpx
 import pytest
 
 from fedhaven.client.ledger import Ledger
+from fedhaven.shared.accounting import epsilon
 from fedhaven.shared.crypto import make_ca
+from fedhaven.sim.loopback import LoopbackFederation, run_toml
 
 pytestmark = pytest.mark.slow
 
@@ -30,8 +33,11 @@ def test_two_rounds_of_dp_secagg_training_over_tls(federation):
         eps = privacy["sites"][name]["epsilon"]
         assert 0 < eps <= 6.0
         ledger = Ledger.in_dir(d / "state")
-        assert ledger.verify().ok and len(ledger.entries()) == n + 2
+        assert ledger.verify().ok and len(ledger.entries()) == n + 2 and ledger.entries()[0].kind == "init"
         assert ledger.entries()[-1].epsilon_after == pytest.approx(eps)  # the site's record matches the report
+    witnesses = json.loads((federation.state / "runs" / "ledger-witnesses.json").read_text())["sites"]
+    for name, d in zip(federation.sites, federation.site_dirs_list):  # what the coordinator saw of each ledger
+        assert witnesses[name]["seq"] == len(Ledger.in_dir(d / "state").entries()) - 1
     assert (run_dir / "model.pt").exists() and (run_dir / "checkpoints" / "round-002.pt").exists()
     assert "Privacy report" in res.stdout + res.stderr
 
@@ -46,12 +52,74 @@ def test_policy_violation_is_refused_and_nothing_is_trained(federation):
     assert after == before
 
 
+def _spent(federation) -> float:
+    """The most any site has spent (epsilon at 1e-5), from the sites' own ledgers."""
+    return max(epsilon(history=Ledger.in_dir(d / "state").history(), delta=1e-5) for d in federation.site_dirs_list)
+
+
+def test_a_run_every_site_refuses_fails_and_names_the_runs_target(federation):
+    """Sites spent several epsilon of their own 50; a run targeting 1 trains nothing: exit 1, the run's reason."""
+    assert _spent(federation) > 1.0
+    res = federation.run(retries=0, target=1.0)
+    out = res.stdout + res.stderr
+    assert res.returncode == 1, out
+    assert "run's privacy target is reached" in out and "dp.target_epsilon = 1" in out
+    assert "no round produced an aggregate" in out and "finished: completed" not in out
+
+
+def test_a_deleted_ledger_stops_the_site_until_its_operator_acts(federation):
+    site = federation.site_dirs_list[0]
+    ledger = Ledger.in_dir(site / "state")
+    aside = site / "ledger-backup.jsonl"
+    ledger.path.rename(aside)
+    try:
+        res = federation.cli("fl-client", "ledger", "verify", "--config", str(site / "site.toml"))
+        assert res.returncode == 1 and "is missing, but its anchor" in res.stderr
+        res = federation.cli("fl-client", "check", "--config", str(site / "site.toml"))
+        assert res.returncode == 2 and "is missing, but its anchor" in res.stderr
+        res = _run_rounds(federation, rounds=1, target=_spent(federation) + 0.5)
+        out = res.stdout + res.stderr
+        assert f"{federation.sites[0]} refuses to train until its operator acts" in out and "is missing" in out, out
+        assert not ledger.path.exists()  # nothing was trained or recorded: no fresh ledger appeared
+    finally:
+        aside.rename(ledger.path)
+    assert federation.cli("fl-client", "ledger", "verify", "--config", str(site / "site.toml")).returncode == 0
+
+
+def test_a_rolled_back_ledger_and_anchor_are_caught_by_the_coordinators_witness(federation, tmp_path):
+    """A full restore of an older backup (ledger and anchor) verifies locally; the coordinator's witness does not."""
+    site = federation.site_dirs_list[1]
+    ledger = Ledger.in_dir(site / "state")
+    shutil.copy(ledger.path, tmp_path / "ledger")
+    shutil.copy(ledger.anchor_path, tmp_path / "anchor")
+    res = _run_rounds(federation, rounds=1, target=_spent(federation) + 0.5)
+    assert res.returncode == 0, res.stdout + res.stderr
+    newest = ledger.path.read_bytes(), ledger.anchor_path.read_bytes()
+    shutil.copy(tmp_path / "ledger", ledger.path)
+    shutil.copy(tmp_path / "anchor", ledger.anchor_path)
+    assert federation.cli("fl-client", "ledger", "verify", "--config", str(site / "site.toml")).returncode == 0
+    try:
+        res = _run_rounds(federation, rounds=1, target=_spent(federation) + 0.5)
+        out = res.stdout + res.stderr
+        assert f"{federation.sites[1]} refuses to train until its operator acts" in out, out
+        assert "does not contain it" in out
+        assert len(ledger.entries()) == len(Ledger(tmp_path / "ledger", anchor=tmp_path / "anchor").entries())
+    finally:  # the operator's first remedy: restore the newest ledger and anchor
+        ledger.path.write_bytes(newest[0])
+        ledger.anchor_path.write_bytes(newest[1])
+
+
+def _run_rounds(federation, *, rounds: int, target: float):
+    """`fl-server run` of `rounds` rounds without retries to `target` (the shorthand `run` always does 2)."""
+    return LoopbackFederation.run(federation, run_toml(rounds=rounds, retries=0, target=target))
+
+
 def test_unregistered_site_is_not_admitted(federation):
     site = federation.site_dir("intruder", register=False)
     res = federation.cli("fl-client", "start", "--config", str(site / "site.toml"), timeout=120)
     assert res.returncode == 1
     assert "does not accept this site's key" in res.stderr, res.stdout + res.stderr
-    assert not (site / "state" / "privacy-ledger.jsonl").exists()
+    assert [e.kind for e in Ledger.in_dir(site / "state").entries()] == ["init"]  # nothing was trained
 
 
 def test_site_trusting_another_ca_is_stopped_before_connecting(federation, tmp_path):
@@ -62,6 +130,7 @@ def test_site_trusting_another_ca_is_stopped_before_connecting(federation, tmp_p
     (tmp_path / "site.toml").write_text(text.replace('path = "data"', f'path = "{site / "data"}"'))
     (tmp_path / "site.key").write_bytes((site / "site.key").read_bytes())
     os.chmod(tmp_path / "site.key", 0o600)
+    assert federation.cli("fl-client", "ledger", "init", "--config", str(tmp_path / "site.toml")).returncode == 0
     res = federation.cli("fl-client", "start", "--config", str(tmp_path / "site.toml"), timeout=60)
     assert res.returncode == 1
     assert "is not who the site's CA says it is" in res.stderr

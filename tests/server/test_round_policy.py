@@ -104,3 +104,90 @@ def test_short_reason_strips_ray_tracebacks():
             "site-01: budget spent\\n\\nThe above')")
     assert short_reason(text) == "site-01: budget spent"
     assert short_reason("Traceback:\n  File y\nValueError: bad value") == "ValueError: bad value"
+
+
+def test_an_attempt_without_aggregate_still_counts_what_sites_spent(recorder, tmp_path):
+    """Under SecAgg+ sites train and send metrics before unmasking fails: that spending is reported."""
+    trained = _ok(None, eps=(2.5, 3.5))
+    halted = FitOutcome(weights=None, log=trained.log, halted_stage="unmask")
+    _one_round(fed=FakeFederation([halted, _ok(_weights(), eps=(1.0, 2.0))]), run=recorder.run, server_round=1,
+               recorder=recorder, evaluator=None)
+    first = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
+    assert first["status"] == "failed" and first["epsilons"] == {"s0": 2.5, "s1": 3.5}
+
+
+def test_a_site_whose_reply_was_lost_is_bounded_by_the_run_target(recorder, tmp_path):
+    """A site asked to train that never answered may have trained and recorded it: its epsilon is bounded."""
+    lost = FitOutcome(weights=None, log=FitRoundLog(results=[], unanswered=["s1"]), halted_stage="collect")
+    ok = _ok(_weights(), eps=(1.0,))
+    _one_round(fed=FakeFederation([lost, ok]), run=recorder.run, server_round=2, recorder=recorder, evaluator=None)
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    target = recorder.run.dp.target_epsilon
+    assert lines[0]["unanswered"] == ["s1"] and lines[0]["epsilons"] == {"s1": target}
+    assert lines[1]["epsilon_max"] == target  # s1 has not reported since: still bounded
+    assert recorder.epsilons() == {"s0": 1.0, "s1": target}
+
+
+class FakeLegacyFederation:
+    """LegacyFederation for run_federation, with scripted outcomes."""
+
+    outcomes: list = []
+
+    def __init__(self, **kwargs):
+        self.script = list(FakeLegacyFederation.outcomes)
+
+    def weights(self):
+        return _weights()
+
+    def fit_round(self, server_round):
+        return self.script.pop(0)
+
+    def available_sites(self):
+        return 2
+
+    def close(self):
+        pass
+
+
+def _refused(reason):
+    return FitOutcome(weights=None, log=FitRoundLog(failures=[reason, reason]), halted_stage="collect")
+
+
+def test_a_run_in_which_no_round_aggregated_fails_and_says_why(tmp_path, monkeypatch):
+    """Issue 10: every site refused (the run's target was below what they had spent) and the run 'completed'."""
+    from fedhaven.server import federation
+    from fedhaven.server.recorder import NoRoundTrained
+
+    why = ("site a refused the task (nothing was trained or sent): the run's privacy target is reached: "
+           "dp.target_epsilon = 4 ...")
+    FakeLegacyFederation.outcomes = [_refused(why), _refused(why)]
+    monkeypatch.setattr(federation, "LegacyFederation", FakeLegacyFederation)
+    with pytest.raises(NoRoundTrained, match="no round produced an aggregate.*run's privacy target is reached"):
+        federation.run_federation(grid=None, context=None, run=RunConfig(rounds=3, round_retries=1),
+                                  run_dir=tmp_path, input_spec=SPEC, classes=("a", "b", "c"), evaluator=None,
+                                  max_weight=None)
+    report = json.loads((tmp_path / "privacy.json").read_text())
+    assert report["outcome"] == "failed" and "no round produced an aggregate" in report["stopped"]
+    assert report["rounds_completed"] == 0 and not (tmp_path / "model.pt").exists()
+
+
+def test_a_run_stopped_by_budgets_after_training_is_not_a_failure(tmp_path, monkeypatch):
+    from fedhaven.server import federation
+
+    why = "site a refused the task (nothing was trained or sent): this site's own privacy budget is spent: ..."
+    FakeLegacyFederation.outcomes = [_ok(_weights(), eps=(1.0, 2.0)), _refused(why), _refused(why)]
+    monkeypatch.setattr(federation, "LegacyFederation", FakeLegacyFederation)
+    result = federation.run_federation(grid=None, context=None, run=RunConfig(rounds=3, round_retries=1),
+                                       run_dir=tmp_path, input_spec=SPEC, classes=("a", "b", "c"), evaluator=None,
+                                       max_weight=None)
+    assert result.stopped and "too few sites have privacy budget left" in result.stopped
+    assert result.privacy.data["outcome"] == "stopped" and result.privacy.data["epsilon_max"] == 2.0
+
+
+def test_a_refusal_for_the_runs_target_is_recognised_through_flowers_escaping():
+    """Flower nests the site's message in reprs (run\\'s): the coordinator still sees a budget refusal."""
+    text = ("Error(code=0, reason=\"ClientAppException occurred. Message: site a refused the task (nothing was "
+            "trained or sent): the run\\'s privacy target is reached: dp.target_epsilon = 0.1\\\")")
+    reason = short_reason(text)
+    assert "the run's privacy target is reached" in reason and not reason.endswith("\\")
+    assert RoundFailed("x", reasons=(reason,)).budget_exhausted

@@ -60,7 +60,7 @@ def test_noise_for_budget_counts_what_was_spent_before():
     total = epsilon(history=prior.add(noise_multiplier=after, sample_rate=0.1, steps=50), delta=1e-5)
     assert total <= 4.0
     spent = PrivacyHistory().add(noise_multiplier=0.5, sample_rate=0.5, steps=500)
-    with pytest.raises(ValueError, match="budget is spent"):
+    with pytest.raises(ValueError, match="already spent reaches the target 1 "):
         noise_for_budget(target_epsilon=1.0, delta=1e-5, sample_rate=0.1, steps=10, prior=spent)
 
 

@@ -84,3 +84,32 @@ def test_roundtrip_through_flat_dicts():
     assert parse(ExperimentConfig, unflatten(flat)) == exp
     assert exp.run_config() == parse(RunConfig, {k: v for k, v in to_dict(exp).items()
                                                  if k not in ("name", "sites", "partition", "simulation", "site_policy")})
+
+
+def test_zero_noise_is_refused_unless_the_experiment_says_it_is_not_private():
+    """`dp.noise_multiplier = 0.0` used to run and report epsilon 0.0: now it names the three ways out."""
+    with pytest.raises(ConfigError) as err:
+        parse(RunConfig, {"dp": {"noise_multiplier": 0.0}, "central_dp": {"enabled": True, "noise_multiplier": 0.0}})
+    text = str(err.value)
+    assert "dp.noise_multiplier: 0 adds no noise" in text and "dp.allow_not_private = true" in text
+    assert "--no-dp" in text and "central_dp.allow_not_private = true" in text
+    run = parse(RunConfig, {"dp": {"noise_multiplier": 0.0, "allow_not_private": True}})
+    assert run.dp.not_private
+    assert not parse(RunConfig, {"dp": {"enabled": False, "noise_multiplier": 0.0}}).dp.not_private
+
+
+def test_auto_clipped_count_noise_always_passes_flowers_adaptive_check():
+    """Flower refuses noise >= 2 * count stddev in round 1; "auto" is valid by construction."""
+    from flwr.supercore.differential_privacy import compute_adaptive_noise_params
+
+    from fedhaven.shared.schema import CentralDPConfig
+
+    for z in (0.01, 0.5, 1.0, 3.0, 20.0):
+        for sites in (1, 2, 3, 10, 100, 5000):
+            c = parse(CentralDPConfig, {"enabled": True, "clipping": "adaptive", "noise_multiplier": z})
+            count, value = compute_adaptive_noise_params(z, sites, c.count_stddev(sites=sites))
+            assert count == c.count_stddev(sites=sites) and value >= z
+            assert value <= z / (0.75 ** 0.5) + 1e-12  # the update's noise grows by at most ~15%
+    with pytest.raises(ConfigError, match="must exceed noise_multiplier / 2"):
+        parse(CentralDPConfig, {"enabled": True, "clipping": "adaptive", "noise_multiplier": 1.0,
+                                "clipped_count_stddev": 0.15})

@@ -25,14 +25,14 @@ from fedhaven.client.flower_app import client_fn_for, client_mods
 from fedhaven.client.ledger import Ledger
 from fedhaven.server.app import make_server_app
 from fedhaven.sim.experiment import load_experiment
-from fedhaven.sim.runner import resolve_max_weight, run_experiment
+from fedhaven.sim.runner import create_site_ledgers, resolve_max_weight, run_experiment
 from fedhaven.sim.sites import SimulatedSites
 
 pytestmark = pytest.mark.slow
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray workers cannot import test modules
 
 METRIC_KEYS = {"site", "loss", "accuracy", "epsilon", "delta", "noise_multiplier", "sample_rate", "steps",
-               "total_steps", "empty_batches", "num_examples", "train_time_s"}
+               "total_steps", "empty_batches", "num_examples", "train_time_s", "ledger_seq", "ledger_prev_hash"}
 
 
 def _recorder(folder: Path, kind: str):
@@ -61,6 +61,7 @@ def _load(path: Path):
 def test_raw_data_never_leaves_and_the_server_only_sees_masked_updates(tmp_path):
     exp = load_experiment(source="digits", overrides=["rounds=1", "train.local_epochs=2", "train.lr=0.2"])
     sites = SimulatedSites(exp, state_root=str(tmp_path / "sites"))
+    create_site_ledgers(sites)
     mods = client_mods(sites)  # ledger, policy, SecAgg+, central-DP clipping
     app = ClientApp(client_fn=client_fn_for(sites),
                     mods=[_recorder(tmp_path, "sent"), *mods[:3], _recorder(tmp_path, "plain"), mods[3]])
@@ -129,11 +130,11 @@ def test_a_spent_budget_stops_the_run_cleanly_and_nothing_more_is_sent(tmp_path)
                                                              for f in report["site_failures"])
     for name, site in report["sites"].items():
         ledger = Ledger.in_dir(tmp_path / "sites" / name)
-        assert ledger.verify().ok and len(ledger.entries()) == 1  # round 2 sent nothing
+        assert ledger.verify().ok and [e.kind for e in ledger.entries()] == ["init", "update"]  # round 2 sent nothing
         from opacus.accountants import RDPAccountant
 
         fresh = RDPAccountant()
-        fresh.history = [(e.noise_multiplier, e.sample_rate, e.steps) for e in ledger.entries()]
+        fresh.history = [(e.noise_multiplier, e.sample_rate, e.steps) for e in ledger.entries() if e.kind == "update"]
         assert fresh.get_epsilon(delta=1e-5) == pytest.approx(site["epsilon"], rel=1e-9)
         assert site["epsilon"] <= 4.5
     central = report["central_dp"]

@@ -42,15 +42,16 @@ def test_digits_three_sites_two_rounds(tmp_path):
         "site-00", "site-01", "site-02"}
     # anyone can recompute each site's epsilon from the logged noise, sample rate and steps
     for site in data["privacy_per_site"].values():
-        recomputed = epsilon(history=[PrivacyStep(site["noise_multiplier"], site["sample_rate"], site["steps"])],
-                             delta=data["delta"], accountant=data["accountant"])
+        assert site["history_complete"] and len(site["history"]) == 2
+        recomputed = epsilon(history=[PrivacyStep(*row) for row in site["history"]], delta=data["delta"],
+                             accountant=data["accountant"])
         assert recomputed == pytest.approx(site["epsilon"], rel=1e-9)
     # every simulated site kept a verified ledger whose last entry is the epsilon reported
     from fedhaven.client.ledger import Ledger
 
     for name, site in data["privacy_per_site"].items():
         ledger = Ledger.in_dir(tmp_path / "sites" / name)
-        assert ledger.verify().ok and len(ledger.entries()) == 2
+        assert ledger.verify().ok and [e.kind for e in ledger.entries()] == ["init", "update", "update"]
         assert ledger.entries()[-1].epsilon_after == pytest.approx(site["epsilon"])
     model = build_model(cfg=ModelConfig(), spec=InputSpec(1, 8, 10))
     model.load_state_dict(torch.load(tmp_path / "model.pt"))

@@ -1,14 +1,16 @@
 """The ClientApp: fedhaven's site logic wired into Flower (legacy NumPyClient + SecAgg+ mod). The only Flower client module.
 
-Mods, outermost first: the ledger records what leaves the site after the reply
-is final (masked, under SecAgg+); the policy refuses tasks before any data is
-read; Flower's SecAgg+ mod masks the update (the update is clipped and noised
-by DP-SGD before, so it is clip, then mask).
+Mods, outermost first: the ledger mod takes the site's ledger lock, verifies the
+ledger (chain, anchor, the coordinator's witness) and records what leaves the site
+after the reply is final (masked, under SecAgg+); the policy refuses tasks before
+any data is read; Flower's SecAgg+ mod masks the update; central-DP clipping is
+innermost (the update is clipped and noised by DP-SGD before: clip, then mask).
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import threading
 from collections.abc import Callable
@@ -24,11 +26,12 @@ from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFI
 from flwr.common.serde import recorddict_to_proto
 from flwr.compat.common import recorddict_compat as compat
 
-from fedhaven.client.ledger import Ledger
+from fedhaven.client.ledger import GENESIS, budget_history
 from fedhaven.client.policy import task_violations
 from fedhaven.client.types import PrivacyState, Site, SiteInfo, TaskRefused
-from fedhaven.shared.accounting import PrivacyHistory
+from fedhaven.shared.accounting import NOTHING_SENT, PrivacyHistory
 from fedhaven.shared.task import TaskSpec, task_from_config
+from fedhaven.shared.witness import LEDGER_PREV_HASH, LEDGER_SEQ, Witness
 
 if TYPE_CHECKING:  # torch-backed: imported only by the stages that train
     from fedhaven.client.site import SiteTrainer
@@ -36,6 +39,9 @@ if TYPE_CHECKING:  # torch-backed: imported only by the stages that train
 
 PRIVACY_RECORD = "fedhaven.privacy"
 PENDING_RECORD = "fedhaven.pending-ledger"
+LEDGER_HEAD_RECORD = "fedhaven.ledger-head"
+FITINS_CONFIG = "fitins.config"  # Flower's legacy FitIns config record: present only in messages carrying a task
+log = logging.getLogger("fedhaven.client")
 Mod = Callable[[Message, Context, Callable[[Message, Context], Message]], Message]
 
 
@@ -69,16 +75,14 @@ def _trainer(sites: SiteProvider, context: Context) -> SiteTrainer:
 
 def load_privacy(context: Context, info: SiteInfo | None = None) -> PrivacyState:
     """The site's privacy state: history from its ledger when it has one (all runs), else from Flower's context."""
+    ledger = info.ledger() if info is not None else None
+    if ledger is not None:
+        return PrivacyState(history=ledger.history())
     rec = context.state.config_records.get(PRIVACY_RECORD)
-    run_noise = rec.get("run_noise") if rec is not None else None
-    if info is not None and info.state_dir is not None:
-        history = Ledger.in_dir(info.state_dir).history()
-    elif rec is not None:
-        history = PrivacyHistory.from_columns({k: list(rec.get(k, [])) for k in ("noise_multiplier", "sample_rate",
-                                                                                 "steps")})
-    else:
-        history = PrivacyHistory()
-    return PrivacyState(history=history, run_noise=float(run_noise) if run_noise is not None else None)
+    if rec is None:
+        return PrivacyState()
+    return PrivacyState(history=PrivacyHistory.from_columns(
+        {k: list(rec.get(k, [])) for k in ("noise_multiplier", "sample_rate", "steps")}))
 
 
 def save_privacy(context: Context, state: PrivacyState) -> None:
@@ -86,8 +90,6 @@ def save_privacy(context: Context, state: PrivacyState) -> None:
     if state.history.steps:
         for k, v in state.history.to_columns().items():
             rec[k] = list(v)
-    if state.run_noise is not None:
-        rec["run_noise"] = float(state.run_noise)
     context.state.config_records[PRIVACY_RECORD] = rec
 
 
@@ -105,10 +107,15 @@ class FedhavenClient(NumPyClient):
         task = task_from_config(config)
         outcome = self.trainer.fit(task=task, weights=parameters,
                                    privacy=load_privacy(self.ctx, self.trainer.site.info))
-        save_privacy(self.ctx, outcome.privacy)
+        if self.trainer.site.info.ledger() is None:  # with a ledger, the ledger is the only record
+            save_privacy(self.ctx, outcome.privacy)
         self.ctx.state.config_records[PENDING_RECORD] = ConfigRecord(
             {k: v for k, v in outcome.ledger.items() if not (isinstance(v, float) and math.isinf(v))})
         metrics = {**outcome.metrics, "num_examples": outcome.num_examples}
+        head = self.ctx.state.config_records.get(LEDGER_HEAD_RECORD)
+        if head is not None:  # the ledger entry this update will be: the coordinator's witness of it
+            metrics[LEDGER_SEQ] = int(head["seq"])
+            metrics[LEDGER_PREV_HASH] = str(head["prev_hash"])
         return outcome.weights, _weight(task, outcome.num_examples), metrics
 
     def evaluate(self, parameters: list[np.ndarray], config: dict) -> tuple[float, int, dict]:
@@ -116,22 +123,22 @@ class FedhavenClient(NumPyClient):
                           "the coordinator evaluates centrally on its held-out set")
 
 
-def _fit_stage(msg: Message) -> tuple[bool, bool]:
-    """(carries a training task, under SecAgg+) for a TRAIN message."""
-    secagg = RECORD_KEY_CONFIGS in msg.content.config_records
-    if not secagg:
-        return True, False
-    return msg.content.config_records[RECORD_KEY_CONFIGS].get(Key.STAGE) == Stage.COLLECT_MASKED_VECTORS, True
+def _fit_config(msg: Message) -> dict | None:
+    """The fit config of a TRAIN message that carries a training task (the only SecAgg+ stage that does), or None.
+
+    Recognised by its FitIns record, not by the SecAgg+ stage key: Flower's SecAgg+ mod pops that key
+    before the inner mods see the message.
+    """
+    if msg.metadata.message_type != MessageType.TRAIN or FITINS_CONFIG not in msg.content.config_records:
+        return None
+    return dict(compat.recorddict_to_fitins(msg.content, keep_input=True).config)
 
 
 def _task_of(msg: Message) -> tuple[TaskSpec | None, bool]:
     """(the task a TRAIN message carries, or None; whether it came under SecAgg+)."""
-    if msg.metadata.message_type != MessageType.TRAIN:
-        return None, False
-    has_task, secagg = _fit_stage(msg)
-    if not has_task:
-        return None, secagg
-    return task_from_config(compat.recorddict_to_fitins(msg.content, keep_input=True).config), secagg
+    config = _fit_config(msg)
+    secagg = RECORD_KEY_CONFIGS in msg.content.config_records
+    return (task_from_config(config) if config is not None else None), secagg
 
 
 def _weight(task: TaskSpec, num_examples: int) -> int:
@@ -150,7 +157,7 @@ def _policy_mod(sites: SiteProvider) -> Mod:
         violations = task_violations(task=task, policy=info.policy, secure_aggregation=secagg,
                                      history=load_privacy(ctx, info).history)
         if violations:
-            raise TaskRefused(f"site {info.name} refused the task (nothing was trained or sent): "
+            raise TaskRefused(f"site {info.name} refused the task ({NOTHING_SENT}): "
                               + "; ".join(violations))
         return call_next(msg, ctx)
 
@@ -174,7 +181,8 @@ def _secagg_mod(sites: SiteProvider) -> Mod:
             max_weight = float(state.get("max_weight", 0.0)) if state is not None else 0.0
             n = _weight(task, len(_trainer(sites, ctx).site.data))
             if max_weight > 0 and n > max_weight:
-                raise TaskRefused(f"this site has {n} training examples but the coordinator's SecAgg+ max_weight "
+                raise TaskRefused(f"this site has {n} training examples ({NOTHING_SENT}) but the coordinator's SecAgg+ "
+                                  f"max_weight "
                                   f"is {max_weight:g}, so its update would be clipped. The operator must set "
                                   f"secagg.max_weight to at least {n}")
         return secaggplus_mod(msg, ctx, call_next)
@@ -196,33 +204,60 @@ def content_sha256(msg: Message) -> str:
 
 
 def _ledger_mod(sites: SiteProvider) -> Mod:
-    """After a training reply is final, append it to the site's ledger (fsync'd) before it is handed back to send."""
+    """Verify the ledger, train, and append what is sent (fsync'd) before it is handed back: all under the lock.
+
+    Per task, under the site's ledger lock (held across threads and processes from the
+    budget check through the append): the chain, its anchor and the coordinator's
+    witness are checked, the history is re-read, the inner mods check the budget and
+    train, and the reply is recorded before Flower may send it. A ledger that does not
+    verify stops the site until its operator acts.
+    """
 
     def mod(msg: Message, ctx: Context, call_next: Callable[[Message, Context], Message]) -> Message:
-        reply = call_next(msg, ctx)
-        pending = ctx.state.config_records.get(PENDING_RECORD)
-        if msg.metadata.message_type != MessageType.TRAIN or pending is None or not reply.has_content():
-            return reply
-        del ctx.state.config_records[PENDING_RECORD]
-        info = sites.info(ctx)
-        if info.state_dir is None:
-            return reply
-        ledger = Ledger.in_dir(info.state_dir)
-        from fedhaven.client.policy import budget_spent
+        config = _fit_config(msg)
+        info = sites.info(ctx) if config is not None else None
+        ledger = info.ledger() if info is not None else None
+        if config is None or info is None or ledger is None:
+            return call_next(msg, ctx)
+        witness = Witness.from_config(config)
+        if witness is not None and witness.site != info.name:
+            log.warning("site %s: ignoring the coordinator's ledger witness for site %r", info.name, witness.site)
+            witness = None
+        with ledger.locked():
+            problems = ledger.check(witness=witness)
+            if problems:
+                raise TaskRefused(f"site {info.name} refuses to train until its operator acts ({NOTHING_SENT}): its "
+                                  f"privacy ledger does not verify: " + "; ".join(problems))
+            entries = ledger.entries()
+            ctx.state.config_records[LEDGER_HEAD_RECORD] = ConfigRecord(
+                {"seq": len(entries), "prev_hash": entries[-1].hash if entries else GENESIS})
+            try:
+                reply = call_next(msg, ctx)
+            finally:  # never leave a half-finished round behind for the next message
+                del ctx.state.config_records[LEDGER_HEAD_RECORD]
+                pending = ctx.state.config_records.get(PENDING_RECORD)
+                if pending is not None:
+                    del ctx.state.config_records[PENDING_RECORD]
+            if pending is None or not reply.has_content():
+                return reply
+            from fedhaven.client.policy import budget_spent
 
-        history = ledger.history().add(noise_multiplier=float(pending["noise_multiplier"]),
-                                       sample_rate=float(pending["sample_rate"]), steps=int(pending["steps"]))
-        cumulative = budget_spent(policy=info.policy, history=history)
-        ledger.append(site=str(pending["site"]), run_id=int(msg.metadata.run_id),
-                      server_round=int(pending["server_round"]), model=str(pending["model"]),
-                      update_sha256=content_sha256(reply), weights_sha256=str(pending["weights_sha256"]),
-                      update_l2_norm=float(pending["update_l2_norm"]), num_examples=int(pending["num_examples"]),
-                      noise_multiplier=float(pending["noise_multiplier"]), sample_rate=float(pending["sample_rate"]),
-                      steps=int(pending["steps"]), delta=float(pending["delta"]), accountant=str(pending["accountant"]),
-                      epsilon_before=_finite(pending.get("epsilon_before")),
-                      epsilon_after=_finite(pending.get("epsilon_after")),
-                      cumulative_epsilon=_finite(cumulative))
-        return reply
+            history = budget_history(entries).add(noise_multiplier=float(pending["noise_multiplier"]),
+                                                  sample_rate=float(pending["sample_rate"]),
+                                                  steps=int(pending["steps"]))
+            cumulative = budget_spent(policy=info.policy, history=history)
+            ledger.append(site=str(pending["site"]), run_id=int(msg.metadata.run_id),
+                          server_round=int(pending["server_round"]), model=str(pending["model"]),
+                          update_sha256=content_sha256(reply), weights_sha256=str(pending["weights_sha256"]),
+                          update_l2_norm=float(pending["update_l2_norm"]),
+                          num_examples=int(pending["num_examples"]),
+                          noise_multiplier=float(pending["noise_multiplier"]),
+                          sample_rate=float(pending["sample_rate"]), steps=int(pending["steps"]),
+                          delta=float(pending["delta"]), accountant=str(pending["accountant"]),
+                          epsilon_before=_finite(pending.get("epsilon_before")),
+                          epsilon_after=_finite(pending.get("epsilon_after")),
+                          cumulative_epsilon=_finite(cumulative))
+            return reply
 
     return mod
 

@@ -1,58 +1,85 @@
-"""The site's privacy ledger: append-only, hash-chained JSONL of every update that left the site."""
+"""The site's privacy ledger: append-only, hash-chained JSONL of every update that left the site, anchored twice.
+
+Anchors: (1) the head hash and entry count, rewritten atomically after every append
+in a file outside the state directory (`anchor.py`); (2) the coordinator's witness of
+the last update it received, checked at every task. Together they catch a deleted,
+truncated, replaced or rolled-back ledger. A fresh budget is only ever an entry of
+the chain (`init` for a new site, `reset` with a reason), never a missing file.
+"""
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import math
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, fields
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
+from fedhaven.client.anchor import Anchor, default_anchor_path, fsync_dir, read_anchor, write_anchor
 from fedhaven.shared.accounting import PrivacyHistory
+from fedhaven.shared.witness import Witness
 
 GENESIS = "0" * 64
 LEDGER_FILE = "privacy-ledger.jsonl"
+#: Fields added after the first ledgers were written: hashed only when they differ from these defaults,
+#: so entries written before they existed still verify.
+_EXTENSIONS = {"kind": "update", "reason": None, "acknowledged": None, "fresh_budget": None, "witness": None}
+NEW_SITE = "fl-client ledger init"
+RESET = "fl-client ledger reset --reason '...'"
 
 
 class LedgerError(RuntimeError):
-    """The ledger cannot be read or does not verify; the message names the entry."""
+    """The ledger cannot be read, written or does not verify; the message names the entry and the fix."""
 
 
 @dataclass(frozen=True)
 class LedgerEntry:
-    """One update that left the site, with what it cost in privacy."""
+    """One entry: an update that left the site (kind "update"), or the operator's `init` / `reset`."""
 
     seq: int
     prev_hash: str
     time: float
     site: str
-    run_id: int
-    server_round: int
-    model: str
-    update_sha256: str  # SHA-256 of the message content sent (masked under SecAgg+)
-    weights_sha256: str  # SHA-256 of the trained weights before masking
-    update_l2_norm: float
-    num_examples: int
-    noise_multiplier: float
-    sample_rate: float
-    steps: int
-    delta: float
-    accountant: str
-    epsilon_before: float | None  # None: infinite (a round trained without DP)
-    epsilon_after: float | None
-    cumulative_epsilon: float | None
+    run_id: int = 0
+    server_round: int = 0
+    model: str = ""
+    update_sha256: str = ""  # SHA-256 of the message content sent (masked under SecAgg+)
+    weights_sha256: str = ""  # SHA-256 of the trained weights before masking
+    update_l2_norm: float = 0.0
+    num_examples: int = 0
+    noise_multiplier: float = 0.0
+    sample_rate: float = 0.0
+    steps: int = 0
+    delta: float = 0.0
+    accountant: str = "rdp"
+    epsilon_before: float | None = None  # None: infinite (a round trained without noise)
+    epsilon_after: float | None = None
+    cumulative_epsilon: float | None = None
+    kind: str = "update"  # "init" (a new site), "update", "reset" (the operator's, with a reason)
+    reason: str | None = None
+    acknowledged: str | None = None  # init/reset: the problems the operator accepted, word for word
+    fresh_budget: bool | None = None  # reset: whether the budget starts again from zero after it
+    witness: str | None = None  # reset: a coordinator witness (SEQ:PREV_HASH) accepted as lost
     hash: str = ""
 
     def body(self) -> dict:
-        """Everything the hash covers: all fields but the hash itself."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "hash"}
+        """Everything the hash covers: all fields but the hash itself (later fields only when set)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)
+                if f.name != "hash" and not (f.name in _EXTENSIONS and getattr(self, f.name) == _EXTENSIONS[f.name])}
 
     def computed_hash(self) -> str:
         canonical = json.dumps(self.body(), sort_keys=True, separators=(",", ":"), allow_nan=False)
         return hashlib.sha256(canonical.encode()).hexdigest()
+
+    @property
+    def starts_budget(self) -> bool:
+        """Whether the site's budget counts from zero after this entry."""
+        return self.kind == "init" or (self.kind == "reset" and bool(self.fresh_budget))
 
 
 @dataclass(frozen=True)
@@ -67,16 +94,29 @@ class VerifyReport:
         return not self.problems
 
 
-class Ledger:
-    """The ledger file of one site's state directory."""
+def budget_history(entries: list[LedgerEntry]) -> PrivacyHistory:
+    """The accountant's history of the site's current budget: every update since the last init or fresh reset."""
+    h = PrivacyHistory()
+    for e in entries:
+        if e.starts_budget:
+            h = PrivacyHistory()
+        elif e.kind == "update" and e.steps > 0:  # noise 0 (DP off) makes epsilon infinite, as it should
+            h = h.add(noise_multiplier=e.noise_multiplier, sample_rate=e.sample_rate, steps=e.steps)
+    return h
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+
+class Ledger:
+    """The ledger file of one site, with its anchor file (by default beside the state directory)."""
+
+    def __init__(self, path: Path, *, anchor: Path | None = None) -> None:
+        self.path = Path(path)
+        self.anchor_path = Path(anchor) if anchor is not None else default_anchor_path(self.path.parent)
 
     @classmethod
-    def in_dir(cls, state_dir: str | Path) -> Ledger:
-        return cls(Path(state_dir) / LEDGER_FILE)
+    def in_dir(cls, state_dir: str | Path, *, anchor: str | Path | None = None) -> Ledger:
+        return cls(Path(state_dir) / LEDGER_FILE, anchor=Path(anchor) if anchor is not None else None)
 
+    # --- reading -------------------------------------------------------------------------------------------
     def _raw(self) -> Iterator[tuple[int, str]]:
         if not self.path.exists():
             return
@@ -97,43 +137,46 @@ class Ledger:
         return out
 
     def history(self) -> PrivacyHistory:
-        """The accountant's history, rebuilt from every entry (all runs, in order)."""
-        h = PrivacyHistory()
-        for e in self.entries():
-            if e.steps > 0:  # a round without noise (DP off) makes epsilon infinite, as it should
-                h = h.add(noise_multiplier=e.noise_multiplier, sample_rate=e.sample_rate, steps=e.steps)
-        return h
+        """The current budget's history, rebuilt from the entries (all runs since the last init/fresh reset)."""
+        return budget_history(self.entries())
 
     def head(self) -> str:
         entries = self.entries()
         return entries[-1].hash if entries else GENESIS
 
-    def append(self, **values: object) -> LedgerEntry:
-        """Chain a new entry to the last one and write it durably (fsync) before anything is sent."""
-        entries = self.entries()
-        prev = entries[-1] if entries else None
-        entry = LedgerEntry(seq=prev.seq + 1 if prev else 0, prev_hash=prev.hash if prev else GENESIS,
-                            time=time.time(), **values)  # type: ignore[arg-type]
-        entry = LedgerEntry(**{**asdict(entry), "hash": entry.computed_hash()})
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a") as fh:
-            fh.write(json.dumps(asdict(entry), sort_keys=True, allow_nan=False) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        return entry
+    # --- checking ------------------------------------------------------------------------------------------
+    def check(self, *, witness: Witness | None = None) -> list[str]:
+        """Cheap checks for every round: hashes and links, the anchor, the coordinator's witness.
 
-    def verify(self, *, recompute: bool = True) -> VerifyReport:
-        """Check every hash and link, and recompute every entry's epsilon from the history before it.
-
-        An edited, deleted, inserted or reordered entry is named; so is an entry
-        whose recorded epsilon does not follow from the recorded noise, sample
-        rates and steps (even if someone re-hashed the whole chain).
+        Every problem names what happened and what the operator can do; an empty list means the
+        ledger is the one the site last wrote (or extends it) and contains what the coordinator saw.
         """
-        problems = []
+        try:
+            anchor = read_anchor(self.anchor_path)
+        except LedgerError as exc:
+            return [str(exc)]
+        if not self.path.exists():
+            if anchor is None:
+                return [f"no privacy ledger at {self.path} and no anchor at {self.anchor_path}: this site was never "
+                        f"initialised, or both were deleted. A new site runs `{NEW_SITE}`; a site that trained before "
+                        f"must restore both from a backup, or record the loss with `{RESET}`"]
+            return [f"the privacy ledger {self.path} is missing, but its anchor {self.anchor_path} says it held "
+                    f"{anchor.entries} entries (head {anchor.head[:16]}): it was deleted or moved. Restore it from a "
+                    f"backup, or record the loss and start again with `{RESET}`"]
         try:
             entries = self.entries()
         except LedgerError as exc:
-            return VerifyReport(entries=0, problems=(str(exc),))
+            return [f"{exc}: restore the ledger from a backup, or record the damage with `{RESET}`"]
+        problems = self.chain_problems(entries)
+        problems += self._anchor_problems(entries, anchor)
+        if witness is not None:
+            problems += self._witness_problems(entries, witness)
+        return problems
+
+    @staticmethod
+    def chain_problems(entries: list[LedgerEntry]) -> list[str]:
+        """Every entry whose hash does not match its contents, or that does not link to the one before."""
+        problems = []
         prev_hash = GENESIS
         for i, e in enumerate(entries):
             where = f"entry {i + 1} (seq {e.seq}, run {e.run_id}, round {e.server_round})"
@@ -146,6 +189,53 @@ class Ledger:
                 problems.append(f"{where}: does not link to the entry before it: an entry before it was "
                                 f"edited, deleted or reordered")
             prev_hash = e.hash
+        return problems
+
+    def _anchor_problems(self, entries: list[LedgerEntry], anchor: Anchor | None) -> list[str]:
+        if anchor is None:
+            if not entries:
+                return [f"the privacy ledger {self.path} is empty and has no anchor: this site was never "
+                        f"initialised. A new site runs `{NEW_SITE}`"]
+            return [f"the ledger's anchor {self.anchor_path} is missing, so removed newest entries could not be "
+                    f"seen: restore it from a backup, or re-anchor the ledger as it is with "
+                    f"`fl-client ledger reset --keep-budget --reason '...'`"]
+        n = anchor.entries
+        if len(entries) < n:
+            return [f"the ledger was truncated: it holds {len(entries)} entries but its anchor {self.anchor_path} "
+                    f"says {n} (head {anchor.head[:16]}): the newest {n - len(entries)} were removed. Restore it "
+                    f"from a backup, or record the loss with `{RESET}`"]
+        if n > 0 and entries[n - 1].hash != anchor.head:
+            return [f"the ledger was replaced or rolled back: its entry seq {n - 1} is not the head "
+                    f"{anchor.head[:16]} its anchor {self.anchor_path} recorded. Restore the ledger from a backup, "
+                    f"or record the loss with `{RESET}`"]
+        return []
+
+    @staticmethod
+    def _witness_problems(entries: list[LedgerEntry], witness: Witness) -> list[str]:
+        if any(e.witness == witness.key() for e in entries):
+            return []  # the operator recorded this witness as lost with a reset
+        if witness.seq < len(entries) and entries[witness.seq].prev_hash == witness.prev_hash:
+            return []
+        how = ("does not contain it" if witness.seq >= len(entries) else
+               f"holds a different entry seq {witness.seq}")
+        return [f"the coordinator received this site's update recorded as ledger entry seq {witness.seq} (linking "
+                f"to {witness.prev_hash[:16]}), and this ledger ({len(entries)} entries) {how}: ledger and anchor "
+                f"were restored from an older copy or replaced. Restore the newest ledger and anchor; or record the "
+                f"loss and start again with `{RESET} --accept-witness {witness.key()}`"]
+
+    def verify(self, *, recompute: bool = True, witness: Witness | None = None) -> VerifyReport:
+        """`check` plus every entry's epsilon recomputed from the history before it.
+
+        An edited, deleted, inserted or reordered entry is named; so is an entry
+        whose recorded epsilon does not follow from the recorded noise, sample
+        rates and steps (even if someone re-hashed the whole chain), and a ledger
+        shorter than, or different from, its anchor.
+        """
+        problems = self.check(witness=witness)
+        try:
+            entries = self.entries()
+        except LedgerError:
+            return VerifyReport(entries=0, problems=tuple(problems))
         if recompute:
             problems += self._epsilon_problems(entries)
         return VerifyReport(entries=len(entries), problems=tuple(problems))
@@ -155,13 +245,88 @@ class Ledger:
         from fedhaven.shared.accounting import epsilon
 
         out = []
-        history = PrivacyHistory()
         for i, e in enumerate(entries):
-            if e.steps > 0:
-                history = history.add(noise_multiplier=e.noise_multiplier, sample_rate=e.sample_rate, steps=e.steps)
+            if e.kind != "update":
+                continue
+            history = budget_history(entries[: i + 1])
             got = epsilon(history=history, delta=e.delta, accountant=e.accountant)  # type: ignore[arg-type]
             want = math.inf if e.epsilon_after is None else e.epsilon_after
             if not (got == want or math.isclose(got, want, rel_tol=1e-6, abs_tol=1e-9)):
                 out.append(f"entry {i + 1} (seq {e.seq}): records epsilon {want:.6g}, but the noise, sample rates "
                            f"and steps up to it give {got:.6g}")
         return out
+
+    # --- writing -------------------------------------------------------------------------------------------
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the site's ledger lock (fcntl.flock, across threads and processes) for check, train and append."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path.with_name(self.path.name + ".lock"), "a") as fh:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+    def _append(self, entries: list[LedgerEntry], **values: object) -> LedgerEntry:
+        prev = entries[-1] if entries else None
+        entry = LedgerEntry(seq=prev.seq + 1 if prev else 0, prev_hash=prev.hash if prev else GENESIS,
+                            time=time.time(), **values)  # type: ignore[arg-type]
+        entry = replace(entry, hash=entry.computed_hash())
+        created = not self.path.exists()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a") as fh:
+            fh.write(json.dumps(asdict(entry), sort_keys=True, allow_nan=False) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        if created:
+            fsync_dir(self.path.parent)
+        write_anchor(self.anchor_path, Anchor(entries=entry.seq + 1, head=entry.hash, site=entry.site,
+                                              ledger=str(self.path.resolve()), time=entry.time))
+        return entry
+
+    def append(self, **values: object) -> LedgerEntry:
+        """Chain an update entry to the last one, write it durably (fsync), then the anchor; before anything is sent.
+
+        Call it under `locked()` after `check()` passed: it does not re-verify.
+        """
+        return self._append(self.entries(), **values)
+
+    def init(self, *, site: str, reason: str = "new site") -> LedgerEntry:
+        """Start the ledger of a new site: refused when a ledger or an anchor already exists."""
+        with self.locked():
+            if self.path.exists() and self.path.stat().st_size > 0:
+                raise LedgerError(f"{self.path} already exists: this site has a ledger. To start a fresh budget, "
+                                  f"record it with `{RESET}`")
+            if self.anchor_path.exists():
+                raise LedgerError(f"{self.anchor_path} exists: this site had a ledger, which is missing now. Restore "
+                                  f"it from a backup, or record the loss with `{RESET}`")
+            return self._append([], site=site, kind="init", reason=reason)
+
+    def reset(self, *, site: str, reason: str, fresh_budget: bool = True,
+              accept_witness: Witness | None = None) -> LedgerEntry:
+        """Append a reset entry naming every problem it accepts; a fresh budget after it unless `fresh_budget` is False.
+
+        A ledger whose chain is damaged (edited, unreadable) is moved aside, never deleted, and the
+        reset starts a new chain that names it.
+        """
+        if not reason.strip():
+            raise LedgerError("a reset needs a --reason: it is kept in the ledger for auditors")
+        with self.locked():
+            problems = self.check(witness=accept_witness)
+            if accept_witness is not None:
+                problems += [f"coordinator witness {accept_witness.key()} accepted as lost"]
+            try:
+                entries = self.entries()
+                damaged = bool(self.chain_problems(entries))
+            except LedgerError:
+                entries, damaged = [], True
+            if damaged and self.path.exists():
+                aside = self.path.with_name(f"{self.path.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+                os.replace(self.path, aside)
+                fsync_dir(self.path.parent)
+                problems.append(f"the damaged ledger was moved to {aside}")
+                entries = []
+            return self._append(entries, site=site, kind="reset", reason=reason.strip(),
+                                acknowledged="; ".join(problems) or None, fresh_budget=fresh_budget,
+                                witness=accept_witness.key() if accept_witness is not None else None)

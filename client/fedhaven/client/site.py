@@ -1,4 +1,4 @@
-"""One site's side of a round, in plain torch: check the task, pick the DP noise, train, account."""
+"""One site's side of a round, in plain torch: check the task, plan the DP noise and cost, train, account."""
 
 from __future__ import annotations
 
@@ -10,14 +10,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from fedhaven.client.policy import over_budget
+from fedhaven.client.policy import BudgetRefused, plan_round
 from fedhaven.client.types import PrivacyState, Site, SiteInfo, TaskRefused
-from fedhaven.shared.accounting import PrivacyHistory, epsilon, noise_for_budget
+from fedhaven.shared.accounting import NOTHING_SENT, epsilon
 from fedhaven.shared.data import ImageData
 from fedhaven.shared.models import build_model
 from fedhaven.shared.task import TaskSpec
 from fedhaven.shared.runtime import resolve_device
-from fedhaven.shared.training import DPSettings, schedule, train_local
+from fedhaven.shared.training import DPSettings, train_local
 from fedhaven.shared.weights import get_weights, set_weights
 
 __all__ = ["FitOutcome", "PrivacyState", "Site", "SiteInfo", "SiteTrainer", "TaskRefused", "task_problems"]
@@ -75,72 +75,44 @@ class SiteTrainer:
             self._model_key = key
         return self._model
 
-    def choose_noise(self, *, task: TaskSpec, privacy: PrivacyState) -> float:
-        """The run's noise multiplier: fixed by the task, or derived once per run.
-
-        Derived noise keeps both the task's target (at its delta) and the site's own
-        budget (at the policy's delta) for every planned round, counting all prior
-        spending, and never falls below the site's minimum noise.
-        """
-        if task.dp.noise_multiplier != "auto":
-            return float(task.dp.noise_multiplier)
-        if privacy.run_noise is not None:
-            return privacy.run_noise
-        policy = self.site.info.policy
-        sample_rate, steps = schedule(num_examples=len(self.site.data), batch_size=task.train.batch_size,
-                                      local_epochs=task.train.local_epochs)
-        planned = steps * (task.planned_rounds - task.server_round + 1)
-        targets = [(task.dp.target_epsilon, task.dp.delta, task.dp.accountant)]
-        if math.isfinite(policy.max_epsilon):
-            targets.append((policy.max_epsilon, policy.delta, policy.accountant))
-        try:
-            noise = max(noise_for_budget(target_epsilon=eps, delta=delta, sample_rate=sample_rate, steps=planned,
-                                         prior=privacy.history, accountant=acc) for eps, delta, acc in targets)
-        except ValueError as exc:
-            raise TaskRefused(f"site {self.site.name}: {exc}") from None
-        return max(noise, policy.min_noise_multiplier)
-
     def fit(self, *, task: TaskSpec, weights: list[np.ndarray], privacy: PrivacyState,
             generator: torch.Generator | None = None) -> FitOutcome:
-        """Train one round of `task` starting from `weights`; DP unless the task turned it off."""
+        """Train one round of `task` starting from `weights`; DP unless the task turned it off.
+
+        The round's noise and cost are planned first (`policy.plan_round`): a round that would
+        pass the run's target or the site's own budget is refused before any training.
+        """
         problems = task_problems(task, self.site.data)
         if problems:
-            raise TaskRefused(f"site {self.site.name} cannot run this task: " + "; ".join(problems))
+            raise TaskRefused(f"site {self.site.name} cannot run this task ({NOTHING_SENT}): " + "; ".join(problems))
         data = self.site.data.aligned_to(task.classes)
-        dp = None
+        policy = self.site.info.policy
         history = privacy.history
+        try:
+            plan = plan_round(task=task, policy=policy, history=history, num_examples=len(data))
+        except BudgetRefused as exc:
+            raise TaskRefused(f"site {self.site.name} refused the task ({NOTHING_SENT}): {exc}") from None
+        dp = None
         if task.dp.enabled:
-            noise = self.choose_noise(task=task, privacy=privacy)
-            privacy = PrivacyState(history=privacy.history, run_noise=noise)
-            sample_rate, steps = schedule(num_examples=len(data), batch_size=task.train.batch_size,
-                                          local_epochs=task.train.local_epochs)
-            planned = history.add(noise_multiplier=noise, sample_rate=sample_rate, steps=steps)
-            why = over_budget(policy=self.site.info.policy, history_after=planned)
-            if why:
-                raise TaskRefused(f"site {self.site.name}: {why}")
-            dp = DPSettings(noise_multiplier=noise, max_grad_norm=task.dp.max_grad_norm,
+            dp = DPSettings(noise_multiplier=plan.noise_multiplier, max_grad_norm=task.dp.max_grad_norm,
                             grad_sample_mode=task.dp.grad_sample_mode)
         model = self._model_for(task)
         set_weights(model, weights)
         device = resolve_device(self.site.info.device)  # type: ignore[arg-type]
         report = train_local(model=model, data=data, train=task.train, dp=dp, device=device,
                              generator=generator, proximal_mu=task.proximal_mu)
-        eps_before = epsilon(history=history, delta=task.dp.delta, accountant=task.dp.accountant)
-        if dp is not None:
-            history = history.add(noise_multiplier=dp.noise_multiplier, sample_rate=report.sample_rate,
-                                  steps=report.steps)
-            eps = epsilon(history=history, delta=task.dp.delta, accountant=task.dp.accountant)
-            if eps > task.dp.target_epsilon * 1.001:
-                log.warning("site %s: epsilon %.3f is past the run's target %.3f", self.site.name, eps,
-                            task.dp.target_epsilon)
-        else:
-            eps = math.inf
+        if (report.sample_rate, report.steps) != (plan.sample_rate, plan.steps):
+            raise RuntimeError(f"site {self.site.name}: trained {report.steps} steps at rate {report.sample_rate} "
+                               f"where {plan.steps} at {plan.sample_rate} were planned; nothing is sent")
+        history = history.add(noise_multiplier=report.noise_multiplier, sample_rate=report.sample_rate,
+                              steps=report.steps)
+        eps_before = plan.epsilon_before
+        eps = epsilon(history=history, delta=task.dp.delta, accountant=task.dp.accountant)
         new_weights = get_weights(model)
         digest, norm = update_digest(new_weights, list(weights))
         metrics: dict[str, float | int | str] = {
             "site": self.site.name,
-            "loss": report.loss,
-            "accuracy": report.accuracy,
+            **({"loss": report.loss, "accuracy": report.accuracy} if policy.send_training_metrics else {}),
             "epsilon": eps,
             "delta": task.dp.delta if dp is not None else 0.0,
             "noise_multiplier": report.noise_multiplier,
@@ -156,4 +128,4 @@ class SiteTrainer:
                   "steps": report.steps, "delta": task.dp.delta,
                   "accountant": task.dp.accountant, "epsilon_before": eps_before, "epsilon_after": eps}
         return FitOutcome(weights=new_weights, num_examples=len(data), metrics=metrics,
-                          privacy=PrivacyState(history=history, run_noise=privacy.run_noise), ledger=ledger)
+                          privacy=PrivacyState(history=history), ledger=ledger)

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
+from fedhaven.client.ledger import Ledger
 from fedhaven.shared.config import ConfigError, bounds, load_toml, parse
 from fedhaven.shared.schema import SIMULATION_POLICY, DataConfig, SitePolicy
 
@@ -37,12 +38,17 @@ class SiteConfig:
 
     name: str
     state_dir: str = "state"
+    ledger_anchor: str | None = None  # the ledger's anchor file; default: beside state_dir (<state_dir>.ledger-anchor.json)
     private_key: str | None = "site.key"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     clientappio_port: int = field(default=9094, metadata=bounds(ge=1, le=65535))
     coordinator: CoordinatorConfig = field(default_factory=CoordinatorConfig)
     data: DataConfig = field(default_factory=DataConfig)
     policy: SitePolicy = field(default_factory=SitePolicy)
+
+    def ledger(self) -> Ledger:
+        """This site's privacy ledger with its anchor (paths as resolved)."""
+        return Ledger.in_dir(self.state_dir, anchor=self.ledger_anchor)
 
     def problems(self) -> list[str]:
         out = []
@@ -61,6 +67,7 @@ class SiteConfig:
         return replace(
             self,
             state_dir=abs_(self.state_dir) or "",
+            ledger_anchor=abs_(self.ledger_anchor),
             private_key=abs_(self.private_key),
             coordinator=replace(self.coordinator, ca_cert=abs_(self.coordinator.ca_cert)),
             data=replace(self.data, path=abs_(self.data.path), test_path=abs_(self.data.test_path)),

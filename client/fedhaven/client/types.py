@@ -10,6 +10,7 @@ from fedhaven.client.site_config import SIMULATION_POLICY, SitePolicy
 from fedhaven.shared.accounting import PrivacyHistory
 
 if TYPE_CHECKING:
+    from fedhaven.client.ledger import Ledger
     from fedhaven.shared.data import ImageData
 
 
@@ -23,8 +24,15 @@ class SiteInfo:
 
     name: str
     policy: SitePolicy = SIMULATION_POLICY
-    state_dir: Path | None = None
+    state_dir: Path | None = None  # None: no ledger (unit tests); history kept in Flower's context only
     device: str = "cpu"  # "auto", "cpu" or "cuda": resolved once, where training runs
+    ledger_anchor: Path | None = None  # None: beside state_dir
+
+    def ledger(self) -> Ledger | None:
+        """The site's privacy ledger, or None for a site without a state directory."""
+        from fedhaven.client.ledger import Ledger
+
+        return None if self.state_dir is None else Ledger.in_dir(self.state_dir, anchor=self.ledger_anchor)
 
 
 @dataclass(frozen=True)
@@ -41,7 +49,6 @@ class Site:
 
 @dataclass(frozen=True)
 class PrivacyState:
-    """What a site remembers about privacy: all training history, and the noise fixed for the current run."""
+    """What a site remembers about privacy: the history of its current budget (all runs since init or reset)."""
 
     history: PrivacyHistory = PrivacyHistory()
-    run_noise: float | None = None

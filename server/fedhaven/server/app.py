@@ -10,7 +10,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedhaven.server.federation import RunResult, run_federation
-from fedhaven.server.recorder import CentralEvaluator, RoundRecord
+from fedhaven.server.recorder import CentralEvaluator, RoundRecord, SiteWitnesses
 from fedhaven.shared.data import load_data
 from fedhaven.shared.runtime import resolve_device
 from fedhaven.shared.schema import RunConfig
@@ -25,8 +25,12 @@ def make_server_app(
     max_weight: float | None,
     on_round: Callable[[RoundRecord], None] | None = None,
     on_result: Callable[[RunResult], None] | None = None,
+    witnesses: SiteWitnesses | None = None,
+    audit: Callable[[list], dict] | None = None,
+    ledger_command: str | None = None,
 ) -> ServerApp:
-    """A ServerApp that runs `run`, evaluating on the test split of `run.data`, writing to `run_dir`."""
+    """A ServerApp that runs `run`, evaluating on the test split of `run.data`, writing to `run_dir`
+    (the privacy report included; `witnesses`, `audit`, `ledger_command` as in `run_federation`)."""
     app = ServerApp()
 
     @app.main()
@@ -35,7 +39,7 @@ def make_server_app(
         evaluator = CentralEvaluator(run=run, data=test, device=resolve_device("auto"))
         result = run_federation(grid=grid, context=context, run=run, run_dir=run_dir, input_spec=test.spec,
                                 classes=test.classes, evaluator=evaluator, max_weight=max_weight,
-                                on_round=on_round)
+                                on_round=on_round, witnesses=witnesses, audit=audit, ledger_command=ledger_command)
         if on_result is not None:
             on_result(result)
 

@@ -9,14 +9,15 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedhaven.server.federation import run_federation
-from fedhaven.server.privacy_report import build_privacy_report
-from fedhaven.server.recorder import CentralEvaluator
+from fedhaven.server.recorder import CentralEvaluator, SiteWitnesses
 from fedhaven.shared.config import ConfigError, parse, unflatten
 from fedhaven.shared.data import load_data
 from fedhaven.shared.runtime import configure_logging, resolve_device
 from fedhaven.shared.schema import RunConfig
 
 log = logging.getLogger("fedhaven.server")
+#: In the coordinator's runs directory: the last update received from each site (seq, previous hash, node).
+WITNESS_FILE = "ledger-witnesses.json"
 
 
 def run_config_from_context(context: Context) -> RunConfig:
@@ -44,9 +45,8 @@ def main(grid: Grid, context: Context) -> None:
     test = load_data(cfg=run.data, split="test")
     evaluator = CentralEvaluator(run=run, data=test, device=resolve_device("auto"))
     max_weight = run.known_max_weight() if run.secagg.enabled else None
+    # What the coordinator saw of each site's ledger survives runs and restarts, beside the runs.
+    witnesses = SiteWitnesses(Path(run.output_dir) / WITNESS_FILE)
     result = run_federation(grid=grid, context=context, run=run, run_dir=run_dir, input_spec=test.spec,
-                            classes=test.classes, evaluator=evaluator, max_weight=max_weight)
-    report = build_privacy_report(run=run, sites=result.sites, rounds=result.rounds, max_weight=max_weight,
-                                  central=result.central_noise, stopped=result.stopped)
-    report.write(run_dir)
+                            classes=test.classes, evaluator=evaluator, max_weight=max_weight, witnesses=witnesses)
     log.info("run %s finished: %d rounds, privacy report in %s", context.run_id, len(result.rounds) - 1, run_dir)

@@ -1,4 +1,5 @@
-"""The coordinator's round loop: fit, refuse a round without aggregate, evaluate centrally, record, checkpoint."""
+"""The coordinator's round loop: fit, refuse a round without aggregate, evaluate centrally, record, checkpoint,
+and write the privacy report (the one place it is built, for simulation and deployment)."""
 
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ import numpy as np
 
 from fedhaven.server.grid import PollingGrid, describe_nodes
 from fedhaven.server.flower_legacy import FitRoundLog, LegacyFederation, build_strategy, central_noise
+from fedhaven.server.privacy_report import PrivacyReport, build_privacy_report, worst_epsilon
 from fedhaven.server.recorder import (
-    CentralEvaluator, CentralNoise, RoundFailed, RoundRecord, RunRecorder, SiteReport,
+    CentralEvaluator, CentralNoise, NoRoundTrained, RoundFailed, RoundRecord, RunRecorder, SiteReport, SiteWitnesses,
 )
 from fedhaven.shared.models import InputSpec, build_model
 from fedhaven.shared.schema import RunConfig
@@ -37,6 +39,7 @@ class RunResult:
     wall_time_s: float
     central_noise: list[CentralNoise] = field(default_factory=list)
     stopped: str | None = None  # why the run ended before its last round, if it did
+    privacy: PrivacyReport | None = None  # written beside the model as privacy.json / privacy.md
 
 
 def site_reports(fit_log: FitRoundLog) -> list[SiteReport]:
@@ -64,8 +67,18 @@ def run_federation(
     evaluator: CentralEvaluator | None,
     max_weight: float | None,
     on_round: Callable[[RoundRecord], None] | None = None,
+    witnesses: SiteWitnesses | None = None,
+    audit: Callable[[list[np.ndarray]], dict] | None = None,
+    ledger_command: str | None = None,
 ) -> RunResult:
-    """Run `run.rounds` rounds on Flower's grid; raise RoundFailed when a round yields no aggregate after retries."""
+    """Run `run.rounds` rounds on Flower's grid and write the privacy report, in every outcome.
+
+    Raises RoundFailed when a round yields no aggregate after retries, and NoRoundTrained when
+    the run ends (e.g. every site refused for lack of budget) without one aggregated round: a
+    run that trained nothing is never a success. `witnesses` keeps what the coordinator saw of
+    each site's ledger (in memory unless given a file); `audit` computes an empirical check on
+    the final weights (simulation); `ledger_command` is how a site recomputes its epsilon.
+    """
     start = time.perf_counter()
     recorder = RunRecorder(run_dir=run_dir, run=run, input_spec=input_spec, classes=classes, on_round=on_round)
     initial = get_weights(build_model(cfg=run.model, spec=input_spec, seed=run.seed, dp=run.dp.enabled))
@@ -75,6 +88,7 @@ def run_federation(
                                              classes=classes))
 
     strategy = build_strategy(run=run, initial=initial, fit_config=fit_config)
+    strategy.witnesses = witnesses if witnesses is not None else SiteWitnesses()
     inner = grid
 
     def waiting_for_replies(waited: float, missing: frozenset[int]) -> None:
@@ -90,6 +104,7 @@ def run_federation(
     fed = LegacyFederation(grid=grid, context=context, run=run, strategy=strategy, on_waiting=waiting_for_sites,
                            max_weight=max_weight if run.secagg.enabled else None)
     weights = fed.weights()
+    stopped, failure = None, None
     try:
         if evaluator is not None:
             loss, acc = evaluator(weights)
@@ -97,23 +112,40 @@ def run_federation(
                                         epsilon_max=0.0, epsilon_mean=0.0, sites_ok=0, sites_failed=0,
                                         round_time_s=0.0, fit_time_s=0.0, eval_time_s=0.0,
                                         secure_aggregation=run.secagg.enabled))
-        stopped = None
         for server_round in range(1, run.rounds + 1):
             try:
                 weights = _one_round(fed=fed, run=run, server_round=server_round, recorder=recorder,
                                      evaluator=evaluator)
             except RoundFailed as exc:
                 if not exc.budget_exhausted:
-                    raise
+                    failure = exc
+                    break
                 stopped = (f"stopped cleanly before round {server_round}: too few sites have privacy budget left "
                            f"({len(exc.reasons)} refused: {exc.reasons[0]})")
                 log.warning("%s", stopped)
+                if not any(r.status == "ok" for r in recorder.rounds):
+                    failure = NoRoundTrained(f"no round produced an aggregate: every site refused for lack of "
+                                             f"privacy budget ({len(exc.reasons)} refused: {exc.reasons[0]})",
+                                             reasons=exc.reasons)
                 break
-        recorder.finish(weights=weights)
+        if failure is None:
+            recorder.finish(weights=weights)
     finally:
         fed.close()
+    trained = any(r.status == "ok" for r in recorder.rounds)
+    report = build_privacy_report(
+        run=run, sites=dict(recorder.sites), epsilons=recorder.epsilons(), rounds=recorder.rounds,
+        max_weight=max_weight, central=central_noise(strategy),
+        stopped=str(failure) if failure is not None else stopped,
+        outcome="failed" if failure is not None else ("stopped" if stopped else "completed"),
+        membership_inference=audit(weights) if audit is not None and trained and failure is None else None,
+        ledger_command=ledger_command, histories=recorder.histories)
+    report.write(run_dir)
+    if failure is not None:
+        raise failure
     return RunResult(run_dir=run_dir, weights=weights, rounds=recorder.rounds, sites=dict(recorder.sites),
-                     wall_time_s=time.perf_counter() - start, central_noise=central_noise(strategy), stopped=stopped)
+                     wall_time_s=time.perf_counter() - start, central_noise=central_noise(strategy), stopped=stopped,
+                     privacy=report)
 
 
 def _one_round(*, fed: LegacyFederation, run: RunConfig, server_round: int, recorder: RunRecorder,
@@ -124,16 +156,19 @@ def _one_round(*, fed: LegacyFederation, run: RunConfig, server_round: int, reco
         outcome = fed.fit_round(server_round)
         fit_time = time.perf_counter() - t0
         reports = site_reports(outcome.log)
-        recorder.site_reports(reports)
-        eps_all = {name: rep.epsilon for name, rep in recorder.sites.items()}
+        # every site that trained counts, also in an attempt that yields no aggregate
+        recorder.site_reports(reports, unanswered=outcome.log.unanswered, server_round=server_round,
+                              attempt=attempt)
+        eps_all = recorder.epsilons()
+        worst = worst_epsilon(eps_all.values())
         finite = [e for e in eps_all.values() if math.isfinite(e)]
         common = dict(round=server_round, attempt=attempt, sites_ok=len(reports),
                       sites_failed=len(outcome.log.failures), fit_time_s=fit_time,
                       sites_available=fed.available_sites(),
                       site_train_time_s=sum(r.train_time_s for r in reports),
                       secure_aggregation=run.secagg.enabled, epsilons=eps_all,
-                      failures=tuple(outcome.log.failures),
-                      epsilon_max=max(eps_all.values()) if eps_all else None,
+                      failures=tuple(outcome.log.failures), unanswered=tuple(outcome.log.unanswered),
+                      epsilon_max=worst, private=run.dp.enabled and (worst is None or math.isfinite(worst)),
                       epsilon_mean=statistics.fmean(finite) if finite else None)
         if outcome.weights is None:
             why = f"no aggregate (halted at {outcome.halted_stage})"

@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 from flwr.app import ConfigRecord, Context, Error
-from flwr.common import FitRes, Parameters, ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.app.message_type import MessageType
+from flwr.common import FitIns, FitRes, Parameters, ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.compat.common import recorddict_compat as compat
 from flwr.server import LegacyContext
 from flwr.server import ServerConfig as FlowerServerConfig
@@ -34,36 +35,62 @@ from flwr.server.workflow.default_workflows import default_fit_workflow, default
 from flwr.server.workflow.secure_aggregation.secaggplus_workflow import WorkflowState
 from flwr.serverapp.grid import Grid
 
-from fedhaven.server.recorder import CentralNoise
+from fedhaven.server.recorder import CentralNoise, SiteWitnesses
+from fedhaven.shared.accounting import NOTHING_SENT
 from fedhaven.shared.schema import RunConfig, SecAggConfig
+from fedhaven.shared.witness import Witness
 
 log = logging.getLogger("fedhaven.server")
+FITINS_CONFIG = "fitins.config"  # Flower's legacy FitIns config record: only in messages that carry a training task
 
 
 @dataclass
 class FitRoundLog:
-    """What the strategy saw in one fit round: each site's metrics and every failure reason."""
+    """What one fit attempt returned: each site's metrics (with its node), every failure reason, and the
+    nodes asked to train whose reply never came (they may have trained: their spending is only bounded)."""
 
     results: list[tuple[int, dict[str, Any]]] = field(default_factory=list)  # (num_examples, metrics)
     failures: list[str] = field(default_factory=list)
+    node_ids: list[int] = field(default_factory=list)  # the node of each result, when known
+    unanswered: list[str] = field(default_factory=list)  # site names (or "node N") that never replied
+
+
+def _node_id(proxy: ClientProxy) -> int:
+    return int(getattr(proxy, "node_id", None) or proxy.cid)
 
 
 class RecordingStrategy(Strategy):
-    """Delegates to a Flower strategy and keeps what each fit round returned."""
+    """Delegates to a Flower strategy, keeps what each fit round returned, and sends each site its witness.
+
+    The witness (the last update received from the site's node: its ledger seq and the hash it
+    linked to) is added to that node's own copy of the task config; the site refuses when its
+    ledger does not contain it.
+    """
 
     def __init__(self, inner: Strategy) -> None:
         self.inner = inner
         self.last = FitRoundLog()
+        self.witnesses: SiteWitnesses | None = None
 
     def initialize_parameters(self, client_manager):  # noqa: ANN001, ANN201 - Flower signature
         return self.inner.initialize_parameters(client_manager)
 
     def configure_fit(self, server_round, parameters, client_manager):  # noqa: ANN001, ANN201
-        return self.inner.configure_fit(server_round, parameters, client_manager)
+        instructions = self.inner.configure_fit(server_round, parameters, client_manager)
+        if self.witnesses is None:
+            return instructions
+        out = []
+        for proxy, ins in instructions:
+            witness = self.witnesses.for_node(_node_id(proxy))
+            if witness is not None:  # FitIns objects are shared between sites: each gets its own copy
+                ins = FitIns(ins.parameters, {**ins.config, **witness.to_config()})
+            out.append((proxy, ins))
+        return out
 
     def aggregate_fit(self, server_round: int, results: list[tuple[ClientProxy, FitRes]],
                       failures: list) -> tuple[Parameters | None, dict]:
         self.last.results = [(r.num_examples, dict(r.metrics)) for _, r in results]
+        self.last.node_ids = [_node_id(p) for p, _ in results]
         self.last.failures.extend(_reason(f) for f in failures)
         return self.inner.aggregate_fit(server_round, results, failures)
 
@@ -97,11 +124,12 @@ def _reason(failure: Any) -> str:
 def short_reason(text: str, *, limit: int = 400) -> str:
     """The innermost error message of a Flower/Ray error text, without the tracebacks."""
     marker = "occurred. Message:"
-    lines = [ln.strip() for ln in text.replace("\\n", "\n").rsplit(marker, 1)[-1].splitlines() if ln.strip()]
+    text = text.replace("\\n", "\n").replace("\\'", "'").replace('\\"', '"')  # Flower nests reprs
+    lines = [ln.strip() for ln in text.rsplit(marker, 1)[-1].splitlines() if ln.strip()]
     if marker not in text:
         errors = [ln for ln in lines if re.match(r"^[\w.]+(Error|Exception|Refused): ", ln)]
         lines = errors[-1:] or lines
-    out = (lines[0] if lines else text).strip(" '\">)")
+    out = (lines[0] if lines else text).strip(" '\">)\\")
     return out if len(out) <= limit else out[: limit - 3] + "..."
 
 
@@ -123,11 +151,16 @@ class _TolerantCentralDP:
     guarantee while a site that refused (e.g. its budget is spent) is left out.
     Flower 1.42's adaptive wrapper also updates the clipping norm before adding
     noise, so a shrinking norm under-noised the round; here the noise uses the
-    norm the sites were sent.
+    norm the sites were sent. The round is accounted at the configured noise
+    multiplier, the mechanism's total (for adaptive clipping: update and count
+    queries together), never at the update's larger share of it.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        # What the accountant uses: the configured total. Flower's adaptive wrapper replaces
+        # self.noise_multiplier by the larger multiplier of the update alone (Andrew et al. 2021).
+        self.accounted_noise = float(kwargs["noise_multiplier"] if "noise_multiplier" in kwargs else args[1])
         self.applied: list[CentralNoise] = []
 
     def _after_aggregate(self, results: list) -> None:
@@ -142,8 +175,10 @@ class _TolerantCentralDP:
         self._after_aggregate(results)
         if params is not None:
             params = add_gaussian_noise_to_params(params, self.noise_multiplier, used, m)
-            self.applied.append(CentralNoise(server_round, m, used, self.noise_multiplier,
-                                             compute_stdv(self.noise_multiplier, used, m)))
+            self.applied.append(CentralNoise(server_round, m, used, self.accounted_noise,
+                                             compute_stdv(self.noise_multiplier, used, m),
+                                             value_noise_multiplier=self.noise_multiplier,
+                                             count_noise_std=float(getattr(self, "clipped_count_stddev", 0.0))))
         return params, metrics
 
 
@@ -189,8 +224,7 @@ def build_strategy(*, run: RunConfig, initial: Sequence[np.ndarray],
                                              num_sampled_clients=run.min_sites, initial_clipping_norm=c.clipping_norm,
                                              target_clipped_quantile=c.target_clipped_quantile,
                                              clip_norm_lr=c.clip_norm_lr,
-                                             clipped_count_stddev=None if c.clipped_count_stddev == "auto"
-                                             else c.clipped_count_stddev)
+                                             clipped_count_stddev=c.count_stddev(sites=run.min_sites))
     return RecordingStrategy(inner)
 
 
@@ -203,6 +237,38 @@ class FitOutcome:
     halted_stage: str | None = None
 
 
+class _ReplyWatch:
+    """Flower's grid, noting which nodes were sent a training task and which of them settled it.
+
+    Settled: a reply with content, or an error saying nothing was trained or sent (a refusal).
+    Any other outcome (no reply by the timeout, a node lost, a crash) may hide an update the
+    site trained and recorded: its spending can then only be bounded.
+    """
+
+    def __init__(self, grid: Grid) -> None:
+        self._grid = grid
+        self.asked: set[int] = set()
+        self.settled: set[int] = set()
+
+    def send_and_receive(self, messages, *, timeout=None):  # noqa: ANN001, ANN201 - Flower's Grid
+        messages = list(messages)
+        tasks = {m.metadata.dst_node_id for m in messages if m.metadata.message_type == MessageType.TRAIN
+                 and FITINS_CONFIG in m.content.config_records}
+        self.asked |= tasks
+        replies = list(self._grid.send_and_receive(messages, timeout=timeout))
+        for r in replies:
+            if r.metadata.src_node_id in tasks and (r.has_content() or NOTHING_SENT in str(r.error.reason)):
+                self.settled.add(r.metadata.src_node_id)
+        return replies
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._grid, name)
+
+    @property
+    def unanswered(self) -> list[int]:
+        return sorted(self.asked - self.settled)
+
+
 class CheckedSecAggPlus(SecAggPlusWorkflow):
     """Flower's SecAgg+ workflow that remembers at which stage it halted and why.
 
@@ -212,18 +278,25 @@ class CheckedSecAggPlus(SecAggPlusWorkflow):
 
     halted_stage: str | None = None
     failures: tuple[str, ...] = ()
+    collected: tuple[tuple[int, int, dict[str, Any]], ...] = ()  # (node, examples, metrics) of each trained reply
 
     def __call__(self, grid: Grid, context: Context) -> None:
         state = WorkflowState()
-        self.halted_stage, self.failures = None, ()
+        self.halted_stage, self.failures, self.collected = None, (), ()
         stages = (("setup", self.setup_stage), ("share keys", self.share_keys_stage),
                   ("collect masked vectors", self.collect_masked_vectors_stage), ("unmask", self.unmask_stage))
-        for name, stage in stages:
-            if not stage(grid, context, state):  # type: ignore[arg-type]
-                self.halted_stage = name
-                # Flower records some failures twice (once per loop over replies): keep each once.
-                self.failures = tuple(dict.fromkeys(_reason(f) for f in state.failures))
-                return
+        try:
+            for name, stage in stages:
+                if not stage(grid, context, state):  # type: ignore[arg-type]
+                    self.halted_stage = name
+                    # Flower records some failures twice (once per loop over replies): keep each once.
+                    self.failures = tuple(dict.fromkeys(_reason(f) for f in state.failures))
+                    return
+        finally:
+            # Sites that trained sent their metrics in the clear with their masked vectors: what they spent
+            # counts even when unmasking fails later and the round yields no aggregate.
+            self.collected = tuple((_node_id(proxy), res.num_examples, dict(res.metrics))
+                                   for proxy, res in state.legacy_results)
 
 
 def secagg_workflow(cfg: SecAggConfig, *, max_weight: float) -> CheckedSecAggPlus:
@@ -274,6 +347,7 @@ class LegacyFederation:
                                  strategy=strategy, client_manager=BoundedClientManager(
                                      timeout=run.secagg.timeout, report=on_waiting))
         self.strategy = strategy
+        self.node_sites: dict[int, str] = {}
         self.secagg = secagg_workflow(run.secagg, max_weight=max_weight) if max_weight is not None else None
         self._thread, self._stop, done = start_update_client_manager_thread(grid, self.ctx.client_manager)
         done.wait()
@@ -298,12 +372,19 @@ class LegacyFederation:
         self.strategy.last = FitRoundLog()
         before = self.ctx.state.array_records[MAIN_PARAMS_RECORD]
         halted = None
+        last = self.strategy.last
+        watch = _ReplyWatch(self.grid)
         if self.secagg is not None:
-            self.secagg(self.grid, self.ctx)
+            self.secagg(watch, self.ctx)  # type: ignore[arg-type]
             halted = self.secagg.halted_stage
-            self.strategy.last.failures.extend(self.secagg.failures)
+            last.failures.extend(self.secagg.failures)
+            # every site that trained, whether or not the sum could be unmasked
+            last.node_ids = [n for n, _, _ in self.secagg.collected]
+            last.results = [(k, m) for _, k, m in self.secagg.collected]
         else:
-            default_fit_workflow(self.grid, self.ctx)
+            default_fit_workflow(watch, self.ctx)  # type: ignore[arg-type]
+        last.unanswered = [self._site_name(n) for n in watch.unanswered]
+        self._witness(last)
         after = self.ctx.state.array_records[MAIN_PARAMS_RECORD]
         shortfall = getattr(self.ctx.client_manager, "shortfall", None)
         if shortfall:
@@ -312,6 +393,23 @@ class LegacyFederation:
             return FitOutcome(weights=None, log=self.strategy.last,
                               halted_stage=halted or ("waiting for sites" if shortfall else "aggregate"))
         return FitOutcome(weights=self.weights(), log=self.strategy.last)
+
+    def _witness(self, log: FitRoundLog) -> None:
+        """Remember, per site, the ledger entry each training reply was recorded as."""
+        if len(log.node_ids) != len(log.results):
+            return
+        for node, (_, metrics) in zip(log.node_ids, log.results, strict=True):
+            witness = Witness.from_metrics(metrics)
+            if witness is not None:
+                self.node_sites[node] = witness.site
+                if self.strategy.witnesses is not None:
+                    self.strategy.witnesses.record(node_id=node, witness=witness)
+
+    def _site_name(self, node: int) -> str:
+        name = self.node_sites.get(node)
+        if name is None and self.strategy.witnesses is not None:
+            name = self.strategy.witnesses.site_of(node)
+        return name or f"node {node}"
 
     def close(self) -> None:
         self._stop.set()

@@ -21,6 +21,7 @@ from fedhaven.shared.schema import RunConfig
 from fedhaven.shared.training import evaluate
 from fedhaven.shared.data import ImageData
 from fedhaven.shared.weights import state_dict_from_weights
+from fedhaven.shared.witness import Witness
 
 
 class RoundFailed(RuntimeError):
@@ -32,10 +33,14 @@ class RoundFailed(RuntimeError):
 
     @property
     def budget_exhausted(self) -> bool:
-        """Whether every site that failed refused because its privacy budget is spent."""
-        from fedhaven.shared.accounting import BUDGET_SPENT
+        """Whether every site that failed refused for lack of budget (its own, or the run's target)."""
+        from fedhaven.shared.accounting import BUDGET_REFUSALS
 
-        return bool(self.reasons) and all(BUDGET_SPENT in r for r in self.reasons)
+        return bool(self.reasons) and all(any(p in r for p in BUDGET_REFUSALS) for r in self.reasons)
+
+
+class NoRoundTrained(RoundFailed):
+    """The run ended without a single aggregated round: never a success, whatever the reason."""
 
 
 @dataclass(frozen=True)
@@ -57,13 +62,20 @@ class SiteReport:
 
 @dataclass(frozen=True)
 class CentralNoise:
-    """What the coordinator's central-DP noise was in one round: the mean of `sites` clipped updates."""
+    """What the coordinator's central-DP noise was in one round: the mean of `sites` clipped updates.
+
+    `noise_multiplier` is what is accounted: the mechanism's configured total. Under adaptive
+    clipping Flower splits it (Andrew et al. 2021) into `value_noise_multiplier` on the update
+    (std `noise_std` on the mean) and `count_noise_std` on the count of clipped sites.
+    """
 
     server_round: int
     sites: int
     clipping_norm: float
     noise_multiplier: float
     noise_std: float
+    value_noise_multiplier: float | None = None  # None: the same as noise_multiplier (fixed clipping)
+    count_noise_std: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -88,6 +100,8 @@ class RoundRecord:
     epsilons: dict[str, float | None] = field(default_factory=dict)
     failures: tuple[str, ...] = ()
     time: float = field(default_factory=time.time)
+    private: bool = True  # False: DP off, or some site's epsilon is infinite (epsilon_max is then written as null)
+    unanswered: tuple[str, ...] = ()  # sites (or nodes) asked to train whose reply never came: they may have spent
 
 
 def finite_or_none(x: float | None) -> float | None:
@@ -108,6 +122,51 @@ def write_atomic(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+class SiteWitnesses:
+    """The coordinator's witness of each site's ledger: the last update it received from each site.
+
+    Kept per site name with the node it came from, in memory or (deployment) in a JSON file
+    under the coordinator's state directory, so it survives runs and restarts. Each task to a
+    node carries the witness back; the site refuses when its ledger lacks that entry.
+    """
+
+    def __init__(self, path: Path | None = None) -> None:
+        self.path = path
+        self._mem: dict[str, dict[str, Any]] = {}
+
+    def _load(self) -> dict[str, dict[str, Any]]:
+        if self.path is None or not self.path.exists():
+            return dict(self._mem)
+        return dict(json.loads(self.path.read_text()).get("sites", {}))
+
+    def for_node(self, node_id: int) -> Witness | None:
+        """The witness to send with a task to `node_id`, or None when no update from it was ever received."""
+        mine = [(v["time"], name, v) for name, v in self._load().items() if v.get("node_id") == node_id]
+        if not mine:
+            return None
+        _, name, v = max(mine, key=lambda t: t[0])
+        return Witness(site=name, seq=int(v["seq"]), prev_hash=str(v["prev_hash"]))
+
+    def site_of(self, node_id: int) -> str | None:
+        w = self.for_node(node_id)
+        return w.site if w is not None else None
+
+    def record(self, *, node_id: int, witness: Witness) -> None:
+        """Remember the newest update received from a site (atomically, across concurrent runs)."""
+        entry = {"seq": witness.seq, "prev_hash": witness.prev_hash, "node_id": node_id, "time": time.time()}
+        if self.path is None:
+            self._mem[witness.site] = entry
+            return
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path.with_name(self.path.name + ".lock"), "a") as lock:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+            sites = self._load()
+            sites[witness.site] = entry
+            write_atomic(self.path, json.dumps({"sites": sites}, indent=1, sort_keys=True).encode())
 
 
 class CentralEvaluator:
@@ -135,13 +194,32 @@ class RunRecorder:
         self.on_round = on_round
         self.sites: dict[str, SiteReport] = {}
         self.rounds: list[RoundRecord] = []
+        self.unanswered: dict[str, tuple[int, int]] = {}  # site -> (round, attempt) of a training reply never received
+        self.histories: dict[str, list[tuple[float, float, int]]] = {}  # site -> (noise, rate, steps) of each report
         self._model = build_model(cfg=run.model, spec=input_spec, dp=False)
         (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
         write_atomic(run_dir / "config.json", json.dumps(to_dict(run), indent=2).encode())
 
-    def site_reports(self, reports: Sequence[SiteReport]) -> None:
+    def site_reports(self, reports: Sequence[SiteReport], *, unanswered: Sequence[str] = (), server_round: int = 0,
+                     attempt: int = 0) -> None:
+        """Each site's newest report (its cumulative epsilon); and the sites asked to train that never replied:
+        they may have trained and spent, so until they report again their epsilon is only bounded."""
         for r in reports:
             self.sites[r.site] = r
+            self.unanswered.pop(r.site, None)
+            self.histories.setdefault(r.site, []).append((r.noise_multiplier, r.sample_rate, r.steps))
+        for name in unanswered:
+            self.unanswered[name] = (server_round, attempt)
+
+    def epsilons(self) -> dict[str, float]:
+        """Every site's epsilon as the coordinator must state it: the newest reported, or, for a site whose last
+        training reply was lost, the run's target (each site enforces it before training; infinite when the run
+        is not private)."""
+        bound = self.run.dp.target_epsilon if self.run.dp.enabled and not self.run.dp.not_private else math.inf
+        out = {name: rep.epsilon for name, rep in self.sites.items()}
+        for name in self.unanswered:
+            out[name] = max(out.get(name, 0.0), bound)
+        return out
 
     def record(self, rec: RoundRecord) -> None:
         self.rounds.append(rec)

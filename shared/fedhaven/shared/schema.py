@@ -55,11 +55,12 @@ class TrainConfig:
 class DPConfig:
     """Local differential privacy (DP-SGD with Opacus) on every site.
 
-    With `noise_multiplier = "auto"` each site derives its noise so that, after
-    the planned rounds and counting everything it spent before, its epsilon at
-    `delta` is `target_epsilon`. With a number, the noise is fixed and
-    `target_epsilon` is the run's stated privacy target (sites report when
-    they pass it).
+    `target_epsilon` is the run's limit on each site's epsilon at `delta`, counting
+    everything the site spent before (all runs): a site refuses a round, retries
+    included, that would take it past the target. With `noise_multiplier = "auto"`
+    each site derives its noise every round so that the rounds still planned end
+    at the target; with a number, the noise is fixed. Zero noise is not private and
+    is refused unless `allow_not_private` says the experiment means it.
     """
 
     enabled: bool = True
@@ -69,16 +70,32 @@ class DPConfig:
     delta: float = field(default=1e-5, metadata=bounds(gt=0, lt=1))
     accountant: Accountant = "rdp"
     grad_sample_mode: GradSampleMode = "ghost"  # fastest correct engine measured here (BENCHMARKS.md)
+    allow_not_private: bool = False  # zero noise runs, reported as not private (epsilon infinite)
+
+    @property
+    def not_private(self) -> bool:
+        """DP-SGD without noise: each update is released with no guarantee (epsilon infinite)."""
+        return self.enabled and self.noise_multiplier == 0.0
 
     def problems(self) -> list[str]:
         if isinstance(self.noise_multiplier, float) and self.noise_multiplier < 0:
             return [f"noise_multiplier: must be >= 0 or \"auto\", got {self.noise_multiplier}"]
+        if self.not_private and not self.allow_not_private:
+            return ["noise_multiplier: 0 adds no noise, so the run would not be private (epsilon infinite). Use a "
+                    "positive value or \"auto\"; or say so: dp.enabled = false (--no-dp), or "
+                    "dp.allow_not_private = true to train without noise, reported as not private"]
         return []
 
 
 @dataclass(frozen=True)
 class SecAggConfig:
-    """Secure aggregation (Flower's SecAgg+): the coordinator only ever sees the masked sum."""
+    """Secure aggregation (Flower's SecAgg+): the coordinator can unmask only the sum of the sites' model arrays.
+
+    Flower's protocol masks arrays only: each site's example count (its weight),
+    its metrics (site name, training loss and accuracy, epsilon, noise, sample
+    rate, steps, ledger position, and under adaptive central DP its clipped bit)
+    travel in the clear to the coordinator.
+    """
 
     enabled: bool = True
     num_shares: int | float = 5
@@ -128,6 +145,9 @@ class CentralDPConfig:
     Each site clips its model update to `clipping_norm` before SecAgg+ masks it;
     the coordinator adds Gaussian noise of std `noise_multiplier * clipping_norm / m`
     to the mean of the m updates it aggregated. Every site then counts equally.
+    With adaptive clipping (Andrew et al. 2021) `noise_multiplier` is the total of
+    the mechanism: the noise on the clipped-site count (`clipped_count_stddev`) is
+    paid for by more noise on the update, so the accountant uses `noise_multiplier`.
     """
 
     enabled: bool = False
@@ -137,15 +157,30 @@ class CentralDPConfig:
     delta: float = field(default=1e-5, metadata=bounds(gt=0, lt=1))
     target_clipped_quantile: float = field(default=0.5, metadata=bounds(gt=0, lt=1))
     clip_norm_lr: float = field(default=0.2, metadata=bounds(gt=0))
-    clipped_count_stddev: float | Literal["auto"] = "auto"  # adaptive: noise on the count of clipped sites
+    # adaptive: noise on the count of clipped sites; "auto": max(sites per round / 20, noise_multiplier)
+    clipped_count_stddev: float | Literal["auto"] = "auto"
     accountant: Accountant = "rdp"
+    allow_not_private: bool = False  # zero noise runs, reported as not private (epsilon infinite)
+
+    def count_stddev(self, *, sites: int) -> float:
+        """The clipped-count noise, "auto" resolved: Andrew et al.'s sites/20, raised to at least the noise
+        multiplier so that Flower's split (which needs noise_multiplier < 2 * stddev) always exists and the
+        update's noise grows by at most 1/sqrt(3/4), about 15%."""
+        if self.clipped_count_stddev != "auto":
+            return float(self.clipped_count_stddev)
+        return max(sites / 20, self.noise_multiplier)
 
     def problems(self) -> list[str]:
+        out = []
         if self.enabled and self.clipping == "adaptive" and self.noise_multiplier > 0:
             if isinstance(self.clipped_count_stddev, float) and self.noise_multiplier >= 2 * self.clipped_count_stddev:
-                return [f"clipped_count_stddev: must exceed noise_multiplier / 2 ({self.noise_multiplier / 2:g}) for "
-                        f"adaptive clipping (Andrew et al. 2021)"]
-        return []
+                out.append(f"clipped_count_stddev: must exceed noise_multiplier / 2 ({self.noise_multiplier / 2:g}) "
+                           f"for adaptive clipping (Andrew et al. 2021); \"auto\" always does")
+        if self.enabled and self.noise_multiplier == 0 and not self.allow_not_private:
+            out.append("noise_multiplier: 0 adds no noise to the aggregate, so central DP would not be private "
+                       "(epsilon infinite). Use a positive value; or central_dp.enabled = false; or "
+                       "central_dp.allow_not_private = true to run it anyway, reported as not private")
+        return out
 
 
 @dataclass(frozen=True)
@@ -224,6 +259,7 @@ class SitePolicy:
     require_dp: bool = True
     require_secure_aggregation: bool = True
     allowed_models: tuple[str, ...] = ("lenet",)  # "*" allows any registered model
+    send_training_metrics: bool = True  # false: replies carry no training loss/accuracy (not covered by epsilon)
     # SHA-256 of the run packages (FABs) this site reviewed; empty: any package that only names the
     # installed fedhaven ClientApp. A site never runs code from a package either way.
     allowed_app_packages: tuple[str, ...] = ()

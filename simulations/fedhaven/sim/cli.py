@@ -110,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
             logger.error("round %3d/%d  FAILED (attempt %d): %s", rec.round, exp.rounds, rec.attempt,
                          "; ".join(rec.failures[:3]) or "no aggregate")
             return
-        eps = f"epsilon max {rec.epsilon_max:.3f}" if exp.dp.enabled and rec.epsilon_max is not None else "no DP"
+        eps = ("no DP (epsilon ∞)" if not exp.dp.enabled else "epsilon max ∞ (not private)" if not rec.private
+               else f"epsilon max {rec.epsilon_max:.3f}" if rec.epsilon_max is not None else "epsilon max n/a")
         logger.info("round %3d/%d  test accuracy %6.2f%%  loss %.4f  %s  sites %d/%d  %.1f s", rec.round,
                     exp.rounds, 100 * rec.accuracy, rec.loss, eps, rec.sites_ok, rec.sites_ok + rec.sites_failed,
                     rec.round_time_s)

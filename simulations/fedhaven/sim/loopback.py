@@ -142,6 +142,8 @@ path = "data"
 [policy]
 {self.policy}
 """)
+        # a new site starts its privacy ledger explicitly; it refuses to train until then
+        _check(cli("fl-client", "ledger", "init", "--config", str(site / "site.toml")), "fl-client ledger init")
         return site
 
     def spawn(self, name: str, *args: str) -> subprocess.Popen:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from fedhaven.server.federation import RunResult
+from fedhaven.server.privacy_report import format_epsilon
 from fedhaven.server.recorder import RoundRecord, finite_or_none, write_atomic
 from fedhaven.shared.schema import ExperimentConfig
 
@@ -23,23 +24,38 @@ class Summary:
     def text(self) -> str:
         d = self.data
         acc = d["final_accuracy"]
+        if not d["dp"]:
+            privacy = "NONE (DP was off): epsilon ∞, not private"
+        elif not d["private"]:
+            privacy = "NOT PRIVATE: a site trained without noise (epsilon ∞)"
+        elif d["epsilon_max"] is None:
+            privacy = "no site reported an epsilon"
+        else:
+            privacy = f"epsilon <= {d['epsilon_max']:.3f} per site at delta {d['delta']:g} ({d['accountant']} accountant)"
         lines = [f"experiment     {d['experiment']}  ({d['sites']} sites, {d['partition']}, {d['rounds']} rounds)",
                  f"test accuracy  {acc * 100:.2f}%" if acc is not None else "test accuracy  n/a",
-                 f"privacy        " + (f"epsilon <= {d['epsilon_max']:.3f} per site at delta {d['delta']:g} "
-                                       f"({d['accountant']} accountant)" if d["dp"] else "NONE (DP was off)"),
-                 f"secure agg.    {'SecAgg+' if d['secure_aggregation'] else 'OFF'}",
-                 f"wall time      {d['wall_time_s']:.1f} s",
-                 f"run directory  {d['run_dir']}"]
+                 f"privacy        {privacy}"]
+        if d.get("central_dp") is not None:
+            lines.append(f"central DP     epsilon {format_epsilon(d['central_dp'])} at delta {d['central_delta']:g} "
+                         f"(client level)")
+        lines += [f"secure agg.    {'SecAgg+' if d['secure_aggregation'] else 'OFF'}",
+                  f"wall time      {d['wall_time_s']:.1f} s",
+                  f"run directory  {d['run_dir']}"]
+        if d.get("stopped"):
+            lines.append(f"stopped        {d['stopped']}")
         return "\n".join(lines)
 
 
 def summarize(*, exp: ExperimentConfig, result: RunResult, wall_time_s: float) -> Summary:
+    """summary.json from the run and its privacy report: epsilons follow the report's one rule, never recomputed."""
+    assert result.privacy is not None, "run_federation writes the privacy report"
+    report = result.privacy.data
     ok = [r for r in result.rounds if r.status == "ok"]
     last = ok[-1] if ok else None
-    sites = {name: {"epsilon": finite_or_none(rep.epsilon), "noise_multiplier": rep.noise_multiplier,
-                    "sample_rate": rep.sample_rate, "steps": rep.total_steps, "num_examples": rep.num_examples}
-             for name, rep in sorted(result.sites.items())}
-    eps = [s["epsilon"] for s in sites.values() if s["epsilon"] is not None]
+    sites = {name: {k: row[k] for k in ("epsilon", "private", "noise_multiplier", "sample_rate", "steps",
+                                        "num_examples", "history", "history_complete")}
+             for name, row in report["sites"].items()}
+    central = report["central_dp"]
     data = {
         "experiment": exp.name,
         "sites": exp.sites,
@@ -49,15 +65,19 @@ def summarize(*, exp: ExperimentConfig, result: RunResult, wall_time_s: float) -
         "final_loss": last.loss if last else None,
         "best_accuracy": max((r.accuracy for r in ok if r.accuracy is not None), default=None),
         "dp": exp.dp.enabled,
+        "private": report["private"],
         "delta": exp.dp.delta if exp.dp.enabled else None,
         "accountant": exp.dp.accountant,
-        "epsilon_max": max(eps) if exp.dp.enabled and eps else None,
+        "epsilon_max": report["epsilon_max"],
         "epsilon_per_site": {k: v["epsilon"] for k, v in sites.items()},
         "privacy_per_site": sites,
-        "recompute": "epsilon = fedhaven.shared.accounting.epsilon(history=[PrivacyStep(noise_multiplier, "
-                     "sample_rate, steps)], delta=delta, accountant=accountant) - or any Opacus accountant "
-                     "with history [(noise_multiplier, sample_rate, steps)]",
+        "central_dp": central["epsilon"] if central["enabled"] else None,
+        "central_delta": central["delta"] if central["enabled"] else None,
+        "recompute": "each site's epsilon = Opacus' RDPAccountant (or PRV) with history = the site's "
+                     "[noise_multiplier, sample_rate, steps] rows (its `history`: every round it trained, retried "
+                     "attempts included), get_epsilon(delta); null epsilon: not private (infinite)",
         "secure_aggregation": exp.secagg.enabled,
+        "stopped": report["stopped"],
         "wall_time_s": wall_time_s,
         "run_dir": str(result.run_dir),
     }

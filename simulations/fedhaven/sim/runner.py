@@ -11,8 +11,7 @@ from pathlib import Path
 from fedhaven.client.flower_app import make_client_app
 from fedhaven.server.app import make_server_app
 from fedhaven.server.federation import RunResult
-from fedhaven.server.privacy_report import build_privacy_report
-from fedhaven.server.recorder import RoundRecord
+from fedhaven.server.recorder import RoundRecord, SiteWitnesses
 from fedhaven.shared.config import ConfigError
 from fedhaven.shared.runtime import HARDENED_ENV
 from fedhaven.shared.schema import ExperimentConfig
@@ -80,10 +79,14 @@ def run_experiment(
     max_weight = resolve_max_weight(exp, sizes) if exp.secagg.enabled else None
     run_dir.mkdir(parents=True, exist_ok=True)
     results: list[RunResult] = []
+    # Each simulated site keeps a privacy ledger, as a deployed site does; they are new sites, started explicitly.
+    sites = SimulatedSites(exp, state_root=str(run_dir / "sites"))
+    create_site_ledgers(sites)
     server_app = make_server_app(run=exp.run_config(), run_dir=run_dir, max_weight=max_weight, on_round=on_round,
-                                 on_result=results.append)
-    # Each simulated site keeps a privacy ledger, as a deployed site does.
-    client_app = make_client_app(sites=SimulatedSites(exp, state_root=str(run_dir / "sites")))
+                                 on_result=results.append, witnesses=SiteWitnesses(run_dir / "ledger-witnesses.json"),
+                                 audit=lambda weights: audit_membership(exp=exp, weights=weights),
+                                 ledger_command=f"fl-client ledger verify --state-dir {run_dir / 'sites'}/SITE")
+    client_app = make_client_app(sites=sites)
     cpus = os.cpu_count() or 1
     backend_config = {
         "client_resources": {"num_cpus": exp.simulation.cpus_per_site, "num_gpus": exp.simulation.gpus_per_site},
@@ -95,7 +98,9 @@ def run_experiment(
         run_simulation(server_app=server_app, client_app=client_app, num_supernodes=exp.sites,
                        backend_config=backend_config)
     except Exception as exc:  # noqa: BLE001 - re-raised with the run directory named
-        raise SimulationFailed(f"{exc} (partial results kept in {run_dir})") from exc
+        # Flower may wrap the ServerApp's own error ("An error was encountered"); the privacy report says why.
+        why = _failure_of(run_dir) or str(exc)
+        raise SimulationFailed(f"{why} (partial results kept in {run_dir})") from exc
     finally:
         _shutdown_ray()
     if not results:
@@ -103,10 +108,28 @@ def run_experiment(
     wall = time.perf_counter() - started
     result = results[0]
     plot_rounds(rounds=result.rounds, run_dir=run_dir, title=exp.name)
-    build_privacy_report(run=exp.run_config(), sites=result.sites, rounds=result.rounds, max_weight=max_weight,
-                         central=result.central_noise, stopped=result.stopped,
-                         membership_inference=audit_membership(exp=exp, weights=result.weights)).write(run_dir)
     return summarize(exp=exp, result=result, wall_time_s=wall)
+
+
+def _failure_of(run_dir: Path) -> str | None:
+    """Why the run failed, as the coordinator wrote it in the privacy report (written in every outcome)."""
+    import json
+
+    try:
+        report = json.loads((run_dir / "privacy.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return report.get("stopped") if report.get("outcome") == "failed" else None
+
+
+def create_site_ledgers(sites: SimulatedSites) -> None:
+    """Start every simulated site's privacy ledger (with its anchor), as `fl-client ledger init` does for a new site."""
+    exp = sites.experiment
+    for i in range(exp.sites):
+        info = sites.site_info(i)
+        ledger = info.ledger()
+        if ledger is not None:
+            ledger.init(site=info.name, reason=f"simulated site of experiment {exp.name}")
 
 
 def audit_membership(*, exp: ExperimentConfig, weights: list) -> dict:

@@ -10,7 +10,7 @@ SUBCOMMANDS = {
     "keygen": "create this site's key pair; send the public key to the operator",
     "check": "validate site.toml, credentials and data without connecting",
     "start": "join the federation (starts Flower's SuperNode with this site's key)",
-    "ledger": "show or verify this site's privacy ledger",
+    "ledger": "show, verify, init (new site) or reset (with a reason) this site's privacy ledger",
 }
 
 

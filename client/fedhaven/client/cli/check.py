@@ -1,13 +1,15 @@
-"""`fl-client check`: config, credentials, data, device and privacy budget, checked without connecting."""
+"""`fl-client check`: config, credentials, data, device, the privacy ledger (chain, anchor, every epsilon) and
+budget, checked without connecting. A deleted, truncated, replaced or edited ledger fails it."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fedhaven.client.ledger import Ledger
+from fedhaven.client.anchor import anchor_location_problems
 from fedhaven.client.policy import budget_spent
 from fedhaven.client.site_config import SiteConfig, load_site_config
 from fedhaven.shared.config import ConfigError
@@ -54,8 +56,14 @@ def check_site(cfg: SiteConfig) -> ImageData:
             problems.append(f"data: no training images found under {cfg.data.path}")
     except (ValueError, OSError) as exc:
         problems.append(f"data: {exc}")
-    report = Ledger.in_dir(cfg.state_dir).verify()
+    ledger = cfg.ledger()
+    report = ledger.verify()
     problems += [f"ledger: {p}" for p in report.problems]
+    for p in anchor_location_problems(anchor=ledger.anchor_path, state_dir=Path(cfg.state_dir)):
+        if "inside state_dir" in p:
+            log.warning("%s", p)
+        else:
+            problems.append(p)
     try:
         resolve_device(cfg.device)
     except RuntimeError as exc:
@@ -68,7 +76,7 @@ def check_site(cfg: SiteConfig) -> ImageData:
 def run(args: argparse.Namespace) -> int:
     cfg = load_site_config(args.config)
     data = check_site(cfg)
-    ledger = Ledger.in_dir(cfg.state_dir)
+    ledger = cfg.ledger()
     spent = budget_spent(policy=cfg.policy, history=ledger.history())
     log.info("site          %s", cfg.name)
     log.info("coordinator   %s (%s)", cfg.coordinator.address, "PLAIN HTTP" if cfg.coordinator.insecure else "TLS")
@@ -78,9 +86,14 @@ def run(args: argparse.Namespace) -> int:
              spec.image_size, len(data.classes))
     for name, count in data.class_counts().items():
         log.info("  %-12s %d", name, count)
-    log.info("ledger        %d entries, chain verified", len(ledger.entries()))
-    log.info("budget        epsilon %.3f spent of %g (delta %g): %.3f left", spent, cfg.policy.max_epsilon,
-             cfg.policy.delta, max(0.0, cfg.policy.max_epsilon - spent))
+    log.info("ledger        %d entries, chain verified, every epsilon recomputed, anchored in %s (the coordinator's "
+             "witness is checked with every task)", len(ledger.entries()), ledger.anchor_path)
+    if math.isinf(spent):
+        log.warning("budget        NOT PRIVATE: a round trained without noise; epsilon inf of %g (delta %g)",
+                    cfg.policy.max_epsilon, cfg.policy.delta)
+    else:
+        log.info("budget        epsilon %.3f spent of %g (delta %g): %.3f left", spent, cfg.policy.max_epsilon,
+                 cfg.policy.delta, max(0.0, cfg.policy.max_epsilon - spent))
     log.info("policy        min noise %g, DP %s, secure aggregation %s, models %s", cfg.policy.min_noise_multiplier,
              "required" if cfg.policy.require_dp else "optional",
              "required" if cfg.policy.require_secure_aggregation else "optional", list(cfg.policy.allowed_models))

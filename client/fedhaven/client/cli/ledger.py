@@ -1,27 +1,108 @@
-"""`fl-client ledger show|verify`: what left this site and what it cost, and proof the record is intact."""
+"""`fl-client ledger show|verify|init|reset`: what left this site and what it cost, proof the record is intact,
+and the only two ways a budget starts from zero (a new site; an operator's reset with a reason).
+
+The ledger is found from site.toml (`--config`), or directly (`--state-dir DIR` or `--ledger FILE`, e.g. a
+simulated site's `runs/<run>/sites/<site>`); its anchor is the configured one, `--anchor FILE`, or the
+default beside the state directory.
+"""
 
 from __future__ import annotations
 
 import argparse
 import datetime
 import logging
+import math
 from pathlib import Path
 
-from fedhaven.client.ledger import Ledger
-from fedhaven.client.policy import budget_spent
-from fedhaven.client.site_config import load_site_config
+from fedhaven.client.ledger import Ledger, LedgerEntry, LedgerError
+from fedhaven.client.site_config import SitePolicy, load_site_config
+from fedhaven.shared.accounting import epsilon
+from fedhaven.shared.witness import Witness
 
 log = logging.getLogger("fedhaven.client")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("action", choices=("show", "verify"))
-    p.add_argument("--config", type=Path, default=Path("site.toml"), help="the site's configuration file")
+    p.add_argument("action", choices=("show", "verify", "init", "reset"),
+                   help="show: every entry; verify: chain, anchor and every epsilon; init: start a new site's ledger; "
+                        "reset: record a loss or start a fresh budget (appended, with --reason)")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--config", type=Path, help="the site's configuration file (default: site.toml)")
+    where.add_argument("--state-dir", type=Path, help="a state directory holding privacy-ledger.jsonl")
+    where.add_argument("--ledger", type=Path, help="a ledger file")
+    p.add_argument("--anchor", type=Path, help="the ledger's anchor file (default: from site.toml, or beside the "
+                                               "state directory)")
+    p.add_argument("--site", help="init/reset without site.toml: the site's name")
+    p.add_argument("--reason", default="", help="init/reset: why, kept in the ledger for auditors")
+    p.add_argument("--keep-budget", action="store_true",
+                   help="reset: re-anchor the ledger as it is, still counting everything spent (no fresh budget)")
+    p.add_argument("--accept-witness", metavar="SEQ:HASH",
+                   help="reset: record the coordinator's witness of an update this ledger lost (from the refusal)")
+
+
+def _ledger(args: argparse.Namespace) -> tuple[Ledger, SitePolicy | None, str | None]:
+    """(the ledger, the site's policy when site.toml was given, the site's name when known)."""
+    if args.state_dir is not None:
+        return Ledger.in_dir(args.state_dir.expanduser().resolve(), anchor=args.anchor), None, args.site
+    if args.ledger is not None:
+        return Ledger(args.ledger.expanduser().resolve(), anchor=args.anchor), None, args.site
+    cfg = load_site_config(args.config or Path("site.toml"))
+    ledger = cfg.ledger()
+    if args.anchor is not None:
+        ledger = Ledger(ledger.path, anchor=args.anchor)
+    return ledger, cfg.policy, cfg.name
+
+
+def _spent(entries: list[LedgerEntry], policy: SitePolicy | None) -> str:
+    from fedhaven.client.ledger import budget_history
+
+    updates = [e for e in entries if e.kind == "update"]
+    if policy is not None:
+        delta, acc, budget = policy.delta, policy.accountant, f" of budget {policy.max_epsilon:g}"
+    elif updates:
+        delta, acc, budget = updates[-1].delta, updates[-1].accountant, ""
+    else:
+        return "nothing spent yet"
+    eps = epsilon(history=budget_history(entries), delta=delta, accountant=acc)  # type: ignore[arg-type]
+    shown = "inf (NOT PRIVATE: a round trained without noise)" if math.isinf(eps) else f"{eps:.4f}"
+    return (f"epsilon {shown}{budget} at delta {delta:g} spent in the current budget, recomputed from the ledger "
+            f"with a fresh {acc} accountant")
+
+
+def _name(ledger: Ledger, site: str | None) -> str:
+    if site:
+        return site
+    try:
+        entries = ledger.entries()
+    except LedgerError:
+        entries = []
+    if entries:
+        return entries[-1].site
+    raise LedgerError("name the site: --site NAME (or --config site.toml)")
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = load_site_config(args.config)
-    ledger = Ledger.in_dir(cfg.state_dir)
+    ledger, policy, site = _ledger(args)
+    if args.action == "init":
+        entry = ledger.init(site=_name(ledger, site), reason=args.reason or "new site")
+        log.info("ledger %s started for site %s (anchor %s); head %s", ledger.path, entry.site, ledger.anchor_path,
+                 entry.hash[:16])
+        return 0
+    if args.action == "reset":
+        witness = None
+        if args.accept_witness:
+            seq, _, prev = args.accept_witness.partition(":")
+            if not seq.isdigit() or len(prev) != 64:
+                raise LedgerError(f"--accept-witness: expected SEQ:HASH as the refusal printed it, got "
+                                  f"{args.accept_witness!r}")
+            witness = Witness(site=_name(ledger, site), seq=int(seq), prev_hash=prev)
+        entry = ledger.reset(site=_name(ledger, site), reason=args.reason, fresh_budget=not args.keep_budget,
+                             accept_witness=witness)
+        log.warning("ledger %s: reset entry seq %d appended (%s): %s", ledger.path, entry.seq,
+                    "budget kept" if args.keep_budget else "FRESH BUDGET from here", entry.reason)
+        if entry.acknowledged:
+            log.warning("recorded as accepted: %s", entry.acknowledged)
+        return 0
     if args.action == "verify":
         report = ledger.verify()
         if not report.ok:
@@ -29,22 +110,30 @@ def run(args: argparse.Namespace) -> int:
                 log.error("%s", p)
             log.error("ledger %s does NOT verify (%d entries checked)", ledger.path, report.entries)
             return 1
-        spent = budget_spent(policy=cfg.policy, history=ledger.history())
-        log.info("ledger %s verified: %d entries, chain intact, every epsilon recomputed; head %s", ledger.path,
-                 report.entries, ledger.head()[:16])
-        log.info("epsilon spent across all runs: %.4f at delta %g (budget %g), recomputed from the ledger with a "
-                 "fresh %s accountant", spent, cfg.policy.delta, cfg.policy.max_epsilon, cfg.policy.accountant)
+        entries = ledger.entries()
+        log.info("ledger %s verified: %d entries, chain intact, anchor %s matches, every epsilon recomputed; "
+                 "head %s", ledger.path, report.entries, ledger.anchor_path, ledger.head()[:16])
+        log.info("%s", _spent(entries, policy))
+        resets = [e for e in entries if e.kind == "reset"]
+        if resets:
+            log.warning("%d reset(s) recorded; the last: seq %d, %s", len(resets), resets[-1].seq, resets[-1].reason)
         return 0
     entries = ledger.entries()
-    log.info("%-4s %-19s %-8s %-5s %-8s %-9s %-8s %-6s %-9s %s", "seq", "time (UTC)", "run", "round", "model",
-             "noise", "rate", "steps", "eps run", "eps total")
+    log.info("%-4s %-6s %-19s %-8s %-5s %-8s %-9s %-8s %-6s %-9s %s", "seq", "kind", "time (UTC)", "run", "round",
+             "model", "noise", "rate", "steps", "eps run", "eps total")
     for e in entries:
         when = datetime.datetime.fromtimestamp(e.time, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+        if e.kind != "update":
+            log.info("%-4d %-6s %-19s %s", e.seq, e.kind, when,
+                     f"{'fresh budget' if e.starts_budget else 'budget kept'}: {e.reason}"
+                     + (f" (accepted: {e.acknowledged})" if e.acknowledged else ""))
+            continue
         fmt = (lambda x: "inf" if x is None else f"{x:.4f}")
-        log.info("%-4d %-19s %-8s %-5d %-8s %-9.4f %-8.5f %-6d %-9s %s", e.seq, when, str(e.run_id)[-8:],
+        log.info("%-4d %-6s %-19s %-8s %-5d %-8s %-9.4f %-8.5f %-6d %-9s %s", e.seq, e.kind, when, str(e.run_id)[-8:],
                  e.server_round, e.model, e.noise_multiplier, e.sample_rate, e.steps, fmt(e.epsilon_after),
                  fmt(e.cumulative_epsilon))
-    spent = budget_spent(policy=cfg.policy, history=ledger.history())
-    log.info("%d updates left this site; epsilon %.4f of %g spent (delta %g)", len(entries), spent,
-             cfg.policy.max_epsilon, cfg.policy.delta)
-    return 0
+    log.info("%d updates left this site; %s", sum(e.kind == "update" for e in entries), _spent(entries, policy))
+    problems = ledger.check()
+    for p in problems:
+        log.error("%s", p)
+    return 1 if problems else 0

@@ -60,8 +60,9 @@ def _print_round(line: dict) -> None:
         log.info("round %3d  test accuracy %6.2f%%  (initial model)", 0, 100 * line["accuracy"])
     elif line["status"] == "ok":
         eps = line.get("epsilon_max")
+        shown = "∞ (not private)" if not line.get("private", True) else (f"{eps:.3f}" if eps is not None else "n/a")
         log.info("round %3d  test accuracy %6.2f%%  loss %.4f  epsilon max %s  sites %d/%d  %.1f s", line["round"],
-                 100 * line["accuracy"], line["loss"], f"{eps:.3f}" if eps is not None else "n/a",
+                 100 * line["accuracy"], line["loss"], shown,
                  line["sites_ok"], line["sites_ok"] + line["sites_failed"], line["round_time_s"])
     else:
         log.error("round %3d  FAILED (attempt %d): %s", line["round"], line["attempt"],
@@ -111,4 +112,16 @@ def run(args: argparse.Namespace) -> int:
     report = run_dir / "privacy.md"
     if report.exists():
         log.info("\n%s", report.read_text())
+    rounds = _rounds_trained(run_dir)
+    if status.sub_status == "completed" and rounds == 0:  # never a success: nothing was trained
+        log.error("run %d aggregated no round: see the site failures above", run_id)
+        return 1
     return 0 if status.sub_status == "completed" else 1
+
+
+def _rounds_trained(run_dir: Path) -> int:
+    """Rounds that produced an aggregate, from the run's metrics.jsonl."""
+    metrics = run_dir / "metrics.jsonl"
+    if not metrics.exists():
+        return 0
+    return sum(json.loads(x).get("status") == "ok" for x in metrics.read_text().splitlines() if x.strip())

@@ -1,0 +1,135 @@
+"""`fl-client ledger` and `fl-client check` on a site's real files: a lost or rolled-back ledger fails, named."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+from fedhaven.client.cli import main
+from fedhaven.client.site_config import load_site_config
+from fedhaven.shared.accounting import PrivacyHistory, epsilon
+from fedhaven.shared.crypto import make_ca
+from fedhaven.shared.data import load_digits_data, save_idx
+
+SITE_TOML = """
+name = "hospital-a"
+[coordinator]
+address = "localhost:9092"
+ca_cert = "ca.pem"
+[data]
+source = "idx"
+path = "data"
+[policy]
+max_epsilon = 50.0
+"""
+
+
+@pytest.fixture
+def site(tmp_path):
+    save_idx(load_digits_data(split="train").subset(np.arange(120)), tmp_path / "data", split="train")
+    (tmp_path / "site.toml").write_text(SITE_TOML)
+    (tmp_path / "ca.pem").write_bytes(make_ca().cert_pem)
+    assert main(["keygen", "--out", str(tmp_path)]) == 0
+    return tmp_path
+
+
+def _spend(path, rounds: int) -> None:
+    """Append `rounds` updates as the site's ClientApp does (under the lock, after the check)."""
+    ledger = load_site_config(path / "site.toml").ledger()
+    for r in range(rounds):
+        with ledger.locked():
+            assert ledger.check() == []
+            hist = ledger.history().add(noise_multiplier=0.8, sample_rate=0.2, steps=50)
+            eps = epsilon(history=hist, delta=1e-5)
+            ledger.append(site="hospital-a", run_id=1, server_round=r + 1, model="lenet", update_sha256="a" * 64,
+                          weights_sha256="b" * 64, update_l2_norm=1.0, num_examples=120, noise_multiplier=0.8,
+                          sample_rate=0.2, steps=50, delta=1e-5, accountant="rdp", epsilon_before=0.0,
+                          epsilon_after=eps, cumulative_epsilon=eps)
+
+
+def _run(capfd, *argv: str) -> tuple[int, str]:
+    code = main(list(argv))
+    out, err = capfd.readouterr()
+    return code, out + err
+
+
+def test_a_new_site_is_initialised_explicitly_and_checks(site, capfd):
+    cfg = str(site / "site.toml")
+    code, text = _run(capfd, "check", "--config", cfg)
+    assert code == 2 and "never initialised" in text and "fl-client ledger init" in text
+    code, text = _run(capfd, "ledger", "init", "--config", cfg)
+    assert code == 0 and "started for site hospital-a" in text
+    code, text = _run(capfd, "ledger", "init", "--config", cfg)
+    assert code == 1 and "already exists" in text
+    _spend(site, 3)
+    code, text = _run(capfd, "check", "--config", cfg)
+    assert code == 0 and "check passed" in text and "4 entries" in text
+    spent = epsilon(history=PrivacyHistory().add(noise_multiplier=0.8, sample_rate=0.2, steps=150), delta=1e-5)
+    assert f"epsilon {spent:.3f} spent of 50" in text
+
+
+@pytest.mark.parametrize(("damage", "named"), [
+    ("delete", "is missing, but its anchor"),
+    ("truncate", "the ledger was truncated: it holds 3 entries but its anchor"),
+    ("rollback", "the ledger was truncated: it holds 2 entries"),
+    ("replace", "replaced or rolled back"),
+])
+def test_verify_and_check_fail_on_a_lost_or_rolled_back_ledger(site, capfd, damage, named):
+    cfg = str(site / "site.toml")
+    assert main(["ledger", "init", "--config", cfg]) == 0
+    _spend(site, 1)
+    ledger = load_site_config(site / "site.toml").ledger()
+    old = ledger.path.read_bytes()
+    _spend(site, 2)
+    if damage == "delete":
+        ledger.path.unlink()
+    elif damage == "truncate":
+        ledger.path.write_text("".join(ledger.path.read_text().splitlines(keepends=True)[:-1]))
+    elif damage == "rollback":
+        ledger.path.write_bytes(old)  # an older copy of the file
+    else:  # another valid chain of the same length
+        from fedhaven.client.ledger import Ledger
+
+        other = Ledger.in_dir(site / "other")
+        other.init(site="hospital-a")
+        for e in ledger.entries()[1:]:
+            other.append(**{k: v for k, v in vars(e).items() if k not in ("seq", "prev_hash", "time", "hash")})
+        shutil.copy(other.path, ledger.path)
+    capfd.readouterr()
+    code, text = _run(capfd, "ledger", "verify", "--config", cfg)
+    assert code == 1 and named in text and "does NOT verify" in text
+    code, text = _run(capfd, "check", "--config", cfg)
+    assert code == 2 and named in text and "check passed" not in text
+
+
+def test_reset_appends_a_logged_entry_and_verify_passes_again(site, capfd):
+    cfg = str(site / "site.toml")
+    assert main(["ledger", "init", "--config", cfg]) == 0
+    _spend(site, 2)
+    ledger = load_site_config(site / "site.toml").ledger()
+    ledger.path.unlink()
+    code, text = _run(capfd, "ledger", "reset", "--config", cfg)
+    assert code == 1 and "needs a --reason" in text
+    code, text = _run(capfd, "ledger", "reset", "--config", cfg, "--reason", "disk failure, ticket 42")
+    assert code == 0 and "FRESH BUDGET" in text and "is missing, but its anchor" in text
+    code, text = _run(capfd, "ledger", "verify", "--config", cfg)
+    assert code == 0 and "verified: 1 entries" in text
+    code, text = _run(capfd, "ledger", "show", "--config", cfg)
+    assert code == 0 and "reset" in text and "disk failure, ticket 42" in text
+
+
+def test_show_and_verify_take_a_state_directory_or_a_ledger_file(site, capfd):
+    """A simulated site has no site.toml: its ledger is verified from its folder or file."""
+    assert main(["ledger", "init", "--config", str(site / "site.toml")]) == 0
+    _spend(site, 2)
+    state = site / "state"
+    for where in (["--state-dir", str(state)], ["--ledger", str(state / "privacy-ledger.jsonl")]):
+        code, text = _run(capfd, "ledger", "verify", *where)
+        assert code == 0 and "verified: 3 entries" in text and "at delta 1e-05" in text
+        code, text = _run(capfd, "ledger", "show", *where)
+        assert code == 0 and "2 updates left this site" in text
+    (site / "state.ledger-anchor.json").unlink()
+    code, text = _run(capfd, "ledger", "verify", "--state-dir", str(state))
+    assert code == 1 and "anchor" in text and "is missing" in text
