@@ -32,6 +32,9 @@ class FakeFederation:
     def available_sites(self):
         return 2
 
+    def strategy_state(self):
+        return {}
+
 
 def _ok(weights, eps=(1.0, 2.0)):
     log = FitRoundLog(results=[(100, {"site": f"s{i}", "loss": 0.5, "accuracy": 0.8, "epsilon": e, "delta": 1e-5,
@@ -144,6 +147,9 @@ class FakeLegacyFederation:
 
     def available_sites(self):
         return 2
+
+    def strategy_state(self):
+        return {}
 
     def close(self):
         pass

@@ -1,21 +1,53 @@
-"""The ServerApp: the same object serves `fl-sim` and a deployed SuperLink."""
+"""The ServerApp: one path for `fl-sim` and a deployed SuperLink, from the run config to the written run directory."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedhaven.server.federation import RunResult, run_federation
+from fedhaven.server.progress import RUN_LOG
 from fedhaven.server.recorder import CentralEvaluator, RoundRecord, SiteWitnesses
 from fedhaven.shared.data import load_data
 from fedhaven.shared.runtime import resolve_device
 from fedhaven.shared.schema import RunConfig
 
 log = logging.getLogger("fedhaven.server")
+
+
+@contextmanager
+def run_log(run_dir: Path) -> Iterator[None]:
+    """Copy everything fedhaven logs during a run into `run_dir/coordinator.log` (deployed ServerApps have no
+    terminal: Flower's executor keeps their output to itself)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(run_dir / RUN_LOG)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logger = logging.getLogger("fedhaven")
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+
+
+def serve(*, grid: Grid, context: Context, run: RunConfig, run_dir: Path, max_weight: float | None,
+          witnesses: SiteWitnesses, on_round: Callable[[RoundRecord], None] | None = None,
+          audit: Callable[[list[np.ndarray]], dict] | None = None, ledger_command: str | None = None) -> RunResult:
+    """Run `run` on `grid`: central evaluation on the test split of `run.data`, results in `run_dir`
+    (`run.resume_from`, when set, is that directory: the run continues from its last complete round)."""
+    with run_log(run_dir):
+        test = load_data(cfg=run.data, split="test")
+        evaluator = CentralEvaluator(run=run, data=test, device=resolve_device("auto"))
+        return run_federation(grid=grid, context=context, run=run, run_dir=run_dir, input_spec=test.spec,
+                              classes=test.classes, evaluator=evaluator, max_weight=max_weight, on_round=on_round,
+                              witnesses=witnesses, audit=audit, ledger_command=ledger_command)
 
 
 def make_server_app(
@@ -29,17 +61,14 @@ def make_server_app(
     audit: Callable[[list], dict] | None = None,
     ledger_command: str | None = None,
 ) -> ServerApp:
-    """A ServerApp that runs `run`, evaluating on the test split of `run.data`, writing to `run_dir`
-    (the privacy report included; `witnesses`, `audit`, `ledger_command` as in `run_federation`)."""
+    """A ServerApp for a run known in advance (simulation): `serve` with these arguments."""
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        test = load_data(cfg=run.data, split="test")
-        evaluator = CentralEvaluator(run=run, data=test, device=resolve_device("auto"))
-        result = run_federation(grid=grid, context=context, run=run, run_dir=run_dir, input_spec=test.spec,
-                                classes=test.classes, evaluator=evaluator, max_weight=max_weight,
-                                on_round=on_round, witnesses=witnesses, audit=audit, ledger_command=ledger_command)
+        result = serve(grid=grid, context=context, run=run, run_dir=run_dir, max_weight=max_weight,
+                       witnesses=witnesses if witnesses is not None else SiteWitnesses(), on_round=on_round,
+                       audit=audit, ledger_command=ledger_command)
         if on_result is not None:
             on_result(result)
 

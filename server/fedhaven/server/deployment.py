@@ -1,4 +1,4 @@
-"""The deployed ServerApp: the SuperLink's executor runs it with the run config `fl-server run` submitted."""
+"""The deployed ServerApp: the run config `fl-server run` submitted, checked, then the one ServerApp path (app.serve)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,10 @@ from pathlib import Path
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from fedhaven.server.federation import run_federation
-from fedhaven.server.recorder import CentralEvaluator, SiteWitnesses
+from fedhaven.server.app import serve
+from fedhaven.server.recorder import SiteWitnesses
 from fedhaven.shared.config import ConfigError, parse, unflatten
-from fedhaven.shared.data import load_data
-from fedhaven.shared.runtime import configure_logging, resolve_device
+from fedhaven.shared.runtime import configure_logging
 from fedhaven.shared.schema import RunConfig
 
 log = logging.getLogger("fedhaven.server")
@@ -29,6 +28,8 @@ def run_config_from_context(context: Context) -> RunConfig:
                         "to at least the largest site's number of training examples")
     if not Path(run.output_dir).is_absolute():
         problems.append(f"output_dir: must be an absolute path on the coordinator, got {run.output_dir!r}")
+    if run.resume_from and Path(run.resume_from).parent != Path(run.output_dir):
+        problems.append(f"resume_from: {run.resume_from!r} is not a run of this coordinator ({run.output_dir})")
     if problems:
         raise ConfigError(problems, source="run config")
     return run
@@ -39,14 +40,12 @@ app = ServerApp()
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
+    """The deployed run: the submitted config, results in `runs/run-<id>` (or the interrupted run's directory)."""
     configure_logging()
     run = run_config_from_context(context)
-    run_dir = Path(run.output_dir) / f"run-{context.run_id}"
-    test = load_data(cfg=run.data, split="test")
-    evaluator = CentralEvaluator(run=run, data=test, device=resolve_device("auto"))
-    max_weight = run.known_max_weight() if run.secagg.enabled else None
+    run_dir = Path(run.resume_from) if run.resume_from else Path(run.output_dir) / f"run-{context.run_id}"
     # What the coordinator saw of each site's ledger survives runs and restarts, beside the runs.
-    witnesses = SiteWitnesses(Path(run.output_dir) / WITNESS_FILE)
-    result = run_federation(grid=grid, context=context, run=run, run_dir=run_dir, input_spec=test.spec,
-                            classes=test.classes, evaluator=evaluator, max_weight=max_weight, witnesses=witnesses)
+    result = serve(grid=grid, context=context, run=run, run_dir=run_dir,
+                   max_weight=run.known_max_weight() if run.secagg.enabled else None,
+                   witnesses=SiteWitnesses(Path(run.output_dir) / WITNESS_FILE))
     log.info("run %s finished: %d rounds, privacy report in %s", context.run_id, len(result.rounds) - 1, run_dir)

@@ -15,10 +15,13 @@ from typing import Any
 import numpy as np
 
 from fedhaven.server.grid import PollingGrid, describe_nodes
-from fedhaven.server.flower_legacy import FitRoundLog, LegacyFederation, build_strategy, central_noise
+from fedhaven.server.flower_legacy import (
+    FitRoundLog, LegacyFederation, build_strategy, central_noise, restore_strategy_state,
+)
 from fedhaven.server.privacy_report import PrivacyReport, build_privacy_report, worst_epsilon
 from fedhaven.server.recorder import (
     CentralEvaluator, CentralNoise, NoRoundTrained, RoundFailed, RoundRecord, RunRecorder, SiteReport, SiteWitnesses,
+    load_checkpoint,
 )
 from fedhaven.shared.models import InputSpec, build_model
 from fedhaven.shared.schema import RunConfig
@@ -80,7 +83,11 @@ def run_federation(
     the final weights (simulation); `ledger_command` is how a site recomputes its epsilon.
     """
     start = time.perf_counter()
-    recorder = RunRecorder(run_dir=run_dir, run=run, input_spec=input_spec, classes=classes, on_round=on_round)
+    resume = None
+    if run.resume_from:
+        resume, skipped = load_checkpoint(run_dir=run_dir, run=run, input_spec=input_spec)
+    recorder = RunRecorder(run_dir=run_dir, run=run, input_spec=input_spec, classes=classes, on_round=on_round,
+                           resuming=resume is not None)
     initial = get_weights(build_model(cfg=run.model, spec=input_spec, seed=run.seed, dp=run.dp.enabled))
 
     def fit_config(server_round: int) -> dict[str, Any]:
@@ -104,15 +111,28 @@ def run_federation(
     fed = LegacyFederation(grid=grid, context=context, run=run, strategy=strategy, on_waiting=waiting_for_sites,
                            max_weight=max_weight if run.secagg.enabled else None)
     weights = fed.weights()
+    first = 1
     stopped, failure = None, None
     try:
-        if evaluator is not None:
+        if resume is not None:
+            weights, first = resume.weights, resume.round + 1
+            fed.set_weights(weights)
+            restore_strategy_state(strategy, resume.blob["strategy"], weights=weights)
+            recorder.restore(resume)
+            why = (f"continued after round {resume.round} from {resume.path.name}"
+                   + (f"; newer checkpoints skipped: {'; '.join(skipped)}" if skipped else ""))
+            log.warning("resuming %s: %s", run_dir, why)
+            recorder.record(RoundRecord(round=resume.round, status="resumed", attempt=0, loss=None, accuracy=None,
+                                        epsilon_max=None, epsilon_mean=None, sites_ok=0, sites_failed=0,
+                                        round_time_s=0.0, fit_time_s=0.0, eval_time_s=0.0,
+                                        secure_aggregation=run.secagg.enabled, failures=(why,)))
+        elif evaluator is not None:
             loss, acc = evaluator(weights)
             recorder.record(RoundRecord(round=0, status="initial", attempt=0, loss=loss, accuracy=acc,
                                         epsilon_max=0.0, epsilon_mean=0.0, sites_ok=0, sites_failed=0,
                                         round_time_s=0.0, fit_time_s=0.0, eval_time_s=0.0,
                                         secure_aggregation=run.secagg.enabled))
-        for server_round in range(1, run.rounds + 1):
+        for server_round in range(first, run.rounds + 1):
             try:
                 weights = _one_round(fed=fed, run=run, server_round=server_round, recorder=recorder,
                                      evaluator=evaluator)
@@ -185,7 +205,7 @@ def _one_round(*, fed: LegacyFederation, run: RunConfig, server_round: int, reco
         t1 = time.perf_counter()
         loss, acc = evaluator(outcome.weights) if evaluator is not None else (None, None)
         eval_time = time.perf_counter() - t1
-        recorder.checkpoint(server_round=server_round, weights=outcome.weights)
+        recorder.checkpoint(server_round=server_round, weights=outcome.weights, strategy=fed.strategy_state())
         recorder.record(RoundRecord(status="ok", loss=loss, accuracy=acc, round_time_s=time.perf_counter() - t0,
                                     eval_time_s=eval_time, **common))
         return outcome.weights

@@ -11,7 +11,7 @@ import logging
 import re
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -198,6 +198,38 @@ def central_noise(strategy: RecordingStrategy) -> list[CentralNoise]:
     return list(getattr(strategy.inner, "applied", []))
 
 
+def strategy_state(strategy: RecordingStrategy) -> dict[str, Any]:
+    """What the strategy learnt so far, as plain values and tensors (a checkpoint loads it without pickle):
+    FedAdam's moments, the adaptive clipping norm, and every round's central-DP noise."""
+    import torch
+
+    inner = strategy.inner
+    base = inner.strategy if isinstance(inner, _TolerantCentralDP) else inner
+    state: dict[str, Any] = {}
+    if isinstance(inner, _TolerantCentralDP):
+        state["central"] = {"clipping_norm": float(inner.clipping_norm), "applied": [asdict(n) for n in inner.applied]}
+    if isinstance(base, FedAdam):
+        state["fedopt"] = {k: None if getattr(base, k) is None else [torch.from_numpy(np.array(a)) for a in
+                                                                      getattr(base, k)] for k in ("m_t", "v_t")}
+    return state
+
+
+def restore_strategy_state(strategy: RecordingStrategy, state: dict[str, Any], *,
+                           weights: Sequence[np.ndarray]) -> None:
+    """Put a checkpoint's `strategy_state` back (the global `weights` become FedAdam's current point)."""
+    inner = strategy.inner
+    base = inner.strategy if isinstance(inner, _TolerantCentralDP) else inner
+    if isinstance(inner, _TolerantCentralDP) and "central" in state:
+        inner.clipping_norm = float(state["central"]["clipping_norm"])
+        inner.applied = [CentralNoise(**n) for n in state["central"]["applied"]]
+    if isinstance(base, FedAdam):
+        moments = state.get("fedopt", {})
+        for k in ("m_t", "v_t"):
+            arrays = moments.get(k)
+            setattr(base, k, None if arrays is None else [a.numpy() for a in arrays])
+        base.current_weights = [np.array(w) for w in weights]
+
+
 def build_strategy(*, run: RunConfig, initial: Sequence[np.ndarray],
                    fit_config: Callable[[int], dict[str, Any]]) -> RecordingStrategy:
     """FedAvg, FedProx or FedAdam as configured, with fedhaven's task config sent every round."""
@@ -365,6 +397,10 @@ class LegacyFederation:
 
     def available_sites(self) -> int:
         return self.ctx.client_manager.num_available()
+
+    def strategy_state(self) -> dict[str, Any]:
+        """What a checkpoint keeps of the strategy (see `strategy_state`)."""
+        return strategy_state(self.strategy)
 
     def fit_round(self, server_round: int) -> FitOutcome:
         """One fit round (SecAgg+ or plain); weights None when no aggregate was produced."""

@@ -186,7 +186,7 @@ def build_privacy_report(*, run: RunConfig, sites: dict[str, SiteReport], rounds
     data = {
         "model": run.model.name,
         "outcome": outcome,
-        "rounds_completed": sum(r.status == "ok" for r in rounds),
+        "rounds_completed": len({r.round for r in rounds if r.status == "ok"}),  # a round redone after a resume counts once
         "stopped": stopped,
         "private": private,
         "epsilon_max": finite_or_none(worst) if run.dp.enabled else None,

@@ -8,7 +8,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -186,7 +186,7 @@ class RunRecorder:
     """Writes a run directory: config.json, metrics.jsonl, checkpoints/round-NNN.pt, model.pt, model.json."""
 
     def __init__(self, *, run_dir: Path, run: RunConfig, input_spec: InputSpec, classes: tuple[str, ...],
-                 on_round: Callable[[RoundRecord], None] | None = None) -> None:
+                 on_round: Callable[[RoundRecord], None] | None = None, resuming: bool = False) -> None:
         self.run_dir = run_dir
         self.run = run
         self.input_spec = input_spec
@@ -198,7 +198,14 @@ class RunRecorder:
         self.histories: dict[str, list[tuple[float, float, int]]] = {}  # site -> (noise, rate, steps) of each report
         self._model = build_model(cfg=run.model, spec=input_spec, dp=False)
         (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-        write_atomic(run_dir / "config.json", json.dumps(to_dict(run), indent=2).encode())
+        if resuming:  # the interrupted run's config.json and metrics.jsonl stay; its rounds are the history
+            self.rounds = read_rounds(run_dir)
+            metrics = run_dir / "metrics.jsonl"
+            if metrics.exists() and not metrics.read_bytes().endswith(b"\n"):
+                with metrics.open("a") as fh:  # a line torn by the crash stays alone on its line (and is skipped)
+                    fh.write("\n")
+        else:
+            write_atomic(run_dir / "config.json", json.dumps(run_identity(run), indent=2).encode())
 
     def site_reports(self, reports: Sequence[SiteReport], *, unanswered: Sequence[str] = (), server_round: int = 0,
                      attempt: int = 0) -> None:
@@ -233,13 +240,28 @@ class RunRecorder:
     def _payload(self, weights: Sequence[np.ndarray]) -> dict[str, Any]:
         return state_dict_from_weights(self._model, weights)
 
-    def checkpoint(self, *, server_round: int, weights: Sequence[np.ndarray]) -> Path:
+    def checkpoint(self, *, server_round: int, weights: Sequence[np.ndarray],
+                   strategy: dict[str, Any] | None = None) -> Path:
+        """Everything a resumed run needs after `server_round`: weights, the strategy's state, what every site
+        reported. Plain values and tensors only, so resuming never unpickles code."""
         path = self.run_dir / "checkpoints" / f"round-{server_round:03d}.pt"
-        blob = {"round": server_round, "state_dict": self._payload(weights), "model": to_dict(self.run.model),
-                "input": asdict(self.input_spec), "classes": list(self.classes),
-                "sites": {k: asdict(v) for k, v in self.sites.items()}}
+        blob = {"format": CHECKPOINT_FORMAT, "round": server_round, "state_dict": self._payload(weights),
+                "model": to_dict(self.run.model), "input": asdict(self.input_spec), "classes": list(self.classes),
+                "config": run_identity(self.run), "sites": {k: asdict(v) for k, v in self.sites.items()},
+                "unanswered": {k: list(v) for k, v in self.unanswered.items()},
+                "histories": {k: [list(h) for h in v] for k, v in self.histories.items()},
+                "strategy": strategy or {}}
         _torch_save_atomic(path, blob)
         return path
+
+    def restore(self, ckpt: Checkpoint) -> None:
+        """Take up what the interrupted run knew at its checkpoint. Every site it knew is counted as possibly
+        having trained in the round that was lost (bounded) until it reports again."""
+        self.sites = {k: SiteReport(**v) for k, v in ckpt.blob["sites"].items()}
+        self.unanswered = {k: (int(v[0]), int(v[1])) for k, v in ckpt.blob["unanswered"].items()}
+        self.histories = {k: [(float(a), float(b), int(c)) for a, b, c in v] for k, v in ckpt.blob["histories"].items()}
+        for name in self.sites:
+            self.unanswered.setdefault(name, (ckpt.round + 1, 0))
 
     def finish(self, *, weights: Sequence[np.ndarray]) -> Path:
         path = self.run_dir / "model.pt"
@@ -248,6 +270,76 @@ class RunRecorder:
                 "format": "torch state_dict; rebuild with fedhaven.shared.models.build_model"}
         write_atomic(self.run_dir / "model.json", json.dumps(meta, indent=2).encode())
         return path
+
+
+CHECKPOINT_FORMAT = 2
+#: Settings that say where and how a run is driven, not what it trains: they may differ when it is resumed.
+_OPERATIONAL = ("resume_from", "output_dir")
+
+
+def run_identity(run: RunConfig) -> dict[str, Any]:
+    """The run's config as written to config.json and checkpoints: what a resumed run must match."""
+    return {k: v for k, v in to_dict(run).items() if k not in _OPERATIONAL}
+
+
+class ResumeError(RuntimeError):
+    """An interrupted run cannot be continued; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A readable checkpoint: the round it closes, its weights (exchange order) and everything saved with it."""
+
+    path: Path
+    round: int
+    weights: list[np.ndarray]
+    blob: dict[str, Any]
+
+
+def read_rounds(run_dir: Path) -> list[RoundRecord]:
+    """metrics.jsonl back as records (unknown keys ignored, a torn last line skipped)."""
+    names = {f.name for f in fields(RoundRecord)}
+    out = []
+    path = run_dir / "metrics.jsonl"
+    for line in (path.read_text().splitlines() if path.exists() else []):
+        try:
+            raw = json.loads(line)
+        except ValueError:
+            continue
+        rec = {k: v for k, v in raw.items() if k in names}
+        for key in ("failures", "unanswered"):
+            rec[key] = tuple(rec.get(key) or ())
+        rec["epsilons"] = {k: (math.inf if v is None else v) for k, v in (rec.get("epsilons") or {}).items()}
+        out.append(RoundRecord(**rec))
+    return out
+
+
+def load_checkpoint(*, run_dir: Path, run: RunConfig, input_spec: InputSpec) -> tuple[Checkpoint, list[str]]:
+    """The newest checkpoint of `run_dir` that reads back whole and fits `run` (newest first); and a note for
+    every newer one that did not (a corrupt or partial last checkpoint falls back to the one before)."""
+    files = sorted((run_dir / "checkpoints").glob("round-*.pt"), reverse=True)
+    skipped: list[str] = []
+    model = build_model(cfg=run.model, spec=input_spec, dp=False)
+    for path in files:
+        try:
+            blob = torch.load(path, map_location="cpu", weights_only=True)
+            if not isinstance(blob, dict) or blob.get("format") != CHECKPOINT_FORMAT:
+                raise ValueError("not a resumable fedhaven checkpoint (older format or foreign file)")
+            model.load_state_dict(blob["state_dict"])
+            weights = [t.numpy().copy() for t in blob["state_dict"].values()]
+            for key in ("sites", "unanswered", "histories", "strategy", "config", "round"):
+                blob[key]  # noqa: B018 - every key must be there
+        except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint is skipped, and said so
+            skipped.append(f"{path.name} unreadable ({type(exc).__name__}: {str(exc)[:120]})")
+            continue
+        if blob["config"] != run_identity(run):
+            differ = sorted(k for k in set(blob["config"]) | set(run_identity(run))
+                            if blob["config"].get(k) != run_identity(run).get(k))
+            raise ResumeError(f"{path} was written by a run with other settings ({', '.join(differ)}); resume with "
+                              f"the interrupted run's own config.json")
+        return Checkpoint(path=path, round=int(blob["round"]), weights=weights, blob=blob), skipped
+    raise ResumeError(f"no readable checkpoint in {run_dir / 'checkpoints'}"
+                      + (f" ({'; '.join(skipped)})" if skipped else "") + ": nothing to resume; start the run again")
 
 
 def _torch_save_atomic(path: Path, obj: Any) -> None:

@@ -223,6 +223,9 @@ class RunConfig:
     min_sites: int = field(default=3, metadata=bounds(ge=1))
     round_retries: int = field(default=1, metadata=bounds(ge=0, le=10))
     output_dir: str = "runs"
+    # Set by `fl-server run --resume` / `fl-sim run --resume`, not by hand: the directory of an interrupted run,
+    # continued from its last complete round (same config, same metrics.jsonl, same sites' ledgers).
+    resume_from: str = ""
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

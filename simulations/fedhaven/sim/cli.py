@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 from fedhaven.shared.runtime import configure_logging, harden_environment
 
 harden_environment()  # before anything imports flwr: Flower reads the telemetry switch on import
 
-from fedhaven.shared.config import ConfigError, to_dict  # noqa: E402
+from fedhaven.server.progress import print_round  # noqa: E402
+from fedhaven.shared.cli import parse_with_overrides  # noqa: E402
+from fedhaven.shared.config import ConfigError, parse, to_dict  # noqa: E402
 from fedhaven.shared.schema import ExperimentConfig  # noqa: E402
-from fedhaven.sim.experiment import DEFAULT_EXPERIMENT, bundled_experiments, load_experiment  # noqa: E402
+from fedhaven.sim.experiment import (  # noqa: E402
+    DEFAULT_EXPERIMENT, EXPERIMENT_FILE, bundled_experiments, load_experiment,
+)
 
 COMMANDS = ("run", "check", "list")
 
@@ -35,6 +41,9 @@ def _parser() -> argparse.ArgumentParser:
         s.add_argument("--no-dp", action="store_true", help="turn differential privacy OFF (prints a warning)")
         s.add_argument("--no-secagg", action="store_true", help="turn secure aggregation OFF (prints a warning)")
         s.add_argument("--run-dir", type=Path, help="write results here instead of OUTPUT_DIR/NAME-TIMESTAMP")
+        if name == "run":
+            s.add_argument("--resume", type=Path, metavar="RUN_DIR",
+                           help="continue an interrupted run from its last complete round, with its own settings")
         s.add_argument("-v", "--verbose", action="store_true", help="show Flower's and Ray's own logs")
     sub.add_parser("list", help="list the bundled experiments")
     return p
@@ -58,6 +67,25 @@ def effective_config(exp: ExperimentConfig) -> str:
     return tomli_w.dumps(to_dict(exp))
 
 
+def resumed_experiment(args: argparse.Namespace) -> ExperimentConfig:
+    """The interrupted run's own experiment (its experiment.json), to be continued in its directory."""
+    run_dir = Path(args.resume).expanduser().resolve()
+    given = [f for f in ("sites", "rounds", "partition", "seed", "run_dir") if getattr(args, f) is not None]
+    if args.overrides or given or args.no_dp or args.no_secagg or args.experiment != DEFAULT_EXPERIMENT:
+        raise ConfigError(["--resume continues a run with its own settings: give no experiment, overrides or flags"],
+                          source="fl-sim run --resume")
+    path = run_dir / EXPERIMENT_FILE
+    if not path.exists():
+        raise ConfigError([f"{run_dir}: not a fedhaven simulation run directory (no {EXPERIMENT_FILE})"],
+                          source="fl-sim run --resume")
+    if (run_dir / "model.pt").exists():
+        raise ConfigError([f"{run_dir} finished: its model.pt is written; run the experiment again instead"],
+                          source="fl-sim run --resume")
+    data = json.loads(path.read_text())
+    data["resume_from"] = str(run_dir)
+    return parse(ExperimentConfig, data, source=str(path))
+
+
 def warnings_for(exp: ExperimentConfig) -> list[str]:
     """Loud notes for every protection that is turned off."""
     out = []
@@ -72,14 +100,17 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in (*COMMANDS, "-h", "--help"):
         argv.insert(0, "run")
-    args = _parser().parse_args(argv)
+    args = parse_with_overrides(_parser(), argv)
     logger = configure_logging(verbose=getattr(args, "verbose", False))
     if args.command == "list":
         for name in bundled_experiments():
             print(name)
         return 0
     try:
-        exp = load_experiment(source=args.experiment, overrides=args.overrides, flags=_flags(args))
+        if getattr(args, "resume", None) is not None:
+            exp = resumed_experiment(args)
+        else:
+            exp = load_experiment(source=args.experiment, overrides=args.overrides, flags=_flags(args))
     except ConfigError as exc:
         print(f"fl-sim: {exc}", file=sys.stderr)
         return 2
@@ -100,21 +131,11 @@ def main(argv: list[str] | None = None) -> int:
         logger.info("check passed: nothing was trained")
         return 0
 
-    run_dir = args.run_dir or Path(exp.output_dir) / f"{exp.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir = (Path(exp.resume_from) if exp.resume_from else
+               args.run_dir or Path(exp.output_dir) / f"{exp.name}-{time.strftime('%Y%m%d-%H%M%S')}")
 
     def progress(rec) -> None:  # noqa: ANN001 - RoundRecord
-        if rec.status == "initial":
-            logger.info("round %3d/%d  test accuracy %6.2f%%  (initial model)", 0, exp.rounds, 100 * rec.accuracy)
-            return
-        if rec.status != "ok":
-            logger.error("round %3d/%d  FAILED (attempt %d): %s", rec.round, exp.rounds, rec.attempt,
-                         "; ".join(rec.failures[:3]) or "no aggregate")
-            return
-        eps = ("no DP (epsilon ∞)" if not exp.dp.enabled else "epsilon max ∞ (not private)" if not rec.private
-               else f"epsilon max {rec.epsilon_max:.3f}" if rec.epsilon_max is not None else "epsilon max n/a")
-        logger.info("round %3d/%d  test accuracy %6.2f%%  loss %.4f  %s  sites %d/%d  %.1f s", rec.round,
-                    exp.rounds, 100 * rec.accuracy, rec.loss, eps, rec.sites_ok, rec.sites_ok + rec.sites_failed,
-                    rec.round_time_s)
+        print_round(logger, asdict(rec), planned=exp.rounds)
 
     logger.info("running %s -> %s", exp.name, run_dir)
     try:

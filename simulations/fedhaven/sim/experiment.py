@@ -12,6 +12,8 @@ from fedhaven.shared.schema import ExperimentConfig
 #: Experiments shipped with fedhaven, usable by name (`fl-sim run mnist`).
 BUNDLED = Path(__file__).parent / "experiments"
 DEFAULT_EXPERIMENT = "mnist"
+#: The resolved experiment, in its run directory: what `fl-sim run --resume` continues.
+EXPERIMENT_FILE = "experiment.json"
 
 
 def bundled_experiments() -> list[str]:

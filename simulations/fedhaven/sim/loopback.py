@@ -223,6 +223,10 @@ path = "data"
         return cli("fl-server", "run", str(self.write_run(text or run_toml())), "--state-dir", str(self.state),
                    *args, timeout=timeout)
 
+    def resume(self, run: str, *, timeout: float = 900) -> subprocess.CompletedProcess:
+        """`fl-server run --resume RUN`, as the operator, to the end."""
+        return cli("fl-server", "run", "--resume", run, "--state-dir", str(self.state), timeout=timeout)
+
     def submit(self, text: str | None = None, *args: str) -> subprocess.Popen:
         """`fl-server run` in the background (output in `root/operator.log`)."""
         return self.spawn("operator", "fl-server", "run", str(self.write_run(text or run_toml())), "--state-dir",

@@ -60,7 +60,7 @@ def summarize(*, exp: ExperimentConfig, result: RunResult, wall_time_s: float) -
         "experiment": exp.name,
         "sites": exp.sites,
         "partition": exp.partition,
-        "rounds": len(ok),
+        "rounds": len({r.round for r in ok}),  # a round redone after a resume counts once
         "final_accuracy": last.accuracy if last else None,
         "final_loss": last.loss if last else None,
         "best_accuracy": max((r.accuracy for r in ok if r.accuracy is not None), default=None),

@@ -79,9 +79,18 @@ def run_experiment(
     max_weight = resolve_max_weight(exp, sizes) if exp.secagg.enabled else None
     run_dir.mkdir(parents=True, exist_ok=True)
     results: list[RunResult] = []
-    # Each simulated site keeps a privacy ledger, as a deployed site does; they are new sites, started explicitly.
+    # Each simulated site keeps a privacy ledger, as a deployed site does; they are new sites, started explicitly
+    # (a resumed run's sites go on with theirs).
     sites = SimulatedSites(exp, state_root=str(run_dir / "sites"))
-    create_site_ledgers(sites)
+    if not exp.resume_from:
+        import json
+
+        from fedhaven.shared.config import to_dict
+        from fedhaven.sim.experiment import EXPERIMENT_FILE
+
+        (run_dir / EXPERIMENT_FILE).write_text(json.dumps({k: v for k, v in to_dict(exp).items()
+                                                           if k != "resume_from"}, indent=2))
+        create_site_ledgers(sites)
     server_app = make_server_app(run=exp.run_config(), run_dir=run_dir, max_weight=max_weight, on_round=on_round,
                                  on_result=results.append, witnesses=SiteWitnesses(run_dir / "ledger-witnesses.json"),
                                  audit=lambda weights: audit_membership(exp=exp, weights=weights),

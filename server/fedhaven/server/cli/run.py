@@ -12,6 +12,7 @@ from pathlib import Path
 import tomli_w
 
 from fedhaven.server.coordinator import Runtime, control_for, pid_alive
+from fedhaven.server.progress import RUN_LOG, print_round
 from fedhaven.server.flower_control import write_app_dir
 from fedhaven.server.provision import StateDir
 from fedhaven.shared.config import ConfigError, deep_merge, load_toml, parse, parse_override, to_dict
@@ -21,9 +22,13 @@ log = logging.getLogger("fedhaven.server")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("config", type=Path, help="run config (TOML): rounds, data, model, train, dp, secagg, strategy")
+    p.add_argument("config", type=Path, nargs="?",
+                   help="run config (TOML): rounds, data, model, train, dp, secagg, strategy")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="override any setting, e.g. rounds=20")
     p.add_argument("--rounds", type=int, help="number of rounds")
+    p.add_argument("--resume", metavar="RUN",
+                   help="continue an interrupted run (its id or run directory) from its last complete round, "
+                        "with its own config; no config file is given then")
     p.add_argument("--detach", action="store_true", help="submit and return; follow with `fl-server status`")
     p.add_argument("--timeout", type=float, help="give up following after this many seconds (the run goes on)")
 
@@ -55,18 +60,65 @@ def load_run_config(*, path: Path, overrides: list[str], rounds: int | None, out
     return run
 
 
-def _print_round(line: dict) -> None:
-    if line["status"] == "initial":
-        log.info("round %3d  test accuracy %6.2f%%  (initial model)", 0, 100 * line["accuracy"])
-    elif line["status"] == "ok":
-        eps = line.get("epsilon_max")
-        shown = "∞ (not private)" if not line.get("private", True) else (f"{eps:.3f}" if eps is not None else "n/a")
-        log.info("round %3d  test accuracy %6.2f%%  loss %.4f  epsilon max %s  sites %d/%d  %.1f s", line["round"],
-                 100 * line["accuracy"], line["loss"], shown,
-                 line["sites_ok"], line["sites_ok"] + line["sites_failed"], line["round_time_s"])
-    else:
-        log.error("round %3d  FAILED (attempt %d): %s", line["round"], line["attempt"],
-                  "; ".join(line.get("failures", [])[:3]) or "no aggregate")
+def resume_config(*, state: StateDir, which: str) -> RunConfig:
+    """The interrupted run's own config (its config.json), pointed back at its directory."""
+    path = Path(which)
+    run_dir = path if path.is_dir() else state.runs / (which if which.startswith("run-") else f"run-{which}")
+    problems = []
+    if not (run_dir / "config.json").exists():
+        problems.append(f"{run_dir}: no such run (fl-server status lists the runs)")
+    elif (run_dir / "model.pt").exists():
+        problems.append(f"{run_dir} finished: its model.pt is written; submit a new run instead")
+    elif not any((run_dir / "checkpoints").glob("round-*.pt")):
+        problems.append(f"{run_dir} has no checkpoint (it ended before its first round): submit it again")
+    if problems:
+        raise ConfigError(problems, source="fl-server run --resume")
+    data = json.loads((run_dir / "config.json").read_text())
+    data.update(output_dir=str(state.runs), resume_from=str(run_dir.resolve()))
+    return parse(RunConfig, data, source=str(run_dir / "config.json"))
+
+
+def interrupted_runs(state: StateDir, running: set[str]) -> list[tuple[str, int, int]]:
+    """(run dir name, last checkpointed round, planned rounds) of every run that stopped before its end."""
+    out = []
+    for run_dir in sorted(state.runs.glob("run-*")):
+        ckpts = sorted(run_dir.glob("checkpoints/round-*.pt"))
+        if run_dir.name in running or (run_dir / "model.pt").exists() or not ckpts:
+            continue
+        try:
+            planned = int(json.loads((run_dir / "config.json").read_text()).get("rounds", 0))
+        except (OSError, ValueError):
+            continue
+        out.append((run_dir.name, int(ckpts[-1].stem.split("-")[1]), planned))
+    return out
+
+
+class _Follower:
+    """Prints a run's new rounds (metrics.jsonl) and the coordinator's warnings about it (coordinator.log)."""
+
+    def __init__(self, run_dir: Path, planned: int) -> None:
+        self.run_dir, self.planned = run_dir, planned
+        self.seen = {"metrics.jsonl": _lines(run_dir / "metrics.jsonl"), RUN_LOG: _lines(run_dir / RUN_LOG)}
+
+    def poll(self) -> None:
+        for raw in self._new("metrics.jsonl"):
+            try:
+                print_round(log, json.loads(raw), planned=self.planned)
+            except (ValueError, KeyError):
+                continue
+        for raw in self._new(RUN_LOG):
+            if " WARNING " in raw or " ERROR " in raw:
+                log.warning("coordinator: %s", raw.split(" ", 2)[-1])
+
+    def _new(self, name: str) -> list[str]:
+        path = self.run_dir / name
+        lines = path.read_text().splitlines() if path.exists() else []
+        new, self.seen[name] = lines[self.seen[name]:], len(lines)
+        return new
+
+
+def _lines(path: Path) -> int:
+    return len(path.read_text().splitlines()) if path.exists() else 0
 
 
 def run(args: argparse.Namespace) -> int:
@@ -74,7 +126,15 @@ def run(args: argparse.Namespace) -> int:
     rt = Runtime.load(state)
     if rt is None or not pid_alive(rt.pid):
         raise RuntimeError(f"no coordinator is running from {state.root}; start it with `fl-server start`")
-    cfg = load_run_config(path=args.config, overrides=args.overrides, rounds=args.rounds, output_dir=state.runs)
+    if args.resume:
+        if args.config is not None or args.overrides or args.rounds is not None:
+            raise ConfigError(["--resume continues a run with its own settings: give no config file, overrides "
+                               "or --rounds"], source="fl-server run")
+        cfg = resume_config(state=state, which=args.resume)
+    elif args.config is None:
+        raise ConfigError(["a run config file is required (or --resume RUN)"], source="fl-server run")
+    else:
+        cfg = load_run_config(path=args.config, overrides=args.overrides, rounds=args.rounds, output_dir=state.runs)
     if not cfg.dp.enabled:
         log.warning("WARNING: differential privacy is OFF for this run (sites with require_dp will refuse)")
     if not cfg.secagg.enabled:
@@ -85,21 +145,18 @@ def run(args: argparse.Namespace) -> int:
     try:
         run_id = control.start_run(app_dir=app_dir)
         shutil.rmtree(app_dir, ignore_errors=True)
-        run_dir = state.runs / f"run-{run_id}"
-        log.info("run %d submitted; results in %s", run_id, run_dir)
+        run_dir = Path(cfg.resume_from) if cfg.resume_from else state.runs / f"run-{run_id}"
+        log.info("run %d submitted; results in %s%s", run_id, run_dir,
+                 " (resuming the interrupted run there)" if cfg.resume_from else "")
         if args.detach:
             return 0
-        seen = 0
+        follower = _Follower(run_dir, cfg.rounds)
         deadline = time.monotonic() + args.timeout if args.timeout else None
         while True:
             status = control.run(run_id)
-            metrics = run_dir / "metrics.jsonl"
-            if metrics.exists():
-                lines = metrics.read_text().splitlines()
-                for raw in lines[seen:]:
-                    _print_round(json.loads(raw))
-                seen = len(lines)
+            follower.poll()
             if status.finished:
+                follower.poll()
                 break
             if deadline is not None and time.monotonic() > deadline:
                 log.warning("stopped following run %d after %.0f s; it goes on (fl-server status)", run_id,
@@ -124,4 +181,5 @@ def _rounds_trained(run_dir: Path) -> int:
     metrics = run_dir / "metrics.jsonl"
     if not metrics.exists():
         return 0
-    return sum(json.loads(x).get("status") == "ok" for x in metrics.read_text().splitlines() if x.strip())
+    return len({r["round"] for r in map(json.loads, filter(str.strip, metrics.read_text().splitlines()))
+                if r.get("status") == "ok"})

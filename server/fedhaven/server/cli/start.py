@@ -42,4 +42,9 @@ def run(args: argparse.Namespace) -> int:
              cfg.listen, "plain HTTP" if args.insecure else "TLS, registered sites only",
              runtime.control_address, coordinator.logs)
     log.info("submit a run with: fl-server run run.toml --state-dir %s", state.root)
+    from fedhaven.server.cli.run import interrupted_runs
+
+    for name, last, planned in interrupted_runs(state, running=set()):
+        log.warning("run %s stopped after round %d of %d without finishing; continue it with: "
+                    "fl-server run --resume %s --state-dir %s", name, last, planned, name, state.root)
     return coordinator.wait()

@@ -1,0 +1,36 @@
+"""One line per round, the same for `fl-sim` and `fl-server run`: from a metrics.jsonl record (a dict)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+#: The coordinator's own log of a run (waits, site errors, resumption), beside its metrics; `fl-server run` follows it.
+RUN_LOG = "coordinator.log"
+
+
+def round_line(rec: Mapping[str, Any], *, planned: int | None = None) -> tuple[int, str]:
+    """(log level, text) for one metrics.jsonl record; `planned` adds "/N" to the round number."""
+    of = f"/{planned}" if planned else ""
+    status = rec["status"]
+    if status == "initial":
+        return logging.INFO, f"round {0:3d}{of}  test accuracy {100 * rec['accuracy']:6.2f}%  (initial model)"
+    if status == "resumed":
+        return logging.WARNING, f"round {rec['round']:3d}{of}  RESUMED here: {'; '.join(rec.get('failures', ()))}"
+    if status != "ok":
+        why = "; ".join(list(rec.get("failures", ()))[:3]) or "no aggregate"
+        return logging.ERROR, f"round {rec['round']:3d}{of}  FAILED (attempt {rec['attempt']}): {why}"
+    eps = rec.get("epsilon_max")
+    if not rec.get("private", True):
+        shown = "epsilon ∞ (not private)"
+    else:
+        shown = f"epsilon max {eps:.3f}" if eps is not None else "epsilon max n/a"
+    sites = f"sites {rec['sites_ok']}/{rec['sites_ok'] + rec['sites_failed']}"
+    return logging.INFO, (f"round {rec['round']:3d}{of}  test accuracy {100 * rec['accuracy']:6.2f}%  "
+                          f"loss {rec['loss']:.4f}  {shown}  {sites}  {rec['round_time_s']:.1f} s")
+
+
+def print_round(logger: logging.Logger, rec: Mapping[str, Any], *, planned: int | None = None) -> None:
+    level, text = round_line(rec, planned=planned)
+    logger.log(level, "%s", text)
