@@ -133,3 +133,19 @@ def test_show_and_verify_take_a_state_directory_or_a_ledger_file(site, capfd):
     (site / "state.ledger-anchor.json").unlink()
     code, text = _run(capfd, "ledger", "verify", "--state-dir", str(state))
     assert code == 1 and "anchor" in text and "is missing" in text
+
+
+def test_check_names_a_state_dir_that_cannot_be_created(tmp_path):
+    """`fl-client check` used to pass here and `fl-client start` then died with a NotADirectoryError traceback."""
+    from fedhaven.client.cli.check import state_dir_problems
+
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert "is a file, not a folder" in state_dir_problems(blocker / "state")[0]
+    assert state_dir_problems(tmp_path / "new" / "state") == []
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    import os
+
+    if os.geteuid() != 0:  # root may write anywhere
+        assert "does not let this account create it" in state_dir_problems(locked / "state")[0]

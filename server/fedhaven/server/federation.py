@@ -107,7 +107,8 @@ def run_federation(
                     describe_nodes(inner))
 
     # Flower's own grid sleeps 3 s between pulls and may wait forever; ours polls fast and gives up.
-    grid = PollingGrid(grid, timeout=run.secagg.timeout, on_wait=waiting_for_replies)
+    grid = PollingGrid(grid, timeout=run.waits.stage, report_every=run.waits.report_every,
+                       on_wait=waiting_for_replies)
     fed = LegacyFederation(grid=grid, context=context, run=run, strategy=strategy, on_waiting=waiting_for_sites,
                            max_weight=max_weight if run.secagg.enabled else None)
     weights = fed.weights()
@@ -182,8 +183,10 @@ def _one_round(*, fed: LegacyFederation, run: RunConfig, server_round: int, reco
         eps_all = recorder.epsilons()
         worst = worst_epsilon(eps_all.values())
         finite = [e for e in eps_all.values() if math.isfinite(e)]
+        # each site once, however many stages it failed in
+        failed = max(0, outcome.log.asked - len(reports)) if outcome.log.asked else len(outcome.log.failures)
         common = dict(round=server_round, attempt=attempt, sites_ok=len(reports),
-                      sites_failed=len(outcome.log.failures), fit_time_s=fit_time,
+                      sites_failed=failed, fit_time_s=fit_time,
                       sites_available=fed.available_sites(),
                       site_train_time_s=sum(r.train_time_s for r in reports),
                       secure_aggregation=run.secagg.enabled, epsilons=eps_all,

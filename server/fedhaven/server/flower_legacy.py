@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -22,6 +22,7 @@ from flwr.compat.common import recorddict_compat as compat
 from flwr.server import LegacyContext
 from flwr.server import ServerConfig as FlowerServerConfig
 from flwr.server.client_manager import SimpleClientManager
+from flwr.server.criterion import Criterion
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.compat.app_utils import start_update_client_manager_thread
 from flwr.supercore.differential_privacy import add_gaussian_noise_to_params, compute_stdv
@@ -35,6 +36,7 @@ from flwr.server.workflow.default_workflows import default_fit_workflow, default
 from flwr.server.workflow.secure_aggregation.secaggplus_workflow import WorkflowState
 from flwr.serverapp.grid import Grid
 
+from fedhaven.server.grid import PollingGrid
 from fedhaven.server.recorder import CentralNoise, SiteWitnesses
 from fedhaven.shared.accounting import NOTHING_SENT
 from fedhaven.shared.schema import RunConfig, SecAggConfig
@@ -53,6 +55,7 @@ class FitRoundLog:
     failures: list[str] = field(default_factory=list)
     node_ids: list[int] = field(default_factory=list)  # the node of each result, when known
     unanswered: list[str] = field(default_factory=list)  # site names (or "node N") that never replied
+    asked: int = 0  # distinct sites contacted in the attempt (0: not known)
 
 
 def _node_id(proxy: ClientProxy) -> int:
@@ -338,6 +341,16 @@ def secagg_workflow(cfg: SecAggConfig, *, max_weight: float) -> CheckedSecAggPlu
                              timeout=cfg.timeout)
 
 
+class _Among(Criterion):
+    """Flower sampling criterion: only these client ids (and whatever `inner` also requires)."""
+
+    def __init__(self, cids: set[str], inner: Criterion | None) -> None:
+        self.cids, self.inner = cids, inner
+
+    def select(self, client: ClientProxy) -> bool:
+        return client.cid in self.cids and (self.inner is None or self.inner.select(client))
+
+
 class BoundedClientManager(SimpleClientManager):
     """Flower's client manager whose wait for `min_sites` is bounded and says who is missing while it waits.
 
@@ -347,10 +360,41 @@ class BoundedClientManager(SimpleClientManager):
     """
 
     def __init__(self, *, timeout: float, report: Callable[[float, int, int], None] | None = None,
-                 report_every: float = 30.0) -> None:
+                 report_every: float = 30.0, min_sites: int = 1, suspect_for: float = 120.0) -> None:
         super().__init__()
         self.timeout, self.report, self.report_every = timeout, report, report_every
+        self.min_sites, self.suspect_for = min_sites, suspect_for
         self.shortfall: str | None = None  # why the last wait gave up
+        self.suspects: dict[str, float] = {}  # cid -> when it last failed to answer in time
+
+    # ----- sites that went silent: not asked again at once -----
+    def suspect(self, node_ids: Iterable[int]) -> None:
+        """Nodes that did not answer within a stage's timeout. Until Flower drops them (its heartbeat takes about
+        a minute) or `suspect_for` seconds pass, they are left out of sampling whenever enough others remain, so
+        a dead site costs one retried attempt, not one per round."""
+        now = time.monotonic()
+        for n in node_ids:
+            self.suspects[str(n)] = now
+
+    def _trusted(self) -> list[str]:
+        now = time.monotonic()
+        self.suspects = {c: t for c, t in self.suspects.items() if now - t < self.suspect_for and c in self.clients}
+        return [c for c in self.clients if c not in self.suspects]
+
+    def num_available(self) -> int:  # noqa: D102 - Flower's signature
+        trusted = self._trusted()
+        return len(trusted) if self.suspects and len(trusted) >= self.min_sites else len(self.clients)
+
+    def sample(self, num_clients: int, min_num_clients: int | None = None,  # noqa: D102 - Flower's signature
+               criterion: Criterion | None = None) -> list[ClientProxy]:
+        trusted = set(self._trusted())
+        if self.suspects and len(trusted) >= max(self.min_sites, num_clients):
+            criterion = _Among(trusted, criterion)
+        return super().sample(num_clients, min_num_clients, criterion)
+
+    def unregister(self, client: ClientProxy) -> None:  # noqa: D102 - a node Flower dropped comes back afresh
+        self.suspects.pop(client.cid, None)
+        super().unregister(client)
 
     def wait_for(self, num_clients: int, timeout: int = 86400) -> bool:  # noqa: D102 - Flower's signature
         limit = min(float(timeout), self.timeout)
@@ -377,7 +421,8 @@ class LegacyFederation:
         self.grid = grid
         self.ctx = LegacyContext(context=context, config=FlowerServerConfig(num_rounds=run.rounds),
                                  strategy=strategy, client_manager=BoundedClientManager(
-                                     timeout=run.secagg.timeout, report=on_waiting))
+                                     timeout=run.waits.min_sites, report=on_waiting, min_sites=run.min_sites,
+                                     report_every=run.waits.report_every))
         self.strategy = strategy
         self.node_sites: dict[int, str] = {}
         self.secagg = secagg_workflow(run.secagg, max_weight=max_weight) if max_weight is not None else None
@@ -409,6 +454,10 @@ class LegacyFederation:
         before = self.ctx.state.array_records[MAIN_PARAMS_RECORD]
         halted = None
         last = self.strategy.last
+        tracking = isinstance(self.grid, PollingGrid)
+        if tracking:
+            self.grid.contacted.clear()
+            self.grid.silent.clear()
         watch = _ReplyWatch(self.grid)
         if self.secagg is not None:
             self.secagg(watch, self.ctx)  # type: ignore[arg-type]
@@ -420,6 +469,9 @@ class LegacyFederation:
         else:
             default_fit_workflow(watch, self.ctx)  # type: ignore[arg-type]
         last.unanswered = [self._site_name(n) for n in watch.unanswered]
+        if tracking:
+            last.asked = len(self.grid.contacted)
+            self.ctx.client_manager.suspect(self.grid.silent)
         self._witness(last)
         after = self.ctx.state.array_records[MAIN_PARAMS_RECORD]
         shortfall = getattr(self.ctx.client_manager, "shortfall", None)

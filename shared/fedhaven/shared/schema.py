@@ -215,6 +215,16 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
+class WaitConfig:
+    """How long the coordinator waits, on every path (Flower's own: forever, or 86,400 s, silently)."""
+
+    stage: float = field(default=600.0, metadata=bounds(gt=0, le=86_400))  # each message round (a SecAgg+ stage,
+    # or a whole fit round without SecAgg+): sites that have not answered by then count as dropped
+    min_sites: float = field(default=600.0, metadata=bounds(gt=0, le=86_400))  # for min_sites sites to be online
+    report_every: float = field(default=30.0, metadata=bounds(gt=0))  # how often a wait says who is missing
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """Everything the coordinator needs for one federated run; the same in simulation and deployment."""
 
@@ -233,6 +243,7 @@ class RunConfig:
     secagg: SecAggConfig = field(default_factory=SecAggConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     central_dp: CentralDPConfig = field(default_factory=CentralDPConfig)
+    waits: WaitConfig = field(default_factory=WaitConfig)
 
     def known_max_weight(self) -> float | None:
         """SecAgg+'s max_weight when it is known without seeing the sites: 1 under central DP (every site

@@ -4,6 +4,7 @@ budget, checked without connecting. A deleted, truncated, replaced or edited led
 from __future__ import annotations
 
 import argparse
+import os
 import logging
 import math
 from pathlib import Path
@@ -44,11 +45,24 @@ def credential_problems(cfg: SiteConfig) -> list[str]:
     return out
 
 
+def state_dir_problems(state_dir: Path) -> list[str]:
+    """Whether the site can keep its state (ledger, executor secret, Flower's files) in `state_dir`."""
+    parent = next((p for p in [state_dir, *state_dir.parents] if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        return [f"state_dir: {parent} is a file, not a folder; point state_dir at a folder this site may write"]
+    if state_dir.exists():
+        if not os.access(state_dir, os.W_OK | os.X_OK):
+            return [f"state_dir: {state_dir} is not writable by this account"]
+    elif parent is None or not os.access(parent, os.W_OK | os.X_OK):
+        return [f"state_dir: {state_dir} does not exist and {parent} does not let this account create it"]
+    return []
+
+
 def check_site(cfg: SiteConfig) -> ImageData:
     """Everything `fl-client start` needs, or ConfigError listing every problem."""
     from fedhaven.shared.data import load_data  # torch: only the commands that read data pay for it
 
-    problems = credential_problems(cfg)
+    problems = credential_problems(cfg) + state_dir_problems(Path(cfg.state_dir))
     data = None
     try:
         data = load_data(cfg=cfg.data, split="train")
