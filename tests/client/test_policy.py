@@ -57,7 +57,7 @@ def site(tmp_path, monkeypatch):
     monkeypatch.setattr(deployment.SiteConfigProvider, "data", counting)
     save_idx(load_digits_data(split="train").subset(np.arange(200)), tmp_path / "data", split="train")
     (tmp_path / "site.toml").write_text(SITE_TOML.format(data=tmp_path / "data"))
-    deployment._config.cache_clear()
+    deployment._config_at.cache_clear()
     load_site_config(tmp_path / "site.toml").ledger().init(site="hospital-a")
     return tmp_path, reads
 

@@ -18,8 +18,13 @@ from fedhaven.sim.loopback import LoopbackFederation, run_toml
 pytestmark = pytest.mark.slow
 
 
+def _executor(site_dir: Path) -> dict:
+    return json.loads((site_dir / "state" / "executor.json").read_text())
+
+
 def test_two_rounds_of_dp_secagg_training_over_tls(federation):
     before = [len(Ledger.in_dir(d / "state").entries()) for d in federation.site_dirs_list]
+    executors = [_executor(d) for d in federation.site_dirs_list]
     res = federation.run()
     assert res.returncode == 0, res.stdout + res.stderr
     run_dir = federation.run_dir_of(res)
@@ -39,6 +44,10 @@ def test_two_rounds_of_dp_secagg_training_over_tls(federation):
     for name, d in zip(federation.sites, federation.site_dirs_list):  # what the coordinator saw of each ledger
         assert witnesses[name]["seq"] == len(Ledger.in_dir(d / "state").entries()) - 1
     assert (run_dir / "model.pt").exists() and (run_dir / "checkpoints" / "round-002.pt").exists()
+    # one long-lived executor per site served every message of the run: 2 rounds x 4 SecAgg+ stages
+    for d, was in zip(federation.site_dirs_list, executors):
+        now = _executor(d)
+        assert now["pid"] == was["pid"] and now["tasks"] >= was["tasks"] + 8 and now["failed"] == was["failed"]
     assert "Privacy report" in res.stdout + res.stderr
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 from dataclasses import dataclass
 
 from pathlib import Path
@@ -19,9 +20,35 @@ if TYPE_CHECKING:
 SITE_CONFIG_KEY = "site-config"
 
 
-@functools.lru_cache(maxsize=8)
+def _stamp(path: Path) -> tuple[int, int, int]:
+    st = path.stat()
+    return st.st_mtime_ns, st.st_size, st.st_ino
+
+
 def _config(path: str) -> SiteConfig:
+    """site.toml, read again whenever the file changes: a long-lived executor must apply an edited policy."""
+    return _config_at(path, _stamp(Path(path)))
+
+
+@functools.lru_cache(maxsize=8)
+def _config_at(path: str, stamp: tuple[int, int, int]) -> SiteConfig:
     return load_site_config(path)
+
+
+def data_fingerprint(cfg: SiteConfig) -> str:
+    """A digest of the site's data files' names, sizes and modification times: it changes when the data does."""
+    root = cfg.data.path
+    h = hashlib.sha256(f"{cfg.data.source}|{cfg.data.image_size}|{cfg.data.channels}".encode())
+    if root:
+        base = Path(root)
+        entries = sorted(p for p in base.rglob("*") if p.is_file()) if base.is_dir() else [base]
+        for p in entries:
+            try:
+                st = p.stat()
+            except OSError:
+                continue
+            h.update(f"{p.relative_to(base) if base.is_dir() else p.name}|{st.st_size}|{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -36,7 +63,9 @@ class SiteConfigProvider:
         return str(path)
 
     def key(self, context) -> str:  # noqa: ANN001
-        return f"site-config:{self._path(context)}"
+        """Names the site as it is now: a new key (and a freshly loaded site) when site.toml or the data change."""
+        path = self._path(context)
+        return f"site-config:{path}:{_stamp(Path(path))}:{data_fingerprint(_config(path))}"
 
     def info(self, context) -> SiteInfo:  # noqa: ANN001
         cfg = _config(self._path(context))

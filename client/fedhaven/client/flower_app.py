@@ -13,6 +13,7 @@ import hashlib
 import logging
 import math
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -58,8 +59,10 @@ class SiteProvider(Protocol):
         """The site's training data (read once per process)."""
 
 
-_TRAINERS: dict[str, SiteTrainer] = {}
+#: Loaded sites (data, model) by the provider's key, newest last; a key changes when the site's config or data do.
+_TRAINERS: OrderedDict[str, SiteTrainer] = OrderedDict()
 _LOCK = threading.Lock()
+_KEEP = 64  # a process keeps the sites it serves (simulated sites share workers), never every version it has seen
 
 
 def _trainer(sites: SiteProvider, context: Context) -> SiteTrainer:
@@ -70,6 +73,9 @@ def _trainer(sites: SiteProvider, context: Context) -> SiteTrainer:
         trainer = _TRAINERS.get(key)
         if trainer is None:
             trainer = _TRAINERS[key] = SiteTrainer(site=Site(info=sites.info(context), data=sites.data(context)))
+            while len(_TRAINERS) > _KEEP:
+                _TRAINERS.popitem(last=False)
+        _TRAINERS.move_to_end(key)
         return trainer
 
 
