@@ -163,7 +163,7 @@ def listening_ports(pids: list[int]) -> set[int]:
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a probe as another (unprivileged) account")
 def test_other_local_accounts_cannot_drive_the_coordinator(federation, tmp_path):
     rt = json.loads((federation.state / "coordinator.json").read_text())
-    ports = listening_ports([rt["superlink_pid"], rt["superexec_pid"], rt["front_pid"]])
+    ports = listening_ports([rt["superlink_pid"], rt["superexec_pid"]])
     assert ports, "the coordinator listens on no TCP port?"
     public_ca = Path(tempfile.mkdtemp()) / "ca.pem"  # the CA certificate is public: every site holds it
     public_ca.write_bytes((federation.state / "pki" / "ca.pem").read_bytes())

@@ -1,18 +1,14 @@
-"""The coordinator's front, a real process: only its own API prefix passes; oversized, stalled and garbage requests
-get a 4xx and the front keeps serving."""
+"""The coordinator's TCP doors (Gate), in a real server process: only their own API prefix passes; oversized, stalled
+and garbage requests get a 4xx and the door keeps serving."""
 
 from __future__ import annotations
 
 import os
 import socket
-import socketserver
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-from http.server import BaseHTTPRequestHandler
-from pathlib import Path
 
 import httpx
 import pytest
@@ -22,26 +18,30 @@ from hypothesis import strategies as st
 MAX_BODY = 4096
 
 
-class _Echo(BaseHTTPRequestHandler):
-    """Stands in for the SuperLink: answers every POST with its body and path."""
+GATES = """
+import asyncio, sys
+import uvicorn
+from fedhaven.server.front import FLEET_PREFIX, RUNTIME_PREFIX, Gate
 
-    def address_string(self) -> str:  # a Unix socket has no client address
-        return "superlink-socket"
+async def echo(scope, receive, send):  # stands in for Flower's SuperLink app: answers with path and body
+    body = b""
+    while True:
+        event = await receive()
+        body += event.get("body", b"")
+        if not event.get("more_body"):
+            break
+    out = scope["path"].encode() + b"|" + body
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", str(len(out)).encode())]})
+    await send({"type": "http.response.body", "body": out})
 
-    def log_message(self, *args) -> None:  # noqa: ANN002
-        pass
+async def main():
+    servers = [uvicorn.Server(uvicorn.Config(Gate(echo, prefix=prefix, max_body=int(sys.argv[3]), read_timeout=1.0),
+                                             host="127.0.0.1", port=int(port), lifespan="off", log_level="warning"))
+               for port, prefix in ((sys.argv[1], FLEET_PREFIX), (sys.argv[2], RUNTIME_PREFIX))]
+    await asyncio.gather(*(s.serve() for s in servers))
 
-    def do_POST(self) -> None:  # noqa: N802
-        body = self.rfile.read(int(self.headers.get("content-length", 0)))
-        out = self.path.encode() + b"|" + body
-        self.send_response(200)
-        self.send_header("content-length", str(len(out)))
-        self.end_headers()
-        self.wfile.write(out)
-
-
-class _UnixServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
-    daemon_threads = True
+asyncio.run(main())
+"""
 
 
 def _free_port() -> int:
@@ -52,15 +52,9 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def front():
-    folder = Path(tempfile.mkdtemp())
-    uds = folder / "superlink.sock"
-    upstream = _UnixServer(str(uds), _Echo)
-    threading.Thread(target=upstream.serve_forever, daemon=True).start()
     fleet, runtime = _free_port(), _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "fedhaven.server.front", "--listen", f"127.0.0.1:{fleet}",
-                             "--runtime-listen", f"127.0.0.1:{runtime}", "--uds", str(uds), "--max-body",
-                             str(MAX_BODY), "--read-timeout", "1"], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": ""})
+    proc = subprocess.Popen([sys.executable, "-c", GATES, str(fleet), str(runtime), str(MAX_BODY)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": ""})
     deadline = time.monotonic() + 30
     while True:
         try:
@@ -73,7 +67,6 @@ def front():
     yield f"http://127.0.0.1:{fleet}", f"http://127.0.0.1:{runtime}", fleet
     proc.terminate()
     proc.wait(timeout=15)
-    upstream.shutdown()
 
 
 def _raw(port: int, data: bytes, *, wait: float = 5.0) -> bytes:

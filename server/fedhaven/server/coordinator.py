@@ -10,7 +10,7 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 from fedhaven.server.flower_control import Control
@@ -59,7 +59,6 @@ class Runtime:
     pid: int
     superlink_pid: int
     superexec_pid: int
-    front_pid: int
     control_address: str  # unix:<socket>: the Control API, for the operator's account only
     listen: str
     insecure: bool
@@ -73,7 +72,9 @@ class Runtime:
     def load(cls, state: StateDir) -> Runtime | None:
         if not state.runtime_file.exists():
             return None
-        return cls(**json.loads(state.runtime_file.read_text()))
+        data = json.loads(state.runtime_file.read_text())
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})  # a file from an older version still reads
 
 
 def control_for(state: StateDir) -> Control:
@@ -135,23 +136,21 @@ class Coordinator:
         st.sockets.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(st.sockets, 0o700)
         # Flower's SuperLink, on a Unix socket only this account can enter. Flower requires TLS certificates
-        # for SuperNode authentication; sites get TLS at the front, the socket itself carries plain HTTP.
+        # for SuperNode authentication; sites get TLS at the TCP listeners, the socket itself carries plain HTTP.
         tls = (["--insecure"] if self.insecure else
                ["--ssl-ca-certfile", str(st.ca_cert), "--ssl-certfile", str(st.server_cert),
                 "--ssl-keyfile", str(st.server_key), "--enable-supernode-auth"])
-        superlink = self._spawn("superlink", [
-            sys.executable, "-m", "fedhaven.server.superlink", "--uds", str(st.superlink_socket), *tls,
-            "--database", str(st.database), "--disable-runtime-dependency-installation", "--isolation", "process",
-            "--superexec-auth-secret-file", str(st.secret_file)])
-        wait_for_socket(st.superlink_socket, timeout=60, proc=superlink, what="flower-superlink")
         host, _, fport = self.cfg.listen.rpartition(":")
-        front = self._spawn("front", [
-            sys.executable, "-m", "fedhaven.server.front", "--listen", self.cfg.listen,
-            "--runtime-listen", f"127.0.0.1:{port}", "--uds", str(st.superlink_socket),
-            *([] if self.insecure else ["--certfile", str(st.server_cert), "--keyfile", str(st.server_key)])])
-        wait_for_port("127.0.0.1" if host in ("0.0.0.0", "") else host, int(fport), timeout=60, proc=front,
-                      what="the Fleet front")
-        wait_for_port("127.0.0.1", port, timeout=60, proc=front, what="the Runtime front")
+        superlink = self._spawn("superlink", [
+            sys.executable, "-m", "fedhaven.server.superlink", "--uds", str(st.superlink_socket),
+            "--listen", self.cfg.listen, "--runtime-listen", f"127.0.0.1:{port}",
+            *([] if self.insecure else ["--certfile", str(st.server_cert), "--keyfile", str(st.server_key)]),
+            *tls, "--database", str(st.database), "--disable-runtime-dependency-installation",
+            "--isolation", "process", "--superexec-auth-secret-file", str(st.secret_file)])
+        wait_for_socket(st.superlink_socket, timeout=60, proc=superlink, what="flower-superlink")
+        wait_for_port("127.0.0.1" if host in ("0.0.0.0", "") else host, int(fport), timeout=60, proc=superlink,
+                      what="the Fleet listener")
+        wait_for_port("127.0.0.1", port, timeout=60, proc=superlink, what="the Runtime listener")
         superexec = self._spawn("superexec", [
             str(bindir / "flower-superexec"), "--runtime-api-address", f"127.0.0.1:{port}",
             *(["--insecure"] if self.insecure else ["--root-certificates", str(st.ca_cert)]),
@@ -164,7 +163,7 @@ class Coordinator:
             finally:
                 control.close()
         runtime = Runtime(pid=os.getpid(), superlink_pid=superlink.pid, superexec_pid=superexec.pid,
-                          front_pid=front.pid, control_address=f"unix:{st.superlink_socket}",
+                          control_address=f"unix:{st.superlink_socket}",
                           runtime_address=f"127.0.0.1:{port}", listen=self.cfg.listen,
                           insecure=self.insecure, started=time.time())
         runtime.save(st)
@@ -192,7 +191,7 @@ class Coordinator:
         return code
 
     def stop(self) -> None:
-        for name in ("front", "superexec", "superlink"):
+        for name in ("superexec", "superlink"):
             proc = self.procs.get(name)
             if proc is not None:
                 stop_group(proc)  # the child and what it started (e.g. ServerApp processes)
@@ -203,7 +202,7 @@ def leftover_parts(state: StateDir, rt: Runtime) -> dict[str, int]:
     """Parts of a coordinator whose `fl-server start` is gone but which still run (after a crash or SIGKILL)."""
     if pid_alive(rt.pid):
         return {}
-    parts = {"superlink": rt.superlink_pid, "executor": rt.superexec_pid, "front": rt.front_pid}
+    parts = {"superlink": rt.superlink_pid, "executor": rt.superexec_pid}
     return {name: pid for name, pid in parts.items() if runs_with(pid, str(state.root))}
 
 

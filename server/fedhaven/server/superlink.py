@@ -1,49 +1,97 @@
-"""Flower's SuperLink served on a Unix socket, so that no other local account can reach its Control API.
+"""Flower's SuperLink with its doors split: the Control API only on a Unix socket, sites and the executor each on a
+TCP listener that admits only their own API.
 
 Flower 1.42 serves the Fleet, Control and Runtime APIs on one port, and the
 open-source Control API has no user authentication: any process that can open
-a TCP connection to the SuperLink (any local account, on loopback) can list,
-submit and stop runs. Here the very same SuperLink application (Flower's
-`create_app` with Flower's own argument parsing) listens on a Unix socket in a
-directory only the operator's account can enter. The coordinator's fronts
-forward the Fleet API (to sites) and the Runtime API (to Flower's executor) and
-nothing else; the operator's commands reach the Control API through the socket.
+a TCP connection to the SuperLink (any local account on loopback; any site
+holding the CA certificate) can list, submit and stop runs. Here the very same
+SuperLink application (Flower's `create_app`, with Flower's own argument parsing
+and checks) is served by three uvicorn listeners in one process:
 
-Usage: `python -m fedhaven.server.superlink --uds PATH <flower-superlink arguments>`.
+- a Unix socket in a directory only the operator's account can enter: every API
+  (the operator's commands use it for the Control API);
+- `--listen` (public, TLS): only `/v1/fleet/*`, for sites (SuperNode
+  authentication is Flower's own, on every request);
+- `--runtime-listen` (127.0.0.1, TLS): only `/v1/runtime/*`, for Flower's ServerApp
+  executor (its calls carry the executor's shared secret or a per-task token).
+
+The TCP listeners wrap the app in `fedhaven.server.front.Gate` (refuse other
+paths with 403, bodies above the cap with 413, stalled clients with 408): no
+proxy hop, no second HTTP parse.
+
+Usage: `python -m fedhaven.server.superlink --uds PATH --listen HOST:PORT --runtime-listen 127.0.0.1:PORT
+[--certfile F --keyfile F] <flower-superlink arguments>`.
 """
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 import os
 import sys
+from typing import Any
 
 from fedhaven.shared.runtime import harden_environment
 
 harden_environment()
 
+from fedhaven.server.front import DEFAULT_MAX_BODY, FLEET_PREFIX, RUNTIME_PREFIX, Gate  # noqa: E402
+
+
+def _options(args: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    """fedhaven's own options; everything else is Flower's `flower-superlink` command line."""
+    p = argparse.ArgumentParser(prog="fedhaven-superlink", add_help=False)
+    p.add_argument("--uds", required=True, help="the operator's socket (every API)")
+    p.add_argument("--listen", required=True, help="host:port for sites (Fleet API only)")
+    p.add_argument("--runtime-listen", required=True, help="127.0.0.1:port for Flower's executor (Runtime API only)")
+    p.add_argument("--certfile", help="TLS certificate of both TCP listeners (none: plain HTTP, --insecure)")
+    p.add_argument("--keyfile")
+    p.add_argument("--max-body", type=int, default=DEFAULT_MAX_BODY, help="largest request body, bytes")
+    p.add_argument("--read-timeout", type=float, default=60.0, help="seconds a client may stall mid-request")
+    return p.parse_known_args(args)
+
 
 def main(argv: list[str] | None = None) -> None:
-    args = list(sys.argv[1:] if argv is None else argv)
-    if "--uds" not in args or args.index("--uds") + 1 >= len(args):
-        raise SystemExit("fedhaven superlink: --uds PATH is required")
-    i = args.index("--uds")
-    uds = args[i + 1]
-    del args[i: i + 2]
+    opts, flower_args = _options(list(sys.argv[1:] if argv is None else argv))
     os.umask(0o077)  # the socket, the database and its -wal/-shm files: owner only
     import importlib
 
-    import uvicorn
     from flwr.superlink.main import create_app
 
     flower = importlib.import_module("flwr.superlink.cli.flower_superlink")  # the module, not the function
-
-    sys.argv = ["flower-superlink", *args]
+    sys.argv = ["flower-superlink", *flower_args]
     config = flower._parse_superlink_lifespan_config()  # noqa: SLF001 - Flower's own CLI parsing and checks
     app = create_app(config, flower.SuperLinkLifespan)
-    if os.path.exists(uds):
-        os.unlink(uds)  # a socket left by a killed SuperLink
-    # Plain HTTP on the socket: the 0700 directory is the boundary; sites reach TLS at the Fleet front.
-    uvicorn.run(app=app, uds=uds, reload=False, access_log=False, workers=1, log_level="warning")
+    if os.path.exists(opts.uds):
+        os.unlink(opts.uds)  # a socket left by a killed SuperLink
+    asyncio.run(_serve(app, opts))
+
+
+async def _serve(app: Any, opts: argparse.Namespace) -> None:
+    import uvicorn
+
+    common = {"log_level": "warning", "access_log": False, "server_header": False, "timeout_keep_alive": 30}
+    # Plain HTTP on the socket: the 0700 directory is the boundary. The app's lifespan runs here, once.
+    inner = uvicorn.Server(uvicorn.Config(app, uds=opts.uds, lifespan="on", **common))
+    tls = {"ssl_certfile": opts.certfile, "ssl_keyfile": opts.keyfile} if opts.certfile else {}
+    doors = []
+    for address, prefix in ((opts.listen, FLEET_PREFIX), (opts.runtime_listen, RUNTIME_PREFIX)):
+        host, _, port = address.rpartition(":")
+        gate = Gate(app, prefix=prefix, max_body=opts.max_body, read_timeout=opts.read_timeout)
+        doors.append(uvicorn.Server(uvicorn.Config(gate, host=host, port=int(port), lifespan="off",
+                                                   h11_max_incomplete_event_size=64 * 1024, **tls, **common)))
+    first = asyncio.create_task(inner.serve())
+    while not inner.started:  # no TCP door opens before the SuperLink's state is up
+        if first.done():
+            return await first
+        await asyncio.sleep(0.05)
+    tasks = [first, *(asyncio.create_task(d.serve()) for d in doors)]
+    await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    for server in (inner, *doors):  # one listener ended (a signal, a port in use): all end
+        server.should_exit = True
+    await asyncio.gather(*tasks, return_exceptions=True)
+    if any(not d.started for d in doors):
+        raise SystemExit("fedhaven superlink: a listener could not start (is its port in use?)")
 
 
 if __name__ == "__main__":  # pragma: no cover

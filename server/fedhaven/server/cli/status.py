@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     if rt is None or not pid_alive(rt.pid):
         log.info("coordinator: not running (%s)", state.root)
         return 3
-    parts = {"superlink": rt.superlink_pid, "executor": rt.superexec_pid, "front": rt.front_pid}
+    parts = {"superlink": rt.superlink_pid, "executor": rt.superexec_pid}
     log.info("coordinator: running (pid %d), sites connect to %s%s", rt.pid, rt.listen,
              " WITHOUT TLS (--insecure)" if rt.insecure else "")
     for name, pid in parts.items():
