@@ -65,6 +65,14 @@ def warnings_for(exp: ExperimentConfig) -> list[str]:
         out.append("WARNING: differential privacy is OFF: site updates carry no formal privacy guarantee.")
     if not exp.secagg.enabled:
         out.append("WARNING: secure aggregation is OFF: the coordinator sees every site's update in the clear.")
+    if not exp.robust.enabled:
+        out.append("WARNING: the defences against a bad site are OFF (robust.enabled = false): no update is checked "
+                   "or bounded; one NaN or scaled update can ruin the model.")
+    from fedhaven.sim.attack import warning_for
+
+    attack = warning_for(exp)
+    if attack:
+        out.append(attack)
     return out
 
 
@@ -105,6 +113,9 @@ def main(argv: list[str] | None = None) -> int:
     def progress(rec) -> None:  # noqa: ANN001 - RoundRecord
         if rec.status == "initial":
             logger.info("round %3d/%d  test accuracy %6.2f%%  (initial model)", 0, exp.rounds, 100 * rec.accuracy)
+            return
+        if rec.status == "rejected":
+            logger.error("round %3d/%d  REJECTED, previous model kept: %s", rec.round, exp.rounds, rec.rejected)
             return
         if rec.status != "ok":
             logger.error("round %3d/%d  FAILED (attempt %d): %s", rec.round, exp.rounds, rec.attempt,
