@@ -161,10 +161,12 @@ def _one_round(*, fed: LegacyFederation, run: RunConfig, server_round: int, reco
     attempts = run.round_retries + 1
     for attempt in range(1, attempts + 1):
         t0 = time.perf_counter()
+        scored = getattr(evaluator, "seconds", 0.0)  # the guard may evaluate inside the fit (CachedEvaluator)
         if guard is not None:
             guard.begin(server_round)
         outcome = fed.fit_round(server_round)
-        fit_time = time.perf_counter() - t0
+        guard_eval = getattr(evaluator, "seconds", 0.0) - scored
+        fit_time = time.perf_counter() - t0 - guard_eval
         verdict = guard.end() if guard is not None else None
         rejected_sites = tuple(verdict.site_rejections) if verdict is not None else ()
         reports = site_reports(outcome.log)
@@ -185,9 +187,8 @@ def _one_round(*, fed: LegacyFederation, run: RunConfig, server_round: int, reco
                       epsilon_max=worst, private=run.dp.enabled and (worst is None or math.isfinite(worst)),
                       epsilon_mean=statistics.fmean(finite) if finite else None)
         if verdict is not None and verdict.rejected:  # [robust]: the round is spent, its model never used
-            common["failures"] = (*common["failures"], verdict.rejected)
             recorder.record(RoundRecord(status="rejected", loss=verdict.loss_after, accuracy=None,
-                                        round_time_s=time.perf_counter() - t0, eval_time_s=0.0,
+                                        round_time_s=time.perf_counter() - t0, eval_time_s=guard_eval,
                                         rejected=verdict.rejected, **common))
             guard.stop_if_repeated(run_dir=recorder.run_dir)
             return fed.weights()
@@ -205,7 +206,7 @@ def _one_round(*, fed: LegacyFederation, run: RunConfig, server_round: int, reco
             continue
         t1 = time.perf_counter()
         loss, acc = evaluator(outcome.weights) if evaluator is not None else (None, None)
-        eval_time = time.perf_counter() - t1
+        eval_time = time.perf_counter() - t1 + guard_eval
         recorder.checkpoint(server_round=server_round, weights=outcome.weights)
         recorder.record(RoundRecord(status="ok", loss=loss, accuracy=acc, round_time_s=time.perf_counter() - t0,
                                     eval_time_s=eval_time, **common))

@@ -18,6 +18,7 @@ import hashlib
 import logging
 import math
 import secrets
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -63,6 +64,7 @@ class CachedEvaluator:
         self._evaluate = evaluate
         self._cache: dict[str, tuple[float, float]] = {}
         self._keep = keep
+        self.seconds = 0.0  # spent scoring, wherever it happened (the round's record reports it as evaluation)
 
     @staticmethod
     def fingerprint(weights: Sequence[np.ndarray]) -> str:
@@ -78,7 +80,9 @@ class CachedEvaluator:
         if key not in self._cache:
             if len(self._cache) >= self._keep:
                 self._cache.pop(next(iter(self._cache)))
+            t = time.perf_counter()
             self._cache[key] = self._evaluate(weights)
+            self.seconds += time.perf_counter() - t
         return self._cache[key]
 
 
