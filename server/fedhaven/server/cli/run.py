@@ -64,6 +64,8 @@ def _print_round(line: dict) -> None:
         log.info("round %3d  test accuracy %6.2f%%  loss %.4f  epsilon max %s  sites %d/%d  %.1f s", line["round"],
                  100 * line["accuracy"], line["loss"], shown,
                  line["sites_ok"], line["sites_ok"] + line["sites_failed"], line["round_time_s"])
+    elif line["status"] == "rejected":
+        log.error("round %3d  REJECTED, previous model kept: %s", line["round"], line.get("rejected"))
     else:
         log.error("round %3d  FAILED (attempt %d): %s", line["round"], line["attempt"],
                   "; ".join(line.get("failures", [])[:3]) or "no aggregate")
