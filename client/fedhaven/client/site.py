@@ -18,6 +18,7 @@ from fedhaven.shared.models import build_model
 from fedhaven.shared.task import TaskSpec
 from fedhaven.shared.runtime import resolve_device
 from fedhaven.shared.training import DPSettings, train_local
+from fedhaven.shared.updates import add, clip_l2, num_params, subtract
 from fedhaven.shared.weights import get_weights, set_weights
 
 __all__ = ["FitOutcome", "PrivacyState", "Site", "SiteInfo", "SiteTrainer", "TaskRefused", "task_problems"]
@@ -60,6 +61,17 @@ def update_digest(weights: list[np.ndarray], start: list[np.ndarray]) -> tuple[s
     return h.hexdigest(), math.sqrt(sq)
 
 
+def bound_update(new: list[np.ndarray], start: list[np.ndarray], *, bound: float) -> list[np.ndarray]:
+    """`new` moved back towards `start` so that the delta new - start has L2 norm at most `bound`.
+
+    Applied to what DP-SGD released, this is post-processing: it costs no privacy.
+    """
+    if not math.isfinite(bound):
+        return new
+    clipped, _ = clip_l2(subtract(new, start), bound * (1 - 1e-6))  # float32 rounding stays under the bound
+    return add(start, clipped)
+
+
 class SiteTrainer:
     """Runs tasks on one site's data, keeping the model object between rounds."""
 
@@ -74,6 +86,11 @@ class SiteTrainer:
             self._model = build_model(cfg=task.model, spec=task.input, dp=task.dp.enabled)
             self._model_key = key
         return self._model
+
+    def update_bound(self, task: TaskSpec, weights: list[np.ndarray]) -> float:
+        """The L2 bound on this round's model delta: the site policy's, or the coordinator's if smaller."""
+        own = self.site.info.policy.update_bound(num_params(weights))
+        return min(own, task.update_norm) if task.update_norm > 0 else own
 
     def fit(self, *, task: TaskSpec, weights: list[np.ndarray], privacy: PrivacyState,
             generator: torch.Generator | None = None) -> FitOutcome:
@@ -108,7 +125,7 @@ class SiteTrainer:
                               steps=report.steps)
         eps_before = plan.epsilon_before
         eps = epsilon(history=history, delta=task.dp.delta, accountant=task.dp.accountant)
-        new_weights = get_weights(model)
+        new_weights = bound_update(get_weights(model), list(weights), bound=self.update_bound(task, weights))
         digest, norm = update_digest(new_weights, list(weights))
         metrics: dict[str, float | int | str] = {
             "site": self.site.name,

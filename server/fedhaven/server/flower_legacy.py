@@ -7,6 +7,7 @@ fedhaven.server sees numpy arrays, typed configs and plain callbacks.
 
 from __future__ import annotations
 
+import copy
 import logging
 import re
 import time
@@ -27,8 +28,8 @@ from flwr.server.client_proxy import ClientProxy
 from flwr.server.compat.app_utils import start_update_client_manager_thread
 from flwr.supercore.differential_privacy import add_gaussian_noise_to_params, compute_stdv
 from flwr.server.strategy import (
-    DifferentialPrivacyClientSideAdaptiveClipping, DifferentialPrivacyClientSideFixedClipping, FedAdam, FedAvg, FedProx,
-    Strategy,
+    Bulyan, DifferentialPrivacyClientSideAdaptiveClipping, DifferentialPrivacyClientSideFixedClipping, FedAdam, FedAvg,
+    FedMedian, FedProx, FedTrimmedAvg, Krum, Strategy,
 )
 from flwr.server.workflow import SecAggPlusWorkflow
 from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD, Key
@@ -37,6 +38,7 @@ from flwr.server.workflow.secure_aggregation.secaggplus_workflow import Workflow
 from flwr.serverapp.grid import Grid
 
 from fedhaven.server.grid import PollingGrid
+from fedhaven.server.guard import UpdateGuard
 from fedhaven.server.recorder import CentralNoise, SiteWitnesses
 from fedhaven.shared.accounting import NOTHING_SENT
 from fedhaven.shared.schema import RunConfig, SecAggConfig
@@ -196,6 +198,69 @@ class TolerantAdaptiveClipping(_TolerantCentralDP, DifferentialPrivacyClientSide
         self._update_clip_norm(results)
 
 
+class GuardedStrategy(Strategy):
+    """[robust] in front of Flower's aggregation rule: every site's update (or, under SecAgg+, the unmasked
+    aggregate) goes through the `UpdateGuard` and is turned from a delta back into model weights, so FedAvg,
+    FedProx, FedAdam and the robust rules aggregate models as ever. A rejected round returns no aggregate
+    (the guard says why) and leaves the rule's own state (FedAdam's moments) as it was."""
+
+    def __init__(self, inner: Strategy, guard: UpdateGuard, *, needed: int = 1) -> None:
+        self.inner, self.guard, self.needed = inner, guard, needed
+        self.global_weights: list[np.ndarray] = []
+
+    def initialize_parameters(self, client_manager):  # noqa: ANN001, ANN201 - Flower signature
+        return self.inner.initialize_parameters(client_manager)
+
+    def configure_fit(self, server_round, parameters, client_manager):  # noqa: ANN001, ANN201
+        self.global_weights = parameters_to_ndarrays(parameters)
+        return self.inner.configure_fit(server_round, parameters, client_manager)
+
+    def aggregate_fit(self, server_round: int, results: list[tuple[ClientProxy, FitRes]],
+                      failures: list) -> tuple[Parameters | None, dict]:
+        guard = self.guard
+        if guard.verdict.server_round != server_round:
+            guard.begin(server_round)
+        if not guard.enabled or not results:
+            return self.inner.aggregate_fit(server_round, results, failures)
+        start = self.global_weights
+        if guard.secure_aggregation:  # every result carries the same unmasked aggregate
+            new = guard.aggregate(sent=parameters_to_ndarrays(results[0][1].parameters), global_weights=start,
+                                  weights=[res.num_examples for _, res in results])
+            if new is None:
+                return None, {}
+            params = ndarrays_to_parameters(new)
+            for _, res in results:
+                res.parameters = params
+            kept = results
+        else:
+            kept = []
+            for proxy, res in results:
+                site = str(res.metrics["site"]) if "site" in res.metrics else f"node {_node_id(proxy)}"
+                new = guard.site_update(site=site, sent=parameters_to_ndarrays(res.parameters), global_weights=start)
+                if new is not None:
+                    res.parameters = ndarrays_to_parameters(new)
+                    kept.append((proxy, res))
+            if len(kept) < self.needed:
+                guard.reject(f"{len(kept)} acceptable update(s), fewer than the {self.needed} the aggregation rule "
+                             f"needs; the model of the previous round is kept")
+                return None, {}
+        state = copy.deepcopy(vars(self.inner))
+        params, metrics = self.inner.aggregate_fit(server_round, kept, failures)
+        if params is not None and not guard.check_result(new=parameters_to_ndarrays(params), global_weights=start):
+            self.inner.__dict__.update(state)
+            return None, {}
+        return params, metrics
+
+    def configure_evaluate(self, server_round, parameters, client_manager):  # noqa: ANN001, ANN201
+        return self.inner.configure_evaluate(server_round, parameters, client_manager)
+
+    def aggregate_evaluate(self, server_round, results, failures):  # noqa: ANN001, ANN201
+        return self.inner.aggregate_evaluate(server_round, results, failures)
+
+    def evaluate(self, server_round, parameters):  # noqa: ANN001, ANN201
+        return self.inner.evaluate(server_round, parameters)
+
+
 def central_noise(strategy: RecordingStrategy) -> list[CentralNoise]:
     """Every round's central-DP noise so far (empty when central DP is off)."""
     return list(getattr(strategy.inner, "applied", []))
@@ -234,8 +299,9 @@ def restore_strategy_state(strategy: RecordingStrategy, state: dict[str, Any], *
 
 
 def build_strategy(*, run: RunConfig, initial: Sequence[np.ndarray],
-                   fit_config: Callable[[int], dict[str, Any]]) -> RecordingStrategy:
-    """FedAvg, FedProx or FedAdam as configured, with fedhaven's task config sent every round."""
+                   fit_config: Callable[[int], dict[str, Any]], guard: UpdateGuard | None = None) -> RecordingStrategy:
+    """The configured Flower strategy (FedAvg, FedProx, FedAdam or a robust rule) behind the [robust] guard,
+    with fedhaven's task config sent every round."""
     common: dict[str, Any] = dict(
         fraction_fit=run.strategy.fraction_fit, fraction_evaluate=0.0, min_fit_clients=run.min_sites,
         min_evaluate_clients=0, min_available_clients=run.min_sites, on_fit_config_fn=fit_config,
@@ -247,8 +313,19 @@ def build_strategy(*, run: RunConfig, initial: Sequence[np.ndarray],
         inner: Strategy = FedProx(proximal_mu=s.proximal_mu, **common)
     elif s.name == "fedadam":
         inner = FedAdam(eta=s.server_lr, eta_l=run.train.lr, beta_1=s.beta_1, beta_2=s.beta_2, tau=s.tau, **common)
+    elif s.name == "fedmedian":
+        inner = FedMedian(**common)
+    elif s.name == "trimmedavg":
+        inner = FedTrimmedAvg(beta=s.trim_fraction, **common)
+    elif s.name in ("krum", "multikrum"):
+        keep = 0 if s.name == "krum" else (s.keep or max(1, run.min_sites - s.malicious_sites))
+        inner = Krum(num_malicious_clients=s.malicious_sites, num_clients_to_keep=keep, **common)
+    elif s.name == "bulyan":
+        inner = Bulyan(num_malicious_clients=s.malicious_sites, to_keep=0, **common)
     else:
         inner = FedAvg(**common)
+    inner = GuardedStrategy(inner, guard if guard is not None else UpdateGuard(run=run, initial=initial),
+                            needed=s.fewest_sites())
     c = run.central_dp
     if c.enabled:
         if c.clipping == "fixed":

@@ -83,7 +83,7 @@ class RoundRecord:
     """One line of metrics.jsonl."""
 
     round: int
-    status: str  # "ok" or "failed"
+    status: str  # "ok", "failed" (no aggregate), "rejected" (the [robust] guard kept the previous model), "initial"
     attempt: int
     loss: float | None
     accuracy: float | None
@@ -102,6 +102,9 @@ class RoundRecord:
     time: float = field(default_factory=time.time)
     private: bool = True  # False: DP off, or some site's epsilon is infinite (epsilon_max is then written as null)
     unanswered: tuple[str, ...] = ()  # sites (or nodes) asked to train whose reply never came: they may have spent
+    rejected: str | None = None  # status "rejected": why the [robust] guard kept the previous model
+    update_norm: float | None = None  # [robust] under SecAgg+: L2 norm of the aggregate's model delta
+    update_bound: float | None = None  # [robust]: the L2 bound every honest site keeps on its delta
 
 
 def finite_or_none(x: float | None) -> float | None:

@@ -50,6 +50,10 @@ class SimulatedSites:
             raise ValueError(f"partition id {pid} outside 0..{self.experiment.sites - 1}")
         return pid
 
+    def index(self, context) -> int:  # noqa: ANN001 - Flower Context
+        """Which simulated site (0-based) a Flower context belongs to."""
+        return self._index(context.node_config)
+
     def key(self, context) -> str:  # noqa: ANN001 - Flower Context
         exp = self.experiment
         ident = hash((exp.data, exp.partition, exp.sites, exp.seed, self.state_root))

@@ -7,7 +7,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from fedhaven.shared.schema import DPConfig
-from fedhaven.sim.bench import deploy_report
+from fedhaven.sim.bench import deploy_report, robustness
 
 
 def _f(x: object, fmt: str = "{:.2f}") -> str:
@@ -61,6 +61,10 @@ def targets(res: dict) -> list[tuple[str, str, str]]:
                                                            "{:.1f} GiB peak"),
                  _ok(None if not big else big["peak_memory_mib"] < 24 * 1024)))
     rows += deploy_report.target_rows(res.get("deployment") if not _section_error(res, "deployment") else None)
+    rob = res.get("robustness") if not _section_error(res, "robustness") else None
+    measured, met = robustness.target_met(rob) if rob else ("n/a", None)
+    rows.append((f"one attacker (scale:1000, signflip) among 10 MNIST sites, defended: within "
+                 f"{robustness.TARGET_POINTS:g} points of clean, SecAgg+ on and off", measured, _ok(met)))
     return rows
 
 
@@ -262,6 +266,10 @@ def write_report(*, results: dict, out: Path, data_dir: Path) -> Path:
     L += [err] if err else deploy_report.section(res["deployment"])
     L += ["", "Raw events (every timestamp the breakdown comes from): "
           f"[`{rel}/results-deploy.json`]({rel}/results-deploy.json)."] if not err else []
+
+    L += ["", "## 8. Robustness against a bad site", ""]
+    err = _section_error(res, "robustness")
+    L += [err + " (`make bench` runs it: 44 five-round simulations)."] if err else robustness.section(res["robustness"])
 
     if plots:
         L += ["", "## Plots", ""] + [f"![{p}]({rel}/{p})" for p in plots]
