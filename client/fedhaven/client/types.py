@@ -25,6 +25,7 @@ class SiteInfo:
     policy: SitePolicy = SIMULATION_POLICY
     state_dir: Path | None = None
     device: str = "cpu"  # "auto", "cpu" or "cuda": resolved once, where training runs
+    cache_dir: Path | None = None  # a fixed front end's features (default: state_dir/feature-cache)
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,12 @@ class ModelConfig:
     name: str = "lenet"
     activation: Literal["relu", "tanh"] = "tanh"
     norm: Literal["none", "group"] = "none"
+    # scatternet: a fixed scattering transform (no parameters, no privacy cost) before a small trainable head
+    head: Literal["linear", "cnn"] = "linear"
+    scattering_j: int = field(default=2, metadata=bounds(ge=1, le=6))  # scales: features are 2**J times smaller
+    scattering_l: int = field(default=8, metadata=bounds(ge=1, le=16))  # orientations
+    feature_groups: int = field(default=27, metadata=bounds(ge=1))  # per-example GroupNorm of the features
+    width: int = field(default=32, metadata=bounds(ge=1, le=4096))  # channels of the cnn head
 
 
 @dataclass(frozen=True)
