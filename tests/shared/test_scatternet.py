@@ -20,7 +20,7 @@ def _cfg(head: str = "linear", **kw) -> ModelConfig:
     return ModelConfig(name="scatternet", head=head, **kw)
 
 
-@pytest.mark.parametrize("head", ["linear", "cnn"])
+@pytest.mark.parametrize("head", ["linear", "pointwise", "cnn"])
 @pytest.mark.parametrize(("channels", "size"), [(1, 28), (3, 32), (1, 8), (3, 20)])
 def test_shapes_and_opacus(head, channels, size):
     model = build_model(cfg=_cfg(head), spec=InputSpec(channels, size, 7))
@@ -62,7 +62,7 @@ def _naive_clipped_mean(head, feats: FeatureData, clip: float) -> torch.Tensor:
     return total / len(feats)
 
 
-@pytest.mark.parametrize("head_kind", ["linear", "cnn"])
+@pytest.mark.parametrize("head_kind", ["linear", "pointwise", "cnn"])
 @pytest.mark.parametrize("mode", ["ghost", "hooks"])
 def test_dp_step_on_cached_features_matches_naive_clipping(synthetic_images, head_kind, mode):
     data = synthetic_images.subset(torch.arange(16))

@@ -135,7 +135,9 @@ class _FeatureNorm(nn.Module):
 @register_model("scatternet")
 def _scatternet(spec: InputSpec, cfg: ModelConfig) -> nn.Module:
     """Tramer & Boneh (2021)'s ScatterNet: Morlet scattering (J scales, L angles) and per-example GroupNorm, fixed;
-    then a linear classifier ("linear") or a small CNN ("cnn": conv 3x3 of `width` channels, pool, linear)."""
+    then a trainable head: "linear"; "pointwise" (a 1x1 convolution to `width` channels, activation, linear: the
+    same small network at every position); or "cnn" (3x3 convolution to `width` channels, activation, pool,
+    linear)."""
     from fedhaven.shared.scattering import Scattering2D, ScatteringSpec
 
     sspec = ScatteringSpec(channels=spec.channels, image_size=spec.image_size, J=cfg.scattering_j, L=cfg.scattering_l)
@@ -147,6 +149,9 @@ def _scatternet(spec: InputSpec, cfg: ModelConfig) -> nn.Module:
     front = nn.Sequential(Scattering2D(sspec), _FeatureNorm(groups, channels))
     if cfg.head == "linear":
         head: nn.Module = nn.Sequential(nn.Flatten(), nn.Linear(channels * side * side, spec.num_classes))
+    elif cfg.head == "pointwise":
+        head = nn.Sequential(nn.Conv2d(channels, cfg.width, 1), _activation(cfg.activation)(), nn.Flatten(),
+                             nn.Linear(cfg.width * side * side, spec.num_classes))
     else:
         pooled = side // 2 if side >= 2 else side
         head = nn.Sequential(nn.Conv2d(channels, cfg.width, 3, padding=1), _activation(cfg.activation)(),
