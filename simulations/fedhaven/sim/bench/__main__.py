@@ -17,7 +17,7 @@ QUICK = {"dp_epochs": 2, "mask_repeats": 2, "secagg_sites": [5, 10], "secagg_rou
          "baseline_rounds": 2, "accuracy": None, "scale_sites": [100], "scale_rounds": 2}
 FULL = {"dp_epochs": 5, "mask_repeats": 5, "secagg_sites": [5, 10, 20], "secagg_rounds": 5, "secagg_epochs": 1.0,
         "baseline_rounds": 15, "accuracy": {"epsilons": (1.0, 3.0, 8.0), "partitions": ("iid", "dirichlet:0.3"),
-                                            "rounds": 15},
+                                            "repeats": 3},
         "scale_sites": [100, 1000], "scale_rounds": 3}
 
 
