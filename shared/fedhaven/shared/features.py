@@ -30,7 +30,7 @@ def _tensor_digest(t: torch.Tensor) -> str:
     return hashlib.sha256(t.contiguous().numpy().tobytes()).hexdigest()
 
 
-def compute_features(*, front: nn.Module, data: ImageData, batch_size: int = 256) -> torch.Tensor:
+def compute_features(*, front: nn.Module, data: ImageData, batch_size: int = 128) -> torch.Tensor:
     """`front` applied to every image of `data` (as model input in [-1, 1]), in batches, on the CPU."""
     front.eval()
     with torch.no_grad():

@@ -117,25 +117,24 @@ class ScatteringSpec:
         return out
 
 
-def _subsample(x: torch.Tensor, k: int) -> torch.Tensor:
-    """Fourier-domain subsampling by `k` in both axes: the spectrum of the signal decimated by k in space.
+def _filter_subsample(x_hat: torch.Tensor, filt: torch.Tensor, k: int) -> torch.Tensor:
+    """A spectrum times a real Fourier-domain filter, subsampled by `k`: the mean of the k*k blocks of the product,
+    which is the spectrum of the filtered signal decimated by k in space.
 
-    The mean of the k*k spectrum blocks, summed slice by slice (a strided mean over complex tensors is far slower).
+    Computed block by block, never holding the full-resolution product: for the
+    second order that product is 64 maps per image, and memory traffic, not
+    arithmetic, set the speed.
     """
     if k == 1:
-        return x
-    h, w = x.shape[-2] // k, x.shape[-1] // k
-    out = x[..., :h, :w].clone()
+        return x_hat * filt
+    h, w = x_hat.shape[-2] // k, x_hat.shape[-1] // k
+    out = None
     for a in range(k):
         for b in range(k):
-            if a or b:
-                out += x[..., a * h: (a + 1) * h, b * w: (b + 1) * w]
+            rows, cols = slice(a * h, (a + 1) * h), slice(b * w, (b + 1) * w)
+            blk = x_hat[..., rows, cols] * filt[..., rows, cols]
+            out = blk if out is None else out.add_(blk)
     return out.div_(k * k)
-
-
-def _filter(x_hat: torch.Tensor, filt: torch.Tensor) -> torch.Tensor:
-    """A complex spectrum times a real Fourier-domain filter (broadcast), without promoting the filter to complex."""
-    return torch.view_as_complex(torch.view_as_real(x_hat) * filt[..., None])
 
 
 class Scattering2D(nn.Module):
@@ -174,7 +173,7 @@ class Scattering2D(nn.Module):
     def _low(self, u_hat: torch.Tensor, level: int) -> torch.Tensor:
         """Low-pass, subsample to the output resolution, back to space, crop the padding border."""
         J, n = self.spec.J, self.spec.out_size
-        s = torch.fft.ifft2(_subsample(_filter(u_hat, self._phi(level)), 2 ** (J - level))).real
+        s = torch.fft.ifft2(_filter_subsample(u_hat, self._phi(level), 2 ** (J - level))).real
         return s[..., 1: 1 + n, 1: 1 + n]
 
     @torch.no_grad()
@@ -188,12 +187,12 @@ class Scattering2D(nn.Module):
         order0 = [self._low(x_hat, 0)[:, None]]
         order1, order2 = [], []
         for j1 in range(spec.J):
-            u1 = torch.fft.ifft2(_subsample(_filter(x_hat[:, None], self._psi(j1, 0)), 2**j1)).abs()
+            u1 = torch.fft.ifft2(_filter_subsample(x_hat[:, None], self._psi(j1, 0), 2**j1)).abs()
             u1_hat = torch.fft.fft2(u1)  # (B, L, ...) at resolution level j1
             order1.append(self._low(u1_hat, j1))
             for j2 in range(j1 + 1, spec.J):
-                u2 = _filter(u1_hat[:, :, None], self._psi(j2, j1))  # (B, L, L, ...)
-                u2 = torch.fft.ifft2(_subsample(u2, 2 ** (j2 - j1))).abs()
+                u2 = _filter_subsample(u1_hat[:, :, None], self._psi(j2, j1), 2 ** (j2 - j1))  # (B, L, L, ...)
+                u2 = torch.fft.ifft2(u2).abs()
                 order2.append(self._low(torch.fft.fft2(u2), j2).flatten(1, 2))
         out = torch.cat(order0 + order1 + order2, dim=1)
         return out.reshape(n, c * spec.coefficients, spec.out_size, spec.out_size)
