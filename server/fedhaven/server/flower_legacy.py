@@ -8,6 +8,7 @@ fedhaven.server sees numpy arrays, typed configs and plain callbacks.
 from __future__ import annotations
 
 import logging
+import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -147,6 +148,57 @@ class TolerantAdaptiveClipping(_TolerantCentralDP, DifferentialPrivacyClientSide
         self._update_clip_norm(results)
 
 
+def step_fraction(*, schedule: str, server_round: int, rounds: int, floor: float) -> float:
+    """The fraction of round `server_round`'s aggregated update the global model takes (1 = plain aggregation)."""
+    if schedule == "constant" or rounds <= 1:
+        return 1.0
+    progress = (min(server_round, rounds) - 1) / (rounds - 1)
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class ScheduledStep(Strategy):
+    """Moves the global model by a scheduled fraction of the aggregate's change: new = sent + f(round) (agg - sent).
+
+    Post-processing of the (noised, securely aggregated) result, so it costs no
+    privacy. The starting point is the model sent in that round, which is also
+    what a resumed run sends, so the schedule needs no state of its own.
+    """
+
+    def __init__(self, inner: Strategy, *, schedule: str, rounds: int, floor: float) -> None:
+        self.inner, self.schedule, self.rounds, self.floor = inner, schedule, rounds, floor
+        self._sent: dict[int, list[np.ndarray]] = {}
+
+    def __getattr__(self, name: str) -> Any:  # e.g. the central-DP wrapper's record of its noise
+        return getattr(self.__dict__["inner"], name)
+
+    def initialize_parameters(self, client_manager):  # noqa: ANN001, ANN201 - Flower signature
+        return self.inner.initialize_parameters(client_manager)
+
+    def configure_fit(self, server_round, parameters, client_manager):  # noqa: ANN001, ANN201
+        self._sent = {server_round: parameters_to_ndarrays(parameters)}
+        return self.inner.configure_fit(server_round, parameters, client_manager)
+
+    def aggregate_fit(self, server_round, results, failures):  # noqa: ANN001, ANN201
+        params, metrics = self.inner.aggregate_fit(server_round, results, failures)
+        sent = self._sent.get(server_round)
+        if params is None or sent is None:
+            return params, metrics
+        f = step_fraction(schedule=self.schedule, server_round=server_round, rounds=self.rounds, floor=self.floor)
+        agg = parameters_to_ndarrays(params)
+        stepped = [s + f * (a - s) if np.issubdtype(a.dtype, np.floating) else a
+                   for s, a in zip(sent, agg, strict=True)]
+        return ndarrays_to_parameters(stepped), metrics
+
+    def configure_evaluate(self, server_round, parameters, client_manager):  # noqa: ANN001, ANN201
+        return self.inner.configure_evaluate(server_round, parameters, client_manager)
+
+    def aggregate_evaluate(self, server_round, results, failures):  # noqa: ANN001, ANN201
+        return self.inner.aggregate_evaluate(server_round, results, failures)
+
+    def evaluate(self, server_round, parameters):  # noqa: ANN001, ANN201
+        return self.inner.evaluate(server_round, parameters)
+
+
 def central_noise(strategy: RecordingStrategy) -> list[CentralNoise]:
     """Every round's central-DP noise so far (empty when central DP is off)."""
     return list(getattr(strategy.inner, "applied", []))
@@ -180,6 +232,8 @@ def build_strategy(*, run: RunConfig, initial: Sequence[np.ndarray],
                                              clip_norm_lr=c.clip_norm_lr,
                                              clipped_count_stddev=None if c.clipped_count_stddev == "auto"
                                              else c.clipped_count_stddev)
+    if s.step_schedule != "constant":
+        inner = ScheduledStep(inner, schedule=s.step_schedule, rounds=run.rounds, floor=s.step_floor)
     return RecordingStrategy(inner)
 
 

@@ -168,6 +168,10 @@ class StrategyConfig:
     beta_1: float = field(default=0.9, metadata=bounds(ge=0, lt=1))
     beta_2: float = field(default=0.99, metadata=bounds(ge=0, lt=1))
     tau: float = field(default=1e-3, metadata=bounds(gt=0))
+    # The coordinator moves the global model by a fraction of each round's aggregated update (post-processing,
+    # free under DP): "cosine" decays that fraction from 1 to `step_floor` over the planned rounds.
+    step_schedule: Literal["constant", "cosine"] = "constant"
+    step_floor: float = field(default=0.1, metadata=bounds(ge=0, le=1))
 
 
 @dataclass(frozen=True)
