@@ -10,8 +10,8 @@ README, "How fedhaven picks hyperparameters"):
   clipping norm 1.0: the noise's scale, so these do not change with the data);
 - rounds grow with the privacy budget: 40 * sqrt(epsilon / 3), and with the
   square root of the number of sites over 10 (averaging N sites divides the
-  noise by sqrt(N)), between 10 and 40 (80 rounds measured worse than 40 at
-  epsilon 3, and every round costs time).
+  noise by sqrt(N); reasoned, not measured), between 10 and 40 (80 rounds
+  measured worse than 40 at epsilon 3, and every round costs time).
 
 Run `python -m fedhaven.shared.recipe --epsilon 3 --site-size 6000 --sites 10`
 to print what it gives (e.g. for a deployed run, whose coordinator cannot see
