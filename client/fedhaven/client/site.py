@@ -13,8 +13,8 @@ import torch
 from fedhaven.client.policy import BudgetRefused, plan_round
 from fedhaven.client.types import PrivacyState, Site, SiteInfo, TaskRefused
 from fedhaven.shared.accounting import NOTHING_SENT, epsilon
-from fedhaven.shared.data import ImageData
-from fedhaven.shared.models import build_model
+from fedhaven.shared.data import FeatureData, ImageData
+from fedhaven.shared.models import build_model, split_front
 from fedhaven.shared.task import TaskSpec
 from fedhaven.shared.runtime import resolve_device
 from fedhaven.shared.training import DPSettings, train_local
@@ -79,6 +79,21 @@ class SiteTrainer:
         self.site = site
         self._model: torch.nn.Module | None = None
         self._model_key: tuple | None = None
+        self._features: dict[str, torch.Tensor] = {}  # a fixed front end's output on this site's images
+
+    def _training_data(self, model: torch.nn.Module, data: ImageData) -> tuple[torch.nn.Module, ImageData | FeatureData]:
+        """(what DP-SGD trains, what it trains on): a model's fixed front end runs once per site, never per round."""
+        front, head = split_front(model)
+        if front is None:
+            return model, data
+        from fedhaven.shared.features import cached_features
+
+        key = model.front_key  # type: ignore[union-attr] - FrontEndModel
+        if key not in self._features:
+            info = self.site.info
+            cache = info.cache_dir or (info.state_dir / "feature-cache" if info.state_dir is not None else None)
+            self._features[key] = cached_features(front=front, front_key=key, data=data, cache_dir=cache).features
+        return head, FeatureData(self._features[key], data.labels, data.classes)
 
     def _model_for(self, task: TaskSpec) -> torch.nn.Module:
         key = (task.model, task.input)
@@ -116,7 +131,8 @@ class SiteTrainer:
         model = self._model_for(task)
         set_weights(model, weights)
         device = resolve_device(self.site.info.device)  # type: ignore[arg-type]
-        report = train_local(model=model, data=data, train=task.train, dp=dp, device=device,
+        trainable, inputs = self._training_data(model, data)
+        report = train_local(model=trainable, data=inputs, train=task.train, dp=dp, device=device,
                              generator=generator, proximal_mu=task.proximal_mu)
         if (report.sample_rate, report.steps) != (plan.sample_rate, plan.steps):
             raise RuntimeError(f"site {self.site.name}: trained {report.steps} steps at rate {report.sample_rate} "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import re
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -261,9 +262,73 @@ class GuardedStrategy(Strategy):
         return self.inner.evaluate(server_round, parameters)
 
 
+def step_fraction(*, schedule: str, server_round: int, rounds: int, floor: float) -> float:
+    """The fraction of round `server_round`'s aggregated update the global model takes (1 = plain aggregation)."""
+    if schedule == "constant" or rounds <= 1:
+        return 1.0
+    progress = (min(server_round, rounds) - 1) / (rounds - 1)
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class ScheduledStep(Strategy):
+    """Moves the global model by a scheduled fraction of the aggregate's change: new = sent + f(round) (agg - sent).
+
+    Post-processing of the (noised, securely aggregated) result, so it costs no
+    privacy. The starting point is the model sent in that round, which is also
+    what a resumed run sends, so the schedule needs no state of its own.
+    """
+
+    def __init__(self, inner: Strategy, *, schedule: str, rounds: int, floor: float) -> None:
+        self.inner, self.schedule, self.rounds, self.floor = inner, schedule, rounds, floor
+        self._sent: dict[int, list[np.ndarray]] = {}
+
+    def __getattr__(self, name: str) -> Any:  # e.g. the central-DP wrapper's record of its noise
+        return getattr(self.__dict__["inner"], name)
+
+    def initialize_parameters(self, client_manager):  # noqa: ANN001, ANN201 - Flower signature
+        return self.inner.initialize_parameters(client_manager)
+
+    def configure_fit(self, server_round, parameters, client_manager):  # noqa: ANN001, ANN201
+        self._sent = {server_round: parameters_to_ndarrays(parameters)}
+        return self.inner.configure_fit(server_round, parameters, client_manager)
+
+    def aggregate_fit(self, server_round, results, failures):  # noqa: ANN001, ANN201
+        params, metrics = self.inner.aggregate_fit(server_round, results, failures)
+        sent = self._sent.get(server_round)
+        if params is None or sent is None:
+            return params, metrics
+        f = step_fraction(schedule=self.schedule, server_round=server_round, rounds=self.rounds, floor=self.floor)
+        agg = parameters_to_ndarrays(params)
+        stepped = [s + f * (a - s) if np.issubdtype(a.dtype, np.floating) else a
+                   for s, a in zip(sent, agg, strict=True)]
+        return ndarrays_to_parameters(stepped), metrics
+
+    def configure_evaluate(self, server_round, parameters, client_manager):  # noqa: ANN001, ANN201
+        return self.inner.configure_evaluate(server_round, parameters, client_manager)
+
+    def aggregate_evaluate(self, server_round, results, failures):  # noqa: ANN001, ANN201
+        return self.inner.aggregate_evaluate(server_round, results, failures)
+
+    def evaluate(self, server_round, parameters):  # noqa: ANN001, ANN201
+        return self.inner.evaluate(server_round, parameters)
+
+
 def central_noise(strategy: RecordingStrategy) -> list[CentralNoise]:
     """Every round's central-DP noise so far (empty when central DP is off)."""
     return list(getattr(strategy.inner, "applied", []))
+
+
+def _layers(strategy: RecordingStrategy) -> tuple[Any, Strategy]:
+    """(the central-DP wrapper, or None; Flower's aggregation rule) under fedhaven's own wrappers."""
+    layer: Any = strategy.inner
+    central = None
+    while True:
+        if isinstance(layer, _TolerantCentralDP):
+            central, layer = layer, layer.strategy
+        elif isinstance(layer, (ScheduledStep, GuardedStrategy)):
+            layer = layer.inner
+        else:
+            return central, layer
 
 
 def strategy_state(strategy: RecordingStrategy) -> dict[str, Any]:
@@ -271,8 +336,7 @@ def strategy_state(strategy: RecordingStrategy) -> dict[str, Any]:
     FedAdam's moments, the adaptive clipping norm, and every round's central-DP noise."""
     import torch
 
-    inner = strategy.inner
-    base = inner.strategy if isinstance(inner, _TolerantCentralDP) else inner
+    inner, base = _layers(strategy)
     state: dict[str, Any] = {}
     if isinstance(inner, _TolerantCentralDP):
         state["central"] = {"clipping_norm": float(inner.clipping_norm), "applied": [asdict(n) for n in inner.applied]}
@@ -285,8 +349,7 @@ def strategy_state(strategy: RecordingStrategy) -> dict[str, Any]:
 def restore_strategy_state(strategy: RecordingStrategy, state: dict[str, Any], *,
                            weights: Sequence[np.ndarray]) -> None:
     """Put a checkpoint's `strategy_state` back (the global `weights` become FedAdam's current point)."""
-    inner = strategy.inner
-    base = inner.strategy if isinstance(inner, _TolerantCentralDP) else inner
+    inner, base = _layers(strategy)
     if isinstance(inner, _TolerantCentralDP) and "central" in state:
         inner.clipping_norm = float(state["central"]["clipping_norm"])
         inner.applied = [CentralNoise(**n) for n in state["central"]["applied"]]
@@ -337,6 +400,8 @@ def build_strategy(*, run: RunConfig, initial: Sequence[np.ndarray],
                                              target_clipped_quantile=c.target_clipped_quantile,
                                              clip_norm_lr=c.clip_norm_lr,
                                              clipped_count_stddev=c.count_stddev(sites=run.min_sites))
+    if s.step_schedule != "constant":
+        inner = ScheduledStep(inner, schedule=s.step_schedule, rounds=run.rounds, floor=s.step_floor)
     return RecordingStrategy(inner)
 
 

@@ -16,10 +16,11 @@ import numpy as np
 import torch
 
 from fedhaven.shared.config import to_dict
-from fedhaven.shared.models import InputSpec, build_model
+from fedhaven.shared.features import cached_features
+from fedhaven.shared.models import InputSpec, build_model, split_front
 from fedhaven.shared.schema import RunConfig
 from fedhaven.shared.training import evaluate
-from fedhaven.shared.data import ImageData
+from fedhaven.shared.data import FeatureData, ImageData
 from fedhaven.shared.weights import state_dict_from_weights
 from fedhaven.shared.witness import Witness
 
@@ -175,14 +176,18 @@ class SiteWitnesses:
 class CentralEvaluator:
     """Evaluates global weights on the coordinator's held-out test set."""
 
-    def __init__(self, *, run: RunConfig, data: ImageData, device: str) -> None:
+    def __init__(self, *, run: RunConfig, data: ImageData, device: str, cache_dir: Path | None = None) -> None:
         self.data = data
         self.device = device
         self.model = build_model(cfg=run.model, spec=data.spec, dp=False)
+        front, self._head = split_front(self.model)
+        # A fixed front end (e.g. scattering) runs once on the test set, not at every evaluation.
+        self._inputs: ImageData | FeatureData = data if front is None else cached_features(
+            front=front, front_key=self.model.front_key, data=data, cache_dir=cache_dir)  # type: ignore[arg-type]
 
     def __call__(self, weights: Sequence[np.ndarray]) -> tuple[float, float]:
         state_dict_from_weights(self.model, weights)
-        return evaluate(model=self.model, data=self.data, device=self.device)
+        return evaluate(model=self._head, data=self._inputs, device=self.device)
 
 
 class RunRecorder:

@@ -38,6 +38,12 @@ class ModelConfig:
     name: str = "lenet"
     activation: Literal["relu", "tanh"] = "tanh"
     norm: Literal["none", "group"] = "none"
+    # scatternet: a fixed scattering transform (no parameters, no privacy cost) before a small trainable head
+    head: Literal["linear", "pointwise", "cnn"] = "linear"
+    scattering_j: int = field(default=2, metadata=bounds(ge=1, le=6))  # scales: features are 2**J times smaller
+    scattering_l: int = field(default=8, metadata=bounds(ge=1, le=16))  # orientations
+    feature_groups: int = field(default=27, metadata=bounds(ge=1))  # per-example GroupNorm of the features
+    width: int = field(default=32, metadata=bounds(ge=1, le=4096))  # channels of the pointwise and cnn heads
 
 
 @dataclass(frozen=True)
@@ -49,6 +55,9 @@ class TrainConfig:
     lr: float = field(default=0.5, metadata=bounds(gt=0, le=100))
     momentum: float = field(default=0.9, metadata=bounds(ge=0, lt=1))
     weight_decay: float = field(default=0.0, metadata=bounds(ge=0))
+    # "auto": fedhaven.shared.recipe's rule sets rounds, batch_size, lr, momentum and local_epochs from the
+    # target epsilon, the sites' size and their number, except those set explicitly (resolved by fl-sim)
+    recipe: Literal["manual", "auto"] = "manual"
 
 
 @dataclass(frozen=True)
@@ -207,6 +216,11 @@ class StrategyConfig:
     malicious_sites: int = field(default=1, metadata=bounds(ge=0))  # f: krum, multikrum, bulyan, fedmedian, trimmedavg
     trim_fraction: float = field(default=0.2, metadata=bounds(ge=0, lt=0.5))  # trimmedavg: cut from each end
     keep: int = field(default=0, metadata=bounds(ge=0))  # multikrum: updates averaged; 0: sites - malicious_sites
+    # The coordinator moves the global model by a fraction of each round's aggregated update (post-processing,
+    # free under DP): "cosine" decays that fraction from 1 to `step_floor` over the planned rounds.
+    step_schedule: Literal["constant", "cosine"] = "constant"
+    step_floor: float = field(default=0.1, metadata=bounds(ge=0, le=1))
+
 
     @property
     def robust(self) -> bool:
@@ -381,6 +395,10 @@ class RunConfig:
 
     def problems(self) -> list[str]:
         out: list[str] = []
+        if type(self) is RunConfig and self.train.recipe == "auto":
+            out.append("train.recipe: \"auto\" is resolved by fl-sim, which knows the sites' sizes; a coordinator "
+                       "cannot see them. Print the rule's values with `python -m fedhaven.shared.recipe --epsilon E "
+                       "--site-size N --sites S`, set them, and set train.recipe = \"manual\"")
         if self.central_dp.enabled and self.strategy.name == "fedadam":
             out.append("central_dp: the noise is calibrated to a mean of clipped updates; use fedavg or fedprox")
         if self.secagg.enabled and self.min_sites < self.secagg.min_sites():

@@ -18,7 +18,7 @@ QUICK = {"dp_epochs": 2, "mask_repeats": 2, "secagg_sites": [5, 10], "secagg_rou
          "robustness": None}
 FULL = {"dp_epochs": 5, "mask_repeats": 5, "secagg_sites": [5, 10, 20], "secagg_rounds": 5, "secagg_epochs": 1.0,
         "baseline_rounds": 15, "accuracy": {"epsilons": (1.0, 3.0, 8.0), "partitions": ("iid", "dirichlet:0.3"),
-                                            "rounds": 15},
+                                            "repeats": 3},
         "scale_sites": [100, 1000], "scale_rounds": 3, "deploy_rounds": 4,
         # 44 five-round simulations, one per cell; finished cells are kept in bench-results/ and skipped on a rerun
         "robustness": {"rounds": 5}}
