@@ -161,6 +161,9 @@ class _ScriptedFederation:
         self.current = [np.full_like(a, value) for a in START]
         return FitOutcome(weights=self.current, log=log)
 
+    def strategy_state(self):
+        return {}
+
     def available_sites(self):
         return 1
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
 
 from fedhaven.server.flower_legacy import ScheduledStep, build_strategy, step_fraction
-from fedhaven.shared.schema import RunConfig, StrategyConfig
+from fedhaven.shared.schema import RobustConfig, RunConfig, StrategyConfig
 
 
 def test_fraction_is_one_then_decays_to_the_floor():
@@ -19,13 +21,15 @@ def test_fraction_is_one_then_decays_to_the_floor():
 
 
 def _res(arrays, n):
-    return None, FitRes(status=Status(code=Code.OK, message=""), parameters=ndarrays_to_parameters(arrays),
-                        num_examples=n, metrics={})
+    return SimpleNamespace(node_id=n), FitRes(status=Status(code=Code.OK, message=""), parameters=ndarrays_to_parameters(arrays),
+                        num_examples=n, metrics={"site": f"site-{n}"})
 
 
 def test_step_moves_a_fraction_of_the_aggregate_from_the_model_sent():
     sent = [np.zeros((2, 2), np.float32), np.ones(3, np.float32)]
-    run = RunConfig(rounds=3, min_sites=2, strategy=StrategyConfig(step_schedule="cosine", step_floor=0.2))
+    # sites send whole models here: [robust] off (with it, they send deltas the guard turns back into models)
+    run = RunConfig(rounds=3, min_sites=2, strategy=StrategyConfig(step_schedule="cosine", step_floor=0.2),
+                    robust=RobustConfig(enabled=False))
     rec = build_strategy(run=run, initial=sent, fit_config=lambda r: {})
     step = rec.inner
     assert isinstance(step, ScheduledStep)
@@ -37,7 +41,7 @@ def test_step_moves_a_fraction_of_the_aggregate_from_the_model_sent():
     out = parameters_to_ndarrays(params)
     # FedAvg gives 3.5 and 4.5; the last round takes the floor, 0.2, of the change
     assert np.allclose(out[0], 0.2 * 3.5) and np.allclose(out[1], 1 + 0.2 * 3.5)
-    assert rec.inner.inner.__class__.__name__ == "FedAvg"
+    assert rec.inner.inner.inner.__class__.__name__ == "FedAvg"  # step > guard > rule
 
 
 def test_constant_adds_no_wrapper():

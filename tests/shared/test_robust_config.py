@@ -61,4 +61,5 @@ def test_fl_sim_check_refuses_krum_under_secagg_and_accepts_it_without(capfd):
 
     assert cli.main(["check", "digits", "strategy.name=krum", "min_sites=3", "strategy.malicious_sites=0"]) == 2
     assert "krum inspects every site's update" in capfd.readouterr().err
-    assert cli.main(["check", "digits", "strategy.name=krum", "strategy.malicious_sites=0", "--no-secagg"]) == 0
+    assert cli.main(["check", "digits", "strategy.name=krum", "strategy.malicious_sites=0", "min_sites=3",
+                     "--no-secagg"]) == 0
