@@ -137,10 +137,10 @@ def test_central_epsilon_is_at_least_a_fresh_accountant_at_the_configured_noise(
     from fedhaven.server.recorder import RoundRecord
     from fedhaven.shared.config import parse
 
-    run = parse(RunConfig, {"min_sites": m, "secagg": {"enabled": False},
+    run = parse(RunConfig, {"min_sites": m, "secagg": {"enabled": False}, "robust": {"enabled": False},
                             "central_dp": {"enabled": True, "clipping": clipping, "noise_multiplier": z}})
     wrapper = build_strategy(run=run, initial=[np.zeros(4, dtype=np.float32)], fit_config=lambda r: {}).inner
-    assert isinstance(wrapper.strategy, FedAvg)
+    assert isinstance(wrapper.strategy.inner, FedAvg)  # behind the [robust] guard, off here: updates are weights
     res = [(None, FitRes(status=Status(Code.OK, ""), num_examples=1, metrics={KEY_NORM_BIT: i % 2 == 0},
                          parameters=ndarrays_to_parameters([np.full(4, 0.1 * i, dtype=np.float32)])))
            for i in range(m)]

@@ -11,7 +11,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from fedhaven.server.flower_legacy import build_strategy, restore_strategy_state, strategy_state
+from fedhaven.server.flower_legacy import _layers, build_strategy, restore_strategy_state, strategy_state
 from fedhaven.server.recorder import (
     CentralNoise, ResumeError, RoundRecord, RunRecorder, SiteReport, load_checkpoint, read_rounds,
 )
@@ -40,16 +40,17 @@ def test_a_checkpoint_brings_back_weights_sites_and_strategy_state(tmp_path):
     rec = _recorder(tmp_path, run)
     rec.site_reports([_site("a", 1.5)], unanswered=["b"], server_round=2, attempt=1)
     strat = build_strategy(run=run, initial=_weights(0), fit_config=lambda r: {})
-    strat.inner.m_t = [np.full(w.shape, 0.25, dtype=np.float32) for w in _weights(0)]
-    strat.inner.v_t = [np.full(w.shape, 0.5, dtype=np.float32) for w in _weights(0)]
+    _layers(strat)[1].m_t = [np.full(w.shape, 0.25, dtype=np.float32) for w in _weights(0)]
+    _layers(strat)[1].v_t = [np.full(w.shape, 0.5, dtype=np.float32) for w in _weights(0)]
     rec.checkpoint(server_round=2, weights=_weights(1), strategy=strategy_state(strat))
     ckpt, skipped = load_checkpoint(run_dir=tmp_path, run=replace(run, resume_from=str(tmp_path)), input_spec=SPEC)
     assert skipped == [] and ckpt.round == 2
     assert all(np.array_equal(a, b) for a, b in zip(ckpt.weights, _weights(1), strict=True))
     fresh = build_strategy(run=run, initial=_weights(0), fit_config=lambda r: {})
     restore_strategy_state(fresh, ckpt.blob["strategy"], weights=ckpt.weights)
-    assert all(np.all(m == 0.25) for m in fresh.inner.m_t) and all(np.all(v == 0.5) for v in fresh.inner.v_t)
-    assert all(np.array_equal(a, b) for a, b in zip(fresh.inner.current_weights, _weights(1), strict=True))
+    _, adam = _layers(fresh)  # FedAdam under fedhaven's guard
+    assert all(np.all(m == 0.25) for m in adam.m_t) and all(np.all(v == 0.5) for v in adam.v_t)
+    assert all(np.array_equal(a, b) for a, b in zip(adam.current_weights, _weights(1), strict=True))
     again = _recorder(tmp_path, run, resuming=True)
     again.restore(ckpt)
     assert again.sites["a"].epsilon == 1.5 and "b" in again.unanswered

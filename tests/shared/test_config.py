@@ -83,7 +83,8 @@ def test_roundtrip_through_flat_dicts():
     assert flat["train.lr"] == 0.25
     assert parse(ExperimentConfig, unflatten(flat)) == exp
     assert exp.run_config() == parse(RunConfig, {k: v for k, v in to_dict(exp).items()
-                                                 if k not in ("name", "sites", "partition", "simulation", "site_policy")})
+                                                 if k not in ("name", "sites", "partition", "simulation", "site_policy",
+                                                                     "attack")})
 
 
 def test_zero_noise_is_refused_unless_the_experiment_says_it_is_not_private():

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from fedhaven.shared.data import (
-    BUNDLED_MNIST, DataError, ImageData, load_data, load_digits_data, load_idx, load_imagefolder, read_idx,
+    BUNDLED_MNIST, DataError, ImageData, load_data, load_digits_data, load_idx, load_imagefolder, read_idx, save_idx,
     to_model_input,
 )
 from fedhaven.shared.schema import DataConfig
@@ -41,15 +41,46 @@ def test_idx_roundtrip(tmp_path, gz):
 def test_idx_errors_name_the_problem(tmp_path):
     (tmp_path / "bad").write_bytes(b"\x01\x02\x03\x04")
     with pytest.raises(DataError, match="bad magic"):
-        read_idx(tmp_path / "bad")
+        read_idx(tmp_path / "bad", kind="labels")
     truncated = bytes([0, 0, 8, 1]) + struct.pack(">I", 10) + b"\x00" * 3
     (tmp_path / "short").write_bytes(truncated)
     with pytest.raises(DataError, match="header says"):
-        read_idx(tmp_path / "short")
+        read_idx(tmp_path / "short", kind="labels")
+    (tmp_path / "short.gz").write_bytes(gzip.compress(truncated)[:-6])  # a cut-off gzip stream
+    with pytest.raises(DataError, match="cannot read IDX file"):
+        read_idx(tmp_path / "short.gz", kind="labels")
     with pytest.raises(DataError, match="train-images-idx3-ubyte"):
         load_idx(tmp_path, split="train")
     with pytest.raises(DataError, match="does not exist"):
         load_idx(tmp_path / "nowhere", split="train")
+
+
+def test_idx_shape_and_type_problems_are_listed_together(tmp_path):
+    rgb = np.zeros((2, 3, 4, 4), dtype=np.uint8)
+    _write_idx(tmp_path / "rgb", rgb, gz=False)
+    with pytest.raises(DataError, match="4 dimensions, expected 3.*ImageFolder"):
+        read_idx(tmp_path / "rgb", kind="images")
+    wide = bytes([0, 0, 0x0C, 1]) + struct.pack(">I", 2) + b"\x00" * 8  # int32 labels, 2 of them
+    (tmp_path / "wide").write_bytes(wide)
+    with pytest.raises(DataError) as err:
+        read_idx(tmp_path / "wide", kind="images")
+    assert "int32" in str(err.value) and "1 dimensions, expected 3" in str(err.value)
+
+
+def test_idx_image_and_label_counts_must_agree(tmp_path):
+    _write_idx(tmp_path / "train-images-idx3-ubyte", np.zeros((3, 4, 4), dtype=np.uint8), gz=False)
+    _write_idx(tmp_path / "train-labels-idx1-ubyte", np.zeros(2, dtype=np.uint8), gz=False)
+    with pytest.raises(DataError, match="3 images but 2 labels"):
+        load_idx(tmp_path, split="train")
+
+
+def test_save_idx_roundtrip_and_rgb_refused(tmp_path, synthetic_images):
+    save_idx(synthetic_images, tmp_path, split="test")
+    back = load_idx(tmp_path, split="test")
+    assert torch.equal(back.images, synthetic_images.images) and torch.equal(back.labels, synthetic_images.labels)
+    rgb = ImageData(synthetic_images.images.repeat(1, 3, 1, 1), synthetic_images.labels, synthetic_images.classes)
+    with pytest.raises(DataError, match="ImageFolder"):
+        save_idx(rgb, tmp_path, split="train")
 
 
 def test_bundled_mnist_is_real_and_complete():

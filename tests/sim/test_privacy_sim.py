@@ -21,7 +21,7 @@ from flwr.proto.recorddict_pb2 import RecordDict as ProtoRecordDict
 from flwr.serverapp import ServerApp  # noqa: F401  (imported for Flower's side effects in the worker)
 from flwr.simulation import run_simulation
 
-from fedhaven.client.flower_app import client_fn_for, client_mods
+from fedhaven.client.flower_app import client_fn_for, client_mods, training_task
 from fedhaven.client.ledger import Ledger
 from fedhaven.server.app import make_server_app
 from fedhaven.sim.experiment import load_experiment
@@ -47,6 +47,10 @@ def _recorder(folder: Path, kind: str):
             out = folder / kind
             out.mkdir(parents=True, exist_ok=True)
             (out / f"{name}.bin").write_bytes(recorddict_to_proto(reply.content).SerializeToString(deterministic=True))
+            task = training_task(msg)
+            if task is not None:  # the task it answered: the [robust] encoding and rotation seed
+                (out / f"{name}.task.json").write_text(json.dumps({"encoding": task.encoding,
+                                                                   "seed": task.rotation_seed}))
         return reply
 
     return mod
@@ -62,9 +66,9 @@ def test_raw_data_never_leaves_and_the_server_only_sees_masked_updates(tmp_path)
     exp = load_experiment(source="digits", overrides=["rounds=1", "train.local_epochs=2", "train.lr=0.2"])
     sites = SimulatedSites(exp, state_root=str(tmp_path / "sites"))
     create_site_ledgers(sites)
-    mods = client_mods(sites)  # ledger, policy, SecAgg+, central-DP clipping
+    mods = client_mods(sites)  # ledger, policy, SecAgg+, [robust] encoding, central-DP clipping
     app = ClientApp(client_fn=client_fn_for(sites),
-                    mods=[_recorder(tmp_path, "sent"), *mods[:3], _recorder(tmp_path, "plain"), mods[3]])
+                    mods=[_recorder(tmp_path, "sent"), *mods[:3], _recorder(tmp_path, "plain"), *mods[3:]])
     results = []
     max_weight = resolve_max_weight(exp, sites.sizes())
     server = make_server_app(run=exp.run_config(), run_dir=tmp_path / "run", max_weight=max_weight,
@@ -76,6 +80,8 @@ def test_raw_data_never_leaves_and_the_server_only_sees_masked_updates(tmp_path)
 
     sent = sorted((tmp_path / "sent").glob("*.bin"))
     plain = {p.name.split("-")[0]: _load(p) for p in (tmp_path / "plain").glob("*.bin")}
+    tasks = [json.loads(p.read_text()) for p in (tmp_path / "plain").glob("*.task.json")]
+    assert len(tasks) == exp.sites and len({json.dumps(t) for t in tasks}) == 1 and tasks[0]["encoding"] == "rotated"
     assert len(sent) == 4 * exp.sites and len(plain) == exp.sites  # four SecAgg+ stages per site
     blobs = b"".join(p.read_bytes() for p in sent)
 
@@ -93,8 +99,19 @@ def test_raw_data_never_leaves_and_the_server_only_sees_masked_updates(tmp_path)
         for name, rec in content.metric_records.items():
             assert set(rec) <= METRIC_KEYS, set(rec) - METRIC_KEYS
 
-    # (b) what the server receives from a site is unrelated to the site's true update, yet the sum is right
-    true_weighted, total = None, 0
+    # (b) what the server receives from a site is unrelated to the site's true update, yet the sum is right.
+    # What is masked is each site's rotated model delta ([robust], on by default), which SecAgg+ weighs and clips
+    # per coordinate at the guard's range before quantising.
+    from fedhaven.shared.models import build_model
+    from fedhaven.shared.schema import auto_update_norm
+    from fedhaven.shared.updates import coordinate_range, flatten, padded_length, unrotate
+    from fedhaven.shared.weights import get_weights
+
+    initial = flatten(get_weights(build_model(cfg=exp.model, spec=sites.site_data(0).spec, seed=exp.seed,
+                                              dp=exp.dp.enabled)))
+    n = padded_length(initial.size)
+    c = coordinate_range(bound=auto_update_norm(initial.size), length=n, factor=exp.robust.coordinate_clip)
+    clipped_sum, ratios = np.zeros(n), 0.0
     for node, content in plain.items():
         fitres = compat.recorddict_to_fitres(content, keep_input=True)
         true = np.concatenate([a.ravel() for a in parameters_to_ndarrays(fitres.parameters)])
@@ -102,18 +119,21 @@ def test_raw_data_never_leaves_and_the_server_only_sees_masked_updates(tmp_path)
                                                      and "collect" in p.name))
         arrays = [bytes_to_ndarray(b) for b in masked_msg.config_records[RECORD_KEY_CONFIGS][Key.MASKED_PARAMETERS]]
         masked = np.concatenate([a.ravel() for a in arrays[1:]]).astype(np.float64)  # [0] is the masked weight
-        assert masked.shape == true.shape
+        assert masked.shape == true.shape == (n,)
         assert true.astype(np.float32).tobytes()[:256] not in blobs  # the plaintext update never went out
         assert abs(np.corrcoef(true, masked)[0, 1]) < 0.1  # statistically unrelated to the true update
         mod = exp.secagg.modulus_range
         assert 0 <= masked.min() and masked.max() < mod
         assert abs(masked.mean() / mod - 0.5) < 0.05  # masks spread values over the whole ring
-        weight = fitres.num_examples
-        true_weighted = true * weight if true_weighted is None else true_weighted + true * weight
-        total += weight
-    aggregate = np.concatenate([a.ravel() for a in results[0].weights])
-    level = 2 * exp.secagg.clipping_range / exp.secagg.quantization_range
-    assert np.max(np.abs(aggregate - true_weighted / total)) <= exp.sites * level / (total / max_weight)
+        ratio = fitres.num_examples / max_weight
+        clipped_sum += np.clip(true * ratio, -c, c)
+        ratios += ratio
+    moved = np.concatenate([a.ravel() for a in results[0].weights]) - initial
+    mean_delta, padding = unrotate(clipped_sum / ratios, seed=tasks[0]["seed"], length=initial.size)
+    level = 2 * c / exp.secagg.quantization_range  # one quantisation level per site, scaled by the division
+    # (the padding holds what SecAgg+'s clip cut from the sites' tails; the coordinator drops it)
+    assert padding < 0.05 * np.linalg.norm(mean_delta)
+    assert np.linalg.norm(moved - mean_delta) <= np.sqrt(n) * exp.sites * level / ratios
 
 
 def test_a_spent_budget_stops_the_run_cleanly_and_nothing_more_is_sent(tmp_path):

@@ -1,10 +1,12 @@
 """The ClientApp: fedhaven's site logic wired into Flower (legacy NumPyClient + SecAgg+ mod). The only Flower client module.
 
 Mods, outermost first: the ledger mod takes the site's ledger lock, verifies the
-ledger (chain, anchor, the coordinator's witness) and records what leaves the site
-after the reply is final (masked, under SecAgg+); the policy refuses tasks before
-any data is read; Flower's SecAgg+ mod masks the update; central-DP clipping is
-innermost (the update is clipped and noised by DP-SGD before: clip, then mask).
+ledger (chain, anchor, the coordinator's witness) and records what leaves the
+site after the reply is final (masked, under SecAgg+); the policy refuses tasks
+before any data is read; Flower's SecAgg+ mod masks the update; the encoding mod
+turns the trained model into the delta [robust] asks for; central-DP clipping is
+innermost (the update is clipped and noised by DP-SGD, and bounded by the site's
+policy, before: clip, then mask).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import logging
 import math
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
@@ -24,6 +26,7 @@ from flwr.client import NumPyClient
 from flwr.client.mod import adaptiveclipping_mod, fixedclipping_mod, secaggplus_mod
 from flwr.clientapp import ClientApp
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, RECORD_KEY_STATE, Key, Stage
+from flwr.common import ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.common.serde import recorddict_to_proto
 from flwr.compat.common import recorddict_compat as compat
 
@@ -32,6 +35,7 @@ from fedhaven.client.policy import task_violations
 from fedhaven.client.types import PrivacyState, Site, SiteInfo, TaskRefused
 from fedhaven.shared.accounting import NOTHING_SENT, PrivacyHistory
 from fedhaven.shared.task import TaskSpec, task_from_config
+from fedhaven.shared.updates import encode
 from fedhaven.shared.witness import LEDGER_PREV_HASH, LEDGER_SEQ, Witness
 
 if TYPE_CHECKING:  # torch-backed: imported only by the stages that train
@@ -63,6 +67,11 @@ class SiteProvider(Protocol):
 _TRAINERS: OrderedDict[str, SiteTrainer] = OrderedDict()
 _LOCK = threading.Lock()
 _KEEP = 64  # a process keeps the sites it serves (simulated sites share workers), never every version it has seen
+
+
+def site_trainer(sites: SiteProvider, context: Context) -> SiteTrainer:
+    """The trainer (data and model, kept between messages) of the site `context` belongs to."""
+    return _trainer(sites, context)
 
 
 def _trainer(sites: SiteProvider, context: Context) -> SiteTrainer:
@@ -147,6 +156,11 @@ def _task_of(msg: Message) -> tuple[TaskSpec | None, bool]:
     return (task_from_config(config) if config is not None else None), secagg
 
 
+def training_task(msg: Message) -> TaskSpec | None:
+    """The training task a message carries (a TRAIN message with a task), or None."""
+    return _task_of(msg)[0]
+
+
 def _weight(task: TaskSpec, num_examples: int) -> int:
     """The aggregation weight a site reports: its example count, or 1 under central DP (every site counts once)."""
     return 1 if task.central_dp != "none" else num_examples
@@ -194,6 +208,23 @@ def _secagg_mod(sites: SiteProvider) -> Mod:
         return secaggplus_mod(msg, ctx, call_next)
 
     return mod
+
+
+def _encoding_mod(msg: Message, ctx: Context, call_next: Callable[[Message, Context], Message]) -> Message:
+    """Send what the task's [robust] encoding asks: the model delta (trained minus received), or that delta
+    rotated and padded (`fedhaven.shared.updates`), so that SecAgg+'s per-coordinate clip bounds its L2 norm."""
+    task, _ = _task_of(msg)
+    if task is None or task.encoding == "weights":
+        return call_next(msg, ctx)
+    start = parameters_to_ndarrays(compat.recorddict_to_fitins(msg.content, keep_input=True).parameters)
+    reply = call_next(msg, ctx)
+    if reply.has_error():
+        return reply
+    res = compat.recorddict_to_fitres(reply.content, keep_input=True)
+    sent = encode(parameters_to_ndarrays(res.parameters), start, encoding=task.encoding, seed=task.rotation_seed)
+    res.parameters = ndarrays_to_parameters(sent)
+    reply.content = compat.fitres_to_recorddict(res, keep_input=True)
+    return reply
 
 
 def _central_dp_mod(msg: Message, ctx: Context, call_next: Callable[[Message, Context], Message]) -> Message:
@@ -281,11 +312,16 @@ def client_fn_for(sites: SiteProvider) -> Callable[[Context], Any]:
     return client_fn
 
 
-def make_client_app(*, sites: SiteProvider) -> ClientApp:
-    """The ClientApp for the sites `sites` provides; identical in simulation and deployment."""
-    return ClientApp(client_fn=client_fn_for(sites), mods=client_mods(sites))
+def make_client_app(*, sites: SiteProvider, update_mods: Sequence[Mod] = ()) -> ClientApp:
+    """The ClientApp for the sites `sites` provides; identical in simulation and deployment.
+
+    `update_mods` see each trained update after the site's bound and central-DP clipping, before it
+    is encoded and masked: where `fl-sim`'s attack harness acts. Deployed sites have none.
+    """
+    return ClientApp(client_fn=client_fn_for(sites), mods=client_mods(sites, update_mods=update_mods))
 
 
-def client_mods(sites: SiteProvider) -> list[Mod]:
-    """fedhaven's mods, outermost first: ledger, policy, SecAgg+ masking, central-DP clipping."""
-    return [_ledger_mod(sites), _policy_mod(sites), _secagg_mod(sites), _central_dp_mod]
+def client_mods(sites: SiteProvider, *, update_mods: Sequence[Mod] = ()) -> list[Mod]:
+    """fedhaven's mods, outermost first: ledger, policy, SecAgg+ masking, update encoding, central-DP clipping."""
+    return [_ledger_mod(sites), _policy_mod(sites), _secagg_mod(sites), _encoding_mod, *update_mods,
+            _central_dp_mod]

@@ -13,11 +13,12 @@ import torch
 from fedhaven.client.policy import BudgetRefused, plan_round
 from fedhaven.client.types import PrivacyState, Site, SiteInfo, TaskRefused
 from fedhaven.shared.accounting import NOTHING_SENT, epsilon
-from fedhaven.shared.data import ImageData
-from fedhaven.shared.models import build_model
+from fedhaven.shared.data import FeatureData, ImageData
+from fedhaven.shared.models import build_model, split_front
 from fedhaven.shared.task import TaskSpec
 from fedhaven.shared.runtime import resolve_device
 from fedhaven.shared.training import DPSettings, train_local
+from fedhaven.shared.updates import add, clip_l2, num_params, subtract
 from fedhaven.shared.weights import get_weights, set_weights
 
 __all__ = ["FitOutcome", "PrivacyState", "Site", "SiteInfo", "SiteTrainer", "TaskRefused", "task_problems"]
@@ -60,6 +61,17 @@ def update_digest(weights: list[np.ndarray], start: list[np.ndarray]) -> tuple[s
     return h.hexdigest(), math.sqrt(sq)
 
 
+def bound_update(new: list[np.ndarray], start: list[np.ndarray], *, bound: float) -> list[np.ndarray]:
+    """`new` moved back towards `start` so that the delta new - start has L2 norm at most `bound`.
+
+    Applied to what DP-SGD released, this is post-processing: it costs no privacy.
+    """
+    if not math.isfinite(bound):
+        return new
+    clipped, _ = clip_l2(subtract(new, start), bound * (1 - 1e-6))  # float32 rounding stays under the bound
+    return add(start, clipped)
+
+
 class SiteTrainer:
     """Runs tasks on one site's data, keeping the model object between rounds."""
 
@@ -67,6 +79,21 @@ class SiteTrainer:
         self.site = site
         self._model: torch.nn.Module | None = None
         self._model_key: tuple | None = None
+        self._features: dict[str, torch.Tensor] = {}  # a fixed front end's output on this site's images
+
+    def _training_data(self, model: torch.nn.Module, data: ImageData) -> tuple[torch.nn.Module, ImageData | FeatureData]:
+        """(what DP-SGD trains, what it trains on): a model's fixed front end runs once per site, never per round."""
+        front, head = split_front(model)
+        if front is None:
+            return model, data
+        from fedhaven.shared.features import cached_features
+
+        key = model.front_key  # type: ignore[union-attr] - FrontEndModel
+        if key not in self._features:
+            info = self.site.info
+            cache = info.cache_dir or (info.state_dir / "feature-cache" if info.state_dir is not None else None)
+            self._features[key] = cached_features(front=front, front_key=key, data=data, cache_dir=cache).features
+        return head, FeatureData(self._features[key], data.labels, data.classes)
 
     def _model_for(self, task: TaskSpec) -> torch.nn.Module:
         key = (task.model, task.input)
@@ -74,6 +101,11 @@ class SiteTrainer:
             self._model = build_model(cfg=task.model, spec=task.input, dp=task.dp.enabled)
             self._model_key = key
         return self._model
+
+    def update_bound(self, task: TaskSpec, weights: list[np.ndarray]) -> float:
+        """The L2 bound on this round's model delta: the site policy's, or the coordinator's if smaller."""
+        own = self.site.info.policy.update_bound(num_params(weights))
+        return min(own, task.update_norm) if task.update_norm > 0 else own
 
     def fit(self, *, task: TaskSpec, weights: list[np.ndarray], privacy: PrivacyState,
             generator: torch.Generator | None = None) -> FitOutcome:
@@ -99,7 +131,8 @@ class SiteTrainer:
         model = self._model_for(task)
         set_weights(model, weights)
         device = resolve_device(self.site.info.device)  # type: ignore[arg-type]
-        report = train_local(model=model, data=data, train=task.train, dp=dp, device=device,
+        trainable, inputs = self._training_data(model, data)
+        report = train_local(model=trainable, data=inputs, train=task.train, dp=dp, device=device,
                              generator=generator, proximal_mu=task.proximal_mu)
         if (report.sample_rate, report.steps) != (plan.sample_rate, plan.steps):
             raise RuntimeError(f"site {self.site.name}: trained {report.steps} steps at rate {report.sample_rate} "
@@ -108,7 +141,7 @@ class SiteTrainer:
                               steps=report.steps)
         eps_before = plan.epsilon_before
         eps = epsilon(history=history, delta=task.dp.delta, accountant=task.dp.accountant)
-        new_weights = get_weights(model)
+        new_weights = bound_update(get_weights(model), list(weights), bound=self.update_bound(task, weights))
         digest, norm = update_digest(new_weights, list(weights))
         metrics: dict[str, float | int | str] = {
             "site": self.site.name,

@@ -46,6 +46,9 @@ class SiteConfig:
     data: DataConfig = field(default_factory=DataConfig)
     policy: SitePolicy = field(default_factory=SitePolicy)
 
+    unknown_hints = {"attack": "the attack harness is simulation-only (fl-sim experiments); a deployed site never "
+                               "attacks: remove [attack]"}
+
     def ledger(self) -> Ledger:
         """This site's privacy ledger with its anchor (paths as resolved)."""
         return Ledger.in_dir(self.state_dir, anchor=self.ledger_anchor)

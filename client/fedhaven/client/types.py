@@ -26,6 +26,7 @@ class SiteInfo:
     policy: SitePolicy = SIMULATION_POLICY
     state_dir: Path | None = None  # None: no ledger (unit tests); history kept in Flower's context only
     device: str = "cpu"  # "auto", "cpu" or "cuda": resolved once, where training runs
+    cache_dir: Path | None = None  # a fixed front end's features (default: state_dir/feature-cache)
     ledger_anchor: Path | None = None  # None: beside state_dir
 
     def ledger(self) -> Ledger | None:

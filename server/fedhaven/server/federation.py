@@ -8,13 +8,14 @@ import math
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from fedhaven.server.grid import PollingGrid, describe_nodes
+from fedhaven.server.guard import CachedEvaluator, UpdateGuard
 from fedhaven.server.flower_legacy import (
     FitRoundLog, LegacyFederation, build_strategy, central_noise, restore_strategy_state,
 )
@@ -89,12 +90,14 @@ def run_federation(
     recorder = RunRecorder(run_dir=run_dir, run=run, input_spec=input_spec, classes=classes, on_round=on_round,
                            resuming=resume is not None)
     initial = get_weights(build_model(cfg=run.model, spec=input_spec, seed=run.seed, dp=run.dp.enabled))
+    evaluator = CachedEvaluator(evaluator) if evaluator is not None else None
+    guard = UpdateGuard(run=run, initial=initial, evaluator=evaluator, max_weight=max_weight)  # [robust]
 
     def fit_config(server_round: int) -> dict[str, Any]:
-        return task_to_config(task_for_round(run=run, server_round=server_round, input_spec=input_spec,
-                                             classes=classes))
+        task = task_for_round(run=run, server_round=server_round, input_spec=input_spec, classes=classes)
+        return task_to_config(replace(task, **guard.task_fields(server_round)))
 
-    strategy = build_strategy(run=run, initial=initial, fit_config=fit_config)
+    strategy = build_strategy(run=run, initial=initial, fit_config=fit_config, guard=guard)
     strategy.witnesses = witnesses if witnesses is not None else SiteWitnesses()
     inner = grid
 
@@ -111,6 +114,8 @@ def run_federation(
                        on_wait=waiting_for_replies)
     fed = LegacyFederation(grid=grid, context=context, run=run, strategy=strategy, on_waiting=waiting_for_sites,
                            max_weight=max_weight if run.secagg.enabled else None)
+    if getattr(fed, "secagg", None) is not None and guard.coordinate_range is not None:
+        fed.secagg.clipping_range = guard.coordinate_range  # deltas: SecAgg+'s clip bounds each site's influence
     weights = fed.weights()
     first = 1
     stopped, failure = None, None
@@ -136,7 +141,7 @@ def run_federation(
         for server_round in range(first, run.rounds + 1):
             try:
                 weights = _one_round(fed=fed, run=run, server_round=server_round, recorder=recorder,
-                                     evaluator=evaluator)
+                                     evaluator=evaluator, guard=guard)
             except RoundFailed as exc:
                 if not exc.budget_exhausted:
                     failure = exc
@@ -149,6 +154,9 @@ def run_federation(
                                              f"privacy budget ({len(exc.reasons)} refused: {exc.reasons[0]})",
                                              reasons=exc.reasons)
                 break
+        if failure is None and not any(r.status == "ok" for r in recorder.rounds):
+            failure = NoRoundTrained(f"no round was accepted: {sum(r.status == 'rejected' for r in recorder.rounds)} "
+                                     f"rejected by the [robust] guard, last: {guard.verdict.rejected}")
         if failure is None:
             recorder.finish(weights=weights)
     finally:
@@ -170,12 +178,18 @@ def run_federation(
 
 
 def _one_round(*, fed: LegacyFederation, run: RunConfig, server_round: int, recorder: RunRecorder,
-               evaluator: CentralEvaluator | None) -> list[np.ndarray]:
+               evaluator: CentralEvaluator | None, guard: UpdateGuard | None = None) -> list[np.ndarray]:
     attempts = run.round_retries + 1
     for attempt in range(1, attempts + 1):
         t0 = time.perf_counter()
+        scored = getattr(evaluator, "seconds", 0.0)  # the guard may evaluate inside the fit (CachedEvaluator)
+        if guard is not None:
+            guard.begin(server_round)
         outcome = fed.fit_round(server_round)
-        fit_time = time.perf_counter() - t0
+        guard_eval = getattr(evaluator, "seconds", 0.0) - scored
+        fit_time = time.perf_counter() - t0 - guard_eval
+        verdict = guard.end() if guard is not None else None
+        rejected_sites = tuple(verdict.site_rejections) if verdict is not None else ()
         reports = site_reports(outcome.log)
         # every site that trained counts, also in an attempt that yields no aggregate
         recorder.site_reports(reports, unanswered=outcome.log.unanswered, server_round=server_round,
@@ -183,16 +197,24 @@ def _one_round(*, fed: LegacyFederation, run: RunConfig, server_round: int, reco
         eps_all = recorder.epsilons()
         worst = worst_epsilon(eps_all.values())
         finite = [e for e in eps_all.values() if math.isfinite(e)]
-        # each site once, however many stages it failed in
+        # each site once, however many stages it failed in; a site whose update the guard rejected counts as failed
         failed = max(0, outcome.log.asked - len(reports)) if outcome.log.asked else len(outcome.log.failures)
-        common = dict(round=server_round, attempt=attempt, sites_ok=len(reports),
-                      sites_failed=failed, fit_time_s=fit_time,
+        common = dict(round=server_round, attempt=attempt, sites_ok=len(reports) - len(rejected_sites),
+                      sites_failed=failed + len(rejected_sites), fit_time_s=fit_time,
                       sites_available=fed.available_sites(),
                       site_train_time_s=sum(r.train_time_s for r in reports),
                       secure_aggregation=run.secagg.enabled, epsilons=eps_all,
-                      failures=tuple(outcome.log.failures), unanswered=tuple(outcome.log.unanswered),
+                      failures=(*outcome.log.failures, *rejected_sites), unanswered=tuple(outcome.log.unanswered),
+                      update_norm=verdict.update_norm if verdict is not None else None,
+                      update_bound=guard.bound if guard is not None and guard.enabled else None,
                       epsilon_max=worst, private=run.dp.enabled and (worst is None or math.isfinite(worst)),
                       epsilon_mean=statistics.fmean(finite) if finite else None)
+        if verdict is not None and verdict.rejected:  # [robust]: the round is spent, its model never used
+            recorder.record(RoundRecord(status="rejected", loss=verdict.loss_after, accuracy=None,
+                                        round_time_s=time.perf_counter() - t0, eval_time_s=guard_eval,
+                                        rejected=verdict.rejected, **common))
+            guard.stop_if_repeated(run_dir=recorder.run_dir)
+            return fed.weights()
         if outcome.weights is None:
             why = f"no aggregate (halted at {outcome.halted_stage})"
             recorder.record(RoundRecord(status="failed", loss=None, accuracy=None, round_time_s=fit_time,
@@ -207,7 +229,7 @@ def _one_round(*, fed: LegacyFederation, run: RunConfig, server_round: int, reco
             continue
         t1 = time.perf_counter()
         loss, acc = evaluator(outcome.weights) if evaluator is not None else (None, None)
-        eval_time = time.perf_counter() - t1
+        eval_time = time.perf_counter() - t1 + guard_eval
         recorder.checkpoint(server_round=server_round, weights=outcome.weights, strategy=fed.strategy_state())
         recorder.record(RoundRecord(status="ok", loss=loss, accuracy=acc, round_time_s=time.perf_counter() - t0,
                                     eval_time_s=eval_time, **common))

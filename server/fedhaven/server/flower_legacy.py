@@ -7,7 +7,9 @@ fedhaven.server sees numpy arrays, typed configs and plain callbacks.
 
 from __future__ import annotations
 
+import copy
 import logging
+import math
 import re
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -27,8 +29,8 @@ from flwr.server.client_proxy import ClientProxy
 from flwr.server.compat.app_utils import start_update_client_manager_thread
 from flwr.supercore.differential_privacy import add_gaussian_noise_to_params, compute_stdv
 from flwr.server.strategy import (
-    DifferentialPrivacyClientSideAdaptiveClipping, DifferentialPrivacyClientSideFixedClipping, FedAdam, FedAvg, FedProx,
-    Strategy,
+    Bulyan, DifferentialPrivacyClientSideAdaptiveClipping, DifferentialPrivacyClientSideFixedClipping, FedAdam, FedAvg,
+    FedMedian, FedProx, FedTrimmedAvg, Krum, Strategy,
 )
 from flwr.server.workflow import SecAggPlusWorkflow
 from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD, Key
@@ -37,6 +39,7 @@ from flwr.server.workflow.secure_aggregation.secaggplus_workflow import Workflow
 from flwr.serverapp.grid import Grid
 
 from fedhaven.server.grid import PollingGrid
+from fedhaven.server.guard import UpdateGuard
 from fedhaven.server.recorder import CentralNoise, SiteWitnesses
 from fedhaven.shared.accounting import NOTHING_SENT
 from fedhaven.shared.schema import RunConfig, SecAggConfig
@@ -196,9 +199,136 @@ class TolerantAdaptiveClipping(_TolerantCentralDP, DifferentialPrivacyClientSide
         self._update_clip_norm(results)
 
 
+class GuardedStrategy(Strategy):
+    """[robust] in front of Flower's aggregation rule: every site's update (or, under SecAgg+, the unmasked
+    aggregate) goes through the `UpdateGuard` and is turned from a delta back into model weights, so FedAvg,
+    FedProx, FedAdam and the robust rules aggregate models as ever. A rejected round returns no aggregate
+    (the guard says why) and leaves the rule's own state (FedAdam's moments) as it was."""
+
+    def __init__(self, inner: Strategy, guard: UpdateGuard, *, needed: int = 1) -> None:
+        self.inner, self.guard, self.needed = inner, guard, needed
+        self.global_weights: list[np.ndarray] = []
+
+    def initialize_parameters(self, client_manager):  # noqa: ANN001, ANN201 - Flower signature
+        return self.inner.initialize_parameters(client_manager)
+
+    def configure_fit(self, server_round, parameters, client_manager):  # noqa: ANN001, ANN201
+        self.global_weights = parameters_to_ndarrays(parameters)
+        return self.inner.configure_fit(server_round, parameters, client_manager)
+
+    def aggregate_fit(self, server_round: int, results: list[tuple[ClientProxy, FitRes]],
+                      failures: list) -> tuple[Parameters | None, dict]:
+        guard = self.guard
+        if guard.verdict.server_round != server_round:
+            guard.begin(server_round)
+        if not guard.enabled or not results:
+            return self.inner.aggregate_fit(server_round, results, failures)
+        start = self.global_weights
+        if guard.secure_aggregation:  # every result carries the same unmasked aggregate
+            new = guard.aggregate(sent=parameters_to_ndarrays(results[0][1].parameters), global_weights=start,
+                                  weights=[res.num_examples for _, res in results])
+            if new is None:
+                return None, {}
+            params = ndarrays_to_parameters(new)
+            for _, res in results:
+                res.parameters = params
+            kept = results
+        else:
+            kept = []
+            for proxy, res in results:
+                site = str(res.metrics["site"]) if "site" in res.metrics else f"node {_node_id(proxy)}"
+                new = guard.site_update(site=site, sent=parameters_to_ndarrays(res.parameters), global_weights=start)
+                if new is not None:
+                    res.parameters = ndarrays_to_parameters(new)
+                    kept.append((proxy, res))
+            if len(kept) < self.needed:
+                guard.reject(f"{len(kept)} acceptable update(s), fewer than the {self.needed} the aggregation rule "
+                             f"needs; the model of the previous round is kept")
+                return None, {}
+        state = copy.deepcopy(vars(self.inner))
+        params, metrics = self.inner.aggregate_fit(server_round, kept, failures)
+        if params is not None and not guard.check_result(new=parameters_to_ndarrays(params), global_weights=start):
+            self.inner.__dict__.update(state)
+            return None, {}
+        return params, metrics
+
+    def configure_evaluate(self, server_round, parameters, client_manager):  # noqa: ANN001, ANN201
+        return self.inner.configure_evaluate(server_round, parameters, client_manager)
+
+    def aggregate_evaluate(self, server_round, results, failures):  # noqa: ANN001, ANN201
+        return self.inner.aggregate_evaluate(server_round, results, failures)
+
+    def evaluate(self, server_round, parameters):  # noqa: ANN001, ANN201
+        return self.inner.evaluate(server_round, parameters)
+
+
+def step_fraction(*, schedule: str, server_round: int, rounds: int, floor: float) -> float:
+    """The fraction of round `server_round`'s aggregated update the global model takes (1 = plain aggregation)."""
+    if schedule == "constant" or rounds <= 1:
+        return 1.0
+    progress = (min(server_round, rounds) - 1) / (rounds - 1)
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class ScheduledStep(Strategy):
+    """Moves the global model by a scheduled fraction of the aggregate's change: new = sent + f(round) (agg - sent).
+
+    Post-processing of the (noised, securely aggregated) result, so it costs no
+    privacy. The starting point is the model sent in that round, which is also
+    what a resumed run sends, so the schedule needs no state of its own.
+    """
+
+    def __init__(self, inner: Strategy, *, schedule: str, rounds: int, floor: float) -> None:
+        self.inner, self.schedule, self.rounds, self.floor = inner, schedule, rounds, floor
+        self._sent: dict[int, list[np.ndarray]] = {}
+
+    def __getattr__(self, name: str) -> Any:  # e.g. the central-DP wrapper's record of its noise
+        return getattr(self.__dict__["inner"], name)
+
+    def initialize_parameters(self, client_manager):  # noqa: ANN001, ANN201 - Flower signature
+        return self.inner.initialize_parameters(client_manager)
+
+    def configure_fit(self, server_round, parameters, client_manager):  # noqa: ANN001, ANN201
+        self._sent = {server_round: parameters_to_ndarrays(parameters)}
+        return self.inner.configure_fit(server_round, parameters, client_manager)
+
+    def aggregate_fit(self, server_round, results, failures):  # noqa: ANN001, ANN201
+        params, metrics = self.inner.aggregate_fit(server_round, results, failures)
+        sent = self._sent.get(server_round)
+        if params is None or sent is None:
+            return params, metrics
+        f = step_fraction(schedule=self.schedule, server_round=server_round, rounds=self.rounds, floor=self.floor)
+        agg = parameters_to_ndarrays(params)
+        stepped = [s + f * (a - s) if np.issubdtype(a.dtype, np.floating) else a
+                   for s, a in zip(sent, agg, strict=True)]
+        return ndarrays_to_parameters(stepped), metrics
+
+    def configure_evaluate(self, server_round, parameters, client_manager):  # noqa: ANN001, ANN201
+        return self.inner.configure_evaluate(server_round, parameters, client_manager)
+
+    def aggregate_evaluate(self, server_round, results, failures):  # noqa: ANN001, ANN201
+        return self.inner.aggregate_evaluate(server_round, results, failures)
+
+    def evaluate(self, server_round, parameters):  # noqa: ANN001, ANN201
+        return self.inner.evaluate(server_round, parameters)
+
+
 def central_noise(strategy: RecordingStrategy) -> list[CentralNoise]:
     """Every round's central-DP noise so far (empty when central DP is off)."""
     return list(getattr(strategy.inner, "applied", []))
+
+
+def _layers(strategy: RecordingStrategy) -> tuple[Any, Strategy]:
+    """(the central-DP wrapper, or None; Flower's aggregation rule) under fedhaven's own wrappers."""
+    layer: Any = strategy.inner
+    central = None
+    while True:
+        if isinstance(layer, _TolerantCentralDP):
+            central, layer = layer, layer.strategy
+        elif isinstance(layer, (ScheduledStep, GuardedStrategy)):
+            layer = layer.inner
+        else:
+            return central, layer
 
 
 def strategy_state(strategy: RecordingStrategy) -> dict[str, Any]:
@@ -206,8 +336,7 @@ def strategy_state(strategy: RecordingStrategy) -> dict[str, Any]:
     FedAdam's moments, the adaptive clipping norm, and every round's central-DP noise."""
     import torch
 
-    inner = strategy.inner
-    base = inner.strategy if isinstance(inner, _TolerantCentralDP) else inner
+    inner, base = _layers(strategy)
     state: dict[str, Any] = {}
     if isinstance(inner, _TolerantCentralDP):
         state["central"] = {"clipping_norm": float(inner.clipping_norm), "applied": [asdict(n) for n in inner.applied]}
@@ -220,8 +349,7 @@ def strategy_state(strategy: RecordingStrategy) -> dict[str, Any]:
 def restore_strategy_state(strategy: RecordingStrategy, state: dict[str, Any], *,
                            weights: Sequence[np.ndarray]) -> None:
     """Put a checkpoint's `strategy_state` back (the global `weights` become FedAdam's current point)."""
-    inner = strategy.inner
-    base = inner.strategy if isinstance(inner, _TolerantCentralDP) else inner
+    inner, base = _layers(strategy)
     if isinstance(inner, _TolerantCentralDP) and "central" in state:
         inner.clipping_norm = float(state["central"]["clipping_norm"])
         inner.applied = [CentralNoise(**n) for n in state["central"]["applied"]]
@@ -234,8 +362,9 @@ def restore_strategy_state(strategy: RecordingStrategy, state: dict[str, Any], *
 
 
 def build_strategy(*, run: RunConfig, initial: Sequence[np.ndarray],
-                   fit_config: Callable[[int], dict[str, Any]]) -> RecordingStrategy:
-    """FedAvg, FedProx or FedAdam as configured, with fedhaven's task config sent every round."""
+                   fit_config: Callable[[int], dict[str, Any]], guard: UpdateGuard | None = None) -> RecordingStrategy:
+    """The configured Flower strategy (FedAvg, FedProx, FedAdam or a robust rule) behind the [robust] guard,
+    with fedhaven's task config sent every round."""
     common: dict[str, Any] = dict(
         fraction_fit=run.strategy.fraction_fit, fraction_evaluate=0.0, min_fit_clients=run.min_sites,
         min_evaluate_clients=0, min_available_clients=run.min_sites, on_fit_config_fn=fit_config,
@@ -247,8 +376,19 @@ def build_strategy(*, run: RunConfig, initial: Sequence[np.ndarray],
         inner: Strategy = FedProx(proximal_mu=s.proximal_mu, **common)
     elif s.name == "fedadam":
         inner = FedAdam(eta=s.server_lr, eta_l=run.train.lr, beta_1=s.beta_1, beta_2=s.beta_2, tau=s.tau, **common)
+    elif s.name == "fedmedian":
+        inner = FedMedian(**common)
+    elif s.name == "trimmedavg":
+        inner = FedTrimmedAvg(beta=s.trim_fraction, **common)
+    elif s.name in ("krum", "multikrum"):
+        keep = 0 if s.name == "krum" else (s.keep or max(1, run.min_sites - s.malicious_sites))
+        inner = Krum(num_malicious_clients=s.malicious_sites, num_clients_to_keep=keep, **common)
+    elif s.name == "bulyan":
+        inner = Bulyan(num_malicious_clients=s.malicious_sites, to_keep=0, **common)
     else:
         inner = FedAvg(**common)
+    inner = GuardedStrategy(inner, guard if guard is not None else UpdateGuard(run=run, initial=initial),
+                            needed=s.fewest_sites())
     c = run.central_dp
     if c.enabled:
         if c.clipping == "fixed":
@@ -260,6 +400,8 @@ def build_strategy(*, run: RunConfig, initial: Sequence[np.ndarray],
                                              target_clipped_quantile=c.target_clipped_quantile,
                                              clip_norm_lr=c.clip_norm_lr,
                                              clipped_count_stddev=c.count_stddev(sites=run.min_sites))
+    if s.step_schedule != "constant":
+        inner = ScheduledStep(inner, schedule=s.step_schedule, rounds=run.rounds, floor=s.step_floor)
     return RecordingStrategy(inner)
 
 

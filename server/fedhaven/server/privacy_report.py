@@ -118,6 +118,9 @@ class PrivacyReport:
                       *[f"- round {a['round']} attempt {a['attempt']}: {a['sites_trained']} site(s) trained"
                         + (f"; no reply from {', '.join(a['unanswered'])} (bounded)" if a["unanswered"] else "")
                         for a in d["attempts_without_aggregate"]]]
+        if d.get("rounds_rejected"):
+            lines += ["", "## Rounds rejected by the [robust] guard (the previous model kept; their spending is "
+                      "counted above)", "", *[f"- round {r['round']}: {r['reason']}" for r in d["rounds_rejected"]]]
         if d.get("site_failures"):
             lines += ["", "## Sites that did not contribute", "",
                       *[f"- round {r['round']}: {r['reason']}" for r in d["site_failures"]]]
@@ -213,6 +216,9 @@ def build_privacy_report(*, run: RunConfig, sites: dict[str, SiteReport], rounds
         "attempts_without_aggregate": [{"round": r.round, "attempt": r.attempt, "sites_trained": r.sites_ok,
                                         "unanswered": list(r.unanswered)}
                                        for r in rounds if r.status == "failed"],
+        "rounds_rejected": [{"round": r.round, "reason": r.rejected, "sites_trained": r.sites_ok,
+                             "update_norm": r.update_norm, "update_bound": r.update_bound}
+                            for r in rounds if r.status == "rejected"],
         "site_failures": failures,
         "membership_inference": membership_inference,
         "recompute": {"from_ledger": ledger_command or RECOMPUTE_LEDGER, "from_row": RECOMPUTE_ROW},

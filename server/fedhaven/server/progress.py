@@ -18,6 +18,8 @@ def round_line(rec: Mapping[str, Any], *, planned: int | None = None) -> tuple[i
         return logging.INFO, f"round {0:3d}{of}  test accuracy {100 * rec['accuracy']:6.2f}%  (initial model)"
     if status == "resumed":
         return logging.WARNING, f"round {rec['round']:3d}{of}  RESUMED here: {'; '.join(rec.get('failures', ()))}"
+    if status == "rejected":
+        return logging.ERROR, f"round {rec['round']:3d}{of}  REJECTED, previous model kept: {rec.get('rejected')}"
     if status != "ok":
         why = "; ".join(list(rec.get("failures", ()))[:3]) or "no aggregate"
         return logging.ERROR, f"round {rec['round']:3d}{of}  FAILED (attempt {rec['attempt']}): {why}"

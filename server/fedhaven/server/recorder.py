@@ -16,10 +16,11 @@ import numpy as np
 import torch
 
 from fedhaven.shared.config import to_dict
-from fedhaven.shared.models import InputSpec, build_model
+from fedhaven.shared.features import cached_features
+from fedhaven.shared.models import InputSpec, build_model, split_front
 from fedhaven.shared.schema import RunConfig
 from fedhaven.shared.training import evaluate
-from fedhaven.shared.data import ImageData
+from fedhaven.shared.data import FeatureData, ImageData
 from fedhaven.shared.weights import state_dict_from_weights
 from fedhaven.shared.witness import Witness
 
@@ -83,7 +84,7 @@ class RoundRecord:
     """One line of metrics.jsonl."""
 
     round: int
-    status: str  # "ok" or "failed"
+    status: str  # "ok", "failed" (no aggregate), "rejected" (the [robust] guard kept the previous model), "initial"
     attempt: int
     loss: float | None
     accuracy: float | None
@@ -102,6 +103,9 @@ class RoundRecord:
     time: float = field(default_factory=time.time)
     private: bool = True  # False: DP off, or some site's epsilon is infinite (epsilon_max is then written as null)
     unanswered: tuple[str, ...] = ()  # sites (or nodes) asked to train whose reply never came: they may have spent
+    rejected: str | None = None  # status "rejected": why the [robust] guard kept the previous model
+    update_norm: float | None = None  # [robust] under SecAgg+: L2 norm of the aggregate's model delta
+    update_bound: float | None = None  # [robust]: the L2 bound every honest site keeps on its delta
 
 
 def finite_or_none(x: float | None) -> float | None:
@@ -172,14 +176,18 @@ class SiteWitnesses:
 class CentralEvaluator:
     """Evaluates global weights on the coordinator's held-out test set."""
 
-    def __init__(self, *, run: RunConfig, data: ImageData, device: str) -> None:
+    def __init__(self, *, run: RunConfig, data: ImageData, device: str, cache_dir: Path | None = None) -> None:
         self.data = data
         self.device = device
         self.model = build_model(cfg=run.model, spec=data.spec, dp=False)
+        front, self._head = split_front(self.model)
+        # A fixed front end (e.g. scattering) runs once on the test set, not at every evaluation.
+        self._inputs: ImageData | FeatureData = data if front is None else cached_features(
+            front=front, front_key=self.model.front_key, data=data, cache_dir=cache_dir)  # type: ignore[arg-type]
 
     def __call__(self, weights: Sequence[np.ndarray]) -> tuple[float, float]:
         state_dict_from_weights(self.model, weights)
-        return evaluate(model=self.model, data=self.data, device=self.device)
+        return evaluate(model=self._head, data=self._inputs, device=self.device)
 
 
 class RunRecorder:

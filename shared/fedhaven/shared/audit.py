@@ -25,22 +25,13 @@ def per_example_loss(*, model: nn.Module, data: ImageData, device: str, batch_si
 
 
 def auc(*, positive: np.ndarray, negative: np.ndarray) -> float:
-    """Area under the ROC curve of scores separating `positive` from `negative` (Mann-Whitney U, ties halved)."""
+    """Area under the ROC curve of scores separating `positive` from `negative` (scikit-learn's, ties halved)."""
+    from sklearn.metrics import roc_auc_score
+
     if len(positive) == 0 or len(negative) == 0:
         raise ValueError("AUC needs at least one positive and one negative score")
-    scores = np.concatenate([positive, negative])
-    order = scores.argsort(kind="mergesort")
-    ranks = np.empty(len(scores), dtype=np.float64)
-    sorted_scores = scores[order]
-    i = 0
-    while i < len(scores):  # average ranks over ties
-        j = i
-        while j + 1 < len(scores) and sorted_scores[j + 1] == sorted_scores[i]:
-            j += 1
-        ranks[order[i: j + 1]] = (i + j) / 2 + 1
-        i = j + 1
-    u = ranks[: len(positive)].sum() - len(positive) * (len(positive) + 1) / 2
-    return float(u / (len(positive) * len(negative)))
+    truth = np.r_[np.ones(len(positive)), np.zeros(len(negative))]
+    return float(roc_auc_score(truth, np.r_[positive, negative]))
 
 
 @dataclass(frozen=True)

@@ -97,6 +97,8 @@ def _coerce(tp: Any, value: Any, path: str, problems: list[str]) -> Any:
     elif tp is str:
         if isinstance(value, str):
             return value
+        if isinstance(value, float) and (value != value or abs(value) == float("inf")):  # bare nan / inf: TOML floats
+            return str(value)
     else:  # pragma: no cover - a schema bug, not a user error
         raise TypeError(f"unsupported config type {tp!r} at {path}")
     problems.append(f"{path}: expected {_type_name(tp)}, got {value!r}")
@@ -107,10 +109,12 @@ def _build(cls: type[T], data: Mapping[str, Any], prefix: str, problems: list[st
     hints = get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
     before = len(problems)
+    why_unknown = getattr(cls, "unknown_hints", {})
     for key in data:
         if key not in fields:
             valid = ", ".join(sorted(fields))
-            problems.append(f"{prefix}{key}: unknown setting (valid here: {valid})")
+            problems.append(f"{prefix}{key}: {why_unknown[key]}" if key in why_unknown
+                            else f"{prefix}{key}: unknown setting (valid here: {valid})")
     kwargs: dict[str, Any] = {}
     for name, f in fields.items():
         if name not in data:

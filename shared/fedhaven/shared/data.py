@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,6 +77,37 @@ class ImageData:
         counts = Counter(self.labels.tolist())
         return {name: counts.get(i, 0) for i, name in enumerate(self.classes)}
 
+    def inputs(self, index: torch.Tensor | slice) -> torch.Tensor:
+        """The model's input for examples `index`: floats in [-1, 1] (see `to_model_input`)."""
+        return to_model_input(self.images[index])
+
+
+@dataclass(frozen=True)
+class FeatureData:
+    """Float features (N, ...) with labels: what a model's trainable head sees after a fixed front end.
+
+    Same interface as ImageData for training and evaluation (`inputs`, `labels`, `classes`, `len`).
+    """
+
+    features: torch.Tensor
+    labels: torch.Tensor
+    classes: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if not self.features.is_floating_point() or len(self.features) != len(self.labels):
+            raise DataError(f"features must be floats with one row per label, got {self.features.dtype} "
+                            f"{tuple(self.features.shape)} for {len(self.labels)} labels")
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def inputs(self, index: torch.Tensor | slice) -> torch.Tensor:
+        return self.features[index].float()
+
+    def subset(self, index: np.ndarray | torch.Tensor) -> FeatureData:
+        idx = torch.as_tensor(np.asarray(index), dtype=torch.int64)
+        return FeatureData(self.features[idx], self.labels[idx], self.classes)
+
 
 def to_model_input(images: torch.Tensor) -> torch.Tensor:
     """uint8 images to floats in [-1, 1], the one normalisation every source shares.
@@ -88,22 +120,51 @@ def to_model_input(images: torch.Tensor) -> torch.Tensor:
     return out.copy_(images).div_(127.5).sub_(1.0)
 
 
-def read_idx(path: str | Path) -> np.ndarray:
-    """One IDX file (gzipped or not) as a numpy array."""
-    p = Path(path)
+def _idx_bytes(p: Path) -> bytes:
     try:
-        raw = gzip.decompress(p.read_bytes()) if p.suffix == ".gz" else p.read_bytes()
-    except OSError as exc:
+        return gzip.decompress(p.read_bytes()) if p.suffix == ".gz" else p.read_bytes()
+    except (OSError, EOFError, gzip.BadGzipFile) as exc:
         raise DataError(f"cannot read IDX file {p}: {exc}") from None
+
+
+def _idx_problems(raw: bytes, p: Path, *, ndim: int) -> list[str]:
+    """What is wrong with an IDX file's header for an MNIST-format `ndim`-D uint8 array (empty when fine)."""
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
-        raise DataError(f"{p} is not an IDX file (bad magic number)")
-    ndim = raw[3]
-    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
-    dtype = np.dtype(_IDX_DTYPES[raw[2]])
-    expected = 4 + 4 * ndim + int(np.prod(dims)) * dtype.itemsize
+        return [f"{p} is not an IDX file (bad magic number)"]
+    out = []
+    if raw[2] != 0x08:
+        out.append(f"{p}: holds {np.dtype(_IDX_DTYPES[raw[2]]).name} values; MNIST-format images and labels are uint8")
+    if raw[3] != ndim:
+        out.append(f"{p}: has {raw[3]} dimensions, expected {ndim} ("
+                   + ("N, height, width: one grey channel; use an ImageFolder tree for RGB)" if ndim == 3 else "N)"))
+    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(raw[3])]
+    expected = 4 + 4 * raw[3] + int(np.prod(dims)) * np.dtype(_IDX_DTYPES[raw[2]]).itemsize
     if len(raw) != expected:
-        raise DataError(f"{p}: header says {dims} but the file holds {len(raw)} bytes, expected {expected}")
-    return np.frombuffer(raw, dtype=dtype, offset=4 + 4 * ndim).reshape(dims)
+        out.append(f"{p}: header says {dims} but the file holds {len(raw)} bytes, expected {expected}")
+    return out
+
+
+def read_idx(path: str | Path, *, kind: Literal["images", "labels"]) -> torch.Tensor:
+    """One MNIST-format IDX file (gzipped or not): uint8 images (N, H, W) or int64 labels (N,).
+
+    The header is checked here first, so a bad file gets an error that names it
+    and the problem; torchvision's MNIST readers then parse it (they read plain
+    files only, so a gzipped file is decompressed to a temporary file first).
+    """
+    from torchvision.datasets.mnist import read_image_file, read_label_file
+
+    p = Path(path)
+    raw = _idx_bytes(p)
+    problems = _idx_problems(raw, p, ndim=3 if kind == "images" else 1)
+    if problems:
+        raise DataError("; ".join(problems))
+    reader = read_image_file if kind == "images" else read_label_file
+    if p.suffix != ".gz":
+        return reader(str(p))
+    with tempfile.TemporaryDirectory(prefix="fedhaven-idx-") as tmp:
+        plain = Path(tmp) / p.stem
+        plain.write_bytes(raw)
+        return reader(str(plain))
 
 
 def _find_idx(root: Path, stem: str) -> Path:
@@ -115,13 +176,14 @@ def _find_idx(root: Path, stem: str) -> Path:
 
 
 def save_idx(data: ImageData, root: str | Path, *, split: Split) -> None:
-    """Write `data` as gzipped MNIST-layout IDX files in `root` (what `load_idx` reads back)."""
+    """Write grey `data` as gzipped MNIST-format IDX files in `root` (what `load_idx` reads back)."""
+    if data.images.shape[1] != 1:
+        raise DataError(f"MNIST-format IDX files hold grey images, got {data.images.shape[1]} channels; "
+                        f"keep RGB data as an ImageFolder tree")
     base = Path(root)
     base.mkdir(parents=True, exist_ok=True)
     prefix = _IDX_PREFIX[split]
-    images = data.images.numpy()
-    if images.shape[1] == 1:
-        images = images[:, 0]
+    images = data.images.numpy()[:, 0]
     labels = data.labels.numpy().astype(np.uint8)
     for name, arr in ((f"{prefix}-images-idx3-ubyte.gz", images), (f"{prefix}-labels-idx1-ubyte.gz", labels)):
         header = bytes([0, 0, 0x08, arr.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in arr.shape)
@@ -129,20 +191,17 @@ def save_idx(data: ImageData, root: str | Path, *, split: Split) -> None:
 
 
 def load_idx(root: str | Path, *, split: Split) -> ImageData:
-    """MNIST-layout IDX files in `root`: `{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]`."""
+    """MNIST-format IDX files in `root`: `{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]`."""
     base = Path(root)
     if not base.is_dir():
         raise DataError(f"IDX data folder {base} does not exist")
     prefix = _IDX_PREFIX[split]
-    images = read_idx(_find_idx(base, f"{prefix}-images-idx3-ubyte"))
-    labels = read_idx(_find_idx(base, f"{prefix}-labels-idx1-ubyte"))
-    if images.dtype != np.uint8 or images.ndim not in (3, 4):
-        raise DataError(f"{base}: images must be uint8 (N, H, W) or (N, C, H, W), got {images.dtype} {images.shape}")
-    if images.ndim == 3:
-        images = images[:, None]
+    images = read_idx(_find_idx(base, f"{prefix}-images-idx3-ubyte"), kind="images")
+    labels = read_idx(_find_idx(base, f"{prefix}-labels-idx1-ubyte"), kind="labels")
+    if len(images) != len(labels):
+        raise DataError(f"{base}: {len(images)} images but {len(labels)} labels in the {split} files")
     n_classes = int(labels.max()) + 1 if len(labels) else 0
-    return ImageData(torch.from_numpy(images.copy()), torch.from_numpy(labels.astype(np.int64)),
-                     tuple(str(i) for i in range(n_classes)))
+    return ImageData(images[:, None].contiguous(), labels, tuple(str(i) for i in range(n_classes)))
 
 
 def load_imagefolder(root: str | Path, *, image_size: int, channels: int = 3) -> ImageData:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable
 
@@ -10,8 +11,8 @@ from torch import nn
 
 from fedhaven.shared.schema import InputSpec, ModelConfig
 
-__all__ = ["InputSpec", "LeNet", "ModelError", "build_model", "dp_problems", "model_names", "model_problems",
-           "register_model"]
+__all__ = ["FrontEndModel", "InputSpec", "LeNet", "ModelError", "build_model", "dp_problems", "model_names",
+           "model_problems", "register_model", "split_front"]
 
 
 class ModelError(ValueError):
@@ -90,6 +91,73 @@ def _mlp(spec: InputSpec, cfg: ModelConfig) -> nn.Module:
     act = _activation(cfg.activation)
     return nn.Sequential(nn.Flatten(), nn.Linear(spec.channels * spec.image_size**2, 128), act(),
                          nn.Linear(128, spec.num_classes))
+
+
+class FrontEndModel(nn.Module):
+    """A fixed, data-independent front end (no parameters: it costs no privacy) followed by a trainable head.
+
+    Only the head has weights, so only the head's weights are exchanged and saved;
+    the front end is rebuilt from the model config. Sites compute the front end's
+    output once (`fedhaven.shared.features`) and train the head on it; the whole
+    model still maps raw images to logits.
+    """
+
+    def __init__(self, *, front: nn.Module, head: nn.Module, front_key: str) -> None:
+        super().__init__()
+        if any(True for _ in front.parameters()) or front.state_dict():
+            raise ModelError("a front end must have no parameters and no saved state: it is never trained or sent")
+        self.front = front
+        self.head = head
+        self.front_key = front_key  # names exactly what the front end computes (for the feature cache)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.front(x))
+
+
+def split_front(model: nn.Module) -> tuple[nn.Module | None, nn.Module]:
+    """(fixed front end or None, the part that trains): what a site caches and what DP-SGD updates."""
+    if isinstance(model, FrontEndModel):
+        return model.front, model.head
+    return None, model
+
+
+class _FeatureNorm(nn.Module):
+    """Per-example GroupNorm without parameters: each example's feature groups scaled to mean 0, variance 1."""
+
+    def __init__(self, groups: int, channels: int) -> None:
+        super().__init__()
+        self.groups = groups
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.group_norm(x, self.groups)
+
+
+@register_model("scatternet")
+def _scatternet(spec: InputSpec, cfg: ModelConfig) -> nn.Module:
+    """Tramer & Boneh (2021)'s ScatterNet: Morlet scattering (J scales, L angles) and per-example GroupNorm, fixed;
+    then a trainable head: "linear"; "pointwise" (a 1x1 convolution to `width` channels, activation, linear: the
+    same small network at every position); or "cnn" (3x3 convolution to `width` channels, activation, pool,
+    linear)."""
+    from fedhaven.shared.scattering import Scattering2D, ScatteringSpec
+
+    sspec = ScatteringSpec(channels=spec.channels, image_size=spec.image_size, J=cfg.scattering_j, L=cfg.scattering_l)
+    problems = sspec.problems()
+    if problems:
+        raise ModelError("scatternet: " + "; ".join(problems))
+    channels, side, _ = sspec.out_shape
+    groups = math.gcd(cfg.feature_groups, channels)
+    front = nn.Sequential(Scattering2D(sspec), _FeatureNorm(groups, channels))
+    if cfg.head == "linear":
+        head: nn.Module = nn.Sequential(nn.Flatten(), nn.Linear(channels * side * side, spec.num_classes))
+    elif cfg.head == "pointwise":
+        head = nn.Sequential(nn.Conv2d(channels, cfg.width, 1), _activation(cfg.activation)(), nn.Flatten(),
+                             nn.Linear(cfg.width * side * side, spec.num_classes))
+    else:
+        pooled = side // 2 if side >= 2 else side
+        head = nn.Sequential(nn.Conv2d(channels, cfg.width, 3, padding=1), _activation(cfg.activation)(),
+                             nn.MaxPool2d(2) if side >= 2 else nn.Identity(), nn.Flatten(),
+                             nn.Linear(cfg.width * pooled * pooled, spec.num_classes))
+    return FrontEndModel(front=front, head=head, front_key=f"{sspec.key}-gn{groups}")
 
 
 def dp_problems(model: nn.Module) -> list[str]:

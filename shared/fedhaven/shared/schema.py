@@ -38,6 +38,12 @@ class ModelConfig:
     name: str = "lenet"
     activation: Literal["relu", "tanh"] = "tanh"
     norm: Literal["none", "group"] = "none"
+    # scatternet: a fixed scattering transform (no parameters, no privacy cost) before a small trainable head
+    head: Literal["linear", "pointwise", "cnn"] = "linear"
+    scattering_j: int = field(default=2, metadata=bounds(ge=1, le=6))  # scales: features are 2**J times smaller
+    scattering_l: int = field(default=8, metadata=bounds(ge=1, le=16))  # orientations
+    feature_groups: int = field(default=27, metadata=bounds(ge=1))  # per-example GroupNorm of the features
+    width: int = field(default=32, metadata=bounds(ge=1, le=4096))  # channels of the pointwise and cnn heads
 
 
 @dataclass(frozen=True)
@@ -49,6 +55,9 @@ class TrainConfig:
     lr: float = field(default=0.5, metadata=bounds(gt=0, le=100))
     momentum: float = field(default=0.9, metadata=bounds(ge=0, lt=1))
     weight_decay: float = field(default=0.0, metadata=bounds(ge=0))
+    # "auto": fedhaven.shared.recipe's rule sets rounds, batch_size, lr, momentum and local_epochs from the
+    # target epsilon, the sites' size and their number, except those set explicitly (resolved by fl-sim)
+    recipe: Literal["manual", "auto"] = "manual"
 
 
 @dataclass(frozen=True)
@@ -183,17 +192,144 @@ class CentralDPConfig:
         return out
 
 
+#: Flower's robust aggregation rules: each inspects every site's update, so none works under SecAgg+.
+ROBUST_STRATEGIES = ("fedmedian", "trimmedavg", "krum", "multikrum", "bulyan")
+
+
 @dataclass(frozen=True)
 class StrategyConfig:
-    """How the coordinator samples sites and combines their models."""
+    """How the coordinator samples sites and combines their models.
 
-    name: Literal["fedavg", "fedprox", "fedadam"] = "fedavg"
+    The robust rules (`ROBUST_STRATEGIES`, Flower's own) tolerate `malicious_sites` sites per
+    round sending anything; each needs enough sites per round (checked against `min_sites`) and
+    sees every site's update, so each is refused under SecAgg+, where the coordinator only sees
+    the sum and the rule would silently do nothing.
+    """
+
+    name: Literal["fedavg", "fedprox", "fedadam", "fedmedian", "trimmedavg", "krum", "multikrum", "bulyan"] = "fedavg"
     fraction_fit: float = field(default=1.0, metadata=bounds(gt=0, le=1))
     proximal_mu: float = field(default=0.01, metadata=bounds(ge=0))
     server_lr: float = field(default=0.01, metadata=bounds(gt=0))
     beta_1: float = field(default=0.9, metadata=bounds(ge=0, lt=1))
     beta_2: float = field(default=0.99, metadata=bounds(ge=0, lt=1))
     tau: float = field(default=1e-3, metadata=bounds(gt=0))
+    malicious_sites: int = field(default=1, metadata=bounds(ge=0))  # f: krum, multikrum, bulyan, fedmedian, trimmedavg
+    trim_fraction: float = field(default=0.2, metadata=bounds(ge=0, lt=0.5))  # trimmedavg: cut from each end
+    keep: int = field(default=0, metadata=bounds(ge=0))  # multikrum: updates averaged; 0: sites - malicious_sites
+    # The coordinator moves the global model by a fraction of each round's aggregated update (post-processing,
+    # free under DP): "cosine" decays that fraction from 1 to `step_floor` over the planned rounds.
+    step_schedule: Literal["constant", "cosine"] = "constant"
+    step_floor: float = field(default=0.1, metadata=bounds(ge=0, le=1))
+
+
+    @property
+    def robust(self) -> bool:
+        return self.name in ROBUST_STRATEGIES
+
+    def fewest_sites(self) -> int:
+        """Sites per round the rule needs to tolerate `malicious_sites` (Blanchard et al. 2017, El Mhamdi et al. 2018)."""
+        f = self.malicious_sites
+        return {"fedmedian": 2 * f + 1, "trimmedavg": 2 * f + 1, "krum": 2 * f + 3, "multikrum": 2 * f + 3,
+                "bulyan": 4 * f + 3}.get(self.name, 1)
+
+    def problems_for(self, *, sites: int) -> list[str]:
+        """Why the rule cannot tolerate `malicious_sites` with `sites` updates per round."""
+        if not self.robust:
+            return []
+        f, need = self.malicious_sites, self.fewest_sites()
+        out = []
+        if sites < need:
+            rule = {"fedmedian": "2f+1", "trimmedavg": "2f+1", "krum": "2f+3", "multikrum": "2f+3",
+                    "bulyan": "4f+3"}[self.name]
+            out.append(f"strategy: {self.name} tolerating {f} malicious site(s) (strategy.malicious_sites) needs at "
+                       f"least {rule} = {need} sites per round, but min_sites is {sites}; raise min_sites to {need} "
+                       f"or lower strategy.malicious_sites")
+        if self.name == "trimmedavg" and int(self.trim_fraction * sites) < f:
+            out.append(f"strategy.trim_fraction: {self.trim_fraction:g} of {sites} sites cuts "
+                       f"{int(self.trim_fraction * sites)} from each end, fewer than the {f} malicious site(s) "
+                       f"to tolerate; raise it to at least {f / sites:.2f}")
+        if self.name == "multikrum" and self.keep > sites - f:
+            out.append(f"strategy.keep: multikrum averages {self.keep} updates, more than the {sites - f} honest ones "
+                       f"guaranteed (min_sites - malicious_sites); lower it (0 picks sites - malicious_sites)")
+        return out
+
+
+@dataclass(frozen=True)
+class RobustConfig:
+    """Defences against a site that sends a broken or malicious update (`[robust]`, on by default).
+
+    Sites send their model delta (trained minus global), bounded in L2 norm by
+    `max_update_norm` ("auto": 0.1 * sqrt(number of model parameters)); each site also
+    applies its own policy bound. Without SecAgg+ the coordinator rejects each non-finite or
+    ill-shaped update and clips each delta to the bound. Under SecAgg+ every site rotates its
+    delta at random (a Walsh-Hadamard transform with random signs, the same for all sites in a
+    round) before SecAgg+ clips each coordinate to `coordinate_clip * bound / sqrt(length)`: an
+    honest, flat update is left alone, while any site's contribution is bounded in L2 norm by
+    about `coordinate_clip * bound`. The coordinator rejects a round whose aggregate is not
+    finite, whose delta exceeds the bound, or whose held-out loss exceeds `loss_factor` times
+    the current model's, keeping the previous model; `max_rejected` rejected rounds in a row
+    stop the run with an error.
+    """
+
+    enabled: bool = True
+    max_update_norm: float | Literal["auto"] = "auto"
+    coordinate_clip: float = field(default=3.0, metadata=bounds(ge=1))
+    rotate: bool = True
+    loss_factor: float = field(default=2.0, metadata=bounds(gt=1))
+    max_rejected: int = field(default=3, metadata=bounds(ge=1))
+
+    def problems(self) -> list[str]:
+        if isinstance(self.max_update_norm, float) and self.max_update_norm <= 0:
+            return [f"max_update_norm: must be > 0 or \"auto\", got {self.max_update_norm}"]
+        return []
+
+
+#: "auto" update bounds: an L2 norm of AUTO_UPDATE_RMS * sqrt(parameters), i.e. this root mean square per parameter.
+AUTO_UPDATE_RMS = 0.1
+
+
+def auto_update_norm(num_params: int) -> float:
+    """The "auto" L2 bound of a model delta for a model with `num_params` parameters."""
+    return AUTO_UPDATE_RMS * num_params ** 0.5
+
+
+_ATTACK = re.compile(r"^(none|nan|inf|signflip|labelflip|scale:(?P<k>-?[0-9]*\.?[0-9]+(e-?[0-9]+)?)"
+                     r"|gaussian:(?P<s>[0-9]*\.?[0-9]+(e-?[0-9]+)?))$")
+
+
+@dataclass(frozen=True)
+class AttackConfig:
+    """SIMULATION ONLY: simulated sites that attack, to measure robustness (`[attack]` of an fl-sim experiment).
+
+    `kind` acts where a real malicious site would: on the update it sends, before masking
+    (`nan`, `inf`: every value; `scale:K`: its update (trained minus global) times K;
+    `signflip`: its update negated; `gaussian:S`: its update replaced by N(0, S^2) noise per
+    parameter), or on its data (`labelflip`: it trains with label c as C-1-c). `sites` are
+    indices of simulated sites (site-00 is 0); the attack starts at round `from_round`.
+    """
+
+    kind: str = "none"
+    sites: tuple[int, ...] = (0,)
+    from_round: int = field(default=1, metadata=bounds(ge=1))
+
+    @property
+    def enabled(self) -> bool:
+        return self.kind != "none"
+
+    def parameter(self) -> float | None:
+        """K of scale:K, S of gaussian:S, else None."""
+        m = _ATTACK.match(self.kind)
+        value = m and (m.group("k") or m.group("s"))
+        return float(value) if value else None
+
+    def problems(self) -> list[str]:
+        out = []
+        if not _ATTACK.match(self.kind):
+            out.append(f"kind: expected none, nan, inf, scale:K, signflip, labelflip or gaussian:S (e.g. scale:1000, "
+                       f"gaussian:1.0), got {self.kind!r}")
+        if len(set(self.sites)) != len(self.sites) or any(i < 0 for i in self.sites):
+            out.append(f"sites: distinct site indices >= 0 (site-00 is 0), got {list(self.sites)}")
+        return out
 
 
 @dataclass(frozen=True)
@@ -244,6 +380,11 @@ class RunConfig:
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     central_dp: CentralDPConfig = field(default_factory=CentralDPConfig)
     waits: WaitConfig = field(default_factory=WaitConfig)
+    robust: RobustConfig = field(default_factory=RobustConfig)
+
+    #: Settings that exist only in simulation: refused with the reason rather than as an unknown setting.
+    unknown_hints = {"attack": "the attack harness is simulation-only: only fl-sim experiments may have an [attack] "
+                               "section; a deployed coordinator or site never attacks"}
 
     def known_max_weight(self) -> float | None:
         """SecAgg+'s max_weight when it is known without seeing the sites: 1 under central DP (every site
@@ -254,11 +395,26 @@ class RunConfig:
 
     def problems(self) -> list[str]:
         out: list[str] = []
+        if type(self) is RunConfig and self.train.recipe == "auto":
+            out.append("train.recipe: \"auto\" is resolved by fl-sim, which knows the sites' sizes; a coordinator "
+                       "cannot see them. Print the rule's values with `python -m fedhaven.shared.recipe --epsilon E "
+                       "--site-size N --sites S`, set them, and set train.recipe = \"manual\"")
         if self.central_dp.enabled and self.strategy.name == "fedadam":
             out.append("central_dp: the noise is calibrated to a mean of clipped updates; use fedavg or fedprox")
         if self.secagg.enabled and self.min_sites < self.secagg.min_sites():
             out.append(f"min_sites: SecAgg+ needs at least {self.secagg.min_sites()} sites per round "
                        f"(its reconstruction_threshold); raise min_sites or lower the threshold")
+        s = self.strategy
+        if s.robust and self.secagg.enabled:
+            out.append(f"strategy: {s.name} inspects every site's update, but under SecAgg+ the coordinator sees only "
+                       f"their sum (Flower hands the strategy one copy of it per site), so {s.name} would silently do "
+                       f"nothing. Either turn SecAgg+ off (secagg.enabled = false, fl-sim --no-secagg) to use "
+                       f"{s.name}, or keep SecAgg+ with strategy.name = \"fedavg\" and [robust] on, whose defences "
+                       f"work under it")
+        if s.robust and self.central_dp.enabled:
+            out.append(f"central_dp: the noise is calibrated to a mean of clipped updates, not to {s.name}; use "
+                       f"fedavg or fedprox")
+        out.extend(s.problems_for(sites=self.min_sites))
         return out
 
 
@@ -277,18 +433,29 @@ class SitePolicy:
     # SHA-256 of the run packages (FABs) this site reviewed; empty: any package that only names the
     # installed fedhaven ClientApp. A site never runs code from a package either way.
     allowed_app_packages: tuple[str, ...] = ()
+    # L2 bound on the model delta (trained minus received) this site sends, whatever the coordinator asks:
+    # "auto" is 0.1 * sqrt(number of model parameters). Post-processing of DP-SGD: free in privacy.
+    max_update_norm: float | Literal["auto"] = "auto"
 
     def allows_model(self, name: str) -> bool:
         return "*" in self.allowed_models or name in self.allowed_models
 
+    def update_bound(self, num_params: int) -> float:
+        """This site's own L2 bound on its model delta, for a model with `num_params` parameters."""
+        return auto_update_norm(num_params) if self.max_update_norm == "auto" else float(self.max_update_norm)
+
     def problems(self) -> list[str]:
-        return [f"allowed_app_packages: {h!r} is not a SHA-256 hex digest (64 hex characters)"
-                for h in self.allowed_app_packages if not re.fullmatch(r"[0-9a-f]{64}", h)]
+        out = [f"allowed_app_packages: {h!r} is not a SHA-256 hex digest (64 hex characters)"
+               for h in self.allowed_app_packages if not re.fullmatch(r"[0-9a-f]{64}", h)]
+        if isinstance(self.max_update_norm, float) and self.max_update_norm <= 0:
+            out.append(f"max_update_norm: must be > 0 or \"auto\", got {self.max_update_norm}")
+        return out
 
 
 #: The policy of a simulated site: no limits beyond what the experiment asks for.
 SIMULATION_POLICY = SitePolicy(max_epsilon=float("inf"), min_noise_multiplier=0.0, require_dp=False,
-                               require_secure_aggregation=False, allowed_models=("*",))
+                               require_secure_aggregation=False, allowed_models=("*",),
+                               max_update_norm=float("inf"))
 
 
 _PARTITION = re.compile(r"^(iid|folders|dirichlet:(?P<alpha>[0-9]*\.?[0-9]+(e-?[0-9]+)?))$")
@@ -312,9 +479,14 @@ class ExperimentConfig(RunConfig):
     partition: str = "iid"
     simulation: SimulationConfig = field(default_factory=SimulationConfig)
     site_policy: SitePolicy = field(default_factory=lambda: SIMULATION_POLICY)  # what every simulated site enforces
+    attack: AttackConfig = field(default_factory=AttackConfig)  # SIMULATION ONLY: sites that attack
+
+    unknown_hints = {}
 
     def problems(self) -> list[str]:
         out = super().problems()
+        out.extend(f"attack.sites: site index {i} does not exist ({self.sites} sites: 0..{self.sites - 1})"
+                   for i in self.attack.sites if self.attack.enabled and i >= self.sites)
         if not _PARTITION.match(self.partition):
             out.append(f"partition: expected 'iid', 'folders' or 'dirichlet:ALPHA' (e.g. dirichlet:0.3), "
                        f"got {self.partition!r}")

@@ -27,6 +27,11 @@ class TaskSpec:
     dp: DPConfig
     proximal_mu: float = field(default=0.0, metadata=bounds(ge=0))
     central_dp: Literal["none", "fixed", "adaptive"] = "none"  # clip the update for the coordinator's DP noise
+    # [robust]: the L2 bound on the site's model delta (0: none asked; the site's own policy bound still holds),
+    # how the update travels (fedhaven.shared.updates.ENCODINGS) and the round's rotation seed
+    update_norm: float = field(default=0.0, metadata=bounds(ge=0))
+    encoding: Literal["weights", "delta", "rotated"] = "weights"
+    rotation_seed: int = field(default=0, metadata=bounds(ge=0))
 
     def problems(self) -> list[str]:
         out = []

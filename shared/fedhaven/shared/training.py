@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fedhaven.shared.data import ImageData, to_model_input
+from fedhaven.shared.data import FeatureData, ImageData
 from fedhaven.shared.runtime import quiet_opacus_import
 from fedhaven.shared.schema import GradSampleMode, TrainConfig
 
@@ -122,7 +122,7 @@ def _dp_engine(model: nn.Module, sgd: torch.optim.Optimizer, dp: DPSettings, *, 
 def train_local(
     *,
     model: nn.Module,
-    data: ImageData,
+    data: ImageData | FeatureData,
     train: TrainConfig,
     dp: DPSettings | None,
     device: str,
@@ -148,7 +148,7 @@ def train_local(
     params = [p for p in model.parameters() if p.requires_grad]
     anchor = [p.detach().clone() for p in params] if proximal_mu > 0 else []
     sgd = torch.optim.SGD(params, lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay)
-    images, labels = data.images, data.labels
+    labels = data.labels
     loss_sum, correct, seen, empty = 0.0, 0, 0, 0
 
     ghost = dp is not None and dp.grad_sample_mode == "ghost"
@@ -170,7 +170,7 @@ def train_local(
                     empty += 1
                     _noise_only(optimizer, params, ghost=ghost)
                 else:
-                    x = to_model_input(images[idx]).to(device, non_blocking=True)
+                    x = data.inputs(idx).to(device, non_blocking=True)
                     y = labels[idx].to(device, non_blocking=True)
                     out = net(x)
                     loss = loss_fn(out, y)
@@ -223,14 +223,14 @@ def _shuffled_batches(n: int, batch_size: int, steps: int, generator: torch.Gene
 
 
 @torch.no_grad()
-def evaluate(*, model: nn.Module, data: ImageData, device: str, batch_size: int = 2048) -> tuple[float, float]:
+def evaluate(*, model: nn.Module, data: ImageData | FeatureData, device: str, batch_size: int = 2048) -> tuple[float, float]:
     """(mean cross-entropy, accuracy) of `model` on `data`."""
     if len(data) == 0:
         raise ValueError("cannot evaluate on an empty dataset")
     model.to(device).eval()
     loss_sum, correct = 0.0, 0
     for start in range(0, len(data), batch_size):
-        x = to_model_input(data.images[start: start + batch_size]).to(device)
+        x = data.inputs(slice(start, start + batch_size)).to(device)
         y = data.labels[start: start + batch_size].to(device)
         out = model(x)
         loss_sum += float(F.cross_entropy(out, y, reduction="sum"))

@@ -93,6 +93,14 @@ def warnings_for(exp: ExperimentConfig) -> list[str]:
         out.append("WARNING: differential privacy is OFF: site updates carry no formal privacy guarantee.")
     if not exp.secagg.enabled:
         out.append("WARNING: secure aggregation is OFF: the coordinator sees every site's update in the clear.")
+    if not exp.robust.enabled:
+        out.append("WARNING: the defences against a bad site are OFF (robust.enabled = false): no update is checked "
+                   "or bounded; one NaN or scaled update can ruin the model.")
+    from fedhaven.sim.attack import warning_for
+
+    attack = warning_for(exp)
+    if attack:
+        out.append(attack)
     return out
 
 

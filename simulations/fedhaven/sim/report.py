@@ -41,6 +41,9 @@ class Summary:
         lines += [f"secure agg.    {'SecAgg+' if d['secure_aggregation'] else 'OFF'}",
                   f"wall time      {d['wall_time_s']:.1f} s",
                   f"run directory  {d['run_dir']}"]
+        if d.get("rounds_rejected"):
+            lines.append(f"rejected       {d['rounds_rejected']} round(s) rejected by the [robust] guard, the previous "
+                         f"model kept (metrics.jsonl says why)")
         if d.get("stopped"):
             lines.append(f"stopped        {d['stopped']}")
         return "\n".join(lines)
@@ -61,6 +64,7 @@ def summarize(*, exp: ExperimentConfig, result: RunResult, wall_time_s: float) -
         "sites": exp.sites,
         "partition": exp.partition,
         "rounds": len({r.round for r in ok}),  # a round redone after a resume counts once
+        "rounds_rejected": sum(r.status == "rejected" for r in result.rounds),
         "final_accuracy": last.accuracy if last else None,
         "final_loss": last.loss if last else None,
         "best_accuracy": max((r.accuracy for r in ok if r.accuracy is not None), default=None),

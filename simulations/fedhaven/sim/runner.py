@@ -95,7 +95,7 @@ def run_experiment(
                                  on_result=results.append, witnesses=SiteWitnesses(run_dir / "ledger-witnesses.json"),
                                  audit=lambda weights: audit_membership(exp=exp, weights=weights),
                                  ledger_command=f"fl-client ledger verify --state-dir {run_dir / 'sites'}/SITE")
-    client_app = make_client_app(sites=sites)
+    client_app = make_client_app(sites=sites, update_mods=attack_mods(exp, sites))
     cpus = os.cpu_count() or 1
     backend_config = {
         "client_resources": {"num_cpus": exp.simulation.cpus_per_site, "num_gpus": exp.simulation.gpus_per_site},
@@ -118,6 +118,15 @@ def run_experiment(
     result = results[0]
     plot_rounds(rounds=result.rounds, run_dir=run_dir, title=exp.name)
     return summarize(exp=exp, result=result, wall_time_s=wall)
+
+
+def attack_mods(exp: ExperimentConfig, sites: SimulatedSites) -> list:
+    """The simulated attackers' ClientApp mod (`[attack]`), or none."""
+    if not exp.attack.enabled:
+        return []
+    from fedhaven.sim.attack import AttackMod
+
+    return [AttackMod(attack=exp.attack, sites=sites)]
 
 
 def _failure_of(run_dir: Path) -> str | None:

@@ -29,6 +29,11 @@ def _partitions(cfg: DataConfig, partition: str, sites: int, seed: int, alpha: f
     return tuple(partition_iid(num_examples=len(data), num_sites=sites, seed=seed))
 
 
+def feature_cache_dir(exp: ExperimentConfig) -> Path:
+    """Where simulated sites and the coordinator cache a fixed front end's features: `<output_dir>/.feature-cache`."""
+    return Path(exp.output_dir) / ".feature-cache"
+
+
 def site_name(index: int, sites: int) -> str:
     """`site-07` style names, zero-padded to the number of sites."""
     return f"site-{index:0{max(2, len(str(sites - 1)))}d}"
@@ -49,6 +54,10 @@ class SimulatedSites:
         if not 0 <= pid < self.experiment.sites:
             raise ValueError(f"partition id {pid} outside 0..{self.experiment.sites - 1}")
         return pid
+
+    def index(self, context) -> int:  # noqa: ANN001 - Flower Context
+        """Which simulated site (0-based) a Flower context belongs to."""
+        return self._index(context.node_config)
 
     def key(self, context) -> str:  # noqa: ANN001 - Flower Context
         exp = self.experiment
@@ -74,7 +83,9 @@ class SimulatedSites:
         if exp.partition == "folders":
             name = f"{name}-{site_folders(exp.data.path or '', num_sites=exp.sites)[index].name}"
         state_dir = Path(self.state_root) / name if self.state_root else None
-        return SiteInfo(name=name, policy=exp.site_policy, state_dir=state_dir, device=exp.simulation.device)
+        # Derived features (a fixed front end's output) are keyed by content, so runs and sites can share them.
+        return SiteInfo(name=name, policy=exp.site_policy, state_dir=state_dir, device=exp.simulation.device,
+                        cache_dir=feature_cache_dir(exp))
 
     def site_data(self, index: int) -> ImageData:
         exp = self.experiment
