@@ -94,7 +94,11 @@ def _baseline(rounds: int) -> dict:
     z = noise_for_budget(target_epsilon=3.0, delta=1e-5, sample_rate=q, steps=steps * 15)  # the default run's noise
     task = baseline.BaselineTask(sites=10, rounds=rounds, batch_size=512, lr=1.0, momentum=0.9, local_epochs=1,
                                  noise_multiplier=z, max_grad_norm=1.0)
-    ours = simulate(overrides=[f"rounds={rounds}", f"dp.noise_multiplier={z}", "dp.target_epsilon=100.0"])
+    from fedhaven.sim.bench.accuracy import RECIPES
+
+    # the plain app trains the seed's LeNet: fedhaven runs the same model and settings (the old recipe), not its default
+    ours = simulate(overrides=[*RECIPES["old"], f"rounds={rounds}", f"dp.noise_multiplier={z}",
+                               "dp.target_epsilon=100.0"])
     theirs = baseline.run(task)
     return {"noise_multiplier": z, "rounds": rounds, "fedhaven": ours, "flower_baseline": theirs,
             "wall_ratio": ours["wall_s"] / theirs["wall_s"],

@@ -30,7 +30,8 @@ RECIPE_NAMES = {"new": "scatternet + rule (default)", "old": "tanh LeNet, 15 rou
 
 def _row(*, recipe: str, partition: str, eps: float, repeats: int) -> dict:
     over = [*RECIPES[recipe], f"partition={partition}", f"dp.target_epsilon={eps}"]
-    runs = [simulate(overrides=over) for _ in range(repeats)]
+    # a different seed per run: the split, the initial model and the DP noise all change (one seed = one run)
+    runs = [simulate(overrides=[*over, f"seed={i}"]) for i in range(repeats)]
     acc = [r["accuracy"] for r in runs]
     aucs = [r["membership_auc"] for r in runs if r.get("membership_auc") is not None]
     return {"recipe": recipe, "partition": partition, "target_epsilon": eps, "runs": len(runs),
@@ -40,7 +41,7 @@ def _row(*, recipe: str, partition: str, eps: float, repeats: int) -> dict:
             "membership_auc_mean": statistics.fmean(aucs) if aucs else None,
             "membership_auc_max": max(aucs) if aucs else None,
             "rounds": runs[0]["rounds"], "wall_s_mean": statistics.fmean(r["wall_s"] for r in runs),
-            "overrides": over}
+            "overrides": over, "seeds": list(range(repeats))}
 
 
 def run(*, epsilons: tuple[float, ...], partitions: tuple[str, ...], repeats: int = 3,
@@ -50,12 +51,24 @@ def run(*, epsilons: tuple[float, ...], partitions: tuple[str, ...], repeats: in
             for rec in recipes for part in partitions for eps in epsilons]
 
 
+def _as_row(r: dict) -> dict:
+    """A row of the earlier single-run format (the old recipe, measured before this section had repeats): n=1."""
+    if "accuracy_mean" in r:
+        return r
+    a = r["accuracy"]
+    return {"recipe": "old", "partition": r["partition"], "target_epsilon": r["target_epsilon"], "runs": 1,
+            "accuracy_mean": a, "accuracy_sd": 0.0, "accuracy_min": a, "accuracy_max": a, "accuracies": [a],
+            "epsilon_max": r["epsilon_max"], "membership_auc_mean": r.get("membership_auc"),
+            "membership_auc_max": r.get("membership_auc"), "rounds": r.get("rounds"), "wall_s_mean": r.get("wall_s"),
+            "overrides": r.get("overrides", [])}
+
+
 def merge(rows: list[dict], new: list[dict]) -> list[dict]:
     """`rows` with each row of `new` replacing the one of the same recipe, partition and epsilon."""
     def key(r: dict) -> tuple:
         return r.get("recipe", "old"), r["partition"], float(r["target_epsilon"])
 
-    out = {key(r): r for r in rows if "accuracy_mean" in r}  # rows of the single-run format are dropped
+    out = {key(r): _as_row(r) for r in rows}
     out.update({key(r): r for r in new})
     order = {"new": 0, "old": 1}
     return sorted(out.values(), key=lambda r: (order.get(r["recipe"], 2), r["partition"] != "iid", r["partition"],
