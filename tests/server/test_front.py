@@ -3,6 +3,7 @@ and garbage requests get a 4xx and the door keeps serving."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import subprocess
@@ -141,3 +142,108 @@ def test_only_fleet_paths_ever_reach_the_superlink(front, path, body):
     forwarded = status == 200
     assert forwarded == (raw.startswith(b"/v1/fleet/") and b".." not in raw and b"//" not in raw), (raw, reply[:80])
     assert status in (200, 400, 403, 404, 0), (raw, reply[:200])
+
+
+# --- held pulls: a SuperNode's empty pull waits for the ServerApp's push instead of Flower's 3 s sleep ---------------
+
+def _flower_like(available: list, calls: list):
+    """Stands in for Flower's app: a pull answers a PullMessagesResponse with the next available message, if any."""
+    from flwr.proto.fleet_pb2 import PullMessagesResponse
+    from flwr.proto.message_pb2 import Message
+
+    async def app(scope, receive, send):
+        await receive()
+        if scope["path"].endswith("/pull-messages"):
+            calls.append(time.monotonic())
+            msgs = [Message()] if available and available.pop(0) else []
+            body = PullMessagesResponse(messages_list=msgs).SerializeToString()
+        else:
+            body = b"pushed"
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": body})
+
+    return app
+
+
+async def _request(gate, path, *, hang_up_after=None):
+    """One request through `gate`: (status, body, seconds it took)."""
+    events = []
+    state = {"read": False}
+
+    async def receive():
+        if not state["read"]:
+            state["read"] = True
+            return {"type": "http.request", "body": b"req", "more_body": False}
+        await asyncio.sleep(3600 if hang_up_after is None else hang_up_after)
+        return {"type": "http.disconnect"}
+
+    async def send(event):
+        events.append(event)
+
+    t = time.monotonic()
+    await gate({"type": "http", "path": path, "method": "POST", "headers": []}, receive, send)
+    status = next((e["status"] for e in events if e["type"] == "http.response.start"), None)
+    return status, b"".join(e.get("body", b"") for e in events if e["type"] == "http.response.body"), \
+        time.monotonic() - t
+
+
+def _messages(body):
+    from flwr.proto.fleet_pb2 import PullMessagesResponse
+
+    return len(PullMessagesResponse.FromString(body).messages_list)
+
+
+def _gates(available, calls, *, hold):
+    from fedhaven.server.front import FLEET_PREFIX, RUNTIME_PREFIX, Doorbell, Gate
+
+    app, bell = _flower_like(available, calls), Doorbell()
+    return (Gate(app, prefix=FLEET_PREFIX, doorbell=bell, hold=hold),
+            Gate(app, prefix=RUNTIME_PREFIX, doorbell=bell))
+
+
+def test_a_held_pull_gets_the_message_as_soon_as_the_serverapp_pushes_it():
+    async def scenario():
+        available, calls = [], []
+        fleet, runtime = _gates(available, calls, hold=5.0)
+        pull = asyncio.ensure_future(_request(fleet, "/v1/fleet/pull-messages"))
+        await asyncio.sleep(0.3)
+        assert not pull.done()  # nothing to deliver yet: held, not answered empty
+        available.append(True)
+        pushed = time.monotonic()
+        assert (await _request(runtime, "/v1/runtime/push-messages"))[0] == 200
+        status, body, _ = await pull
+        return status, body, time.monotonic() - pushed, len(calls), fleet.held
+
+    status, body, after_push, asked, held = asyncio.run(scenario())
+    assert status == 200 and _messages(body) == 1 and held == 1
+    assert after_push < 0.25, after_push  # woken by the push, not by the 0.5 s recheck nor Flower's 3 s sleep
+    assert asked <= 3  # not a busy loop: the first ask, one recheck at most, the ask after the ring
+
+
+def test_an_empty_pull_is_answered_empty_when_the_hold_ends():
+    available, calls = [], []
+    fleet, _ = _gates(available, calls, hold=0.6)
+    status, body, took = asyncio.run(_request(fleet, "/v1/fleet/pull-messages"))
+    assert status == 200 and _messages(body) == 0 and 0.6 <= took < 1.5
+    assert 2 <= len(calls) <= 4  # rechecked about every 0.5 s without a ring
+
+
+def test_a_site_that_hangs_up_stops_its_hold_and_no_message_is_taken_for_it():
+    async def scenario():
+        available, calls = [], []
+        fleet, _ = _gates(available, calls, hold=5.0)
+        took = (await _request(fleet, "/v1/fleet/pull-messages", hang_up_after=0.2))[2]
+        asked = len(calls)
+        available.append(True)
+        await asyncio.sleep(0.7)  # a message arrives after it left: nobody pulls it in its name
+        return took, asked, len(calls), available
+
+    took, asked, asked_later, available = asyncio.run(scenario())
+    assert took < 1.0 and asked_later == asked and available == [True]
+
+
+def test_without_a_hold_a_pull_is_passed_through_at_once():
+    available, calls = [], []
+    fleet, _ = _gates(available, calls, hold=0.0)
+    status, body, took = asyncio.run(_request(fleet, "/v1/fleet/pull-messages"))
+    assert status == 200 and _messages(body) == 0 and took < 0.3 and len(calls) == 1

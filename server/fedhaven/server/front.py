@@ -5,6 +5,14 @@ request whose path is not under its prefix is answered 403 (the Control API
 above all, which Flower 1.42's open-source edition serves without user
 authentication); a body above `max_body` gets 413; a client that stalls
 mid-request for `read_timeout` seconds gets 408; garbage gets uvicorn's 400.
+
+Held pulls: Flower's SuperNode asks for a message and, finding none, sleeps 3 s
+before asking again; a SecAgg+ round is four such exchanges, so most of a
+deployed round used to be that sleep. The Fleet gate holds a SuperNode's empty
+`pull-messages` for up to `hold` seconds and asks Flower's app again whenever the
+Runtime gate passes a ServerApp push (a `Doorbell`), so a message reaches its site
+as soon as it exists. Flower's request and answer are unchanged: the site gets
+exactly what the SuperLink answers, only later when it had nothing to say.
 """
 
 from __future__ import annotations
@@ -18,6 +26,12 @@ RUNTIME_PREFIX = "/v1/runtime/"
 REFUSAL = (b"fedhaven: only Flower's Fleet API (/v1/fleet/) is served here. The Control API is served to the "
            b"operator's account on the coordinator host only.\n")
 DEFAULT_MAX_BODY = 256 << 20  # a model push of a few hundred MB is the largest thing a site sends
+PULL_PATH = FLEET_PREFIX + "pull-messages"
+#: Runtime calls after which a held pull asks again: the ServerApp pushed a message or one of its objects.
+RING_PATHS = frozenset({RUNTIME_PREFIX + "push-messages", RUNTIME_PREFIX + "push-object"})
+#: Seconds a SuperNode's empty pull is held (its HTTP client gives up after 30 s) and, while held, how often Flower's
+#: app is asked again without a ring.
+DEFAULT_HOLD, RECHECK = 10.0, 0.5
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -29,16 +43,40 @@ class _TooLarge(Exception):
     pass
 
 
+class Doorbell:
+    """Rung by the Runtime gate when the ServerApp pushed something; held pulls wake up and ask again."""
+
+    def __init__(self) -> None:
+        self._event: asyncio.Event | None = None
+
+    def current(self) -> asyncio.Event:
+        """The event the next ring sets (take it before asking Flower's app, so no ring is missed)."""
+        if self._event is None:
+            self._event = asyncio.Event()
+        return self._event
+
+    def ring(self) -> None:
+        event, self._event = self._event, None
+        if event is not None:
+            event.set()
+
+
 class Gate:
-    """ASGI middleware: passes HTTP requests under `prefix` (body read whole, bounded) to `app`, refuses the rest."""
+    """ASGI middleware: passes HTTP requests under `prefix` (body read whole, bounded) to `app`, refuses the rest.
+
+    With a `doorbell`: the Fleet gate (`hold` > 0) holds empty pulls, the Runtime gate rings it after a push.
+    """
 
     def __init__(self, app: ASGIApp, *, prefix: str, max_body: int = DEFAULT_MAX_BODY,
-                 read_timeout: float = 60.0) -> None:
+                 read_timeout: float = 60.0, doorbell: Doorbell | None = None, hold: float = 0.0) -> None:
         self.app = app
         self.prefix = prefix
         self.max_body = max_body
         self.read_timeout = read_timeout
+        self.doorbell = doorbell
+        self.hold = hold
         self.refused = 0
+        self.held = 0  # pulls answered after waiting for a message (for tests and benchmarks)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":  # the app's own lifespan runs once, on the operator's socket
@@ -63,6 +101,9 @@ class Gate:
         except TimeoutError:
             await respond(send, 408, b"fedhaven: the request body did not arrive in time\n")
             return
+        if path == PULL_PATH and self.hold > 0 and self.doorbell is not None:
+            await self._held_pull(scope, body, receive, send)
+            return
         sent = False
 
         async def replay() -> dict[str, Any]:
@@ -73,6 +114,35 @@ class Gate:
             return await receive()  # then whatever the client does next (a disconnect)
 
         await self.app(scope, replay, send)
+        if path in RING_PATHS and self.doorbell is not None:
+            self.doorbell.ring()
+
+    async def _held_pull(self, scope: Scope, body: bytes, receive: Receive, send: Send) -> None:
+        """Ask Flower's app until it has a message for this node, the hold ends, or the node hangs up."""
+        assert self.doorbell is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.hold
+        gone = asyncio.ensure_future(receive())  # the body is read: the next event is the client leaving
+        asked = 0
+        try:
+            while True:
+                bell = self.doorbell.current()
+                answer = await _call(self.app, scope, body)
+                asked += 1
+                left = deadline - loop.time()
+                if gone.done():
+                    if not _is_empty_pull(answer):  # a message marked as delivered: try to hand it over anyway
+                        await answer.send_to(send)
+                    return
+                if left <= 0 or not _is_empty_pull(answer):
+                    self.held += asked > 1
+                    await answer.send_to(send)
+                    return
+                waiters = [asyncio.ensure_future(bell.wait()), gone]
+                await asyncio.wait(waiters, timeout=min(RECHECK, left), return_when=asyncio.FIRST_COMPLETED)
+                waiters[0].cancel()
+        finally:
+            gone.cancel()
 
     async def _body(self, receive: Receive) -> bytes:
         chunks: list[bytes] = []
@@ -88,6 +158,58 @@ class Gate:
             chunks.append(chunk)
             if not event.get("more_body"):
                 return b"".join(chunks)
+
+
+class _Answer:
+    """An HTTP answer of Flower's app, kept to be inspected before it is sent on."""
+
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+
+    @property
+    def status(self) -> int:
+        return int(next((e["status"] for e in self.events if e["type"] == "http.response.start"), 500))
+
+    @property
+    def body(self) -> bytes:
+        return b"".join(e.get("body", b"") for e in self.events if e["type"] == "http.response.body")
+
+    async def send_to(self, send: Send) -> None:
+        for event in self.events:
+            await send(event)
+
+
+async def _call(app: ASGIApp, scope: Scope, body: bytes) -> _Answer:
+    """Flower's app on one request whose whole body is `body`, its answer captured."""
+    answer = _Answer()
+    delivered = False
+    never = asyncio.Event()
+
+    async def replay() -> dict[str, Any]:
+        nonlocal delivered
+        if not delivered:
+            delivered = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await never.wait()  # the client is watched by the caller
+        return {"type": "http.disconnect"}
+
+    async def capture(event: dict[str, Any]) -> None:
+        answer.events.append(event)
+
+    await app(dict(scope), replay, capture)
+    return answer
+
+
+def _is_empty_pull(answer: _Answer) -> bool:
+    """Flower's answer to a pull is a `PullMessagesResponse` without messages (anything else is passed on at once)."""
+    if answer.status != 200:
+        return False
+    from flwr.proto.fleet_pb2 import PullMessagesResponse
+
+    try:
+        return len(PullMessagesResponse.FromString(answer.body).messages_list) == 0
+    except Exception:  # noqa: BLE001 - not what we expected: never hold it
+        return False
 
 
 async def respond(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None) -> None:

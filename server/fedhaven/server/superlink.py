@@ -11,7 +11,8 @@ and checks) is served by three uvicorn listeners in one process:
 - a Unix socket in a directory only the operator's account can enter: every API
   (the operator's commands use it for the Control API);
 - `--listen` (public, TLS): only `/v1/fleet/*`, for sites (SuperNode
-  authentication is Flower's own, on every request);
+  authentication is Flower's own, on every request); a site's empty message pull
+  is held until the ServerApp pushes (`--pull-hold`, see `fedhaven.server.front`);
 - `--runtime-listen` (127.0.0.1, TLS): only `/v1/runtime/*`, for Flower's ServerApp
   executor (its calls carry the executor's shared secret or a per-task token).
 
@@ -35,7 +36,9 @@ from fedhaven.shared.runtime import harden_environment
 
 harden_environment()
 
-from fedhaven.server.front import DEFAULT_MAX_BODY, FLEET_PREFIX, RUNTIME_PREFIX, Gate  # noqa: E402
+from fedhaven.server.front import (  # noqa: E402
+    DEFAULT_HOLD, DEFAULT_MAX_BODY, FLEET_PREFIX, RUNTIME_PREFIX, Doorbell, Gate,
+)
 
 
 def _options(args: list[str]) -> tuple[argparse.Namespace, list[str]]:
@@ -48,6 +51,8 @@ def _options(args: list[str]) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--keyfile")
     p.add_argument("--max-body", type=int, default=DEFAULT_MAX_BODY, help="largest request body, bytes")
     p.add_argument("--read-timeout", type=float, default=60.0, help="seconds a client may stall mid-request")
+    p.add_argument("--pull-hold", type=float, default=DEFAULT_HOLD,
+                   help="seconds a site's empty message pull is held until the ServerApp pushes (0: answer at once)")
     return p.parse_known_args(args)
 
 
@@ -75,9 +80,11 @@ async def _serve(app: Any, opts: argparse.Namespace) -> None:
     inner = uvicorn.Server(uvicorn.Config(app, uds=opts.uds, lifespan="on", **common))
     tls = {"ssl_certfile": opts.certfile, "ssl_keyfile": opts.keyfile} if opts.certfile else {}
     doors = []
+    bell = Doorbell()  # the runtime door rings it on every ServerApp push; the fleet door's held pulls wake up
     for address, prefix in ((opts.listen, FLEET_PREFIX), (opts.runtime_listen, RUNTIME_PREFIX)):
         host, _, port = address.rpartition(":")
-        gate = Gate(app, prefix=prefix, max_body=opts.max_body, read_timeout=opts.read_timeout)
+        gate = Gate(app, prefix=prefix, max_body=opts.max_body, read_timeout=opts.read_timeout, doorbell=bell,
+                    hold=opts.pull_hold if prefix == FLEET_PREFIX else 0.0)
         doors.append(uvicorn.Server(uvicorn.Config(gate, host=host, port=int(port), lifespan="off",
                                                    h11_max_incomplete_event_size=64 * 1024, **tls, **common)))
     first = asyncio.create_task(inner.serve())

@@ -18,8 +18,9 @@ from fedhaven.sim.bench.deploy_flower import RunTrace, collect
 from fedhaven.sim.bench.deploy_procs import BIN, MessageWatcher, Proc
 from fedhaven.sim.loopback import LoopbackFederation, cli, command_env
 
-#: Every variant may run, including the one without DP and SecAgg+ that is compared with plain Flower.
-PERMISSIVE_POLICY = ("max_epsilon = 1000.0\nmin_noise_multiplier = 0.0\nrequire_dp = false\n"
+#: Every variant may run, including the one without DP and SecAgg+ that is compared with plain Flower: a round
+#: without DP spends an infinite epsilon, so these benchmark sites set no budget of their own (max_epsilon = inf).
+PERMISSIVE_POLICY = ("max_epsilon = inf\nmin_noise_multiplier = 0.0\nrequire_dp = false\n"
                      "require_secure_aggregation = false")
 
 
@@ -63,7 +64,7 @@ class FedhavenDeployment(LoopbackFederation):
         sites = {n: p for n, p in self.timed.items() if n in self.site_dirs}
         return collect(watcher=self.watcher, run_id=int(m[2]), nodes=sites, submitted=submitted, finished=finished,
                        status="completed" if res.returncode == 0 else f"failed ({res.returncode})",
-                       details="" if res.returncode == 0 else out[-2000:], records=records)
+                       details="" if res.returncode == 0 else _why(out), records=records)
 
     def stop(self) -> None:
         """Sites first, then the coordinator (which stops what it started), each by process group, then leftovers."""
@@ -75,3 +76,9 @@ class FedhavenDeployment(LoopbackFederation):
                 proc.stop(timeout=60)
         if self.watcher is not None:
             self.watcher.__exit__()
+
+
+def _why(out: str) -> str:
+    """A failed run's own error lines (what the report shows), else the end of its output."""
+    errors = [line.strip() for line in out.splitlines() if " ERROR " in line or "FAILED" in line]
+    return "\n".join(errors)[-2000:] if errors else out[-2000:]

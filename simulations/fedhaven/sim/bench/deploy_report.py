@@ -78,7 +78,8 @@ def section(res: dict[str, Any] | None) -> list[str]:
     L += ["", "Where a steady round goes (mean per round, seconds). Each stage (one message to every site; a "
           "SecAgg+ round has four) is split along the reply that reached the SuperLink last: *SuperNode idle* = "
           "message pushed -> claimed by its SuperNode (Flower's SuperNode sleeps 3 s whenever it finds no "
-          "message), *site handling* = claimed -> reply sent to the SuperLink, *server pull* = reply sent -> "
+          "message; fedhaven's coordinator holds that empty pull until the ServerApp pushes, so its sites "
+          "rarely sleep), *site handling* = claimed -> reply sent to the SuperLink, *server pull* = reply sent -> "
           "the ServerApp holds every reply (Flower's grid pulls every 3 s; fedhaven's every 0.05-0.5 s). "
           "*Coordinator* is the rest of the round: aggregation, SecAgg+ unmasking, evaluation, checkpoints. "
           "Timestamps come from the SuperLink's own state (read-only) and the SuperNodes' output lines.", "",
@@ -111,10 +112,13 @@ def section(res: dict[str, Any] | None) -> list[str]:
             m = s["summary"]
             L.append(f"| {s['label']} | " + " | ".join(f"{_f(m['stage_span_s'][n])} / {_f(m['stage_app_s'][n])}"
                                                        for n in SECAGG_STAGES) + " |")
-    L += ["", "**Flower's own floor, the SuperNode's 3 s idle sleep** (push -> claim on the critical path, "
+    L += ["", "**Flower's floor, the SuperNode's 3 s idle sleep** (push -> claim on the critical path, "
           "summed over a round's stages): " + "; ".join(
               f"{s['label']}: {_f(s['summary']['idle_cp_s'])} s of {_f(s['summary']['round_mean_s'])} s "
               f"({_f(s['summary']['idle_share'], '{:.0%}')})" for s in ok.values()) + ". fedhaven runs Flower's "
-          "own SuperNode, so this wait stays in every deployed round: at most 3 s per stage, four stages a "
-          "SecAgg+ round."]
+          "own, unmodified SuperNode; what removes the wait is on the coordinator: the Fleet door "
+          "(`fedhaven.server.front`) holds a site's empty pull for up to 10 s and answers it the moment the "
+          "ServerApp pushes the site's next message, so a site sleeps 3 s only after a pull held that long "
+          "found nothing (between runs). What is left of Flower's floors: the SuperNode looks for the site's "
+          "reply every 0.5 s (*back*)."]
     return L
