@@ -138,6 +138,8 @@ def _idx_problems(raw: bytes, p: Path, *, ndim: int) -> list[str]:
         out.append(f"{p}: has {raw[3]} dimensions, expected {ndim} ("
                    + ("N, height, width: one grey channel; use an ImageFolder tree for RGB)" if ndim == 3 else "N)"))
     dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(raw[3])]
+    if dims and dims[0] == 0:  # torchvision's reader cannot parse an empty array, and there is nothing to train on
+        out.append(f"{p}: holds no {'images' if ndim == 3 else 'labels'} (N = 0)")
     expected = 4 + 4 * raw[3] + int(np.prod(dims)) * np.dtype(_IDX_DTYPES[raw[2]]).itemsize
     if len(raw) != expected:
         out.append(f"{p}: header says {dims} but the file holds {len(raw)} bytes, expected {expected}")
@@ -219,8 +221,17 @@ def load_imagefolder(root: str | Path, *, image_size: int, channels: int = 3) ->
         folder = ImageFolder(str(base), transform=tf)
     except (FileNotFoundError, RuntimeError) as exc:
         raise DataError(f"{base}: not an ImageFolder tree (one sub-folder of images per class): {exc}") from None
-    images = torch.stack([img for img, _ in folder]) if len(folder) else torch.zeros(0, channels, image_size,
-                                                                                     image_size, dtype=torch.uint8)
+    loaded, bad = [], []
+    for i, (path, _) in enumerate(folder.samples):
+        try:
+            loaded.append(folder[i][0])
+        except (OSError, ValueError, SyntaxError) as exc:  # PIL: unreadable, truncated or not an image at all
+            bad.append(f"{Path(path).relative_to(base)} ({type(exc).__name__}: {str(exc)[:80]})")
+    if bad:
+        shown = "; ".join(bad[:10]) + (f"; and {len(bad) - 10} more" if len(bad) > 10 else "")
+        raise DataError(f"{base}: {len(bad)} of {len(folder.samples)} image files cannot be read: {shown}. "
+                        "Remove or replace them (every file under a class folder with an image extension is read)")
+    images = torch.stack(loaded) if loaded else torch.zeros(0, channels, image_size, image_size, dtype=torch.uint8)
     labels = torch.tensor([t for _, t in folder.samples], dtype=torch.int64)
     return ImageData(images, labels, tuple(folder.classes))
 
