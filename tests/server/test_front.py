@@ -165,15 +165,23 @@ def _flower_like(available: list, calls: list):
     return app
 
 
-async def _request(gate, path, *, hang_up_after=None):
-    """One request through `gate`: (status, body, seconds it took)."""
+def _pull_body(node_id):
+    from flwr.proto.fleet_pb2 import PullMessagesRequest
+
+    req = PullMessagesRequest()
+    req.node.node_id = node_id
+    return req.SerializeToString()
+
+
+async def _request(gate, path, *, hang_up_after=None, node_id=7):
+    """One request through `gate` from node `node_id`: (status, body, seconds it took)."""
     events = []
     state = {"read": False}
 
     async def receive():
         if not state["read"]:
             state["read"] = True
-            return {"type": "http.request", "body": b"req", "more_body": False}
+            return {"type": "http.request", "body": _pull_body(node_id), "more_body": False}
         await asyncio.sleep(3600 if hang_up_after is None else hang_up_after)
         return {"type": "http.disconnect"}
 
@@ -247,3 +255,40 @@ def test_without_a_hold_a_pull_is_passed_through_at_once():
     fleet, _ = _gates(available, calls, hold=0.0)
     status, body, took = asyncio.run(_request(fleet, "/v1/fleet/pull-messages"))
     assert status == 200 and _messages(body) == 0 and took < 0.3 and len(calls) == 1
+
+
+def test_one_held_pull_per_site_and_garbage_is_never_held():
+    async def scenario():
+        available, calls = [], []
+        fleet, _ = _gates(available, calls, hold=1.0)
+        first = asyncio.ensure_future(_request(fleet, "/v1/fleet/pull-messages", node_id=5))
+        await asyncio.sleep(0.1)
+        second = (await _request(fleet, "/v1/fleet/pull-messages", node_id=5))[2]  # the same site again
+        other = asyncio.ensure_future(_request(fleet, "/v1/fleet/pull-messages", node_id=6))
+        await asyncio.sleep(0.1)
+        held_other = not other.done()
+        await asyncio.gather(first, other)
+        return second, held_other
+
+    second, held_other = asyncio.run(scenario())
+    assert second < 0.3 and held_other  # a second pull from a site is answered at once; another site's is held
+
+    from fedhaven.server.front import FLEET_PREFIX, Doorbell, Gate
+
+    calls = []
+    gate = Gate(_flower_like([], calls), prefix=FLEET_PREFIX, doorbell=Doorbell(), hold=5.0)
+
+    async def garbage():
+        sent = []
+
+        async def receive():
+            return {"type": "http.request", "body": b"\xff\xfe not protobuf", "more_body": False}
+
+        async def send(event):
+            sent.append(event)
+
+        t = time.monotonic()
+        await gate({"type": "http", "path": "/v1/fleet/pull-messages", "method": "POST", "headers": []}, receive, send)
+        return time.monotonic() - t
+
+    assert asyncio.run(garbage()) < 0.3 and len(calls) == 1  # passed to Flower once (which rejects it), not held

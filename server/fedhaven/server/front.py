@@ -32,6 +32,8 @@ RING_PATHS = frozenset({RUNTIME_PREFIX + "push-messages", RUNTIME_PREFIX + "push
 #: Seconds a SuperNode's empty pull is held (its HTTP client gives up after 30 s) and, while held, how often Flower's
 #: app is asked again without a ring.
 DEFAULT_HOLD, RECHECK = 10.0, 0.5
+#: Pulls held at once, whatever the number of sites (more are answered at once, as Flower would).
+MAX_HELD = 4096
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -77,6 +79,7 @@ class Gate:
         self.hold = hold
         self.refused = 0
         self.held = 0  # pulls answered after waiting for a message (for tests and benchmarks)
+        self._holding: set[int] = set()  # nodes with a pull held right now
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":  # the app's own lifespan runs once, on the operator's socket
@@ -101,8 +104,13 @@ class Gate:
         except TimeoutError:
             await respond(send, 408, b"fedhaven: the request body did not arrive in time\n")
             return
-        if path == PULL_PATH and self.hold > 0 and self.doorbell is not None:
-            await self._held_pull(scope, body, receive, send)
+        node = _pulling_node(body) if path == PULL_PATH and self.hold > 0 and self.doorbell is not None else None
+        if node is not None and node not in self._holding and len(self._holding) < MAX_HELD:
+            self._holding.add(node)  # one held pull per node: a site opening many gets the others answered at once
+            try:
+                await self._held_pull(scope, body, receive, send)
+            finally:
+                self._holding.discard(node)
             return
         sent = False
 
@@ -198,6 +206,16 @@ async def _call(app: ASGIApp, scope: Scope, body: bytes) -> _Answer:
 
     await app(dict(scope), replay, capture)
     return answer
+
+
+def _pulling_node(body: bytes) -> int | None:
+    """The node id a `PullMessagesRequest` names (Flower's app checks the node's signature), or None."""
+    from flwr.proto.fleet_pb2 import PullMessagesRequest
+
+    try:
+        return int(PullMessagesRequest.FromString(body).node.node_id)
+    except Exception:  # noqa: BLE001 - not a pull Flower would accept: pass it on unheld
+        return None
 
 
 def _is_empty_pull(answer: _Answer) -> bool:
