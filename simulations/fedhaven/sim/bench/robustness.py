@@ -109,6 +109,19 @@ def target_met(res: dict) -> tuple[str, bool | None]:
     return f"worst {worst:+.2f} points", worst <= TARGET_POINTS
 
 
+#: Issue 12: the default `make sim`'s honest accuracy with the default bound on may drop at most this many points.
+BOUND_POINTS = 0.3
+
+
+def bound_cost(*, on: Sequence[float], off: Sequence[float]) -> tuple[str, bool | None]:
+    """(what was measured, whether the default run with [robust] on is within BOUND_POINTS of it without)."""
+    if not on or not off:
+        return "n/a", None
+    drop = 100 * (sum(off) / len(off) - sum(on) / len(on))
+    return (f"{100 * sum(on) / len(on):.2f}% on (n={len(on)}) vs {100 * sum(off) / len(off):.2f}% off "
+            f"(n={len(off)}): {drop:+.2f} points"), drop <= BOUND_POINTS
+
+
 def section(res: dict) -> list[str]:
     """BENCHMARKS.md's robustness section."""
     rows = res["rows"]
