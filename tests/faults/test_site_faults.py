@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from fedhaven.client.ledger import Ledger
-from fedhaven.sim.loopback import LoopbackFederation, run_toml
+from fedhaven.sim.loopback import LoopbackFederation, cli, run_toml
 from fedhaven.shared.process import pid_alive
 
 pytestmark = pytest.mark.slow
@@ -41,7 +41,7 @@ def ledgers_verify(fed: LoopbackFederation) -> None:
 @pytest.mark.fault_smoke
 def test_killing_only_fl_server_start_takes_its_parts_with_it(fed, observe):
     obs = observe("`fl-server start` SIGKILLed while sites are idle",
-                  "SuperLink, front and executor stop with it; status says not running; the same command starts "
+                  "SuperLink and executor stop with it; status says not running; the same command starts "
                   "again; sites reconnect by themselves; a run trains")
     rt = fed.runtime()
     parts = [rt["superlink_pid"], rt["superexec_pid"]]
@@ -66,7 +66,7 @@ def test_killing_only_fl_server_start_takes_its_parts_with_it(fed, observe):
 def test_coordinator_restarted_while_sites_idle(fed, observe):
     obs = observe("coordinator stopped and started again while sites idle",
                   "sites reconnect by themselves and the next run trains with all of them")
-    assert fed.cli("fl-server", "stop", "--state-dir", str(fed.state)).returncode == 0
+    assert cli("fl-server", "stop", "--state-dir", str(fed.state), env=fed.env).returncode == 0
     fed.procs["coordinator"].wait(timeout=60)
     t0 = time.monotonic()
     fed.start_coordinator()
