@@ -65,7 +65,31 @@ def _node_id(proxy: ClientProxy) -> int:
     return int(getattr(proxy, "node_id", None) or proxy.cid)
 
 
-class RecordingStrategy(Strategy):
+class _Wrapper(Strategy):
+    """A Flower strategy around another (`inner`): everything is passed on unless a subclass overrides it."""
+
+    inner: Strategy
+
+    def initialize_parameters(self, client_manager):  # noqa: ANN001, ANN201 - Flower signature
+        return self.inner.initialize_parameters(client_manager)
+
+    def configure_fit(self, server_round, parameters, client_manager):  # noqa: ANN001, ANN201
+        return self.inner.configure_fit(server_round, parameters, client_manager)
+
+    def aggregate_fit(self, server_round, results, failures):  # noqa: ANN001, ANN201
+        return self.inner.aggregate_fit(server_round, results, failures)
+
+    def configure_evaluate(self, server_round, parameters, client_manager):  # noqa: ANN001, ANN201
+        return self.inner.configure_evaluate(server_round, parameters, client_manager)
+
+    def aggregate_evaluate(self, server_round, results, failures):  # noqa: ANN001, ANN201
+        return self.inner.aggregate_evaluate(server_round, results, failures)
+
+    def evaluate(self, server_round, parameters):  # noqa: ANN001, ANN201
+        return self.inner.evaluate(server_round, parameters)
+
+
+class RecordingStrategy(_Wrapper):
     """Delegates to a Flower strategy, keeps what each fit round returned, and sends each site its witness.
 
     The witness (the last update received from the site's node: its ledger seq and the hash it
@@ -77,9 +101,6 @@ class RecordingStrategy(Strategy):
         self.inner = inner
         self.last = FitRoundLog()
         self.witnesses: SiteWitnesses | None = None
-
-    def initialize_parameters(self, client_manager):  # noqa: ANN001, ANN201 - Flower signature
-        return self.inner.initialize_parameters(client_manager)
 
     def configure_fit(self, server_round, parameters, client_manager):  # noqa: ANN001, ANN201
         instructions = self.inner.configure_fit(server_round, parameters, client_manager)
@@ -99,15 +120,6 @@ class RecordingStrategy(Strategy):
         self.last.node_ids = [_node_id(p) for p, _ in results]
         self.last.failures.extend(_reason(f) for f in failures)
         return self.inner.aggregate_fit(server_round, results, failures)
-
-    def configure_evaluate(self, server_round, parameters, client_manager):  # noqa: ANN001, ANN201
-        return self.inner.configure_evaluate(server_round, parameters, client_manager)
-
-    def aggregate_evaluate(self, server_round, results, failures):  # noqa: ANN001, ANN201
-        return self.inner.aggregate_evaluate(server_round, results, failures)
-
-    def evaluate(self, server_round, parameters):  # noqa: ANN001, ANN201
-        return self.inner.evaluate(server_round, parameters)
 
 
 def _reason(failure: Any) -> str:
@@ -199,7 +211,7 @@ class TolerantAdaptiveClipping(_TolerantCentralDP, DifferentialPrivacyClientSide
         self._update_clip_norm(results)
 
 
-class GuardedStrategy(Strategy):
+class GuardedStrategy(_Wrapper):
     """[robust] in front of Flower's aggregation rule: every site's update (or, under SecAgg+, the unmasked
     aggregate) goes through the `UpdateGuard` and is turned from a delta back into model weights, so FedAvg,
     FedProx, FedAdam and the robust rules aggregate models as ever. A rejected round returns no aggregate
@@ -208,9 +220,6 @@ class GuardedStrategy(Strategy):
     def __init__(self, inner: Strategy, guard: UpdateGuard, *, needed: int = 1) -> None:
         self.inner, self.guard, self.needed = inner, guard, needed
         self.global_weights: list[np.ndarray] = []
-
-    def initialize_parameters(self, client_manager):  # noqa: ANN001, ANN201 - Flower signature
-        return self.inner.initialize_parameters(client_manager)
 
     def configure_fit(self, server_round, parameters, client_manager):  # noqa: ANN001, ANN201
         self.global_weights = parameters_to_ndarrays(parameters)
@@ -252,15 +261,6 @@ class GuardedStrategy(Strategy):
             return None, {}
         return params, metrics
 
-    def configure_evaluate(self, server_round, parameters, client_manager):  # noqa: ANN001, ANN201
-        return self.inner.configure_evaluate(server_round, parameters, client_manager)
-
-    def aggregate_evaluate(self, server_round, results, failures):  # noqa: ANN001, ANN201
-        return self.inner.aggregate_evaluate(server_round, results, failures)
-
-    def evaluate(self, server_round, parameters):  # noqa: ANN001, ANN201
-        return self.inner.evaluate(server_round, parameters)
-
 
 def step_fraction(*, schedule: str, server_round: int, rounds: int, floor: float) -> float:
     """The fraction of round `server_round`'s aggregated update the global model takes (1 = plain aggregation)."""
@@ -270,7 +270,7 @@ def step_fraction(*, schedule: str, server_round: int, rounds: int, floor: float
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-class ScheduledStep(Strategy):
+class ScheduledStep(_Wrapper):
     """Moves the global model by a scheduled fraction of the aggregate's change: new = sent + f(round) (agg - sent).
 
     Post-processing of the (noised, securely aggregated) result, so it costs no
@@ -284,9 +284,6 @@ class ScheduledStep(Strategy):
 
     def __getattr__(self, name: str) -> Any:  # e.g. the central-DP wrapper's record of its noise
         return getattr(self.__dict__["inner"], name)
-
-    def initialize_parameters(self, client_manager):  # noqa: ANN001, ANN201 - Flower signature
-        return self.inner.initialize_parameters(client_manager)
 
     def configure_fit(self, server_round, parameters, client_manager):  # noqa: ANN001, ANN201
         self._sent = {server_round: parameters_to_ndarrays(parameters)}
@@ -302,15 +299,6 @@ class ScheduledStep(Strategy):
         stepped = [s + f * (a - s) if np.issubdtype(a.dtype, np.floating) else a
                    for s, a in zip(sent, agg, strict=True)]
         return ndarrays_to_parameters(stepped), metrics
-
-    def configure_evaluate(self, server_round, parameters, client_manager):  # noqa: ANN001, ANN201
-        return self.inner.configure_evaluate(server_round, parameters, client_manager)
-
-    def aggregate_evaluate(self, server_round, results, failures):  # noqa: ANN001, ANN201
-        return self.inner.aggregate_evaluate(server_round, results, failures)
-
-    def evaluate(self, server_round, parameters):  # noqa: ANN001, ANN201
-        return self.inner.evaluate(server_round, parameters)
 
 
 def central_noise(strategy: RecordingStrategy) -> list[CentralNoise]:
