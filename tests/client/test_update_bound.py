@@ -51,6 +51,12 @@ def _task(**robust) -> TaskSpec:
 
 
 def _train(tmp_path, images, task: TaskSpec, policy: SitePolicy = SIMULATION_POLICY):
+    sent, entry, _ = _reply(tmp_path, images, task, policy)
+    return sent, entry
+
+
+def _reply(tmp_path, images, task: TaskSpec, policy: SitePolicy = SIMULATION_POLICY):
+    """(the arrays sent, the site's ledger entry for them, the metrics sent)"""
     info = SiteInfo(name="hospital-a", policy=policy, state_dir=tmp_path / "state")
     info.ledger().init(site="hospital-a")
     app = make_client_app(sites=OneSite(Site(info=info, data=images)))
@@ -58,8 +64,8 @@ def _train(tmp_path, images, task: TaskSpec, policy: SitePolicy = SIMULATION_POL
     reply = app(Message(content=content, dst_node_id=7, message_type=MessageType.TRAIN),
                 Context(run_id=1, node_id=7, node_config={}, state=RecordDict(), run_config={}))
     assert not reply.has_error(), reply.error
-    sent = parameters_to_ndarrays(compat.recorddict_to_fitres(reply.content, keep_input=True).parameters)
-    return sent, info.ledger().entries()[-1]
+    res = compat.recorddict_to_fitres(reply.content, keep_input=True)
+    return parameters_to_ndarrays(res.parameters), info.ledger().entries()[-1], res.metrics
 
 
 def test_the_coordinators_bound_is_applied_to_the_delta_sent_and_recorded_in_the_ledger(tmp_path, synthetic_images):
@@ -67,10 +73,14 @@ def test_the_coordinators_bound_is_applied_to_the_delta_sent_and_recorded_in_the
     assert entry.update_l2_norm == pytest.approx(l2_norm(free), rel=1e-5)  # unbounded: what DP-SGD made
     assert entry.update_l2_norm > 0.05
     bound = entry.update_l2_norm / 4
-    sent, entry = _train(tmp_path / "bound", synthetic_images, _task(encoding="delta", update_norm=bound))
+    sent, entry, metrics = _reply(tmp_path / "bound", synthetic_images, _task(encoding="delta", update_norm=bound))
     assert [a.shape for a in sent] == [a.shape for a in WEIGHTS]  # the delta, shaped as the model
     assert l2_norm(sent) <= bound and l2_norm(sent) == pytest.approx(bound, rel=1e-4)
     assert entry.update_l2_norm <= bound and entry.update_l2_norm == pytest.approx(bound, rel=1e-4)
+    # the norm of what DP-SGD released is reported (post-processing): what the coordinator's bound follows
+    assert metrics["update_norm"] == pytest.approx(entry.update_l2_norm)
+    *_, metrics = _reply(tmp_path / "nodp", synthetic_images, replace(_task(encoding="delta"), dp=DPConfig(enabled=False)))
+    assert "update_norm" not in metrics  # without DP the norm of a single update is not released
 
 
 def test_the_site_policy_bound_holds_whatever_the_coordinator_asks(tmp_path, synthetic_images):

@@ -83,13 +83,13 @@ def _aggregate(delta, seed: int, n_sites: int = 2):
 
 def test_under_secagg_an_aggregate_beyond_the_protocol_is_rejected_and_one_above_the_bound_clipped():
     s = _guarded(_run())
-    assert s.guard.encoding == "rotated" and s.guard.coordinate_range == pytest.approx(3.0 * BOUND / 32 ** 0.5)
+    assert s.guard.encoding == "rotated" and s.guard.coordinate_range == pytest.approx(2.0 * BOUND / 32 ** 0.5)
     seed = s.guard.rotation_seed(1)
 
     params, _ = s.aggregate_fit(1, _aggregate(_delta(1, 0.5), seed), [])  # honest: used as it is
     assert l2_norm(subtract(parameters_to_ndarrays(params), START)) == pytest.approx(0.5, rel=1e-5)
 
-    params, _ = s.aggregate_fit(1, _aggregate(_delta(1, 2.0), seed), [])  # within 3x the bound: clipped to it
+    params, _ = s.aggregate_fit(1, _aggregate(_delta(1, 1.5), seed), [])  # within 2x the bound: clipped to it
     assert l2_norm(subtract(parameters_to_ndarrays(params), START)) == pytest.approx(BOUND, rel=1e-5)
     assert s.guard.verdict.aggregate_clipped and s.guard.verdict.rejected is None
 
@@ -214,3 +214,51 @@ def test_rejected_rounds_keep_the_model_are_recorded_and_repeated_ones_stop_the_
     report = json.loads((tmp_path / "b" / "privacy.json").read_text())
     assert report["outcome"] == "failed" and "rounds in a row were rejected" in report["stopped"]
     assert not (tmp_path / "b" / "model.pt").exists()
+
+
+def test_the_bound_follows_the_median_site_norm_never_above_the_configured_one_and_liars_cannot_move_it():
+    guard = UpdateGuard(run=_run(), initial=START, max_weight=100.0)  # SecAgg+: it follows reported norms
+    assert guard.begin(1).bound == BOUND and guard.task_fields(1)["update_norm"] == BOUND  # round 1: configured
+    full_range = guard.coordinate_range
+    # five honest sites report ~0.2; one liar reports a huge norm, others garbage (NaN, negative, infinite)
+    guard.observe_norms([0.2, 0.21, 0.19, 0.2, 0.2, 1e9, float("nan"), -1.0, float("inf")])
+    v = guard.begin(2)
+    assert v.bound == pytest.approx(1.25 * 0.2) and guard.task_fields(2)["update_norm"] == v.bound
+    assert guard.coordinate_range == pytest.approx(full_range * 1.25 * 0.2 / BOUND)  # SecAgg+'s clip follows
+    # too few reports: the last round's median stays in force
+    guard.observe_norms([5.0, 5.0])
+    assert guard.begin(3).bound == pytest.approx(1.25 * 0.2)
+    # honest norms growing: the bound grows with them, at most to the configured bound
+    guard.observe_norms([5.0, 5.0, 5.0])
+    assert guard.begin(4).bound == BOUND
+    fixed = UpdateGuard(run=_run(robust={"adaptive": False}), initial=START, max_weight=100.0)
+    fixed.observe_norms([0.2, 0.2, 0.2])
+    assert fixed.begin(2).bound == BOUND
+
+
+def test_without_secagg_the_bound_follows_norms_the_coordinator_measured_not_what_sites_claim():
+    s = _guarded(_run(secagg={"enabled": False}))
+    honest = [_delta(i, 0.4) for i in range(3)]
+    boosted = [a * 1000 for a in _delta(9, 0.4)]
+    s.guard.begin(1)
+    s.aggregate_fit(1, [*(_res(h, f"s{i}") for i, h in enumerate(honest)), _res(boosted, "s3")], [])
+    s.guard.observe_norms([100.0, 100.0, 100.0, 100.0])  # every site lies
+    # median of the measured norms (0.4, 0.4, 0.4, 400): 0.4
+    assert s.guard.begin(2).bound == pytest.approx(1.25 * 0.4, rel=1e-5)
+    params, _ = s.aggregate_fit(2, [*(_res(h, f"s{i}") for i, h in enumerate(honest)), _res(boosted, "s3")], [])
+    new = parameters_to_ndarrays(params)
+    want = [(sum(h[k] for h in honest) + boosted[k] * np.float32(0.5 / l2_norm(boosted))) / 4 for k in range(2)]
+    assert all(np.allclose(x, w, atol=1e-6) for x, w in zip(new, want, strict=True))
+
+
+def test_a_secagg_aggregate_is_checked_against_its_rounds_bound():
+    s = _guarded(_run())
+    s.guard.observe_norms([0.2, 0.2, 0.2])
+    s.guard.begin(1)
+    assert s.guard.bound == pytest.approx(0.25)
+    params, _ = s.aggregate_fit(1, _aggregate(_delta(1, 0.5), s.guard.rotation_seed(1)), [])  # 2 x the bound
+    assert l2_norm(subtract(parameters_to_ndarrays(params), START)) == pytest.approx(0.25, rel=1e-5)
+    assert s.guard.verdict.aggregate_clipped
+    s.guard.begin(2)
+    params, _ = s.aggregate_fit(2, _aggregate(_delta(1, 0.6), s.guard.rotation_seed(2)), [])  # > 2 x 0.25
+    assert params is None and "more than sites following SecAgg+ can produce (0.5)" in s.guard.verdict.rejected

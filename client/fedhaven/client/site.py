@@ -154,6 +154,8 @@ class SiteTrainer:
             "total_steps": history.total_steps,
             "empty_batches": report.empty_batches,
             "train_time_s": report.seconds,
+            # the norm of the DP-released delta (post-processing, no privacy cost): what [robust]'s bound follows
+            **({"update_norm": norm} if dp is not None else {}),
         }
         ledger = {"site": self.site.name, "server_round": task.server_round, "model": task.model.name,
                   "weights_sha256": digest, "update_l2_norm": norm, "num_examples": len(data),

@@ -46,6 +46,14 @@ class RunResult:
     privacy: PrivacyReport | None = None  # written beside the model as privacy.json / privacy.md
 
 
+def _number(value: object) -> float:
+    """A site-reported number as a float; NaN for anything else (a hostile site may send any value)."""
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return math.nan
+
+
 def site_reports(fit_log: FitRoundLog) -> list[SiteReport]:
     """Each site's metrics from one fit round, typed."""
     out = []
@@ -56,7 +64,8 @@ def site_reports(fit_log: FitRoundLog) -> list[SiteReport]:
                               delta=float(m.get("delta", 0.0)), noise_multiplier=float(m.get("noise_multiplier", 0)),
                               sample_rate=float(m.get("sample_rate", 0)), steps=int(m.get("steps", 0)),
                               total_steps=int(m.get("total_steps", 0)),
-                              train_time_s=float(m.get("train_time_s", 0.0))))
+                              train_time_s=float(m.get("train_time_s", 0.0)),
+                              update_norm=_number(m.get("update_norm"))))
     return out
 
 
@@ -114,8 +123,6 @@ def run_federation(
                        on_wait=waiting_for_replies)
     fed = LegacyFederation(grid=grid, context=context, run=run, strategy=strategy, on_waiting=waiting_for_sites,
                            max_weight=max_weight if run.secagg.enabled else None)
-    if getattr(fed, "secagg", None) is not None and guard.coordinate_range is not None:
-        fed.secagg.clipping_range = guard.coordinate_range  # deltas: SecAgg+'s clip bounds each site's influence
     weights = fed.weights()
     first = 1
     stopped, failure = None, None
@@ -185,12 +192,16 @@ def _one_round(*, fed: LegacyFederation, run: RunConfig, server_round: int, reco
         scored = getattr(evaluator, "seconds", 0.0)  # the guard may evaluate inside the fit (CachedEvaluator)
         if guard is not None:
             guard.begin(server_round)
+            if getattr(fed, "secagg", None) is not None and guard.coordinate_range is not None:
+                fed.secagg.clipping_range = guard.coordinate_range  # deltas: SecAgg+'s clip bounds each site's say
         outcome = fed.fit_round(server_round)
         guard_eval = getattr(evaluator, "seconds", 0.0) - scored
         fit_time = time.perf_counter() - t0 - guard_eval
         verdict = guard.end() if guard is not None else None
         rejected_sites = tuple(verdict.site_rejections) if verdict is not None else ()
         reports = site_reports(outcome.log)
+        if guard is not None:
+            guard.observe_norms([r.update_norm for r in reports])  # what the next round's bound follows
         # every site that trained counts, also in an attempt that yields no aggregate
         recorder.site_reports(reports, unanswered=outcome.log.unanswered, server_round=server_round,
                               attempt=attempt)
@@ -206,7 +217,7 @@ def _one_round(*, fed: LegacyFederation, run: RunConfig, server_round: int, reco
                       secure_aggregation=run.secagg.enabled, epsilons=eps_all,
                       failures=(*outcome.log.failures, *rejected_sites), unanswered=tuple(outcome.log.unanswered),
                       update_norm=verdict.update_norm if verdict is not None else None,
-                      update_bound=guard.bound if guard is not None and guard.enabled else None,
+                      update_bound=verdict.bound if verdict is not None else None,
                       epsilon_max=worst, private=run.dp.enabled and (worst is None or math.isfinite(worst)),
                       epsilon_mean=statistics.fmean(finite) if finite else None)
         if verdict is not None and verdict.rejected:  # [robust]: the round is spent, its model never used

@@ -9,6 +9,9 @@ sites following the protocol can produce (a NaN or a tampered client), clips it 
 exceeds what honest sites produce (every honest delta is within the bound, so their weighted mean is
 too) and rejects it when it would raise the held-out loss past `loss_factor` times the current
 model's; a rejected round keeps the previous model. Which site broke a masked round cannot be known.
+The bound follows the honest deltas (`robust.adaptive`): each round's is `adaptive_factor` times the
+median delta norm of the round before (measured without SecAgg+, reported by DP sites under it), never
+above the configured one; a minority of sites lying about their norm cannot move a median far.
 `flower_legacy.GuardedStrategy` calls it.
 """
 
@@ -34,6 +37,8 @@ log = logging.getLogger("fedhaven.server")
 Evaluator = Callable[[Sequence[np.ndarray]], tuple[float, float]]
 #: Relative slack of the aggregate's norm check: SecAgg+'s stochastic quantisation and float32 rounding.
 NORM_SLACK = 1e-3
+#: The fewest delta norms (sites) a round's median needs before the next round's bound follows it.
+MIN_NORMS = 3
 
 
 class RoundsRejected(RoundFailed):
@@ -50,6 +55,8 @@ class RoundVerdict:
     site_rejections: list[str] = field(default_factory=list)
     clipped_sites: list[str] = field(default_factory=list)
     update_norm: float | None = None  # the aggregate's delta, before the guard clipped it to the bound
+    bound: float | None = None  # this round's L2 bound on a site's delta
+    site_norms: list[float] = field(default_factory=list)  # each site's delta norm, measured (no SecAgg+ only)
     padding_norm: float | None = None
     aggregate_clipped: bool = False
     loss_before: float | None = None
@@ -97,21 +104,46 @@ class UpdateGuard:
         self.enabled = r.enabled
         self.secure_aggregation = run.secagg.enabled
         self.num_params = num_params(initial)
-        self.bound = auto_update_norm(self.num_params) if r.max_update_norm == "auto" else float(r.max_update_norm)
+        #: the configured bound: the adaptive one never exceeds it, and round 1 (or a resumed run's first) uses it
+        self.max_bound = (auto_update_norm(self.num_params) if r.max_update_norm == "auto"
+                          else float(r.max_update_norm))
+        self.adaptive, self.adaptive_factor = r.adaptive, r.adaptive_factor
+        self.bound = self.max_bound  # this round's
+        self._last_norms: list[float] = []  # the previous round's delta norms (what the bound follows)
         if not r.enabled:
             self.encoding = "weights"
         else:
             self.encoding = "rotated" if run.secagg.enabled and r.rotate else "delta"
-        length = padded_length(self.num_params) if self.encoding == "rotated" else self.num_params
-        #: SecAgg+'s per-coordinate clipping range for deltas (None: Flower's, for full weights)
-        self.coordinate_range = (coordinate_range(bound=self.bound, length=length, factor=r.coordinate_clip)
-                                 if r.enabled and run.secagg.enabled else None)
+        self._length = padded_length(self.num_params) if self.encoding == "rotated" else self.num_params
         self.loss_factor = r.loss_factor
         self.max_rejected = r.max_rejected
         self.evaluator = evaluator
         self._seed = secrets.randbits(40)  # public per round; randomness only keeps rotations unrelated
         self.verdict = RoundVerdict(server_round=0)
         self.consecutive_rejections = 0
+
+    @property
+    def coordinate_range(self) -> float | None:
+        """SecAgg+'s per-coordinate clipping range for this round's deltas (None: Flower's, for full weights)."""
+        if not (self.enabled and self.secure_aggregation):
+            return None
+        return coordinate_range(bound=self.bound, length=self._length, factor=self.coordinate_clip)
+
+    def next_bound(self) -> float:
+        """The bound of the coming round: `adaptive_factor` times the median of the last round's delta norms (at
+        least MIN_NORMS of them), never above the configured bound; the configured bound without them."""
+        norms = self._last_norms
+        if not self.adaptive or len(norms) < MIN_NORMS:
+            return self.max_bound
+        median = float(np.median(norms))
+        return min(self.max_bound, self.adaptive_factor * median) if median > 0 else self.max_bound
+
+    def observe_norms(self, reported: Sequence[float]) -> None:
+        """Close the round's view of honest deltas: the norms the guard measured itself (no SecAgg+), else those
+        the sites reported (the norm of their DP-released delta). Negative or non-finite reports are ignored; a round without enough of them leaves the last round's norms in force."""
+        norms = list(self.verdict.site_norms) or [v for v in reported if math.isfinite(v) and v >= 0]
+        if len(norms) >= MIN_NORMS:
+            self._last_norms = norms
 
     # --- what sites are asked to do ------------------------------------------------------------------------
     def rotation_seed(self, server_round: int) -> int:
@@ -126,7 +158,11 @@ class UpdateGuard:
 
     # --- one round ------------------------------------------------------------------------------------------
     def begin(self, server_round: int) -> RoundVerdict:
-        self.verdict = RoundVerdict(server_round=server_round)
+        self.bound = self.next_bound()
+        self.verdict = RoundVerdict(server_round=server_round, bound=self.bound if self.enabled else None)
+        if self.enabled and self.bound < self.max_bound:
+            log.info("round %d: delta bound %.4g (%.3g x the median site delta norm of the round before; "
+                     "configured %.4g)", server_round, self.bound, self.adaptive_factor, self.max_bound)
         return self.verdict
 
     def reject(self, reason: str) -> None:
@@ -147,6 +183,7 @@ class UpdateGuard:
         delta, _ = decode_delta(sent, global_weights, encoding=self.encoding, seed=self.rotation_seed(
             self.verdict.server_round))
         clipped, norm = clip_l2(delta, self.bound)
+        self.verdict.site_norms.append(norm)
         if norm > self.bound * (1 + NORM_SLACK):
             self.verdict.clipped_sites.append(f"{site} (delta norm {norm:.4g})")
         return add(global_weights, clipped)

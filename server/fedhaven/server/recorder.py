@@ -59,6 +59,8 @@ class SiteReport:
     steps: int
     total_steps: int
     train_time_s: float = 0.0
+    # the L2 norm of the delta it sent (DP sites; NaN: none or garbage), as reported: what [robust]'s bound follows
+    update_norm: float = math.nan
 
 
 @dataclass(frozen=True)

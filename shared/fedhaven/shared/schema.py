@@ -259,8 +259,9 @@ class RobustConfig:
     """Defences against a site that sends a broken or malicious update (`[robust]`, on by default).
 
     Sites send their model delta (trained minus global), bounded in L2 norm by
-    `max_update_norm` ("auto": 0.1 * sqrt(number of model parameters)); each site also
-    applies its own policy bound. Without SecAgg+ the coordinator rejects each non-finite or
+    `max_update_norm` ("auto": 0.1 * sqrt(number of model parameters)) or, with `adaptive`,
+    by `adaptive_factor` times the median delta norm of the round before when that is
+    smaller (the bound follows the honest deltas); each site also applies its own policy bound. Without SecAgg+ the coordinator rejects each non-finite or
     ill-shaped update and clips each delta to the bound. Under SecAgg+ every site rotates its
     delta at random (a Walsh-Hadamard transform with random signs, the same for all sites in a
     round) before SecAgg+ clips each coordinate to `coordinate_clip * bound / sqrt(length)`: an
@@ -273,7 +274,9 @@ class RobustConfig:
 
     enabled: bool = True
     max_update_norm: float | Literal["auto"] = "auto"
-    coordinate_clip: float = field(default=3.0, metadata=bounds(ge=1))
+    adaptive: bool = True
+    adaptive_factor: float = field(default=1.25, metadata=bounds(ge=1, le=100))
+    coordinate_clip: float = field(default=2.0, metadata=bounds(ge=1))
     rotate: bool = True
     loss_factor: float = field(default=2.0, metadata=bounds(gt=1))
     max_rejected: int = field(default=3, metadata=bounds(ge=1))
