@@ -134,7 +134,8 @@ def test_fl_sim_resume_continues_an_interrupted_run(tmp_path):
     from fedhaven.sim.cli import main as fl_sim
 
     run_dir = tmp_path / "run"
-    args = ["digits", "--rounds", "4", "--run-dir", str(run_dir), "dp.noise_multiplier=1.5", "dp.target_epsilon=60"]
+    args = ["digits", "--rounds", "4", "--run-dir", str(run_dir), "dp.noise_multiplier=1.5", "dp.target_epsilon=60",
+            "robust.max_update_norm=100.0"]  # above the sites' norms: from round 2 the bound follows them
     assert fl_sim(["run", *args]) == 0
     # what a crash during round 4 leaves: no model, no report, round 4's record torn, round 3's checkpoint garbage
     for name in ("model.pt", "model.json", "privacy.json", "privacy.md", "checkpoints/round-004.pt"):
@@ -148,6 +149,9 @@ def test_fl_sim_resume_continues_an_interrupted_run(tmp_path):
     resumed = [r for r in rounds if r["status"] == "resumed"]
     assert len(resumed) == 1 and resumed[0]["round"] == 2 and "round-003.pt unreadable" in resumed[0]["failures"][0]
     assert [r["round"] for r in rounds if r["status"] == "ok"] == [1, 2, 3, 3, 4]
+    # [robust]'s bound follows the site norms of round 2 (kept in its checkpoint), as it did before the crash
+    bounds = [r["update_bound"] for r in rounds if r["status"] == "ok"]
+    assert bounds[2] == pytest.approx(bounds[3]) and bounds[3] < bounds[0]
     privacy = json.loads((run_dir / "privacy.json").read_text())
     assert privacy["rounds_completed"] == 4 and (run_dir / "model.pt").exists()
     from fedhaven.shared.accounting import epsilon

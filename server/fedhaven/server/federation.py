@@ -132,6 +132,7 @@ def run_federation(
             fed.set_weights(weights)
             restore_strategy_state(strategy, resume.blob["strategy"], weights=weights)
             recorder.restore(resume)
+            guard.observe_norms([r.update_norm for r in recorder.sites.values()])  # the bound picks up where it was
             why = (f"continued after round {resume.round} from {resume.path.name}"
                    + (f"; newer checkpoints skipped: {'; '.join(skipped)}" if skipped else ""))
             log.warning("resuming %s: %s", run_dir, why)
