@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -12,7 +12,7 @@ from flwr.app.message_type import MessageType
 from flwr.common import Code, FitIns, ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.compat.common import recorddict_compat as compat
 
-from fedhaven.client.flower_app import load_privacy, make_client_app
+from fedhaven.client.flower_app import load_privacy
 from fedhaven.client.types import Site, SiteInfo, TaskRefused
 from fedhaven.shared.config import ConfigError
 from fedhaven.shared.accounting import PrivacyStep, epsilon
@@ -21,19 +21,6 @@ from fedhaven.shared.schema import DPConfig, ModelConfig, TrainConfig
 from fedhaven.shared.task import TaskSpec, task_to_config
 from fedhaven.shared.weights import get_weights
 
-
-@dataclass(frozen=True)
-class OneSite:
-    site: Site
-
-    def key(self, context):
-        return f"test:{id(self.site)}"
-
-    def info(self, context):
-        return self.site.info
-
-    def data(self, context):
-        return self.site.data
 
 
 def _task(server_round: int, **dp) -> TaskSpec:
@@ -51,17 +38,10 @@ def _context() -> Context:
     return Context(run_id=1, node_id=7, node_config={}, state=RecordDict(), run_config={})
 
 
-@pytest.fixture(autouse=True)
-def _task_identity():
-    """What Flower's runtime sets in the process that builds a message (here: the test plays the coordinator)."""
-    from flwr.supercore.task_identity import TaskIdentity
-
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
-
 
 @pytest.fixture
-def app_and_weights(synthetic_images):
-    app = make_client_app(sites=OneSite(Site(info=SiteInfo(name="hospital-a"), data=synthetic_images)))
+def app_and_weights(synthetic_images, client_app_for):
+    app = client_app_for(Site(info=SiteInfo(name="hospital-a"), data=synthetic_images))
     weights = get_weights(build_model(cfg=ModelConfig(), spec=InputSpec(1, 8, 3), seed=0))
     return app, weights
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shutil
 import threading
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import pytest
 from flwr.app import Context, Message, RecordDict
@@ -13,7 +13,6 @@ from flwr.common import FitIns, ndarrays_to_parameters
 from flwr.compat.common import recorddict_compat as compat
 from opacus.accountants import RDPAccountant
 
-from fedhaven.client.flower_app import make_client_app
 from fedhaven.client.ledger import Ledger
 from fedhaven.client.types import Site, SiteInfo, TaskRefused
 from fedhaven.shared.accounting import PrivacyHistory, epsilon
@@ -25,25 +24,6 @@ from fedhaven.shared.weights import get_weights
 from fedhaven.shared.witness import LEDGER_PREV_HASH, LEDGER_SEQ, Witness
 
 
-@dataclass(frozen=True)
-class OneSite:
-    site: Site
-
-    def key(self, context):
-        return f"guard:{self.site.info.state_dir}"  # not id(): a freed object's id is reused
-
-    def info(self, context):
-        return self.site.info
-
-    def data(self, context):
-        return self.site.data
-
-
-@pytest.fixture(autouse=True)
-def _task_identity():
-    from flwr.supercore.task_identity import TaskIdentity
-
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
 
 
 def _task(server_round: int, planned: int = 2, **dp) -> TaskSpec:
@@ -65,11 +45,17 @@ def _context() -> Context:
     return Context(run_id=1, node_id=7, node_config={}, state=RecordDict(), run_config={})
 
 
-def _site(tmp_path, synthetic_images, *, policy=SIMULATION_POLICY, init=True):
-    info = SiteInfo(name="hospital-a", policy=policy, state_dir=tmp_path / "state")
-    if init:
-        info.ledger().init(site="hospital-a")
-    return make_client_app(sites=OneSite(Site(info=info, data=synthetic_images))), info.ledger()
+@pytest.fixture
+def site_app(tmp_path, synthetic_images, client_app_for):
+    """(the ClientApp of a site with a ledger in tmp_path, its ledger), by policy; `init=False`: no ledger yet."""
+
+    def make(*, policy=SIMULATION_POLICY, init=True):
+        info = SiteInfo(name="hospital-a", policy=policy, state_dir=tmp_path / "state")
+        if init:
+            info.ledger().init(site="hospital-a")
+        return client_app_for(Site(info=info, data=synthetic_images)), info.ledger()
+
+    return make
 
 
 def _metrics(reply: Message) -> dict:
@@ -83,15 +69,15 @@ def _fresh(ledger: Ledger, delta: float = 1e-5) -> float:
     return acc.get_epsilon(delta=delta) if acc.history else 0.0
 
 
-def test_an_uninitialised_site_refuses_to_train(tmp_path, synthetic_images):
-    app, ledger = _site(tmp_path, synthetic_images, init=False)
+def test_an_uninitialised_site_refuses_to_train(tmp_path, synthetic_images, site_app):
+    app, ledger = site_app(init=False)
     with pytest.raises(TaskRefused, match="never initialised.*fl-client ledger init"):
         app(_message(_task(1, target_epsilon=2.0)), _context())
     assert not ledger.path.exists()
 
 
-def test_each_reply_names_its_ledger_entry_which_the_ledger_holds(tmp_path, synthetic_images):
-    app, ledger = _site(tmp_path, synthetic_images)
+def test_each_reply_names_its_ledger_entry_which_the_ledger_holds(tmp_path, synthetic_images, site_app):
+    app, ledger = site_app()
     init = ledger.entries()[0]
     m = _metrics(app(_message(_task(1, target_epsilon=2.0)), _context()))
     assert (m[LEDGER_SEQ], m[LEDGER_PREV_HASH]) == (1, init.hash)
@@ -100,8 +86,8 @@ def test_each_reply_names_its_ledger_entry_which_the_ledger_holds(tmp_path, synt
     assert ledger.check(witness=Witness.from_metrics(m)) == [] and ledger.verify().ok
 
 
-def test_a_rollback_of_ledger_and_anchor_is_refused_through_the_witness(tmp_path, synthetic_images):
-    app, ledger = _site(tmp_path, synthetic_images)
+def test_a_rollback_of_ledger_and_anchor_is_refused_through_the_witness(tmp_path, synthetic_images, site_app):
+    app, ledger = site_app()
     backup = tmp_path / "backup"
     backup.mkdir()
     shutil.copy(ledger.path, backup / "l")
@@ -119,9 +105,9 @@ def test_a_rollback_of_ledger_and_anchor_is_refused_through_the_witness(tmp_path
     _metrics(app(_message(_task(2, target_epsilon=2.0), witness=other), _context()))
 
 
-def test_retries_never_pass_the_run_target_with_auto_noise(tmp_path, synthetic_images):
+def test_retries_never_pass_the_run_target_with_auto_noise(tmp_path, synthetic_images, site_app):
     """Each round trains twice (a retried SecAgg+ round trains again): the noise rises, the target holds."""
-    app, ledger = _site(tmp_path, synthetic_images)
+    app, ledger = site_app()
     ctx = _context()
     eps, noise = [], []
     for rnd in (1, 1, 2, 2):
@@ -133,10 +119,10 @@ def test_retries_never_pass_the_run_target_with_auto_noise(tmp_path, synthetic_i
     assert _fresh(ledger) == pytest.approx(eps[-1], rel=1e-9) and _fresh(ledger) <= 2.0
 
 
-def test_a_retry_past_the_run_target_with_fixed_noise_is_refused_before_training(tmp_path, synthetic_images):
+def test_a_retry_past_the_run_target_with_fixed_noise_is_refused_before_training(tmp_path, synthetic_images, site_app):
     q, steps = schedule(num_examples=len(synthetic_images), batch_size=32, local_epochs=1)
     two = epsilon(history=PrivacyHistory().add(noise_multiplier=1.0, sample_rate=q, steps=2 * steps), delta=1e-5)
-    app, ledger = _site(tmp_path, synthetic_images)
+    app, ledger = site_app()
     ctx = _context()
     task = _task(1, noise_multiplier=1.0, target_epsilon=two * 1.01)  # room for two rounds, not three
     _metrics(app(_message(task), ctx))
@@ -147,9 +133,9 @@ def test_a_retry_past_the_run_target_with_fixed_noise_is_refused_before_training
     assert sum(e.kind == "update" for e in ledger.entries()) == 2 and _fresh(ledger) <= two * 1.01
 
 
-def test_retries_never_pass_the_sites_own_budget(tmp_path, synthetic_images):
+def test_retries_never_pass_the_sites_own_budget(tmp_path, synthetic_images, site_app):
     policy = replace(SIMULATION_POLICY, max_epsilon=1.5)
-    app, ledger = _site(tmp_path, synthetic_images, policy=policy)
+    app, ledger = site_app(policy=policy)
     ctx = _context()
     outcomes = []
     for rnd in (1, 1, 2):
@@ -162,13 +148,13 @@ def test_retries_never_pass_the_sites_own_budget(tmp_path, synthetic_images):
         assert isinstance(o, float) or "this site's own privacy budget is spent" in o
 
 
-def test_two_tasks_at_once_cannot_both_pass_the_budget_check(tmp_path, synthetic_images):
+def test_two_tasks_at_once_cannot_both_pass_the_budget_check(tmp_path, synthetic_images, site_app):
     """Budget for one round only; two runs ask at the same moment: the lock lets exactly one train."""
     q, steps = schedule(num_examples=len(synthetic_images), batch_size=32, local_epochs=1)
     one = epsilon(history=PrivacyHistory().add(noise_multiplier=1.0, sample_rate=q, steps=steps), delta=1e-5)
     two = epsilon(history=PrivacyHistory().add(noise_multiplier=1.0, sample_rate=q, steps=2 * steps), delta=1e-5)
     policy = replace(SIMULATION_POLICY, max_epsilon=(one + two) / 2)
-    app, ledger = _site(tmp_path, synthetic_images, policy=policy)
+    app, ledger = site_app(policy=policy)
     barrier = threading.Barrier(2)
     results: list = []
 
@@ -191,7 +177,7 @@ def test_two_tasks_at_once_cannot_both_pass_the_budget_check(tmp_path, synthetic
     assert _fresh(ledger) <= policy.max_epsilon
 
 
-def test_a_site_can_keep_its_training_metrics_to_itself(tmp_path, synthetic_images):
-    app, _ = _site(tmp_path, synthetic_images, policy=replace(SIMULATION_POLICY, send_training_metrics=False))
+def test_a_site_can_keep_its_training_metrics_to_itself(tmp_path, synthetic_images, site_app):
+    app, _ = site_app(policy=replace(SIMULATION_POLICY, send_training_metrics=False))
     m = _metrics(app(_message(_task(1, target_epsilon=2.0)), _context()))
     assert "loss" not in m and "accuracy" not in m and "epsilon" in m

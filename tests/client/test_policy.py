@@ -38,12 +38,6 @@ min_noise_multiplier = 0.8
 """
 
 
-@pytest.fixture(autouse=True)
-def _task_identity():
-    from flwr.supercore.task_identity import TaskIdentity
-
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
-
 
 @pytest.fixture
 def site(tmp_path, monkeypatch):

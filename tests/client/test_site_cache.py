@@ -41,12 +41,6 @@ allowed_models = {models}
 SPEC = InputSpec(1, 8, 10)
 
 
-@pytest.fixture(autouse=True)
-def _task_identity():
-    from flwr.supercore.task_identity import TaskIdentity
-
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
-
 
 def _write_site(path, models='["lenet"]') -> None:
     text = SITE.format(data=path / "data", models=models)

@@ -1,0 +1,43 @@
+"""What the ClientApp tests share: Flower's task identity (the test plays the coordinator) and a one-site ClientApp."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+
+import pytest
+
+from fedhaven.client.flower_app import make_client_app
+from fedhaven.client.types import Site
+
+_KEYS = itertools.count()
+
+
+class OneSite:
+    """A SiteProvider serving one site; each instance its own cache key (never id(): a freed object's id is reused)."""
+
+    def __init__(self, site: Site) -> None:
+        self.site, self._key = site, f"test-site-{next(_KEYS)}"
+
+    def key(self, context):
+        return self._key
+
+    def info(self, context):
+        return self.site.info
+
+    def data(self, context):
+        return self.site.data
+
+
+@pytest.fixture(autouse=True)
+def _task_identity():
+    """What Flower's runtime sets in the process that builds a message."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+
+
+@pytest.fixture
+def client_app_for() -> Callable[[Site], object]:
+    """The ClientApp serving one site, as a deployed site's executor builds it."""
+    return lambda site: make_client_app(sites=OneSite(site))
