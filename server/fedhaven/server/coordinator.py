@@ -132,7 +132,6 @@ class Coordinator:
 
     def start(self) -> Runtime:
         st, port = self.state, self.cfg.superlink_port
-        bindir = Path(sys.executable).parent
         st.sockets.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(st.sockets, 0o700)
         # Flower's SuperLink, on a Unix socket only this account can enter. Flower requires TLS certificates
@@ -151,8 +150,8 @@ class Coordinator:
         wait_for_port("127.0.0.1" if host in ("0.0.0.0", "") else host, int(fport), timeout=60, proc=superlink,
                       what="the Fleet listener")
         wait_for_port("127.0.0.1", port, timeout=60, proc=superlink, what="the Runtime listener")
-        superexec = self._spawn("superexec", [
-            str(bindir / "flower-superexec"), "--runtime-api-address", f"127.0.0.1:{port}",
+        superexec = self._spawn("superexec", [  # Flower's SuperExec, ServerApps forked warm (see app_exec)
+            sys.executable, "-m", "fedhaven.server.app_exec", "--runtime-api-address", f"127.0.0.1:{port}",
             *(["--insecure"] if self.insecure else ["--root-certificates", str(st.ca_cert)]),
             "--superexec-auth-secret-file", str(st.secret_file), "--parent-pid", str(superlink.pid)])
         if not self.insecure:

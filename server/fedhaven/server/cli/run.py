@@ -162,7 +162,7 @@ def run(args: argparse.Namespace) -> int:
                 log.warning("stopped following run %d after %.0f s; it goes on (fl-server status)", run_id,
                             args.timeout)
                 return 1
-            time.sleep(1.0)
+            time.sleep(0.25)  # a local Unix-socket call: cheap, and the run's end shows at once
     finally:
         control.close()
     log.info("run %d finished: %s%s", run_id, status.sub_status, f" ({status.details})" if status.details else "")

@@ -1,0 +1,109 @@
+"""The coordinator's ServerApp executor: Flower's SuperExec, each run's ServerApp forked from a warm process.
+
+Flower's `flower-superexec` starts every run's ServerApp as a fresh `flwr-serverapp`
+interpreter, which then imports Flower, torch, Opacus and fedhaven before the first
+round (several seconds; ten on a busy 2-core machine). Here Flower's own SuperExec
+loop (`run_superexec`: task polling, authentication, plugin) runs unchanged, with one
+executor swapped in: a ServerApp is started by a fork server (`multiprocessing`'s
+"forkserver", single-threaded) that imported all of that once, so a run's ServerApp
+is running the moment the SuperExec claims it. The forked process then does exactly
+what `flwr-serverapp` does (Flower's own entry point, same arguments); its run token
+travels over the fork server's private socket instead of a command line other local
+accounts could read. Any other task type is started as Flower starts it.
+
+Usage: `python -m fedhaven.server.app_exec <flower-superexec arguments>`.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import sys
+import threading
+
+from fedhaven.shared.runtime import harden_environment
+
+harden_environment()
+
+from flwr.supercore.constant import TaskType  # noqa: E402
+from flwr.supercore.superexec.executor.subprocess_executor import SubprocessExecutor  # noqa: E402
+from flwr.supercore.superexec.executor.types import ExecutionSpec, LaunchResult  # noqa: E402
+
+#: What a ServerApp process imports: Flower's ServerApp runtime and fedhaven's deployed ServerApp (torch, Opacus).
+PRELOAD = ("flwr.superlink.cli.flwr_serverapp", "fedhaven.server.deployment")
+#: How often Flower's SuperExec asks the SuperLink for a new run (Flower's default is 1 s).
+TASK_POLL_INTERVAL = "0.2"
+log = logging.getLogger("fedhaven.server")
+
+
+def serverapp_args(spec: ExecutionSpec) -> list[str]:
+    """`flwr-serverapp`'s command line for `spec`, as Flower's SubprocessExecutor builds it."""
+    args = ["flwr-serverapp", "--runtime-api-address", spec.runtime_api_address, "--token", spec.token]
+    if spec.insecure:
+        args.append("--insecure")
+    elif spec.root_certificates_path is not None:
+        args += ["--root-certificates", spec.root_certificates_path]
+    if spec.parent_pid is not None:
+        args += ["--parent-pid", str(spec.parent_pid)]
+    if spec.runtime_dependency_install:
+        args.append("--allow-runtime-dependency-installation")
+    return args
+
+
+def _serverapp(args: list[str], suppress_output: bool) -> None:
+    """In the forked process: Flower's `flwr-serverapp` entry point with `args`."""
+    from flwr.superlink.cli.flwr_serverapp import flwr_serverapp
+
+    if suppress_output:  # as Flower's executor does: the ServerApp's output to /dev/null
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 1)
+        os.dup2(null, 2)
+    sys.argv = args
+    flwr_serverapp()
+
+
+class ForkingExecutor(SubprocessExecutor):
+    """Flower's subprocess executor, except that ServerApps are forked from a warm fork server."""
+
+    def __init__(self) -> None:
+        self._ctx = multiprocessing.get_context("forkserver")
+        self._ctx.set_forkserver_preload(list(PRELOAD))
+        # start the fork server (and its imports) now, not when the first run is waiting for it
+        threading.Thread(target=self._warm, name="forkserver-warm", daemon=True).start()
+
+    def _warm(self) -> None:
+        p = self._ctx.Process(target=os.getpid)
+        p.start()
+        p.join()
+
+    def launch(self, spec: ExecutionSpec) -> LaunchResult:
+        if spec.task_type != TaskType.SERVER_APP:
+            return super().launch(spec)
+        try:
+            proc = self._ctx.Process(target=_serverapp, args=(serverapp_args(spec), spec.suppress_output),
+                                     name=f"serverapp-{spec.task_id}")
+            proc.start()
+        except OSError as exc:
+            return LaunchResult.failed(f"could not fork the ServerApp: {exc}")
+        return LaunchResult.accepted()
+
+    def reconcile(self) -> None:
+        multiprocessing.active_children()  # reaps finished ServerApps
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Flower's `flower-superexec` with `ForkingExecutor` as its executor."""
+    import flwr.supercore.superexec.run_superexec as superexec
+    from flwr.supercore.cli.flower_superexec import flower_superexec
+
+    os.environ.setdefault("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", TASK_POLL_INTERVAL)
+    superexec.get_executor = lambda *args, **kwargs: ForkingExecutor()  # the one piece of Flower replaced
+    sys.argv = ["flower-superexec", *(sys.argv[1:] if argv is None else argv)]
+    flower_superexec()
+
+
+if __name__ == "__main__":  # run from the named module, so that what the fork server unpickles is found there
+    from fedhaven.server.app_exec import main as _main
+
+    _main()

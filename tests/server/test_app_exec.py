@@ -1,0 +1,24 @@
+"""The coordinator's ServerApp executor starts a ServerApp exactly as Flower's SuperExec would, minus the cold start."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+from flwr.supercore.constant import TaskType
+from flwr.supercore.superexec.executor.subprocess_executor import SubprocessExecutor
+from flwr.supercore.superexec.executor.types import ExecutionSpec
+
+from fedhaven.server.app_exec import serverapp_args
+
+
+@pytest.mark.parametrize("insecure,certs,parent,install", [(False, "/ca.pem", 42, False), (True, None, None, True)])
+def test_the_forked_serverapp_gets_the_command_line_flowers_executor_would_run(monkeypatch, insecure, certs, parent,
+                                                                                install):
+    spec = ExecutionSpec(task_type=TaskType.SERVER_APP, runtime_api_address="127.0.0.1:9091", token="t0k",
+                         insecure=insecure, root_certificates_path=certs, parent_pid=parent,
+                         runtime_dependency_install=install, task_id=7, suppress_output=False)
+    started = []
+    monkeypatch.setattr(subprocess, "Popen", lambda args, **kw: started.append(list(args)))
+    SubprocessExecutor().launch(spec)
+    assert started == [serverapp_args(spec)]
