@@ -21,12 +21,13 @@ import json
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from fedhaven.shared.runtime import configure_logging, harden_environment
 
@@ -83,6 +84,7 @@ class SiteExecutor:
         self.poll_interval = poll_interval
         self.stats_file = stats_file
         self.stats = ExecutorStats()
+        self.busy = False  # serving a task (a stop then waits for its end)
         self._acquire = RuntimeHttpClient.from_server_address(
             server_address=runtime_address, insecure=True, root_certificates=None,
             interceptors=[RuntimeVersionHttpInterceptor(component_name=COMPONENT),
@@ -98,7 +100,11 @@ class SiteExecutor:
         while not stop.is_set():
             res = self._acquire.AcquireTask(AcquireTaskRequest(supported_task_types=_TASK_TYPES))
             if res.HasField("task") and res.token:
-                self.run_task(token=res.token, task_type=res.task.type)
+                self.busy = True
+                try:
+                    self.run_task(token=res.token, task_type=res.task.type)
+                finally:
+                    self.busy = False
             else:
                 stop.wait(self.poll_interval)
         self._acquire.close()
@@ -232,7 +238,7 @@ def _heartbeat_fn(client: RuntimeHttpClient) -> Callable[[], bool]:
     return beat
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> NoReturn:
     """`python -m fedhaven.client.executor --config site.toml --runtime-api-address HOST:PORT --secret-file F`."""
     p = argparse.ArgumentParser(prog=COMPONENT, description=__doc__.splitlines()[0])
     p.add_argument("--config", type=Path, required=True, help="the site's site.toml")
@@ -245,7 +251,11 @@ def main(argv: list[str] | None = None) -> int:
     from fedhaven.client.site_config import load_site_config
 
     cfg = load_site_config(args.config)
+    if cfg.cpu_threads:  # before torch loads: OpenMP reads its thread count once
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(cfg.cpu_threads)
     from fedhaven.client.deployment import app  # the installed ClientApp: the only one this process calls
+
+    threading.Thread(target=_warm_up, args=(cfg.cpu_threads,), name="warm-up", daemon=True).start()
 
     state = Path(cfg.state_dir)
     state.mkdir(parents=True, exist_ok=True)
@@ -253,12 +263,42 @@ def main(argv: list[str] | None = None) -> int:
                             site=cfg.name, app=app, allowed_packages=cfg.policy.allowed_app_packages,
                             stats_file=state / "executor.json")
     stop = threading.Event()
+
+    def on_signal(*_: object) -> None:
+        stop.set()
+        if not executor.busy:  # idle, perhaps inside calls retried to a SuperNode that is gone: nothing to finish
+            _leave()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, on_signal)
     if args.parent_pid:
         threading.Thread(target=_watch_parent, args=(args.parent_pid, stop), daemon=True).start()
-    executor.serve(stop)
-    return 0
+    executor.serve(stop)  # returns between tasks: every task's ledger entry and stats are already on disk
+    _leave()
+
+
+def _leave() -> NoReturn:
+    """Exit between tasks, at once: interpreter teardown would wait for a warm-up still importing torch (seconds on
+    a busy machine), and nothing is left to write (each task's ledger entry and stats are on disk before its reply)."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, RuntimeError, ValueError):  # a signal may land inside a write to the same stream
+            pass
+    os._exit(0)
+
+
+def _warm_up(cpu_threads: int) -> None:
+    """Load torch, Opacus and the training code while the site waits for its first task (seconds a first round
+    would otherwise spend); a task that comes first simply finds them loaded or loading."""
+    import torch
+
+    if cpu_threads:
+        torch.set_num_threads(cpu_threads)
+    from fedhaven.client import site  # noqa: F401  (the trainer, its data and model code)
+    from fedhaven.shared.training import warm_up
+
+    warm_up()
 
 
 def _watch_parent(pid: int, stop: threading.Event) -> None:

@@ -41,6 +41,9 @@ class SiteConfig:
     ledger_anchor: str | None = None  # the ledger's anchor file; default: beside state_dir (<state_dir>.ledger-anchor.json)
     private_key: str | None = "site.key"
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # CPU threads training may use (torch and OpenMP); 0: every core. Set it when the machine is shared
+    # (several sites or other services on one host): oversubscribed OpenMP threads spin against each other.
+    cpu_threads: int = field(default=0, metadata=bounds(ge=0, le=4096))
     clientappio_port: int = field(default=9094, metadata=bounds(ge=1, le=65535))
     coordinator: CoordinatorConfig = field(default_factory=CoordinatorConfig)
     data: DataConfig = field(default_factory=DataConfig)

@@ -41,6 +41,15 @@ class TrainReport:
     seconds: float = 0.0  # wall time of the training loop
 
 
+def warm_up() -> None:
+    """Load what a site's first DP training step would (Opacus; the optimizer's compile hooks, which import torch's
+    dynamo), so that a long-lived process pays for it at start, not in its first round."""
+    quiet_opacus_import()
+    import opacus.grad_sample  # noqa: F401
+
+    torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1, momentum=0.9)
+
+
 def schedule(*, num_examples: int, batch_size: int, local_epochs: float) -> tuple[float, int]:
     """(sample rate, steps) for `local_epochs` passes with expected batch `batch_size`."""
     if num_examples < 1:

@@ -84,9 +84,13 @@ class LoopbackFederation:
     env: dict[str, str] = field(default_factory=dict)
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
     site_dirs: dict[str, Path] = field(default_factory=dict)
+    #: each site's `cpu_threads`; None: its share of this machine's cores, as on a host that runs several sites
+    cpu_threads: int | None = None
 
     def __post_init__(self) -> None:
         self.state = self.root / "coordinator"
+        if self.cpu_threads is None:
+            self.cpu_threads = max(1, (os.cpu_count() or 1) // len(self.site_names))
         self.front = free_port()
         self.runtime_port = free_port()
 
@@ -133,6 +137,7 @@ class LoopbackFederation:
         (site / "site.toml").write_text(f"""
 name = "{name}"
 clientappio_port = {free_port()}
+cpu_threads = {self.cpu_threads}
 [coordinator]
 address = "localhost:{self.front}"
 ca_cert = "ca.pem"

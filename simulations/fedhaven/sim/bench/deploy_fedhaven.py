@@ -29,6 +29,7 @@ class FedhavenDeployment(LoopbackFederation):
     """The loopback federation, its processes started as `Proc`s (own process group, output lines timed)."""
 
     policy: str = PERMISSIVE_POLICY
+    cpu_threads: int | None = 0  # every core, like the Flower deployments it is compared with (torch's default)
     timed: dict[str, Proc] = field(default_factory=dict)
     watcher: MessageWatcher | None = None
 
