@@ -55,7 +55,7 @@ def _age(stamp: str, now: float) -> str:
 class PollingGrid(Grid):
     """Delegates to a Flower Grid; only `send_and_receive` is fedhaven's own."""
 
-    def __init__(self, inner: Grid, *, timeout: float, poll_min: float = 0.05, poll_max: float = 0.5,
+    def __init__(self, inner: Grid, *, timeout: float, poll_min: float = 0.05, poll_max: float = 0.2,
                  report_every: float = 30.0, on_wait: WaitReport | None = None) -> None:
         if timeout <= 0 or not 0 < poll_min <= poll_max:
             raise ValueError("PollingGrid needs timeout > 0 and 0 < poll_min <= poll_max")

@@ -80,7 +80,8 @@ def section(res: dict[str, Any] | None) -> list[str]:
           "message pushed -> claimed by its SuperNode (Flower's SuperNode sleeps 3 s whenever it finds no "
           "message; fedhaven's coordinator holds that empty pull until the ServerApp pushes, so its sites "
           "rarely sleep), *site handling* = claimed -> reply sent to the SuperLink, *server pull* = reply sent -> "
-          "the ServerApp holds every reply (Flower's grid pulls every 3 s; fedhaven's every 0.05-0.5 s). "
+          "the ServerApp holds every reply (Flower's grid pulls every 3 s; fedhaven's PollingGrid every poll_min to "
+          "poll_max seconds, backing off). "
           "*Coordinator* is the rest of the round: aggregation, SecAgg+ unmasking, evaluation, checkpoints. "
           "Timestamps come from the SuperLink's own state (read-only) and the SuperNodes' output lines.", "",
           "| system | round | SuperNode idle | site handling | server pull | coordinator | training per site |",
