@@ -9,7 +9,7 @@ from flwr.supercore.constant import TaskType
 from flwr.supercore.superexec.executor.subprocess_executor import SubprocessExecutor
 from flwr.supercore.superexec.executor.types import ExecutionSpec
 
-from fedhaven.server.app_exec import serverapp_args
+from fedhaven.server.app_exec import ForkingExecutor, serverapp_args
 
 
 @pytest.mark.parametrize("insecure,certs,parent,install", [(False, "/ca.pem", 42, False), (True, None, None, True)])
@@ -22,3 +22,20 @@ def test_the_forked_serverapp_gets_the_command_line_flowers_executor_would_run(m
     monkeypatch.setattr(subprocess, "Popen", lambda args, **kw: started.append(list(args)))
     SubprocessExecutor().launch(spec)
     assert started == [serverapp_args(spec)]
+
+
+def test_a_serverapp_the_fork_server_cannot_start_is_started_as_flower_does(monkeypatch):
+    spec = ExecutionSpec(task_type=TaskType.SERVER_APP, runtime_api_address="127.0.0.1:9091", token="t0k",
+                         insecure=True, root_certificates_path=None, parent_pid=None,
+                         runtime_dependency_install=False, task_id=3, suppress_output=False)
+    monkeypatch.setattr(ForkingExecutor, "_warm", lambda self: None)
+    executor = ForkingExecutor()
+
+    def broken(*args, **kwargs):
+        raise OSError("no temporary directory")
+
+    monkeypatch.setattr(executor._ctx, "Process", broken)
+    started = []
+    monkeypatch.setattr(subprocess, "Popen", lambda args, **kw: started.append(list(args)))
+    assert executor.launch(spec).status == SubprocessExecutor().launch(spec).status
+    assert started[0] == serverapp_args(spec)

@@ -84,8 +84,9 @@ class ForkingExecutor(SubprocessExecutor):
             proc = self._ctx.Process(target=_serverapp, args=(serverapp_args(spec), spec.suppress_output),
                                      name=f"serverapp-{spec.task_id}")
             proc.start()
-        except OSError as exc:
-            return LaunchResult.failed(f"could not fork the ServerApp: {exc}")
+        except OSError as exc:  # e.g. no writable temporary directory for the fork server's socket
+            log.warning("could not fork the ServerApp (%s); starting it as Flower does, in a fresh process", exc)
+            return super().launch(spec)
         return LaunchResult.accepted()
 
     def reconcile(self) -> None:
