@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -84,6 +85,7 @@ class LoopbackFederation:
     env: dict[str, str] = field(default_factory=dict)
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
     site_dirs: dict[str, Path] = field(default_factory=dict)
+    port_restarts: dict[str, int] = field(default_factory=dict)  # sites started again because their port was taken
     #: each site's `cpu_threads`; None: its share of this machine's cores, as on a host that runs several sites
     cpu_threads: int | None = None
 
@@ -201,9 +203,26 @@ path = "data"
         res = self.status()
         return (res.stdout + res.stderr).count(" online")
 
+    def restart_if_port_taken(self) -> None:
+        """Start again, on a new port, a site whose SuperNode found its loopback port taken: `free_port` picked it
+        when the site was provisioned, and another process may have been given it since."""
+        for name, site in self.site_dirs.items():
+            proc = self.procs.get(name)
+            taken = self.log(name).count("address already in use")
+            if proc is None or proc.poll() is None or taken <= self.port_restarts.get(name, 0):
+                continue
+            self.port_restarts[name] = taken
+            toml = site / "site.toml"
+            toml.write_text(re.sub(r"(?m)^clientappio_port = \d+$", f"clientappio_port = {free_port()}",
+                                   toml.read_text()))
+            with (self.root / f"{name}.log").open("a") as log:
+                log.write("(loopback: the site's port was taken; started again on another)\n")
+            self.start_site(name)
+
     def wait_online(self, n: int, *, timeout: float = 90) -> None:
         deadline = time.monotonic() + timeout
         while self.online() < n:
+            self.restart_if_port_taken()
             if time.monotonic() > deadline:
                 res = self.status()
                 raise RuntimeError(f"{n} sites did not come online:\n{res.stdout}{res.stderr}")
