@@ -140,7 +140,8 @@ class UpdateGuard:
 
     def observe_norms(self, reported: Sequence[float]) -> None:
         """Close the round's view of honest deltas: the norms the guard measured itself (no SecAgg+), else those
-        the sites reported (the norm of their DP-released delta). Negative or non-finite reports are ignored; a round without enough of them leaves the last round's norms in force."""
+        the sites reported (the norm of their DP-released delta). Negative or non-finite reports are ignored; a
+        round without enough of them leaves the last round's norms in force."""
         norms = list(self.verdict.site_norms) or [v for v in reported if math.isfinite(v) and v >= 0]
         if len(norms) >= MIN_NORMS:
             self._last_norms = norms

@@ -261,9 +261,9 @@ class RobustConfig:
     Sites send their model delta (trained minus global), bounded in L2 norm by
     `max_update_norm` ("auto": 0.1 * sqrt(number of model parameters)) or, with `adaptive`,
     by `adaptive_factor` times the median delta norm of the round before when that is
-    smaller (the bound follows the honest deltas); each site also applies its own policy bound. Without SecAgg+ the coordinator rejects each non-finite or
-    ill-shaped update and clips each delta to the bound. Under SecAgg+ every site rotates its
-    delta at random (a Walsh-Hadamard transform with random signs, the same for all sites in a
+    smaller (the bound follows the honest deltas); each site also applies its own policy bound.
+    Without SecAgg+ the coordinator rejects each non-finite or ill-shaped update and clips each
+    delta to the bound. Under SecAgg+ every site rotates its delta at random (a Walsh-Hadamard transform with random signs, the same for all sites in a
     round) before SecAgg+ clips each coordinate to `coordinate_clip * bound / sqrt(length)`: an
     honest, flat update is left alone, while any site's contribution is bounded in L2 norm by
     about `coordinate_clip * bound`. The coordinator rejects a round whose aggregate is not

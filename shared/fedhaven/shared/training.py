@@ -45,8 +45,6 @@ def warm_up() -> None:
     """Load what a site's first DP training step would (Opacus; the optimizer's compile hooks, which import torch's
     dynamo), so that a long-lived process pays for it at start, not in its first round."""
     quiet_opacus_import()
-    import opacus.grad_sample  # noqa: F401
-
     torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1, momentum=0.9)
 
 

@@ -208,8 +208,10 @@ path = "data"
         when the site was provisioned, and another process may have been given it since."""
         for name, site in self.site_dirs.items():
             proc = self.procs.get(name)
+            if proc is None or proc.poll() is None:  # running: nothing to read
+                continue
             taken = self.log(name).count("address already in use")
-            if proc is None or proc.poll() is None or taken <= self.port_restarts.get(name, 0):
+            if taken <= self.port_restarts.get(name, 0):
                 continue
             self.port_restarts[name] = taken
             toml = site / "site.toml"

@@ -126,7 +126,10 @@ def bound_cost(*, on: Sequence[float], off: Sequence[float]) -> tuple[str, bool 
 
 def section(res: dict) -> list[str]:
     """BENCHMARKS.md's robustness section."""
+    from fedhaven.shared.schema import RobustConfig
+
     rows = res["rows"]
+    shipped = RobustConfig()
     cols = [(s, d) for s in (True, False) for d in (True, False)]
 
     def cell(r: dict | None, clean: float | None) -> str:
@@ -144,9 +147,10 @@ def section(res: dict) -> list[str]:
     L = [f"MNIST, {res['sites']} sites, IID, DP (epsilon <= 3) as in `make sim`, but {res['rounds']} rounds; "
          f"{res['runs_per_cell']} run per cell. The attackers are site-00 (and site-01), attacking from round 1 with "
          "`fl-sim`'s harness (`[attack]`), on the update they send before masking (labelflip: on their data). "
-         "Defences on: `[robust]` as shipped (each site's delta bounded, from round 2 by 1.25 x the median site delta "
-         "norm of the round before; under SecAgg+ the delta rotated and SecAgg+'s per-coordinate clip at 2 x the "
-         "bound, then the aggregate guard; without SecAgg+ each update checked and clipped); off: "
+         f"Defences on: `[robust]` as shipped (each site's delta bounded, from round 2 by {shipped.adaptive_factor:g} "
+         f"x the median site delta norm of the round before; under SecAgg+ the delta rotated and SecAgg+'s "
+         f"per-coordinate clip at {shipped.coordinate_clip:g} x the bound, then the aggregate guard; without SecAgg+ "
+         "each update checked and clipped); off: "
          "`robust.enabled = false`. Cells: final "
          "accuracy (points against the clean run of the same column); **stopped**: the guard rejected "
          "`robust.max_rejected` rounds in a row and the run ended with an error.", "",
