@@ -13,6 +13,11 @@ deployed round used to be that sleep. The Fleet gate holds a SuperNode's empty
 Runtime gate passes a ServerApp push (a `Doorbell`), so a message reaches its site
 as soon as it exists. Flower's request and answer are unchanged: the site gets
 exactly what the SuperLink answers, only later when it had nothing to say.
+
+Settled answers: with `uploads` (`fedhaven.server.uploads`), both gates note the
+objects each message push announces and hold a pulled message's answer until its
+objects are uploaded, so neither a SuperNode nor the ServerApp backs off
+Flower's full second for objects still on their way.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
+
+from fedhaven.server.uploads import Uploads, tree_ids
 
 FLEET_PREFIX = "/v1/fleet/"
 RUNTIME_PREFIX = "/v1/runtime/"
@@ -29,6 +36,10 @@ DEFAULT_MAX_BODY = 256 << 20  # a model push of a few hundred MB is the largest 
 PULL_PATH = FLEET_PREFIX + "pull-messages"
 #: Runtime calls after which a held pull asks again: the ServerApp pushed a message or one of its objects.
 RING_PATHS = frozenset({RUNTIME_PREFIX + "push-messages", RUNTIME_PREFIX + "push-object"})
+#: Where messages are pulled, pushed (the answer lists the objects to upload next), and objects uploaded.
+PULL_PATHS = frozenset({PULL_PATH, RUNTIME_PREFIX + "pull-messages"})
+PUSH_PATHS = frozenset({FLEET_PREFIX + "push-messages", RUNTIME_PREFIX + "push-messages"})
+OBJECT_PUSH_PATHS = frozenset({FLEET_PREFIX + "push-object", RUNTIME_PREFIX + "push-object"})
 #: Seconds a SuperNode's empty pull is held (its HTTP client gives up after 30 s) and, while held, how often Flower's
 #: app is asked again without a ring.
 DEFAULT_HOLD, RECHECK = 10.0, 0.5
@@ -67,16 +78,19 @@ class Gate:
     """ASGI middleware: passes HTTP requests under `prefix` (body read whole, bounded) to `app`, refuses the rest.
 
     With a `doorbell`: the Fleet gate (`hold` > 0) holds empty pulls, the Runtime gate rings it after a push.
+    With `uploads` (one shared by both gates): a pulled message's answer waits until its objects are uploaded.
     """
 
     def __init__(self, app: ASGIApp, *, prefix: str, max_body: int = DEFAULT_MAX_BODY,
-                 read_timeout: float = 60.0, doorbell: Doorbell | None = None, hold: float = 0.0) -> None:
+                 read_timeout: float = 60.0, doorbell: Doorbell | None = None, hold: float = 0.0,
+                 uploads: Uploads | None = None) -> None:
         self.app = app
         self.prefix = prefix
         self.max_body = max_body
         self.read_timeout = read_timeout
         self.doorbell = doorbell
         self.hold = hold
+        self.uploads = uploads
         self.refused = 0
         self.held = 0  # pulls answered after waiting for a message (for tests and benchmarks)
         self._holding: set[int] = set()  # nodes with a pull held right now
@@ -112,6 +126,11 @@ class Gate:
             finally:
                 self._holding.discard(node)
             return
+        if self.uploads is not None and path in PULL_PATHS:
+            answer = await _call(self.app, scope, body)
+            await self._settle(path, answer)
+            await answer.send_to(send)
+            return
         sent = False
 
         async def replay() -> dict[str, Any]:
@@ -121,9 +140,18 @@ class Gate:
                 return {"type": "http.request", "body": body, "more_body": False}
             return await receive()  # then whatever the client does next (a disconnect)
 
+        if self.uploads is not None and path in PUSH_PATHS:
+            send = _announcing(send, path, self.uploads)
         await self.app(scope, replay, send)
+        if self.uploads is not None and path in OBJECT_PUSH_PATHS and (oid := _pushed_object(body)):
+            self.uploads.uploaded(oid)
         if path in RING_PATHS and self.doorbell is not None:
             self.doorbell.ring()
+
+    async def _settle(self, path: str, answer: _Answer) -> None:
+        """Hold a pull's answer until the objects of the messages in it are uploaded (see `Uploads`)."""
+        if self.uploads is not None and len(self.uploads):
+            await self.uploads.wait_for(_pulled_object_ids(path, answer))
 
     async def _held_pull(self, scope: Scope, body: bytes, receive: Receive, send: Send) -> None:
         """Ask Flower's app until it has a message for this node, the hold ends, or the node hangs up."""
@@ -144,6 +172,7 @@ class Gate:
                     return
                 if left <= 0 or not _is_empty_pull(answer):
                     self.held += asked > 1
+                    await self._settle(PULL_PATH, answer)
                     await answer.send_to(send)
                     return
                 waiters = [asyncio.ensure_future(bell.wait()), gone]
@@ -216,6 +245,58 @@ def _pulling_node(body: bytes) -> int | None:
         return int(PullMessagesRequest.FromString(body).node.node_id)
     except Exception:  # noqa: BLE001 - not a pull Flower would accept: pass it on unheld
         return None
+
+
+def _announcing(send: Send, path: str, uploads: Uploads) -> Send:
+    """`send`, noting the objects a push answer asks for before the answer leaves (the sender uploads them next)."""
+    chunks: list[bytes] = []
+    status = 0
+
+    async def wrapped(event: dict[str, Any]) -> None:
+        nonlocal status
+        if event["type"] == "http.response.start":
+            status = int(event.get("status", 0))
+        elif event["type"] == "http.response.body":
+            chunks.append(event.get("body", b""))
+            if not event.get("more_body") and status == 200:
+                uploads.announced(_objects_to_push(path, b"".join(chunks)))
+        await send(event)
+
+    return wrapped
+
+
+def _objects_to_push(path: str, body: bytes) -> list[str]:
+    if path.startswith(FLEET_PREFIX):
+        from flwr.proto.fleet_pb2 import PushMessagesResponse as Pushed
+    else:
+        from flwr.proto.runtime_pb2 import PushAppMessagesResponse as Pushed  # type: ignore[assignment]
+    try:
+        return list(Pushed.FromString(body).objects_to_push)
+    except Exception:  # noqa: BLE001 - not Flower's answer: nothing to wait for
+        return []
+
+
+def _pushed_object(body: bytes) -> str:
+    from flwr.proto.message_pb2 import PushObjectRequest
+
+    try:
+        return str(PushObjectRequest.FromString(body).object_id)
+    except Exception:  # noqa: BLE001
+        return ""
+
+
+def _pulled_object_ids(path: str, answer: _Answer) -> list[str]:
+    """The object ids of every message in a pull's answer (none if it is not a successful Flower answer)."""
+    if answer.status != 200:
+        return []
+    if path.startswith(FLEET_PREFIX):
+        from flwr.proto.fleet_pb2 import PullMessagesResponse as Pulled
+    else:
+        from flwr.proto.runtime_pb2 import PullAppMessagesResponse as Pulled  # type: ignore[assignment]
+    try:
+        return list(tree_ids(Pulled.FromString(answer.body).message_object_trees))
+    except Exception:  # noqa: BLE001
+        return []
 
 
 def _is_empty_pull(answer: _Answer) -> bool:

@@ -12,7 +12,8 @@ and checks) is served by three uvicorn listeners in one process:
   (the operator's commands use it for the Control API);
 - `--listen` (public, TLS): only `/v1/fleet/*`, for sites (SuperNode
   authentication is Flower's own, on every request); a site's empty message pull
-  is held until the ServerApp pushes (`--pull-hold`, see `fedhaven.server.front`);
+  is held until the ServerApp pushes (`--pull-hold`, see `fedhaven.server.front`), and a pulled message
+  until its objects are uploaded (`--settle`, `fedhaven.server.uploads`), on both TCP listeners;
 - `--runtime-listen` (127.0.0.1, TLS): only `/v1/runtime/*`, for Flower's ServerApp
   executor (its calls carry the executor's shared secret or a per-task token).
 
@@ -39,6 +40,7 @@ harden_environment()
 from fedhaven.server.front import (  # noqa: E402
     DEFAULT_HOLD, DEFAULT_MAX_BODY, FLEET_PREFIX, RUNTIME_PREFIX, Doorbell, Gate,
 )
+from fedhaven.server.uploads import DEFAULT_SETTLE, Uploads  # noqa: E402
 
 
 def _options(args: list[str]) -> tuple[argparse.Namespace, list[str]]:
@@ -53,6 +55,9 @@ def _options(args: list[str]) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--read-timeout", type=float, default=60.0, help="seconds a client may stall mid-request")
     p.add_argument("--pull-hold", type=float, default=DEFAULT_HOLD,
                    help="seconds a site's empty message pull is held until the ServerApp pushes (0: answer at once)")
+    p.add_argument("--settle", type=float, default=DEFAULT_SETTLE,
+                   help="seconds, at most, a pulled message waits for the objects its sender is still uploading "
+                        "(0: answer at once, and the receiver backs off as Flower does)")
     return p.parse_known_args(args)
 
 
@@ -81,10 +86,11 @@ async def _serve(app: Any, opts: argparse.Namespace) -> None:
     tls = {"ssl_certfile": opts.certfile, "ssl_keyfile": opts.keyfile} if opts.certfile else {}
     doors = []
     bell = Doorbell()  # the runtime door rings it on every ServerApp push; the fleet door's held pulls wake up
+    uploads = Uploads(settle=opts.settle)  # both doors: a pulled message waits for objects still being uploaded
     for address, prefix in ((opts.listen, FLEET_PREFIX), (opts.runtime_listen, RUNTIME_PREFIX)):
         host, _, port = address.rpartition(":")
         gate = Gate(app, prefix=prefix, max_body=opts.max_body, read_timeout=opts.read_timeout, doorbell=bell,
-                    hold=opts.pull_hold if prefix == FLEET_PREFIX else 0.0)
+                    hold=opts.pull_hold if prefix == FLEET_PREFIX else 0.0, uploads=uploads)
         doors.append(uvicorn.Server(uvicorn.Config(gate, host=host, port=int(port), lifespan="off",
                                                    h11_max_incomplete_event_size=64 * 1024, **tls, **common)))
     first = asyncio.create_task(inner.serve())
