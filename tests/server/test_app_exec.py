@@ -39,3 +39,19 @@ def test_a_serverapp_the_fork_server_cannot_start_is_started_as_flower_does(monk
     monkeypatch.setattr(subprocess, "Popen", lambda args, **kw: started.append(list(args)))
     assert executor.launch(spec).status == SubprocessExecutor().launch(spec).status
     assert started[0] == serverapp_args(spec)
+
+
+def test_the_fork_server_preloads_everything_a_serverapp_imports_before_its_first_round():
+    """A forked ServerApp used to import Opacus (model check, accounting) and scikit-learn (digits) itself: about
+    two seconds of every run. The preload holds them, and Opacus' import left the root logger alone."""
+    import sys
+
+    from fedhaven.server.app_exec import PRELOAD
+
+    code = (f"import sys, logging\nfor m in {list(PRELOAD)!r}: __import__(m)\n"
+            "need = ['flwr.superlink.cli.flwr_serverapp', 'fedhaven.server.deployment', 'opacus', 'sklearn.datasets',"
+            " 'fedhaven.shared.models', 'fedhaven.shared.data']\n"
+            "print([m for m in need if m not in sys.modules], len(logging.getLogger().handlers))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[] 0"

@@ -30,8 +30,8 @@ from flwr.supercore.constant import TaskType  # noqa: E402
 from flwr.supercore.superexec.executor.subprocess_executor import SubprocessExecutor  # noqa: E402
 from flwr.supercore.superexec.executor.types import ExecutionSpec, LaunchResult  # noqa: E402
 
-#: What a ServerApp process imports: Flower's ServerApp runtime and fedhaven's deployed ServerApp (torch, Opacus).
-PRELOAD = ("flwr.superlink.cli.flwr_serverapp", "fedhaven.server.deployment")
+#: What a ServerApp process imports: Flower's ServerApp runtime, fedhaven's deployed ServerApp, Opacus, data readers.
+PRELOAD = ("fedhaven.server.serverapp_preload",)
 #: How often Flower's SuperExec asks the SuperLink for a new run (Flower's default is 1 s).
 TASK_POLL_INTERVAL = "0.2"
 log = logging.getLogger("fedhaven.server")

@@ -11,12 +11,10 @@ from typing import Literal
 import numpy as np
 import torch
 
-from fedhaven.shared.schema import DataConfig, InputSpec
+from fedhaven.shared.schema import BUNDLED_MNIST, DataConfig, InputSpec
 
 Split = Literal["train", "test"]
 
-#: MNIST as shipped with fedhaven (CC BY-SA 3.0, Y. LeCun and C. Cortes), so the default run works offline.
-BUNDLED_MNIST = Path(__file__).parent / "datasets" / "mnist"
 _IDX_PREFIX = {"train": "train", "test": "t10k"}
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 

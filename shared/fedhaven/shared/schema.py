@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 from fedhaven.shared.config import bounds
@@ -333,6 +334,10 @@ class AttackConfig:
         if len(set(self.sites)) != len(self.sites) or any(i < 0 for i in self.sites):
             out.append(f"sites: distinct site indices >= 0 (site-00 is 0), got {list(self.sites)}")
         return out
+
+
+#: MNIST as shipped with fedhaven (CC BY-SA 3.0, Y. LeCun and C. Cortes), so the default run works offline.
+BUNDLED_MNIST = Path(__file__).parent / "datasets" / "mnist"
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import tomli_w
 
+from fedhaven.server.checked import CHECKED_FILE, CheckedRuns, fingerprint
 from fedhaven.server.coordinator import Runtime, control_for, pid_alive
 from fedhaven.server.progress import RUN_LOG, print_round
 from fedhaven.server.flower_control import write_app_dir
@@ -33,8 +34,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", type=float, help="give up following after this many seconds (the run goes on)")
 
 
-def load_run_config(*, path: Path, overrides: list[str], rounds: int | None, output_dir: Path) -> RunConfig:
-    """defaults <- file <- overrides <- flags; output always in the coordinator's state directory."""
+def load_run_config(*, path: Path, overrides: list[str], rounds: int | None, output_dir: Path,
+                    checked: CheckedRuns | None = None) -> RunConfig:
+    """defaults <- file <- overrides <- flags; output always in the coordinator's state directory.
+
+    The model and held-out test set are checked unless `checked` records that this very combination passed
+    (see `fedhaven.server.checked`; the ServerApp checks them again in every run)."""
     data = load_toml(path)
     for item in overrides:
         data = deep_merge(data, parse_override(item))
@@ -46,18 +51,28 @@ def load_run_config(*, path: Path, overrides: list[str], rounds: int | None, out
     if run.secagg.enabled and run.known_max_weight() is None:
         problems.append("secagg.max_weight: set it to at least the largest site's number of training examples "
                         "(a deployed coordinator cannot see site sizes before training)")
-    from fedhaven.shared.data import load_data  # torch: imported only when a run is submitted
+    key = fingerprint(run) if checked is not None else ""
+    if checked is not None and checked.passed(key):
+        log.info("model and test set: passed this check before with the same settings, files and versions "
+                 "(%s); the ServerApp checks them again", checked.path)
+    else:
+        problems += _model_and_data_problems(run)
+    if problems:
+        raise ConfigError(problems, source=str(path))
+    if checked is not None:
+        checked.remember(key)
+    return run
 
+
+def _model_and_data_problems(run: RunConfig) -> list[str]:
+    from fedhaven.shared.data import load_data  # torch: imported only when a run is submitted
     from fedhaven.shared.models import model_problems
 
     try:
         test = load_data(cfg=run.data, split="test")
-        problems += model_problems(cfg=run.model, spec=test.spec, dp=run.dp.enabled)
+        return model_problems(cfg=run.model, spec=test.spec, dp=run.dp.enabled)
     except (ValueError, OSError) as exc:
-        problems.append(f"data: the coordinator's held-out test set does not load: {exc}")
-    if problems:
-        raise ConfigError(problems, source=str(path))
-    return run
+        return [f"data: the coordinator's held-out test set does not load: {exc}"]
 
 
 def resume_config(*, state: StateDir, which: str) -> RunConfig:
@@ -134,7 +149,8 @@ def run(args: argparse.Namespace) -> int:
     elif args.config is None:
         raise ConfigError(["a run config file is required (or --resume RUN)"], source="fl-server run")
     else:
-        cfg = load_run_config(path=args.config, overrides=args.overrides, rounds=args.rounds, output_dir=state.runs)
+        cfg = load_run_config(path=args.config, overrides=args.overrides, rounds=args.rounds, output_dir=state.runs,
+                              checked=CheckedRuns(state.root / CHECKED_FILE))
     if not cfg.dp.enabled:
         log.warning("WARNING: differential privacy is OFF for this run (sites with require_dp will refuse)")
     if not cfg.secagg.enabled:
