@@ -174,3 +174,39 @@ def test_policy_caps_the_noise_choice_to_the_site_budget(site):
     planned = epsilon(history=[PrivacyStep(plan.noise_multiplier, plan.sample_rate, plan.steps * 3)],
                       delta=cfg.policy.delta)
     assert planned <= cfg.policy.max_epsilon and planned > 0.95 * cfg.policy.max_epsilon
+
+
+@pytest.mark.parametrize("run_target,max_epsilon,min_noise,spent,searches_expected", [
+    (6.0, 50.0, 0.5, 0.0, 1),   # the run's target binds; the site's budget is loose (the deployed tests' sites)
+    (50.0, 4.0, 0.5, 0.0, 1),   # the site's budget binds; the minimum noise already keeps the run's loose target
+    (6.0, 6.5, 0.5, 2.0, None),  # both close, after earlier spending
+    (0.5, 50.0, 3.0, 0.0, None),  # the site's minimum noise binds
+])
+def test_noise_choice_equals_the_max_over_every_limits_own_search(monkeypatch, run_target, max_epsilon, min_noise,
+                                                                 spent, searches_expected):
+    """`choose_noise` skips a limit's search when the noise chosen so far already keeps it: the result must be the
+    naive max(minimum, run's search, site's search), and the site's search is skipped when the run's noise binds."""
+    from fedhaven.client import policy as pol
+    from fedhaven.shared.accounting import PrivacyHistory, epsilon, noise_for_budget
+    from fedhaven.shared.schema import SIMULATION_POLICY
+
+    site = replace(SIMULATION_POLICY, max_epsilon=max_epsilon, min_noise_multiplier=min_noise, delta=1e-6)
+    history = PrivacyHistory()
+    if spent:
+        z = noise_for_budget(target_epsilon=spent, delta=1e-5, sample_rate=0.2, steps=20)
+        history = history.add(noise_multiplier=z, sample_rate=0.2, steps=20)
+    task = _task()
+    task = replace(task, planned_rounds=2,
+                   dp=replace(task.dp, target_epsilon=run_target + epsilon(history=history, delta=task.dp.delta)))
+    remaining = 15 * 2
+    searches = []
+    monkeypatch.setattr(pol, "noise_for_budget", lambda **kw: searches.append(kw) or noise_for_budget(**kw))
+    chosen = pol.choose_noise(task=task, policy=site, history=history, sample_rate=0.2, steps=15)
+    naive = max(min_noise,
+                noise_for_budget(target_epsilon=task.dp.target_epsilon, delta=task.dp.delta, sample_rate=0.2,
+                                 steps=remaining, prior=history),
+                noise_for_budget(target_epsilon=max_epsilon, delta=1e-6, sample_rate=0.2, steps=remaining,
+                                 prior=history))
+    assert chosen == naive
+    if searches_expected is not None:
+        assert len(searches) == searches_expected

@@ -122,6 +122,9 @@ def choose_noise(*, task: TaskSpec, policy: SitePolicy, history: PrivacyHistory,
     if math.isfinite(policy.max_epsilon):
         limits.append((policy.max_epsilon, policy.delta, policy.accountant, "site"))
     for eps, delta, acc, which in limits:
+        if noise > 0 and epsilon(history=history.add(noise_multiplier=noise, sample_rate=sample_rate, steps=remaining),
+                                 delta=delta, accountant=acc) <= eps:
+            continue  # the noise chosen so far keeps this limit too: its own (smaller) noise would not change the max
         try:
             z = noise_for_budget(target_epsilon=eps, delta=delta, sample_rate=sample_rate, steps=remaining,
                                  prior=history, accountant=acc)
