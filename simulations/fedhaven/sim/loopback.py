@@ -17,8 +17,10 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -91,6 +93,7 @@ class LoopbackFederation:
 
     def __post_init__(self) -> None:
         self.state = self.root / "coordinator"
+        self._registry = threading.Lock()
         if self.cpu_threads is None:
             self.cpu_threads = max(1, (os.cpu_count() or 1) // len(self.site_names))
         self.front = free_port()
@@ -115,8 +118,11 @@ class LoopbackFederation:
         _check(res, "fl-server init")
         parts = partition_iid(num_examples=len(load_digits_data(split="train")), num_sites=len(self.site_names),
                               seed=0)
-        for name, index in zip(self.site_names, parts, strict=True):
-            self.site_dirs[name] = self.add_site_dir(name, register=True, data_index=index)
+        # sites are independent (keys, data, ledger): provisioned side by side, as separate hospitals would be
+        with ThreadPoolExecutor(max_workers=len(self.site_names)) as pool:
+            dirs = list(pool.map(lambda item: self.add_site_dir(item[0], register=True, data_index=item[1]),
+                                 zip(self.site_names, parts, strict=True)))
+        self.site_dirs.update(zip(self.site_names, dirs, strict=True))
 
     def add_site_dir(self, name: str, *, register: bool, data_index: Sequence[int] | None = None) -> Path:
         """A site's folder: its key pair, its digits part as IDX files, the CA certificate and site.toml."""
@@ -131,8 +137,9 @@ class LoopbackFederation:
         save_idx(digits.subset(np.asarray(data_index if data_index is not None else np.arange(300))),
                  site / "data", split="train")
         if register:
-            _check(cli("fl-server", "site", "add", name, "--public-key", str(site / "site.pub"), "--state-dir",
-                       str(self.state)), "fl-server site add")
+            with self._registry:  # one `fl-server site add` at a time: each rewrites the coordinator's registry
+                _check(cli("fl-server", "site", "add", name, "--public-key", str(site / "site.pub"), "--state-dir",
+                           str(self.state)), "fl-server site add")
             (site / "ca.pem").write_bytes((self.state / "sites" / name / "ca.pem").read_bytes())
         else:
             (site / "ca.pem").write_bytes((self.state / "pki" / "ca.pem").read_bytes())
