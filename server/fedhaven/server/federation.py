@@ -7,7 +7,7 @@ import logging
 import math
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -54,19 +54,38 @@ def _number(value: object) -> float:
         return math.nan
 
 
+def _count(value: object, default: int) -> int:
+    """A site-reported count: a finite whole number >= 0, else `default`."""
+    v = _number(value)
+    return int(v) if math.isfinite(v) and v >= 0 and v == int(v) else default
+
+
+def site_report(*, num_examples: int, metrics: Mapping[str, object]) -> SiteReport:
+    """One site's metrics, typed; the coordinator trusts no site, so nothing it sends can break the bookkeeping.
+
+    Unreadable or out-of-range values are replaced, pessimistically: a privacy field (epsilon, noise,
+    sample rate, steps) that cannot be read makes the site's stated epsilon infinite, never smaller;
+    loss and accuracy become NaN; a bad example count falls back to the count Flower's reply carried.
+    """
+    m = metrics
+    eps = _number(m.get("epsilon", math.inf))
+    noise, rate = _number(m.get("noise_multiplier", 0.0)), _number(m.get("sample_rate", 0.0))
+    steps, total = _count(m.get("steps", 0), -1), _count(m.get("total_steps", 0), -1)
+    unreadable = (math.isnan(eps) or eps < 0 or not math.isfinite(noise) or noise < 0
+                  or not (math.isfinite(rate) and 0 <= rate <= 1) or steps < 0 or total < 0)
+    return SiteReport(site=str(m.get("site", "?"))[:200], num_examples=_count(m.get("num_examples", num_examples),
+                                                                               max(0, int(num_examples))),
+                      loss=_number(m.get("loss", math.nan)), accuracy=_number(m.get("accuracy", math.nan)),
+                      epsilon=math.inf if unreadable else eps, delta=_number(m.get("delta", 0.0)),
+                      noise_multiplier=noise if math.isfinite(noise) and noise >= 0 else 0.0,
+                      sample_rate=rate if math.isfinite(rate) and 0 <= rate <= 1 else 0.0,
+                      steps=max(steps, 0), total_steps=max(total, 0),
+                      train_time_s=_number(m.get("train_time_s", 0.0)), update_norm=_number(m.get("update_norm")))
+
+
 def site_reports(fit_log: FitRoundLog) -> list[SiteReport]:
-    """Each site's metrics from one fit round, typed."""
-    out = []
-    for n, m in fit_log.results:
-        out.append(SiteReport(site=str(m.get("site", "?")), num_examples=int(m.get("num_examples", n)),
-                              loss=float(m.get("loss", math.nan)),
-                              accuracy=float(m.get("accuracy", math.nan)), epsilon=float(m.get("epsilon", math.inf)),
-                              delta=float(m.get("delta", 0.0)), noise_multiplier=float(m.get("noise_multiplier", 0)),
-                              sample_rate=float(m.get("sample_rate", 0)), steps=int(m.get("steps", 0)),
-                              total_steps=int(m.get("total_steps", 0)),
-                              train_time_s=float(m.get("train_time_s", 0.0)),
-                              update_norm=_number(m.get("update_norm"))))
-    return out
+    """Each site's metrics from one fit round, typed (see `site_report`)."""
+    return [site_report(num_examples=n, metrics=m) for n, m in fit_log.results]
 
 
 def run_federation(
