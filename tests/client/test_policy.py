@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 import numpy as np
@@ -184,8 +185,9 @@ def test_policy_caps_the_noise_choice_to_the_site_budget(site):
 ])
 def test_noise_choice_equals_the_max_over_every_limits_own_search(monkeypatch, run_target, max_epsilon, min_noise,
                                                                  spent, searches_expected):
-    """`choose_noise` skips a limit's search when the noise chosen so far already keeps it: the result must be the
-    naive max(minimum, run's search, site's search), and the site's search is skipped when the run's noise binds."""
+    """`choose_noise` skips a limit's search when the noise chosen so far already keeps it: here (every noise on the
+    search's grid) the result is the naive max(minimum, run's search, site's search), and the site's search is
+    skipped when the run's noise binds."""
     from fedhaven.client import policy as pol
     from fedhaven.shared.accounting import PrivacyHistory, epsilon, noise_for_budget
     from fedhaven.shared.schema import SIMULATION_POLICY
@@ -210,3 +212,39 @@ def test_noise_choice_equals_the_max_over_every_limits_own_search(monkeypatch, r
     assert chosen == naive
     if searches_expected is not None:
         assert len(searches) == searches_expected
+
+
+@pytest.mark.parametrize("accountant", ["rdp", "prv"])
+def test_an_off_grid_minimum_noise_keeps_every_limit_and_never_exceeds_the_naive_choice(accountant):
+    """A minimum noise that already keeps the run's target is kept as it is (the search would round it up to its
+    grid): never more noise than the naive choice, never a limit passed. PRV is always searched."""
+    from fedhaven.client import policy as pol
+    from fedhaven.shared.accounting import PrivacyHistory, epsilon, noise_for_budget
+    from fedhaven.shared.schema import SIMULATION_POLICY
+
+    site = replace(SIMULATION_POLICY, max_epsilon=math.inf, min_noise_multiplier=0.9, delta=1e-5,
+                   accountant=accountant)
+    target = 1.001 * epsilon(history=PrivacyHistory().add(noise_multiplier=0.9, sample_rate=0.2, steps=30),
+                             delta=1e-5, accountant=accountant)
+    task = _task()
+    task = replace(task, planned_rounds=2, dp=replace(task.dp, target_epsilon=target, accountant=accountant))
+    chosen = pol.choose_noise(task=task, policy=site, history=PrivacyHistory(), sample_rate=0.2, steps=15)
+    naive = max(0.9, noise_for_budget(target_epsilon=target, delta=1e-5, sample_rate=0.2, steps=30,
+                                      accountant=accountant))
+    spent = epsilon(history=PrivacyHistory().add(noise_multiplier=chosen, sample_rate=0.2, steps=30), delta=1e-5,
+                    accountant=accountant)
+    assert 0.9 <= chosen <= naive and naive - chosen < 0.005 and spent <= target
+    if accountant == "prv":
+        assert chosen == naive  # no shortcut for PRV
+
+
+def test_the_shortcut_never_runs_prv_at_a_tiny_noise():
+    """PRV at noise 0.1 over 3000 steps takes gigabytes; the shortcut is RDP-only, so a site with such a minimum
+    noise gets the search (and its refusal), never a crash."""
+    from fedhaven.client.policy import _keeps
+    from fedhaven.shared.accounting import PrivacyHistory
+
+    assert not _keeps(limit=3.0, delta=1e-5, accountant="prv", history=PrivacyHistory(), noise=0.1,
+                      sample_rate=0.01, steps=3000)
+    assert not _keeps(limit=3.0, delta=1e-5, accountant="rdp", history=PrivacyHistory(), noise=0.0,
+                      sample_rate=0.01, steps=3000)

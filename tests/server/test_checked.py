@@ -106,3 +106,29 @@ def test_a_model_that_fails_the_check_is_refused_every_time(tmp_path):
             run_cli.load_run_config(path=path, overrides=[], rounds=None, output_dir=tmp_path / "runs",
                                     checked=rec)
     assert not rec.path.exists()
+
+
+def test_folders_links_and_the_checking_code_are_part_of_the_fingerprint(tmp_path, monkeypatch):
+    """An ImageFolder test set changes by a new (even empty) class folder or inside a linked class folder; the
+    model and data code can change under an unchanged version (an editable install)."""
+    import fedhaven.server.checked as checked
+
+    root = tmp_path / "test"
+    (root / "cats").mkdir(parents=True)
+    (root / "cats" / "1.png").write_bytes(b"x")
+    elsewhere = tmp_path / "dogs-on-another-disk"
+    elsewhere.mkdir()
+    (elsewhere / "1.png").write_bytes(b"y")
+    (root / "dogs").symlink_to(elsewhere)
+    (root / "loop").symlink_to(root)  # a link back up the tree is walked once, not forever
+    run = parse(RunConfig, {"data": {"source": "imagefolder", "path": str(tmp_path), "test_path": str(root),
+                                     "image_size": 8}}, source="t")
+    before = fingerprint(run)
+    (elsewhere / "2.png").write_bytes(b"zz")  # inside the linked folder
+    after_link = fingerprint(run)
+    (root / "birds").mkdir()  # an empty class folder (ImageFolder refuses it)
+    after_dir = fingerprint(run)
+    assert len({before, after_link, after_dir}) == 3
+    real = checked._stamp
+    monkeypatch.setattr(checked, "_stamp", lambda r, **kw: real(r, **kw) + ([("x.py", 1, 1)] if kw else []))
+    assert fingerprint(run) != after_dir  # the model/data code changed

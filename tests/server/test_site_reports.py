@@ -58,3 +58,12 @@ def test_any_metrics_give_a_report_the_recorder_and_privacy_report_accept(tmp_pa
     report = build_privacy_report(run=run, sites=rec.sites, rounds=[], max_weight=None, epsilons=rec.epsilons(),
                                   histories=rec.histories)
     assert report.data["sites"][r.site]["epsilon"] is None or report.data["sites"][r.site]["epsilon"] >= 0
+
+
+def test_a_delta_that_is_not_the_runs_or_huge_numbers_never_make_a_smaller_epsilon():
+    for bad in (math.nan, 0.0, 0.9, 2e-5, "x", 10**400):
+        r = site_report(num_examples=120, metrics={**HONEST, "delta": bad}, max_delta=1e-5)
+        assert r.epsilon == math.inf, bad  # an epsilon at a larger (or unknown) delta says less than it seems
+    assert site_report(num_examples=120, metrics={**HONEST, "delta": 1e-6}, max_delta=1e-5).epsilon == 2.5
+    for key in ("epsilon", "steps", "num_examples", "loss"):
+        site_report(num_examples=120, metrics={**HONEST, key: 10**400})  # never raises

@@ -112,7 +112,10 @@ def choose_noise(*, task: TaskSpec, policy: SitePolicy, history: PrivacyHistory,
     again) raises the noise of the rounds left instead of passing a limit: with
     the rounds still planned at this noise, the site ends at or under both the
     run's target (at its delta) and its own budget (at the policy's delta). It
-    never falls below the site's minimum noise.
+    never falls below the site's minimum noise. A limit that the noise chosen so
+    far already keeps (checked exactly) is not searched: the result keeps every
+    limit and is at most the max of each limit's own search (which rounds up to
+    its bisection grid, finer than 0.005), so it can be up to that much smaller.
     """
     if task.dp.noise_multiplier != "auto":
         return float(task.dp.noise_multiplier)
@@ -122,9 +125,9 @@ def choose_noise(*, task: TaskSpec, policy: SitePolicy, history: PrivacyHistory,
     if math.isfinite(policy.max_epsilon):
         limits.append((policy.max_epsilon, policy.delta, policy.accountant, "site"))
     for eps, delta, acc, which in limits:
-        if noise > 0 and epsilon(history=history.add(noise_multiplier=noise, sample_rate=sample_rate, steps=remaining),
-                                 delta=delta, accountant=acc) <= eps:
-            continue  # the noise chosen so far keeps this limit too: its own (smaller) noise would not change the max
+        if _keeps(limit=eps, delta=delta, accountant=acc, history=history, noise=noise, sample_rate=sample_rate,
+                  steps=remaining):
+            continue  # the noise chosen so far keeps this limit too: no search needed
         try:
             z = noise_for_budget(target_epsilon=eps, delta=delta, sample_rate=sample_rate, steps=remaining,
                                  prior=history, accountant=acc)
@@ -134,6 +137,20 @@ def choose_noise(*, task: TaskSpec, policy: SitePolicy, history: PrivacyHistory,
             raise BudgetRefused(f"{why} ({exc})") from None
         noise = max(noise, z)
     return noise
+
+
+def _keeps(*, limit: float, delta: float, accountant: str, history: PrivacyHistory, noise: float,
+           sample_rate: float, steps: int) -> bool:
+    """Whether `steps` more at `noise` keep `history` within `limit`: one RDP evaluation (its per-step values are
+    cached) instead of a search. Only for the RDP accountant: PRV at a small noise can take minutes or exhaust memory,
+    and any doubt means searching, as without this check."""
+    if accountant != "rdp" or noise <= 0:
+        return False
+    try:
+        return epsilon(history=history.add(noise_multiplier=noise, sample_rate=sample_rate, steps=steps), delta=delta,
+                       accountant=accountant) <= limit
+    except (ValueError, OverflowError, MemoryError):
+        return False
 
 
 def plan_round(*, task: TaskSpec, policy: SitePolicy, history: PrivacyHistory, num_examples: int) -> RoundPlan:

@@ -6,27 +6,31 @@ run`, most of its start. The ServerApp checks both again in every run anyway
 (it builds the model and loads the test set before its first round, from the
 coordinator's warm fork server), so `fl-server run` remembers what passed and
 skips the repeat when nothing it depends on changed: the model and data
-settings, whether DP is on, the installed fedhaven, torch, Opacus, NumPy and
-scikit-learn, and every file of a file-based test set (path, size, modification
-time). Anything else, including an unreadable or edited record, means checking
-again. Only passes are remembered; a failed check is always run and reported.
+settings, whether DP is on, the installed fedhaven (version and the files of its
+model and data code), torch, torchvision, Opacus, NumPy, scikit-learn and Pillow,
+and every file and folder of a file-based test set (path, size, modification
+time; symbolic links followed, as the readers do). Anything else, including an
+unreadable or edited record, means checking again. Only passes are remembered; a
+failed check is always run and reported.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 from importlib import metadata
 from pathlib import Path
 
+import fedhaven.shared as shared_pkg
 from fedhaven.shared.config import to_dict
 from fedhaven.shared.schema import BUNDLED_MNIST, RunConfig
 
 CHECKED_FILE = "checked-runs.json"
 #: Fingerprints kept (newest last); older ones are checked again when they come back.
 KEEP = 64
-_VERSIONED = ("fedhaven", "torch", "opacus", "numpy", "scikit-learn")
+_VERSIONED = ("fedhaven", "torch", "torchvision", "opacus", "numpy", "scikit-learn", "pillow")
 
 
 def fingerprint(run: RunConfig) -> str:
@@ -40,8 +44,10 @@ def fingerprint(run: RunConfig) -> str:
     data = run.data
     root = _test_root(run)
     files = _stamp(root) if root is not None else []
+    code = _stamp(Path(shared_pkg.__file__).parent, suffix=".py")  # the model and data code itself (an editable
+    # install, or a release whose version was not bumped, still changes it)
     what = {"model": to_dict(run.model), "data": to_dict(data), "dp": run.dp.enabled, "versions": versions,
-            "test_root": str(root) if root is not None else None, "files": files}
+            "code": code, "test_root": str(root) if root is not None else None, "files": files}
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -57,18 +63,32 @@ def _test_root(run: RunConfig) -> Path | None:
     return Path(data.test_path) if data.test_path else None
 
 
-def _stamp(root: Path) -> list[tuple[str, int, int]]:
-    """(relative path, size, mtime in ns) of every file under `root`, sorted; a missing root is its own stamp."""
+def _stamp(root: Path, *, suffix: str = "") -> list[tuple[str, int, int]]:
+    """(relative path, size, mtime in ns) of every file (ending in `suffix`) and folder under `root`, sorted,
+    following symbolic links as the data readers do (each real folder once); a missing root stamps as empty."""
     out = []
+    seen: set[tuple[int, int]] = set()
     try:
-        for dirpath, _dirs, names in os.walk(root):
+        for dirpath, dirs, names in os.walk(root, followlinks=True):
+            here = Path(dirpath)
+            try:
+                st = here.stat()
+            except OSError:
+                dirs[:] = []
+                continue
+            if (st.st_dev, st.st_ino) in seen:  # a link back up the tree: walked already
+                dirs[:] = []
+                continue
+            seen.add((st.st_dev, st.st_ino))
+            out.append((str(here.relative_to(root)) + "/", 0, st.st_mtime_ns))
             for name in names:
-                p = Path(dirpath) / name
+                if not name.endswith(suffix):
+                    continue
                 try:
-                    st = p.stat()
+                    fst = (here / name).stat()
                 except OSError:
                     continue
-                out.append((str(p.relative_to(root)), st.st_size, st.st_mtime_ns))
+                out.append((str((here / name).relative_to(root)), fst.st_size, fst.st_mtime_ns))
     except OSError:
         return []
     return sorted(out)
@@ -98,4 +118,5 @@ class CheckedRuns:
             tmp.write_text(json.dumps({"passed": seen}))
             os.replace(tmp, self.path)
         except OSError:  # a record that cannot be written only means checking again next time
-            tmp.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)

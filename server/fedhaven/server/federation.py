@@ -50,7 +50,7 @@ def _number(value: object) -> float:
     """A site-reported number as a float; NaN for anything else (a hostile site may send any value)."""
     try:
         return float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return math.nan
 
 
@@ -60,32 +60,35 @@ def _count(value: object, default: int) -> int:
     return int(v) if math.isfinite(v) and v >= 0 and v == int(v) else default
 
 
-def site_report(*, num_examples: int, metrics: Mapping[str, object]) -> SiteReport:
+def site_report(*, num_examples: int, metrics: Mapping[str, object], max_delta: float = 1.0) -> SiteReport:
     """One site's metrics, typed; the coordinator trusts no site, so nothing it sends can break the bookkeeping.
 
-    Unreadable or out-of-range values are replaced, pessimistically: a privacy field (epsilon, noise,
-    sample rate, steps) that cannot be read makes the site's stated epsilon infinite, never smaller;
-    loss and accuracy become NaN; a bad example count falls back to the count Flower's reply carried.
+    Unreadable or out-of-range values are replaced, pessimistically: a privacy field (epsilon, its delta,
+    noise, sample rate, steps) that cannot be read, or a delta above `max_delta` (the run's: an epsilon at a
+    larger delta says less), makes the site's stated epsilon infinite, never smaller; loss and accuracy
+    become NaN; a bad example count falls back to the count Flower's reply carried.
     """
     m = metrics
     eps = _number(m.get("epsilon", math.inf))
+    delta = _number(m.get("delta", 0.0))
+    bad_delta = "delta" in m and not (0 < delta < 1 and delta <= max_delta * (1 + 1e-9))
     noise, rate = _number(m.get("noise_multiplier", 0.0)), _number(m.get("sample_rate", 0.0))
     steps, total = _count(m.get("steps", 0), -1), _count(m.get("total_steps", 0), -1)
-    unreadable = (math.isnan(eps) or eps < 0 or not math.isfinite(noise) or noise < 0
+    unreadable = (math.isnan(eps) or eps < 0 or bad_delta or not math.isfinite(noise) or noise < 0
                   or not (math.isfinite(rate) and 0 <= rate <= 1) or steps < 0 or total < 0)
     return SiteReport(site=str(m.get("site", "?"))[:200], num_examples=_count(m.get("num_examples", num_examples),
                                                                                max(0, int(num_examples))),
                       loss=_number(m.get("loss", math.nan)), accuracy=_number(m.get("accuracy", math.nan)),
-                      epsilon=math.inf if unreadable else eps, delta=_number(m.get("delta", 0.0)),
+                      epsilon=math.inf if unreadable else eps, delta=delta if math.isfinite(delta) else math.nan,
                       noise_multiplier=noise if math.isfinite(noise) and noise >= 0 else 0.0,
                       sample_rate=rate if math.isfinite(rate) and 0 <= rate <= 1 else 0.0,
                       steps=max(steps, 0), total_steps=max(total, 0),
                       train_time_s=_number(m.get("train_time_s", 0.0)), update_norm=_number(m.get("update_norm")))
 
 
-def site_reports(fit_log: FitRoundLog) -> list[SiteReport]:
+def site_reports(fit_log: FitRoundLog, *, max_delta: float = 1.0) -> list[SiteReport]:
     """Each site's metrics from one fit round, typed (see `site_report`)."""
-    return [site_report(num_examples=n, metrics=m) for n, m in fit_log.results]
+    return [site_report(num_examples=n, metrics=m, max_delta=max_delta) for n, m in fit_log.results]
 
 
 def run_federation(
@@ -219,7 +222,7 @@ def _one_round(*, fed: LegacyFederation, run: RunConfig, server_round: int, reco
         fit_time = time.perf_counter() - t0 - guard_eval
         verdict = guard.end() if guard is not None else None
         rejected_sites = tuple(verdict.site_rejections) if verdict is not None else ()
-        reports = site_reports(outcome.log)
+        reports = site_reports(outcome.log, max_delta=run.dp.delta if run.dp.enabled else 1.0)
         if guard is not None:
             guard.observe_norms([r.update_norm for r in reports])  # what the next round's bound follows
         # every site that trained counts, also in an attempt that yields no aggregate

@@ -140,11 +140,14 @@ class Gate:
                 return {"type": "http.request", "body": body, "more_body": False}
             return await receive()  # then whatever the client does next (a disconnect)
 
+        status: list[int] = []
         if self.uploads is not None and path in PUSH_PATHS:
             send = _announcing(send, path, self.uploads)
+        elif self.uploads is not None and path in OBJECT_PUSH_PATHS:
+            send = _status_of(send, status)
         await self.app(scope, replay, send)
-        if self.uploads is not None and path in OBJECT_PUSH_PATHS and (oid := _pushed_object(body)):
-            self.uploads.uploaded(oid)
+        if status == [200] and self.uploads is not None and (oid := pushed_object_id(body)):
+            self.uploads.uploaded(oid)  # stored: a refused or failed upload strikes nothing off
         if path in RING_PATHS and self.doorbell is not None:
             self.doorbell.ring()
 
@@ -248,18 +251,35 @@ def _pulling_node(body: bytes) -> int | None:
 
 
 def _announcing(send: Send, path: str, uploads: Uploads) -> Send:
-    """`send`, noting the objects a push answer asks for before the answer leaves (the sender uploads them next)."""
+    """`send`, noting the objects a push answer asks for before its last byte leaves (the sender uploads them
+    next): at the chunk that completes the declared content-length, or at the final chunk without one."""
     chunks: list[bytes] = []
-    status = 0
+    status, length, done = 0, -1, False
 
     async def wrapped(event: dict[str, Any]) -> None:
-        nonlocal status
+        nonlocal status, length, done
         if event["type"] == "http.response.start":
             status = int(event.get("status", 0))
-        elif event["type"] == "http.response.body":
+            for key, value in event.get("headers", []):
+                if key.lower() == b"content-length" and value.isdigit():
+                    length = int(value)
+        elif event["type"] == "http.response.body" and not done:
             chunks.append(event.get("body", b""))
-            if not event.get("more_body") and status == 200:
+            size = sum(map(len, chunks))
+            if (not event.get("more_body") or 0 <= length <= size) and status == 200:
+                done = True
                 uploads.announced(_objects_to_push(path, b"".join(chunks)))
+        await send(event)
+
+    return wrapped
+
+
+def _status_of(send: Send, status: list[int]) -> Send:
+    """`send`, recording the answer's status in `status`."""
+
+    async def wrapped(event: dict[str, Any]) -> None:
+        if event["type"] == "http.response.start":
+            status.append(int(event.get("status", 0)))
         await send(event)
 
     return wrapped
@@ -276,13 +296,49 @@ def _objects_to_push(path: str, body: bytes) -> list[str]:
         return []
 
 
-def _pushed_object(body: bytes) -> str:
-    from flwr.proto.message_pb2 import PushObjectRequest
+#: `PushObjectRequest.object_id`'s field number (flwr/proto/message.proto): a string, serialised before the content.
+_OBJECT_ID_FIELD = 3
+
+
+def pushed_object_id(body: bytes) -> str:
+    """The `object_id` of a serialised `PushObjectRequest`, found by walking its fields up to that one (the object's
+    content, up to the body cap, is never parsed); "" for anything that is not well-formed up to there."""
+    pos, end = 0, len(body)
+
+    def varint() -> int:
+        nonlocal pos
+        shift = value = 0
+        while pos < end and shift < 64:
+            byte = body[pos]
+            pos += 1
+            value |= (byte & 0x7F) << shift
+            if not byte & 0x80:
+                return value
+            shift += 7
+        raise ValueError("truncated varint")
 
     try:
-        return str(PushObjectRequest.FromString(body).object_id)
-    except Exception:  # noqa: BLE001
+        while pos < end:
+            key = varint()
+            field, wire = key >> 3, key & 7
+            if wire == 0:
+                varint()
+            elif wire == 2:
+                size = varint()
+                if pos + size > end:
+                    return ""
+                if field == _OBJECT_ID_FIELD:
+                    return body[pos:pos + size].decode("ascii")
+                pos += size
+            elif wire == 1:
+                pos += 8
+            elif wire == 5:
+                pos += 4
+            else:
+                return ""
+    except (ValueError, UnicodeDecodeError):
         return ""
+    return ""
 
 
 def _pulled_object_ids(path: str, answer: _Answer) -> list[str]:

@@ -61,8 +61,15 @@ def _options(args: list[str]) -> tuple[argparse.Namespace, list[str]]:
     return p.parse_known_args(args)
 
 
+#: Flower's SuperNode gives up on an HTTP request after this many seconds: a held pull plus its settle stay below.
+SUPERNODE_HTTP_TIMEOUT = 30.0
+
+
 def main(argv: list[str] | None = None) -> None:
     opts, flower_args = _options(list(sys.argv[1:] if argv is None else argv))
+    if opts.pull_hold < 0 or opts.settle < 0 or opts.pull_hold + opts.settle >= SUPERNODE_HTTP_TIMEOUT:
+        raise SystemExit(f"fedhaven superlink: --pull-hold ({opts.pull_hold:g}) and --settle ({opts.settle:g}) must "
+                         f"be >= 0 and sum to less than {SUPERNODE_HTTP_TIMEOUT:g} s (the SuperNode's HTTP timeout)")
     os.umask(0o077)  # the socket, the database and its -wal/-shm files: owner only
     import importlib
 

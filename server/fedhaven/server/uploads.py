@@ -13,14 +13,16 @@ its objects were all uploaded within 0.5 s.
 The gates note each push's `objects_to_push` here before the sender even sees
 the answer, strike each object off as its `push-object` passes, and hold a
 pulled message's answer until none of its objects is still on the way (at most
-`settle` seconds after it was announced; then the receiver gets the answer and
-Flower's own retries, as without fedhaven). Flower's requests and answers are
+`settle` seconds per answer; then the receiver gets the answer and Flower's own
+retries, as without fedhaven). Only a push-object Flower answered with 200
+strikes an object off. Flower's requests and answers are
 unchanged; only their timing is.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -30,6 +32,7 @@ from typing import Any
 DEFAULT_SETTLE = 10.0
 #: Objects remembered at once; beyond this (a flood of announcements) new ones are not waited for.
 MAX_PENDING = 100_000
+log = logging.getLogger("fedhaven.server")
 
 
 class Uploads:
@@ -45,6 +48,7 @@ class Uploads:
         self._pending: dict[str, float] = {}  # object id -> when nobody waits for it any more
         self._changed: asyncio.Event | None = None
         self.waited = 0  # answers held until their objects were uploaded (tests and benchmarks)
+        self.full_warned = False
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -59,6 +63,10 @@ class Uploads:
             if len(self._pending) >= self.max_pending:
                 self._drop_expired(now)
                 if len(self._pending) >= self.max_pending:
+                    if not self.full_warned:
+                        log.warning("upload table full (%d objects announced and not uploaded); pulled messages are "
+                                    "answered without waiting until it drains", self.max_pending)
+                        self.full_warned = True
                     return
             self._pending[oid] = until
 
@@ -82,13 +90,15 @@ class Uploads:
         return out
 
     async def wait_for(self, object_ids: Iterable[str]) -> float:
-        """Return once none of `object_ids` is on its way any more (or each one's wait ran out); seconds waited."""
+        """Return once none of `object_ids` is on its way any more, and never later than `settle` seconds from
+        now (an object announced again and again does not extend it); seconds waited."""
         ids = list(object_ids)
         start = self._clock()
+        deadline = start + self.settle
         waited = False
-        while pending := self.pending_among(ids):
+        while (pending := self.pending_among(ids)) and (left := deadline - self._clock()) > 0:
             waited = True
-            left = max(self._pending[oid] for oid in pending) - self._clock()
+            left = min(left, max(self._pending[oid] for oid in pending) - self._clock())
             if self._changed is None:
                 self._changed = asyncio.Event()
             try:

@@ -119,7 +119,7 @@ class LoopbackFederation:
         parts = partition_iid(num_examples=len(load_digits_data(split="train")), num_sites=len(self.site_names),
                               seed=0)
         # sites are independent (keys, data, ledger): provisioned side by side, as separate hospitals would be
-        with ThreadPoolExecutor(max_workers=len(self.site_names)) as pool:
+        with ThreadPoolExecutor(max_workers=min(4, len(self.site_names))) as pool:
             dirs = list(pool.map(lambda item: self.add_site_dir(item[0], register=True, data_index=item[1]),
                                  zip(self.site_names, parts, strict=True)))
         self.site_dirs.update(zip(self.site_names, dirs, strict=True))
