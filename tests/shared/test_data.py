@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -129,3 +130,16 @@ def test_image_data_validation_and_normalisation():
         ImageData(torch.zeros(1, 1, 4, 4, dtype=torch.uint8), torch.tensor([3]), ("a", "b"))
     x = to_model_input(torch.tensor([0, 255], dtype=torch.uint8))
     assert x.tolist() == [-1.0, 1.0]
+
+
+def test_each_source_names_the_folder_its_split_is_read_from():
+    """One resolution for the readers and for `fl-server run`'s record of checked test sets."""
+    from fedhaven.shared.schema import DataConfig
+
+    assert DataConfig(source="mnist").folder("test") == BUNDLED_MNIST
+    assert DataConfig(source="mnist", path="/m").folder("train") == Path("/m")
+    assert DataConfig(source="idx", path="/d").folder("test") == Path("/d")
+    assert DataConfig(source="digits").folder("test") is None
+    tree = DataConfig(source="imagefolder", path="/tr", test_path="/te", image_size=8)
+    assert (tree.folder("train"), tree.folder("test")) == (Path("/tr"), Path("/te"))
+    assert DataConfig(source="imagefolder", path="/tr", image_size=8).folder("test") is None

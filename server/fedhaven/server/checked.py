@@ -25,7 +25,7 @@ from pathlib import Path
 
 import fedhaven.shared as shared_pkg
 from fedhaven.shared.config import to_dict
-from fedhaven.shared.schema import BUNDLED_MNIST, RunConfig
+from fedhaven.shared.schema import RunConfig
 
 CHECKED_FILE = "checked-runs.json"
 #: Fingerprints kept (newest last); older ones are checked again when they come back.
@@ -41,26 +41,13 @@ def fingerprint(run: RunConfig) -> str:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             versions[name] = None
-    data = run.data
-    root = _test_root(run)
+    root = run.data.folder("test")
     files = _stamp(root) if root is not None else []
     code = _stamp(Path(shared_pkg.__file__).parent, suffix=".py")  # the model and data code itself (an editable
     # install, or a release whose version was not bumped, still changes it)
-    what = {"model": to_dict(run.model), "data": to_dict(data), "dp": run.dp.enabled, "versions": versions,
+    what = {"model": to_dict(run.model), "data": to_dict(run.data), "dp": run.dp.enabled, "versions": versions,
             "code": code, "test_root": str(root) if root is not None else None, "files": files}
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def _test_root(run: RunConfig) -> Path | None:
-    """The folder the test split is read from (None: the data ships inside an installed package)."""
-    data = run.data
-    if data.source == "digits":
-        return None
-    if data.source == "mnist":
-        return Path(data.path) if data.path else BUNDLED_MNIST
-    if data.source == "idx":
-        return Path(data.path or "")
-    return Path(data.test_path) if data.test_path else None
 
 
 def _stamp(root: Path, *, suffix: str = "") -> list[tuple[str, int, int]]:

@@ -26,7 +26,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from fedhaven.server.uploads import Uploads, tree_ids
+from fedhaven.server.uploads import Doorbell, Uploads, tree_ids
 
 FLEET_PREFIX = "/v1/fleet/"
 RUNTIME_PREFIX = "/v1/runtime/"
@@ -54,24 +54,6 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 class _TooLarge(Exception):
     pass
-
-
-class Doorbell:
-    """Rung by the Runtime gate when the ServerApp pushed something; held pulls wake up and ask again."""
-
-    def __init__(self) -> None:
-        self._event: asyncio.Event | None = None
-
-    def current(self) -> asyncio.Event:
-        """The event the next ring sets (take it before asking Flower's app, so no ring is missed)."""
-        if self._event is None:
-            self._event = asyncio.Event()
-        return self._event
-
-    def ring(self) -> None:
-        event, self._event = self._event, None
-        if event is not None:
-            event.set()
 
 
 class Gate:

@@ -35,6 +35,25 @@ MAX_PENDING = 100_000
 log = logging.getLogger("fedhaven.server")
 
 
+class Doorbell:
+    """An event that the next ring sets, in one asyncio loop: the Runtime gate rings one when the ServerApp pushed
+    something (held pulls wake up and ask again); `Uploads` rings its own when an object arrives."""
+
+    def __init__(self) -> None:
+        self._event: asyncio.Event | None = None
+
+    def current(self) -> asyncio.Event:
+        """The event the next ring sets (take it before looking, so no ring in between is missed)."""
+        if self._event is None:
+            self._event = asyncio.Event()
+        return self._event
+
+    def ring(self) -> None:
+        event, self._event = self._event, None
+        if event is not None:
+            event.set()
+
+
 class Uploads:
     """Announced-but-not-uploaded object ids, shared by the gates of one SuperLink (one asyncio loop)."""
 
@@ -46,7 +65,7 @@ class Uploads:
         self.max_pending = max_pending
         self._clock = clock
         self._pending: dict[str, float] = {}  # object id -> when nobody waits for it any more
-        self._changed: asyncio.Event | None = None
+        self._arrived = Doorbell()  # rung whenever an awaited object is uploaded
         self.waited = 0  # answers held until their objects were uploaded (tests and benchmarks)
         self.full_warned = False
 
@@ -71,9 +90,9 @@ class Uploads:
             self._pending[oid] = until
 
     def uploaded(self, object_id: str) -> None:
-        """A `push-object` for this id was answered (stored or refused: either way, nothing more will come)."""
+        """Flower stored a `push-object` for this id."""
         if self._pending.pop(object_id, None) is not None:
-            self._wake()
+            self._arrived.ring()
 
     def pending_among(self, object_ids: Iterable[str]) -> list[str]:
         """The ids among `object_ids` still on their way (expired ones are forgotten)."""
@@ -99,19 +118,12 @@ class Uploads:
         while (pending := self.pending_among(ids)) and (left := deadline - self._clock()) > 0:
             waited = True
             left = min(left, max(self._pending[oid] for oid in pending) - self._clock())
-            if self._changed is None:
-                self._changed = asyncio.Event()
             try:
-                await asyncio.wait_for(self._changed.wait(), timeout=max(0.0, min(left, 0.5)))
+                await asyncio.wait_for(self._arrived.current().wait(), timeout=max(0.0, min(left, 0.5)))
             except TimeoutError:
                 pass
         self.waited += waited
         return self._clock() - start
-
-    def _wake(self) -> None:
-        event, self._changed = self._changed, None
-        if event is not None:
-            event.set()
 
     def _drop_expired(self, now: float) -> None:
         for oid in [o for o, until in self._pending.items() if until <= now]:

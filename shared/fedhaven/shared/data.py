@@ -11,7 +11,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from fedhaven.shared.schema import BUNDLED_MNIST, DataConfig, InputSpec
+from fedhaven.shared.schema import BUNDLED_MNIST, DataConfig, InputSpec  # noqa: F401 (BUNDLED_MNIST: re-exported)
 
 Split = Literal["train", "test"]
 
@@ -243,13 +243,11 @@ def load_digits_data(*, split: Split, test_fraction: float = 0.25, seed: int = 0
 
 def load_data(*, cfg: DataConfig, split: Split) -> ImageData:
     """The `split` of the source `cfg` describes."""
-    if cfg.source == "mnist":
-        return load_idx(cfg.path or BUNDLED_MNIST, split=split)
-    if cfg.source == "idx":
-        return load_idx(cfg.path or "", split=split)
     if cfg.source == "digits":
         return load_digits_data(split=split)
-    root = cfg.test_path if split == "test" else cfg.path
+    root = cfg.folder(split)
+    if cfg.source in ("mnist", "idx"):
+        return load_idx(root or "", split=split)
     if root is None:
         raise DataError("imagefolder: no test_path is set, so there is no held-out test set")
     return load_imagefolder(root, image_size=cfg.image_size or 32, channels=cfg.channels or 3)

@@ -350,6 +350,18 @@ class DataConfig:
     image_size: int | None = field(default=None, metadata=bounds(ge=4, le=1024))
     channels: Literal[1, 3] | None = None
 
+    def folder(self, split: Literal["train", "test"]) -> Path | None:
+        """The folder `split` is read from; None for digits (inside scikit-learn) and for an ImageFolder source
+        without that split's folder."""
+        if self.source == "digits":
+            return None
+        if self.source == "mnist":
+            return Path(self.path) if self.path else BUNDLED_MNIST
+        if self.source == "idx":
+            return Path(self.path or "")
+        root = self.test_path if split == "test" else self.path
+        return Path(root) if root else None
+
     def problems(self) -> list[str]:
         if self.source in ("idx", "imagefolder") and not self.path:
             return [f"path: the {self.source!r} source needs a path to the data"]
