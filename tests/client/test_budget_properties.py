@@ -74,7 +74,7 @@ def test_no_site_passes_a_limit_and_every_epsilon_is_at_least_the_fresh_accounta
             last = None
             for rnd, attempts in enumerate(r["attempts"][: r["planned"]], start=1):
                 task = TaskSpec(server_round=rnd, planned_rounds=r["planned"], input=InputSpec(1, 8, 3),
-                                classes=("a", "b", "c"), model=ModelConfig(),
+                                classes=("a", "b", "c"), model=ModelConfig(name="lenet"),
                                 train=TrainConfig(batch_size=batch, local_epochs=r["epochs"]), dp=dp)
                 for _ in range(attempts):
                     history = ledger.history()

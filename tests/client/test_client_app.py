@@ -25,7 +25,7 @@ from fedhaven.shared.weights import get_weights
 
 def _task(server_round: int, **dp) -> TaskSpec:
     return TaskSpec(server_round=server_round, planned_rounds=4, input=InputSpec(1, 8, 3), classes=("a", "b", "c"),
-                    model=ModelConfig(), train=TrainConfig(local_epochs=1, batch_size=32, lr=0.3),
+                    model=ModelConfig(name="lenet"), train=TrainConfig(local_epochs=1, batch_size=32, lr=0.3),
                     dp=DPConfig(target_epsilon=2.0, **dp))
 
 
@@ -42,7 +42,7 @@ def _context() -> Context:
 @pytest.fixture
 def app_and_weights(synthetic_images, client_app_for):
     app = client_app_for(Site(info=SiteInfo(name="hospital-a"), data=synthetic_images))
-    weights = get_weights(build_model(cfg=ModelConfig(), spec=InputSpec(1, 8, 3), seed=0))
+    weights = get_weights(build_model(cfg=ModelConfig(name="lenet"), spec=InputSpec(1, 8, 3), seed=0))
     return app, weights
 
 
@@ -88,7 +88,7 @@ def test_fixed_noise_and_no_dp(app_and_weights):
 def test_task_that_does_not_fit_the_data_is_refused(app_and_weights):
     app, _ = app_and_weights
     task = replace(_task(1), input=InputSpec(1, 28, 10), classes=tuple(str(i) for i in range(10)))
-    weights = get_weights(build_model(cfg=ModelConfig(), spec=task.input))
+    weights = get_weights(build_model(cfg=ModelConfig(name="lenet"), spec=task.input))
     # In-process the exception surfaces as is; Flower's runtimes turn it into the error reply the coordinator logs.
     with pytest.raises(TaskRefused) as err:
         app(_fit_message(weights, task), _context())

@@ -11,7 +11,7 @@ from fedhaven.client.cli import main
 from fedhaven.client.site_config import load_site_config
 from fedhaven.shared.accounting import PrivacyHistory, epsilon
 from fedhaven.shared.crypto import make_ca
-from fedhaven.shared.data import load_digits_data, save_idx
+from fedhaven.shared.sources import load_digits_data, save_idx
 
 SITE_TOML = """
 name = "hospital-a"

@@ -28,11 +28,11 @@ from fedhaven.shared.witness import LEDGER_PREV_HASH, LEDGER_SEQ, Witness
 
 def _task(server_round: int, planned: int = 2, **dp) -> TaskSpec:
     return TaskSpec(server_round=server_round, planned_rounds=planned, input=InputSpec(1, 8, 3),
-                    classes=("a", "b", "c"), model=ModelConfig(),
+                    classes=("a", "b", "c"), model=ModelConfig(name="lenet"),
                     train=TrainConfig(local_epochs=1, batch_size=32, lr=0.3), dp=DPConfig(**dp))
 
 
-WEIGHTS = get_weights(build_model(cfg=ModelConfig(), spec=InputSpec(1, 8, 3), seed=0))
+WEIGHTS = get_weights(build_model(cfg=ModelConfig(name="lenet"), spec=InputSpec(1, 8, 3), seed=0))
 
 
 def _message(task: TaskSpec, witness: Witness | None = None) -> Message:

@@ -17,7 +17,7 @@ from fedhaven.client import deployment
 from fedhaven.client.ledger import Ledger
 from fedhaven.client.site_config import load_site_config
 from fedhaven.client.types import TaskRefused
-from fedhaven.shared.data import load_digits_data, save_idx
+from fedhaven.shared.sources import load_digits_data, save_idx
 from fedhaven.shared.models import build_model
 from fedhaven.shared.schema import DPConfig, InputSpec, ModelConfig, TrainConfig
 from fedhaven.shared.task import TaskSpec, task_to_config
@@ -59,12 +59,12 @@ def site(tmp_path, monkeypatch):
 
 def _task(**dp) -> TaskSpec:
     return TaskSpec(server_round=1, planned_rounds=3, input=InputSpec(1, 8, 10),
-                    classes=tuple(str(i) for i in range(10)), model=ModelConfig(),
+                    classes=tuple(str(i) for i in range(10)), model=ModelConfig(name="lenet"),
                     train=TrainConfig(local_epochs=1, batch_size=32, lr=0.2), dp=DPConfig(target_epsilon=3.0, **dp))
 
 
 def _message(task: TaskSpec, *, secagg: bool) -> Message:
-    weights = get_weights(build_model(cfg=ModelConfig(), spec=task.input, seed=0))
+    weights = get_weights(build_model(cfg=ModelConfig(name="lenet"), spec=task.input, seed=0))
     content = compat.fitins_to_recorddict(FitIns(ndarrays_to_parameters(weights), task_to_config(task)), True)
     if secagg:  # the SecAgg+ stage that carries the task
         from flwr.app import ConfigRecord

@@ -11,7 +11,7 @@ from fedhaven.client.site import SiteTrainer
 from fedhaven.client.types import PrivacyState, Site, SiteInfo
 from fedhaven.server.recorder import CentralEvaluator
 from fedhaven.shared import features
-from fedhaven.shared.data import load_imagefolder
+from fedhaven.shared.sources import load_imagefolder
 from fedhaven.shared.models import build_model
 from fedhaven.shared.schema import DPConfig, ModelConfig, RunConfig, TrainConfig
 from fedhaven.shared.task import task_for_round
@@ -59,7 +59,7 @@ def test_rgb_site_trains_the_head_on_features_computed_once(rgb_site, monkeypatc
         weights, privacy = out.weights, out.privacy
         assert out.metrics["steps"] > 0 and out.metrics["epsilon"] <= 8.0
     assert calls == [len(train)]  # once for the site, never per round
-    assert len(list((tmp / "state" / "feature-cache").glob("*.pt"))) == 1
+    assert len(list((tmp / "state" / "feature-cache").glob("*.rows"))) == 1
     # a restarted site (new process, same state dir) reads its features back instead of recomputing them
     again = SiteTrainer(site=Site(info=SiteInfo(name="rgb", state_dir=tmp / "state"), data=train))
     again.fit(task=task_for_round(run=run, server_round=3, input_spec=train.spec, classes=train.classes),

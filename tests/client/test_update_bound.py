@@ -19,14 +19,14 @@ from fedhaven.shared.task import TaskSpec, task_to_config
 from fedhaven.shared.updates import decode_delta, l2_norm, num_params
 from fedhaven.shared.weights import get_weights
 
-WEIGHTS = get_weights(build_model(cfg=ModelConfig(), spec=InputSpec(1, 8, 3), seed=0))
+WEIGHTS = get_weights(build_model(cfg=ModelConfig(name="lenet"), spec=InputSpec(1, 8, 3), seed=0))
 
 
 
 
 def _task(**robust) -> TaskSpec:
     return TaskSpec(server_round=1, planned_rounds=2, input=InputSpec(1, 8, 3), classes=("a", "b", "c"),
-                    model=ModelConfig(), train=TrainConfig(local_epochs=2, batch_size=32, lr=0.5),
+                    model=ModelConfig(name="lenet"), train=TrainConfig(local_epochs=2, batch_size=32, lr=0.5),
                     dp=DPConfig(target_epsilon=4.0), **robust)
 
 

@@ -13,9 +13,16 @@ import pytest
 from fedhaven.client.ledger import Ledger
 from fedhaven.shared.accounting import epsilon
 from fedhaven.shared.crypto import make_ca
+from fedhaven.shared.recipe import expected_batch
 from fedhaven.sim.loopback import LoopbackFederation, run_toml
 
 pytestmark = pytest.mark.slow
+
+
+def _site_size(site_dir: Path) -> int:
+    from fedhaven.shared.sources import load_idx
+
+    return len(load_idx(site_dir / "data", split="train").labels)
 
 
 def _executor(site_dir: Path) -> dict:
@@ -34,6 +41,12 @@ def test_two_rounds_of_dp_secagg_training_over_tls(federation):
     assert all(x["secure_aggregation"] and x["sites_ok"] == 3 for x in lines[1:])
     privacy = json.loads((run_dir / "privacy.json").read_text())
     assert set(privacy["sites"]) == set(federation.sites)
+    # the default recipe: each site trained with the rule's batch for its own size (the sites differ in size)
+    sizes = {name: _site_size(d) for name, d in
+             zip(federation.sites, federation.site_dirs_list)}
+    assert len(set(sizes.values())) == len(sizes)
+    for name, size in sizes.items():
+        assert privacy["sites"][name]["sample_rate"] == pytest.approx(expected_batch(site_size=size) / size)
     for name, d, n in zip(federation.sites, federation.site_dirs_list, before):
         eps = privacy["sites"][name]["epsilon"]
         assert 0 < eps <= 6.0

@@ -21,7 +21,7 @@ def _run(tmp_path: Path, **data: object) -> RunConfig:
 
 
 def _idx_folder(tmp_path: Path) -> Path:
-    from fedhaven.shared.data import load_digits_data, save_idx
+    from fedhaven.shared.sources import load_digits_data, save_idx
 
     root = tmp_path / "idx"
     save_idx(load_digits_data(split="test").subset(np.arange(40)), root, split="test")

@@ -19,6 +19,8 @@ from fedhaven.shared.models import InputSpec, build_model
 from fedhaven.shared.schema import CentralDPConfig, ModelConfig, RunConfig, StrategyConfig
 from fedhaven.shared.weights import get_weights
 
+LENET = ModelConfig(name="lenet")  # the model these tests' weights come from
+
 SPEC = InputSpec(1, 8, 3)
 
 
@@ -27,7 +29,7 @@ def _recorder(tmp_path, run: RunConfig, **kw) -> RunRecorder:
 
 
 def _weights(seed: int) -> list[np.ndarray]:
-    return get_weights(build_model(cfg=ModelConfig(), spec=SPEC, seed=seed, dp=False))
+    return get_weights(build_model(cfg=ModelConfig(name="lenet"), spec=SPEC, seed=seed, dp=False))
 
 
 def _site(name: str, eps: float) -> SiteReport:
@@ -36,7 +38,7 @@ def _site(name: str, eps: float) -> SiteReport:
 
 
 def test_a_checkpoint_brings_back_weights_sites_and_strategy_state(tmp_path):
-    run = RunConfig(rounds=5, strategy=StrategyConfig(name="fedadam"))
+    run = RunConfig(model=LENET, rounds=5, strategy=StrategyConfig(name="fedadam"))
     rec = _recorder(tmp_path, run)
     rec.site_reports([_site("a", 1.5)], unanswered=["b"], server_round=2, attempt=1)
     strat = build_strategy(run=run, initial=_weights(0), fit_config=lambda r: {})
@@ -58,7 +60,8 @@ def test_a_checkpoint_brings_back_weights_sites_and_strategy_state(tmp_path):
 
 
 def test_central_dp_state_survives(tmp_path):
-    run = RunConfig(central_dp=CentralDPConfig(enabled=True, clipping="adaptive", clipped_count_stddev=1.0),
+    run = RunConfig(model=LENET,
+                    central_dp=CentralDPConfig(enabled=True, clipping="adaptive", clipped_count_stddev=1.0),
                     secagg=RunConfig().secagg)
     strat = build_strategy(run=run, initial=_weights(0), fit_config=lambda r: {})
     strat.inner.clipping_norm = 0.37
@@ -73,7 +76,7 @@ def test_central_dp_state_survives(tmp_path):
 
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "empty", "pickle"])
 def test_a_bad_last_checkpoint_falls_back_to_the_one_before(tmp_path, damage):
-    run = RunConfig(rounds=5)
+    run = RunConfig(model=LENET, rounds=5)
     rec = _recorder(tmp_path, run)
     for r in (1, 2, 3):
         rec.checkpoint(server_round=r, weights=_weights(r), strategy={})
@@ -103,7 +106,7 @@ def test_a_bad_last_checkpoint_falls_back_to_the_one_before(tmp_path, damage):
 
 
 def test_nothing_readable_or_another_config_is_refused(tmp_path):
-    run = RunConfig(rounds=5)
+    run = RunConfig(model=LENET, rounds=5)
     with pytest.raises(ResumeError, match="no readable checkpoint"):
         load_checkpoint(run_dir=tmp_path, run=run, input_spec=SPEC)
     _recorder(tmp_path, run).checkpoint(server_round=1, weights=_weights(0), strategy={})
@@ -115,7 +118,7 @@ def test_nothing_readable_or_another_config_is_refused(tmp_path):
 
 
 def test_metrics_read_back_skip_a_torn_line(tmp_path):
-    rec = _recorder(tmp_path, RunConfig())
+    rec = _recorder(tmp_path, RunConfig(model=LENET))
     rec.record(RoundRecord(round=1, status="ok", attempt=1, loss=0.5, accuracy=0.8, epsilon_max=None,
                            epsilon_mean=None, sites_ok=2, sites_failed=0, round_time_s=1.0, fit_time_s=1.0,
                            eval_time_s=0.1, secure_aggregation=True, epsilons={"a": math.inf},

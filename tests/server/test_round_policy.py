@@ -15,6 +15,8 @@ from fedhaven.shared.models import InputSpec, build_model
 from fedhaven.shared.schema import ModelConfig, RunConfig
 from fedhaven.shared.weights import get_weights
 
+LENET = ModelConfig(name="lenet")  # the model these tests' weights come from
+
 SPEC = InputSpec(1, 8, 3)
 
 
@@ -49,12 +51,12 @@ def _halted():
 
 @pytest.fixture
 def recorder(tmp_path):
-    run = RunConfig(round_retries=1)
+    run = RunConfig(model=LENET, round_retries=1)
     return RunRecorder(run_dir=tmp_path, run=run, input_spec=SPEC, classes=("a", "b", "c"))
 
 
 def _weights(seed=0):
-    return get_weights(build_model(cfg=ModelConfig(), spec=SPEC, seed=seed))
+    return get_weights(build_model(cfg=ModelConfig(name="lenet"), spec=SPEC, seed=seed))
 
 
 def test_a_round_without_aggregate_is_retried_then_fails_loudly(recorder, tmp_path):
@@ -95,7 +97,7 @@ def test_final_model_is_a_plain_state_dict(recorder, tmp_path):
     w = _weights(2)
     recorder.finish(weights=w)
     state = torch.load(tmp_path / "model.pt")
-    model = build_model(cfg=ModelConfig(), spec=SPEC)
+    model = build_model(cfg=ModelConfig(name="lenet"), spec=SPEC)
     model.load_state_dict(state)
     assert json.loads((tmp_path / "model.json").read_text())["input"] == {"channels": 1, "image_size": 8,
                                                                             "num_classes": 3}
@@ -169,7 +171,7 @@ def test_a_run_in_which_no_round_aggregated_fails_and_says_why(tmp_path, monkeyp
     FakeLegacyFederation.outcomes = [_refused(why), _refused(why)]
     monkeypatch.setattr(federation, "LegacyFederation", FakeLegacyFederation)
     with pytest.raises(NoRoundTrained, match="no round produced an aggregate.*run's privacy target is reached"):
-        federation.run_federation(grid=None, context=None, run=RunConfig(rounds=3, round_retries=1),
+        federation.run_federation(grid=None, context=None, run=RunConfig(model=LENET, rounds=3, round_retries=1),
                                   run_dir=tmp_path, input_spec=SPEC, classes=("a", "b", "c"), evaluator=None,
                                   max_weight=None)
     report = json.loads((tmp_path / "privacy.json").read_text())
@@ -183,7 +185,7 @@ def test_a_run_stopped_by_budgets_after_training_is_not_a_failure(tmp_path, monk
     why = "site a refused the task (nothing was trained or sent): this site's own privacy budget is spent: ..."
     FakeLegacyFederation.outcomes = [_ok(_weights(), eps=(1.0, 2.0)), _refused(why), _refused(why)]
     monkeypatch.setattr(federation, "LegacyFederation", FakeLegacyFederation)
-    result = federation.run_federation(grid=None, context=None, run=RunConfig(rounds=3, round_retries=1),
+    result = federation.run_federation(grid=None, context=None, run=RunConfig(model=LENET, rounds=3, round_retries=1),
                                        run_dir=tmp_path, input_spec=SPEC, classes=("a", "b", "c"), evaluator=None,
                                        max_weight=None)
     assert result.stopped and "too few sites have privacy budget left" in result.stopped

@@ -8,7 +8,7 @@ import torch
 
 from fedhaven.shared.accounting import noise_for_budget
 from fedhaven.shared.audit import auc, membership_inference
-from fedhaven.shared.data import load_digits_data
+from fedhaven.shared.sources import load_digits_data
 from fedhaven.shared.models import build_model
 from fedhaven.shared.schema import ModelConfig, TrainConfig
 from fedhaven.shared.training import DPSettings, evaluate, schedule, train_local
@@ -31,7 +31,7 @@ def test_dp_keeps_membership_inference_near_chance_and_overfitting_does_not():
     train, test = load_digits_data(split="train"), load_digits_data(split="test")
     # non-private and overfit: 100 examples, 100 epochs
     small = train.subset(np.arange(100))
-    overfit = build_model(cfg=ModelConfig(), spec=train.spec, seed=0)
+    overfit = build_model(cfg=ModelConfig(name="lenet"), spec=train.spec, seed=0)
     train_local(model=overfit, data=small, train=TrainConfig(local_epochs=100, batch_size=20, lr=0.05), dp=None,
                 device="cpu", generator=torch.Generator().manual_seed(0))
     leaky = membership_inference(model=overfit, members=small, non_members=test)
@@ -39,7 +39,7 @@ def test_dp_keeps_membership_inference_near_chance_and_overfitting_does_not():
     cfg = TrainConfig(local_epochs=20, batch_size=128, lr=0.1)
     q, steps = schedule(num_examples=len(train), batch_size=cfg.batch_size, local_epochs=cfg.local_epochs)
     z = noise_for_budget(target_epsilon=2.0, delta=1e-5, sample_rate=q, steps=steps)
-    private = build_model(cfg=ModelConfig(), spec=train.spec, seed=0)
+    private = build_model(cfg=ModelConfig(name="lenet"), spec=train.spec, seed=0)
     train_local(model=private, data=train, train=cfg, dp=DPSettings(noise_multiplier=z, max_grad_norm=1.0),
                 device="cpu", generator=torch.Generator().manual_seed(0))
     guarded = membership_inference(model=private, members=train, non_members=test)

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from fedhaven.shared.data import (
-    BUNDLED_MNIST, DataError, ImageData, load_data, load_digits_data, load_idx, load_imagefolder, read_idx, save_idx,
-    to_model_input,
+from fedhaven.shared.data import DataError, ImageData, to_model_input
+from fedhaven.shared.sources import (
+    BUNDLED_MNIST, load_data, load_digits_data, load_idx, load_imagefolder, read_idx, save_idx,
 )
 from fedhaven.shared.schema import DataConfig
 
@@ -78,8 +78,8 @@ def test_idx_image_and_label_counts_must_agree(tmp_path):
 def test_save_idx_roundtrip_and_rgb_refused(tmp_path, synthetic_images):
     save_idx(synthetic_images, tmp_path, split="test")
     back = load_idx(tmp_path, split="test")
-    assert torch.equal(back.images, synthetic_images.images) and torch.equal(back.labels, synthetic_images.labels)
-    rgb = ImageData(synthetic_images.images.repeat(1, 3, 1, 1), synthetic_images.labels, synthetic_images.classes)
+    assert torch.equal(back.images[:], synthetic_images.images[:]) and torch.equal(back.labels, synthetic_images.labels)
+    rgb = ImageData(synthetic_images.images[:].repeat(1, 3, 1, 1), synthetic_images.labels, synthetic_images.classes)
     with pytest.raises(DataError, match="ImageFolder"):
         save_idx(rgb, tmp_path, split="train")
 
@@ -98,7 +98,7 @@ def test_digits_split_is_deterministic_and_disjoint():
     train, test = load_digits_data(split="train"), load_digits_data(split="test")
     assert len(train) + len(test) == 1797 and len(test) == 449
     assert train.spec.image_size == 8 and train.images.dtype == torch.uint8
-    assert torch.equal(load_digits_data(split="test").images, test.images)
+    assert torch.equal(load_digits_data(split="test").images[:], test.images[:])
     train_rows = {bytes(x.numpy()) for x in train.images}
     assert sum(bytes(x.numpy()) in train_rows for x in test.images) < 20  # digits has a few duplicate images
 

@@ -13,7 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from fedhaven.shared.data import DataError, load_idx, load_imagefolder
+from fedhaven.shared.data import DataError
+from fedhaven.shared.sources import load_idx, load_imagefolder
 
 FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

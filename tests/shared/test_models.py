@@ -13,7 +13,7 @@ from fedhaven.shared.schema import ModelConfig
 @pytest.mark.parametrize(("channels", "size", "classes", "features"),
                          [(1, 28, 10, 16 * 4 * 4), (3, 32, 5, 16 * 5 * 5), (1, 8, 10, 16 * 2 * 2)])
 def test_lenet_shapes(channels, size, classes, features):
-    model = build_model(cfg=ModelConfig(), spec=InputSpec(channels, size, classes))
+    model = build_model(cfg=ModelConfig(name="lenet"), spec=InputSpec(channels, size, classes))
     assert isinstance(model, LeNet)
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
@@ -32,8 +32,8 @@ def test_lenet_has_no_batchnorm_and_passes_opacus():
 
 
 def test_same_seed_same_initial_weights():
-    a = build_model(cfg=ModelConfig(), spec=InputSpec(1, 28, 10), seed=3)
-    b = build_model(cfg=ModelConfig(), spec=InputSpec(1, 28, 10), seed=3)
+    a = build_model(cfg=ModelConfig(name="lenet"), spec=InputSpec(1, 28, 10), seed=3)
+    b = build_model(cfg=ModelConfig(name="lenet"), spec=InputSpec(1, 28, 10), seed=3)
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
 
 
@@ -57,4 +57,4 @@ def test_batchnorm_model_is_refused_for_dp_but_allowed_without():
 
 def test_bad_input_spec():
     with pytest.raises(ModelError, match="channels"):
-        build_model(cfg=ModelConfig(), spec=InputSpec(2, 28, 10))
+        build_model(cfg=ModelConfig(name="lenet"), spec=InputSpec(2, 28, 10))

@@ -143,10 +143,10 @@ def test_schedule():
 
 def test_ew_mode_accepts_slices_of_numpy_backed_images():
     # digits come from numpy with an odd stride on the channel axis; torch's expanded weights used to fail on it
-    from fedhaven.shared.data import load_digits_data
+    from fedhaven.shared.sources import load_digits_data
 
     data = load_digits_data(split="train").subset(torch.arange(40))
-    model = build_model(cfg=ModelConfig(), spec=data.spec, seed=0)
+    model = build_model(cfg=ModelConfig(name="lenet"), spec=data.spec, seed=0)
     report = train_local(model=model, data=data, train=TrainConfig(local_epochs=1, batch_size=5, lr=0.1),
                          dp=DPSettings(noise_multiplier=1.0, max_grad_norm=1.0, grad_sample_mode="ew"), device="cpu",
                          generator=torch.Generator().manual_seed(0))

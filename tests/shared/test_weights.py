@@ -13,7 +13,7 @@ from fedhaven.shared.weights import clean_name, clean_state_dict, get_weights, s
 
 
 def test_opacus_prefix_is_stripped():
-    model = build_model(cfg=ModelConfig(), spec=InputSpec(1, 28, 10))
+    model = build_model(cfg=ModelConfig(name="lenet"), spec=InputSpec(1, 28, 10))
     wrapped = GradSampleModule(model)
     assert all(k.startswith("_module.") for k in wrapped.state_dict())
     assert list(clean_state_dict(wrapped.state_dict())) == list(model.state_dict())
@@ -22,8 +22,8 @@ def test_opacus_prefix_is_stripped():
 
 
 def test_roundtrip_and_shape_errors():
-    a = build_model(cfg=ModelConfig(), spec=InputSpec(1, 28, 10), seed=1)
-    b = build_model(cfg=ModelConfig(), spec=InputSpec(1, 28, 10), seed=2)
+    a = build_model(cfg=ModelConfig(name="lenet"), spec=InputSpec(1, 28, 10), seed=1)
+    b = build_model(cfg=ModelConfig(name="lenet"), spec=InputSpec(1, 28, 10), seed=2)
     set_weights(b, get_weights(a))
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
     w = get_weights(a)

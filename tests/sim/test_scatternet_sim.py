@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from fedhaven.shared.config import parse
-from fedhaven.shared.data import load_digits_data
+from fedhaven.shared.sources import load_digits_data
 from fedhaven.shared.models import build_model
 from fedhaven.shared.schema import InputSpec, ModelConfig
 from fedhaven.shared.training import evaluate
@@ -26,9 +26,10 @@ def test_digits_scatternet_three_sites(tmp_path):
     summary = run_experiment(exp=exp, run_dir=tmp_path / "run", on_round=seen.append)
     assert [r.status for r in seen] == ["initial", "ok", "ok", "ok"]
     assert seen[-1].accuracy > 0.8 and seen[-1].epsilon_max <= 8.0
-    # each site computed its features once and kept them in the content-keyed cache
-    files = sorted((cache / ".feature-cache").glob("*.pt"))
-    assert len(files) == 3
+    # each site computed its features once and kept them in the content-keyed cache, as did the coordinator for
+    # its test set
+    files = sorted((cache / ".feature-cache").glob("*.rows"))
+    assert len(files) == 4
     stamps = [f.stat().st_mtime_ns for f in files]
     # the exported model maps raw images to classes on its own (front end rebuilt from model.json)
     meta = json.loads((tmp_path / "run" / "model.json").read_text())
@@ -39,4 +40,4 @@ def test_digits_scatternet_three_sites(tmp_path):
     # a second run reuses every site's cached features: nothing rewritten
     run_experiment(exp=load_experiment(source="digits", overrides=[*over[:-1], "rounds=1", f"output_dir={cache}"]),
                    run_dir=tmp_path / "again")
-    assert [f.stat().st_mtime_ns for f in sorted((cache / ".feature-cache").glob("*.pt"))] == stamps
+    assert [f.stat().st_mtime_ns for f in sorted((cache / ".feature-cache").glob("*.rows"))] == stamps

@@ -53,7 +53,7 @@ def test_digits_three_sites_two_rounds(tmp_path):
         ledger = Ledger.in_dir(tmp_path / "sites" / name)
         assert ledger.verify().ok and [e.kind for e in ledger.entries()] == ["init", "update", "update"]
         assert ledger.entries()[-1].epsilon_after == pytest.approx(site["epsilon"])
-    model = build_model(cfg=ModelConfig(), spec=InputSpec(1, 8, 10))
+    model = build_model(cfg=ModelConfig(name="lenet"), spec=InputSpec(1, 8, 10))
     model.load_state_dict(torch.load(tmp_path / "model.pt"))
 
 

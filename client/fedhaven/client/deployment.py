@@ -69,12 +69,19 @@ class SiteConfigProvider:
 
     def info(self, context) -> SiteInfo:  # noqa: ANN001
         cfg = _config(self._path(context))
-        return SiteInfo(name=cfg.name, policy=cfg.policy, state_dir=Path(cfg.state_dir), device=cfg.device)
+        return site_info(cfg)
 
     def data(self, context) -> ImageData:  # noqa: ANN001
-        from fedhaven.shared.data import load_data  # torch: only the stage that trains pays for it
+        from fedhaven.shared.sources import load_data  # torch: only the stage that trains pays for it
 
-        return load_data(cfg=_config(self._path(context)).data, split="train")
+        cfg = _config(self._path(context))
+        return load_data(cfg=cfg.data, split="train", cache_dir=site_info(cfg).cache())
+
+
+def site_info(cfg: SiteConfig) -> SiteInfo:
+    """What the training path knows of a site, from its site.toml (the same file `fl-client check` reads)."""
+    return SiteInfo(name=cfg.name, policy=cfg.policy, state_dir=Path(cfg.state_dir), device=cfg.device,
+                    ledger_anchor=Path(cfg.ledger_anchor) if cfg.ledger_anchor else None, memory_mb=cfg.memory_mb)
 
 
 app = make_client_app(sites=SiteConfigProvider())

@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass
 
 from fedhaven.client.site_config import SitePolicy
+from fedhaven.shared.recipe import expected_batch
 from fedhaven.shared.accounting import BUDGET_SPENT, RUN_TARGET_REACHED, PrivacyHistory, epsilon, noise_for_budget
 from fedhaven.shared.task import TaskSpec
 
@@ -102,6 +103,7 @@ class RoundPlan:
     steps: int
     epsilon_before: float  # at the run's delta, over the site's current budget
     epsilon_after: float
+    batch_size: int  # expected examples per step: the task's, or under "auto" the rule's for this site's size
 
 
 def choose_noise(*, task: TaskSpec, policy: SitePolicy, history: PrivacyHistory, sample_rate: float,
@@ -157,8 +159,9 @@ def plan_round(*, task: TaskSpec, policy: SitePolicy, history: PrivacyHistory, n
     """The round's noise, sample rate and steps, or BudgetRefused naming the limit (run target or site budget)."""
     from fedhaven.shared.training import schedule  # torch: only the stage that trains pays for it
 
-    sample_rate, steps = schedule(num_examples=num_examples, batch_size=task.train.batch_size,
-                                  local_epochs=task.train.local_epochs)
+    batch = (expected_batch(site_size=num_examples) if task.train.batch_size == "auto"
+             else int(task.train.batch_size))
+    sample_rate, steps = schedule(num_examples=num_examples, batch_size=batch, local_epochs=task.train.local_epochs)
     before = run_spent(task=task, history=history)
     noise = 0.0
     if task.dp.enabled:
@@ -173,4 +176,4 @@ def plan_round(*, task: TaskSpec, policy: SitePolicy, history: PrivacyHistory, n
     if why:
         raise BudgetRefused(why)
     return RoundPlan(noise_multiplier=noise, sample_rate=sample_rate, steps=steps, epsilon_before=before,
-                     epsilon_after=after)
+                     epsilon_after=after, batch_size=batch)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -14,6 +14,7 @@ from fedhaven.client.policy import BudgetRefused, plan_round
 from fedhaven.client.types import PrivacyState, Site, SiteInfo, TaskRefused
 from fedhaven.shared.accounting import NOTHING_SENT, epsilon
 from fedhaven.shared.data import FeatureData, ImageData
+from fedhaven.shared.rows import Rows
 from fedhaven.shared.models import build_model, split_front
 from fedhaven.shared.task import TaskSpec
 from fedhaven.shared.runtime import resolve_device
@@ -79,21 +80,36 @@ class SiteTrainer:
         self.site = site
         self._model: torch.nn.Module | None = None
         self._model_key: tuple | None = None
-        self._features: dict[str, torch.Tensor] = {}  # a fixed front end's output on this site's images
+        self._features: dict[str, Rows] = {}  # a fixed front end's output on this site's images (on disk)
 
-    def _training_data(self, model: torch.nn.Module, data: ImageData) -> tuple[torch.nn.Module, ImageData | FeatureData]:
-        """(what DP-SGD trains, what it trains on): a model's fixed front end runs once per site, never per round."""
+    def _training_data(self, model: torch.nn.Module, data: ImageData,
+                       device: str) -> tuple[torch.nn.Module, ImageData | FeatureData]:
+        """(what DP-SGD trains, what it trains on): a model's fixed front end runs once per site, never per round,
+        a chunk of images at a time, and its output is read back a batch at a time."""
         front, head = split_front(model)
         if front is None:
             return model, data
         from fedhaven.shared.features import cached_features
+        from fedhaven.shared.memory import MemoryBudget, front_image_bytes
 
         key = model.front_key  # type: ignore[union-attr] - FrontEndModel
         if key not in self._features:
             info = self.site.info
-            cache = info.cache_dir or (info.state_dir / "feature-cache" if info.state_dir is not None else None)
-            self._features[key] = cached_features(front=front, front_key=key, data=data, cache_dir=cache).features
+            chunk = MemoryBudget(info.memory_mb).rows(
+                per_row_bytes=front_image_bytes(front, image_shape=data.images.row_shape), cap=256)
+            self._features[key] = cached_features(front=front, front_key=key, data=data, cache_dir=info.cache(),
+                                                  chunk=chunk, device=device).features
         return head, FeatureData(self._features[key], data.labels, data.classes)
+
+    def physical_batch(self, trainable: torch.nn.Module, inputs: ImageData | FeatureData, *, expected: int,
+                       ghost: bool) -> int:
+        """The most examples one forward/backward pass may take within this site's memory limit."""
+        from fedhaven.shared.memory import MemoryBudget, train_example_bytes
+
+        row = inputs.images.row_shape if isinstance(inputs, ImageData) else inputs.features.row_shape
+        per = train_example_bytes(trainable, row_shape=row, ghost=ghost)
+        # a Poisson batch exceeds its expected size by a few standard deviations at most
+        return MemoryBudget(self.site.info.memory_mb).rows(per_row_bytes=per, cap=expected + 4 * int(expected**0.5) + 8)
 
     def _model_for(self, task: TaskSpec) -> torch.nn.Module:
         key = (task.model, task.input)
@@ -131,9 +147,12 @@ class SiteTrainer:
         model = self._model_for(task)
         set_weights(model, weights)
         device = resolve_device(self.site.info.device)  # type: ignore[arg-type]
-        trainable, inputs = self._training_data(model, data)
-        report = train_local(model=trainable, data=inputs, train=task.train, dp=dp, device=device,
-                             generator=generator, proximal_mu=task.proximal_mu)
+        trainable, inputs = self._training_data(model, data, device)
+        physical = self.physical_batch(trainable, inputs, expected=plan.batch_size,
+                                       ghost=dp is not None and dp.grad_sample_mode == "ghost")
+        report = train_local(model=trainable, data=inputs, train=replace(task.train, batch_size=plan.batch_size),
+                             dp=dp, device=device, generator=generator, proximal_mu=task.proximal_mu,
+                             physical_batch=physical)
         if (report.sample_rate, report.steps) != (plan.sample_rate, plan.steps):
             raise RuntimeError(f"site {self.site.name}: trained {report.steps} steps at rate {report.sample_rate} "
                                f"where {plan.steps} at {plan.sample_rate} were planned; nothing is sent")

@@ -8,7 +8,7 @@ from typing import Literal
 
 from fedhaven.client.ledger import Ledger
 from fedhaven.shared.config import ConfigError, bounds, load_toml, parse
-from fedhaven.shared.schema import SIMULATION_POLICY, DataConfig, SitePolicy
+from fedhaven.shared.schema import DEFAULT_MEMORY_MB, SIMULATION_POLICY, DataConfig, SitePolicy
 
 __all__ = ["SIMULATION_POLICY", "CoordinatorConfig", "SiteConfig", "SitePolicy", "load_site_config"]
 
@@ -44,6 +44,9 @@ class SiteConfig:
     # CPU threads training may use (torch and OpenMP); 0: every core. Set it when the machine is shared
     # (several sites or other services on one host): oversubscribed OpenMP threads spin against each other.
     cpu_threads: int = field(default=0, metadata=bounds(ge=0, le=4096))
+    # MB the training process stays under: images and features are read a batch at a time, and each DP-SGD step
+    # is processed in parts that fit (the step and its privacy are those of the whole batch)
+    memory_mb: int = field(default=DEFAULT_MEMORY_MB, metadata=bounds(ge=256))
     clientappio_port: int = field(default=9094, metadata=bounds(ge=1, le=65535))
     coordinator: CoordinatorConfig = field(default_factory=CoordinatorConfig)
     data: DataConfig = field(default_factory=DataConfig)

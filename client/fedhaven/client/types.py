@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from fedhaven.client.site_config import SIMULATION_POLICY, SitePolicy
 from fedhaven.shared.accounting import PrivacyHistory
+from fedhaven.shared.schema import DEFAULT_MEMORY_MB
 
 if TYPE_CHECKING:
     from fedhaven.client.ledger import Ledger
@@ -26,8 +27,15 @@ class SiteInfo:
     policy: SitePolicy = SIMULATION_POLICY
     state_dir: Path | None = None  # None: no ledger (unit tests); history kept in Flower's context only
     device: str = "cpu"  # "auto", "cpu" or "cuda": resolved once, where training runs
-    cache_dir: Path | None = None  # a fixed front end's features (default: state_dir/feature-cache)
+    cache_dir: Path | None = None  # decoded images and a fixed front end's features (default: state_dir/feature-cache)
     ledger_anchor: Path | None = None  # None: beside state_dir
+    memory_mb: int = DEFAULT_MEMORY_MB  # the training process's memory limit: sets chunk and physical batch sizes
+
+    def cache(self) -> Path | None:
+        """Where this site caches decoded images and features (None: a private temporary folder)."""
+        if self.cache_dir is not None:
+            return self.cache_dir
+        return self.state_dir / "feature-cache" if self.state_dir is not None else None
 
     def ledger(self) -> Ledger | None:
         """The site's privacy ledger, or None for a site without a state directory."""

@@ -14,7 +14,7 @@ from flwr.serverapp import Grid, ServerApp
 from fedhaven.server.federation import RunResult, run_federation
 from fedhaven.server.progress import RUN_LOG
 from fedhaven.server.recorder import CentralEvaluator, RoundRecord, SiteWitnesses
-from fedhaven.shared.data import load_data
+from fedhaven.shared.sources import load_data
 from fedhaven.shared.runtime import resolve_device
 from fedhaven.shared.schema import RunConfig
 
@@ -43,8 +43,8 @@ def serve(*, grid: Grid, context: Context, run: RunConfig, run_dir: Path, max_we
     """Run `run` on `grid`: central evaluation on the test split of `run.data`, results in `run_dir`
     (`run.resume_from`, when set, is that directory: the run continues from its last complete round)."""
     with run_log(run_dir):
-        test = load_data(cfg=run.data, split="test")
-        evaluator = CentralEvaluator(run=run, data=test, device=resolve_device("auto"))
+        test = load_data(cfg=run.data, split="test", cache_dir=run.cache_dir())
+        evaluator = CentralEvaluator(run=run, data=test, device=resolve_device("auto"), cache_dir=run.cache_dir())
         return run_federation(grid=grid, context=context, run=run, run_dir=run_dir, input_spec=test.spec,
                               classes=test.classes, evaluator=evaluator, max_weight=max_weight, on_round=on_round,
                               witnesses=witnesses, audit=audit, ledger_command=ledger_command)

@@ -17,6 +17,7 @@ import torch
 
 from fedhaven.shared.config import to_dict
 from fedhaven.shared.features import cached_features
+from fedhaven.shared.memory import MemoryBudget, eval_example_bytes, front_image_bytes
 from fedhaven.shared.models import InputSpec, build_model, split_front
 from fedhaven.shared.schema import RunConfig
 from fedhaven.shared.training import evaluate
@@ -183,13 +184,18 @@ class CentralEvaluator:
         self.device = device
         self.model = build_model(cfg=run.model, spec=data.spec, dp=False)
         front, self._head = split_front(self.model)
-        # A fixed front end (e.g. scattering) runs once on the test set, not at every evaluation.
+        budget = MemoryBudget(run.memory_mb)
+        # A fixed front end (e.g. scattering) runs once on the test set, a chunk at a time, not at every evaluation.
         self._inputs: ImageData | FeatureData = data if front is None else cached_features(
-            front=front, front_key=self.model.front_key, data=data, cache_dir=cache_dir)  # type: ignore[arg-type]
+            front=front, front_key=self.model.front_key, data=data, cache_dir=cache_dir,  # type: ignore[arg-type]
+            chunk=budget.rows(per_row_bytes=front_image_bytes(front, image_shape=data.images.row_shape), cap=256),
+            device=device)
+        row = self._inputs.images.row_shape if isinstance(self._inputs, ImageData) else self._inputs.features.row_shape
+        self._batch = budget.rows(per_row_bytes=eval_example_bytes(self._head, row_shape=row), cap=2048)
 
     def __call__(self, weights: Sequence[np.ndarray]) -> tuple[float, float]:
         state_dict_from_weights(self.model, weights)
-        return evaluate(model=self._head, data=self._inputs, device=self.device)
+        return evaluate(model=self._head, data=self._inputs, device=self.device, batch_size=self._batch)
 
 
 class RunRecorder:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -9,16 +10,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fedhaven.shared.data import ImageData, to_model_input
+from fedhaven.shared.data import FeatureData, ImageData
 
 
 @torch.no_grad()
-def per_example_loss(*, model: nn.Module, data: ImageData, device: str, batch_size: int = 2048) -> np.ndarray:
-    """Cross-entropy of every example under `model`."""
+def per_example_loss(*, model: nn.Module, data: ImageData | FeatureData, device: str,
+                     batch_size: int = 256) -> np.ndarray:
+    """Cross-entropy of every example under `model`, `batch_size` examples at a time."""
     model.to(device).eval()
     out = []
     for start in range(0, len(data), batch_size):
-        x = to_model_input(data.images[start: start + batch_size]).to(device)
+        x = data.inputs(slice(start, start + batch_size)).to(device)
         y = data.labels[start: start + batch_size].to(device)
         out.append(F.cross_entropy(model(x), y, reduction="none").cpu().numpy())
     return np.concatenate(out) if out else np.zeros(0)
@@ -43,13 +45,23 @@ class MembershipInference:
     non_members: int
 
 
-def membership_inference(*, model: nn.Module, members: ImageData, non_members: ImageData, device: str = "cpu",
-                         max_examples: int = 5000, seed: int = 0) -> MembershipInference:
-    """The loss-threshold attack (Yeom et al., 2018) on balanced samples of members and non-members."""
-    n = min(len(members), len(non_members), max_examples)
+def membership_inference(*, model: nn.Module, members: ImageData | FeatureData | Sequence[ImageData | FeatureData],
+                         non_members: ImageData | FeatureData, device: str = "cpu", max_examples: int = 5000,
+                         seed: int = 0, batch_size: int = 256) -> MembershipInference:
+    """The loss-threshold attack (Yeom et al., 2018) on balanced samples of members and non-members.
+
+    `members` may be one dataset or several (the sites'): the sample is drawn uniformly over all of them.
+    """
+    parts = [members] if isinstance(members, (ImageData, FeatureData)) else list(members)
+    sizes = np.array([len(p) for p in parts])
+    n = int(min(sizes.sum(), len(non_members), max_examples))
     rng = np.random.default_rng(seed)
-    m = members.subset(rng.choice(len(members), n, replace=False))
+    chosen = np.sort(rng.choice(int(sizes.sum()), n, replace=False))
+    owner = np.searchsorted(np.cumsum(sizes), chosen, side="right")
+    starts = np.r_[0, np.cumsum(sizes)[:-1]]
+    lm = np.concatenate([per_example_loss(model=model, data=p.subset(chosen[owner == i] - starts[i]), device=device,
+                                          batch_size=batch_size)
+                         for i, p in enumerate(parts) if np.any(owner == i)] or [np.zeros(0)])
     o = non_members.subset(rng.choice(len(non_members), n, replace=False))
-    lm = per_example_loss(model=model, data=m, device=device)
-    lo = per_example_loss(model=model, data=o, device=device)
+    lo = per_example_loss(model=model, data=o, device=device, batch_size=batch_size)
     return MembershipInference(auc=auc(positive=-lm, negative=-lo), members=n, non_members=n)

@@ -1,92 +1,93 @@
-"""A fixed front end's output, computed once per dataset and cached on disk, keyed by the data and the transform."""
+"""A fixed front end's output, computed once per dataset chunk by chunk and cached on disk, keyed by data and transform.
+
+The output is written chunk by chunk to a rows file (`fedhaven.shared.rows`) in
+half precision (`FEATURE_DTYPE`), read back a batch at a time by training and
+evaluation: neither the images nor their features are ever held all at once.
+"""
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
-import tempfile
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from fedhaven.shared.data import FeatureData, ImageData
+from fedhaven.shared.rows import FileRows, RowsWriter, cache_path, cached_rows, open_rows
+from fedhaven.shared.schema import ModelConfig
 
 log = logging.getLogger("fedhaven.features")
 
 #: Cache file layout version: bump when what a cache file holds changes.
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
+#: How features are stored: half precision halves disk, page cache and reads (BENCHMARKS.md, "Large images").
+FEATURE_DTYPE = "float16"
 
 
-def data_digest(data: ImageData) -> str:
-    """SHA-256 of the images' shape and bytes: what the front end's output depends on (labels do not matter)."""
-    h = hashlib.sha256(repr(tuple(data.images.shape)).encode())
-    h.update(data.images.contiguous().numpy().tobytes())
-    return h.hexdigest()
+def feature_key(*, front_key: str, data: ImageData) -> str:
+    """What names a front end's output on `data`: the transform and the images' content."""
+    return f"features-v{CACHE_FORMAT}|{FEATURE_DTYPE}|{front_key}|{data.digest()}"
 
 
-def _tensor_digest(t: torch.Tensor) -> str:
-    return hashlib.sha256(t.contiguous().numpy().tobytes()).hexdigest()
-
-
-def compute_features(*, front: nn.Module, data: ImageData, batch_size: int = 128) -> torch.Tensor:
-    """`front` applied to every image of `data` (as model input in [-1, 1]), in batches, on the CPU."""
-    front.eval()
+def compute_features(*, front: nn.Module, data: ImageData, chunk: int,
+                     device: str = "cpu") -> Iterator[torch.Tensor]:
+    """`front` applied to every image of `data` (as model input in [-1, 1]), `chunk` images at a time, in order."""
+    front.to(device).eval()
     with torch.no_grad():
-        parts = [front(data.inputs(slice(i, i + batch_size))) for i in range(0, len(data), batch_size)]
-    return torch.cat(parts) if parts else torch.zeros(0)
+        for _, images in data.images.chunks(chunk):
+            x = torch.empty(images.shape, dtype=torch.float32).copy_(images).div_(127.5).sub_(1.0)
+            yield front(x.to(device)).cpu()
 
 
-def _load(path: Path, key: str, rows: int) -> torch.Tensor | None:
-    """The cached features in `path` if the file is whole and is what `key` names; None otherwise (it is recomputed)."""
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-        feats = blob["features"]
-        ok = (blob.get("format") == CACHE_FORMAT and blob.get("key") == key and isinstance(feats, torch.Tensor)
-              and len(feats) == rows and blob.get("sha256") == _tensor_digest(feats))
-    except FileNotFoundError:
-        return None
-    except Exception as exc:  # noqa: BLE001 - any unreadable cache file is recomputed, never trusted
-        log.warning("feature cache %s is unreadable (%s); recomputing it", path, exc)
-        return None
-    if not ok:
-        log.warning("feature cache %s does not match its data or transform, or is corrupt; recomputing it", path)
-        return None
-    return feats
-
-
-def _save(path: Path, key: str, feats: torch.Tensor) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save({"format": CACHE_FORMAT, "key": key, "features": feats, "sha256": _tensor_digest(feats)}, fh)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def cached_features(*, front: nn.Module, front_key: str, data: ImageData, cache_dir: Path | None) -> FeatureData:
+def cached_features(*, front: nn.Module, front_key: str, data: ImageData, cache_dir: Path | None,
+                    chunk: int = 64, device: str = "cpu") -> FeatureData:
     """`front`'s output for `data`, from `cache_dir` when a valid file is there, else computed (and stored).
 
     The file is named by the SHA-256 of the transform's key and the images' digest,
     so other data or other transform parameters never reuse it. A file that does
     not load, names another key, or whose content hash does not match is
-    recomputed and overwritten. Without `cache_dir`, nothing is stored.
+    recomputed and replaced. Without `cache_dir` the file lives in a private
+    temporary folder for this process.
     """
-    key = f"{front_key}:{data_digest(data)}"
-    path = None
-    if cache_dir is not None:
-        path = Path(cache_dir) / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.pt"
-        feats = _load(path, key, len(data))
-        if feats is not None:
-            return FeatureData(feats, data.labels, data.classes)
-    feats = compute_features(front=front, data=data)
-    if path is not None:
+    key = feature_key(front_key=front_key, data=data)
+
+    def build(dest: Path) -> FileRows:
+        started = last = time.monotonic()
+        out: RowsWriter | None = None
         try:
-            _save(path, key, feats)
-        except OSError as exc:  # a full or read-only disk costs recomputation next time, not the round
-            log.warning("cannot write feature cache %s (%s); features stay in memory only", path, exc)
-    return FeatureData(feats, data.labels, data.classes)
+            for part in compute_features(front=front, data=data, chunk=chunk, device=device):
+                if out is None:
+                    out = RowsWriter(dest, key=key, row_shape=tuple(part.shape[1:]), dtype=FEATURE_DTYPE)
+                out.append(part)
+                if time.monotonic() - last >= 30:
+                    last = time.monotonic()
+                    log.info("front end: %d of %d images (%.0f s)", out.count, len(data), last - started)
+            assert out is not None  # data is not empty
+            rows = out.commit()
+        except BaseException:
+            if out is not None:
+                out.abort()
+            raise
+        log.debug("front end on %d images: %.1f s", len(data), time.monotonic() - started)
+        return rows
+
+    if len(data) == 0:
+        raise ValueError("cannot compute features of an empty dataset")
+    return FeatureData(cached_rows(cache_dir, key=key, build=build), data.labels, data.classes)
+
+
+def features_cached(*, model_cfg: ModelConfig, data: ImageData, cache_dir: Path | None) -> bool:
+    """Whether `cache_dir` already holds a whole features file for `model_cfg`'s front end on `data`."""
+    from fedhaven.shared.models import build_model
+
+    if cache_dir is None:
+        return False
+    model = build_model(cfg=model_cfg, spec=data.spec, dp=False)
+    key = getattr(model, "front_key", None)
+    if key is None:
+        return False
+    name = feature_key(front_key=key, data=data)
+    return open_rows(cache_path(cache_dir, key=name), key=name, verify=False) is not None

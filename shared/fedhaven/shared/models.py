@@ -121,6 +121,18 @@ def split_front(model: nn.Module) -> tuple[nn.Module | None, nn.Module]:
     return None, model
 
 
+class _AreaResize(nn.Module):
+    """Images averaged down to `size` x `size` (area interpolation: each output pixel the mean of the input pixels
+    it covers, so nothing finer than the new pixel aliases in)."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.interpolate(x, size=(self.size, self.size), mode="area")
+
+
 class _FeatureNorm(nn.Module):
     """Per-example GroupNorm without parameters: each example's feature groups scaled to mean 0, variance 1."""
 
@@ -138,15 +150,22 @@ def _scatternet(spec: InputSpec, cfg: ModelConfig) -> nn.Module:
     then a trainable head: "linear"; "pointwise" (a 1x1 convolution to `width` channels, activation, linear: the
     same small network at every position); or "cnn" (3x3 convolution to `width` channels, activation, pool,
     linear)."""
-    from fedhaven.shared.scattering import Scattering2D, ScatteringSpec
+    from fedhaven.shared.scattering import Scattering2D, ScatteringSpec, front_plan
 
-    sspec = ScatteringSpec(channels=spec.channels, image_size=spec.image_size, J=cfg.scattering_j, L=cfg.scattering_l)
+    work, J = front_plan(spec.image_size, J=cfg.scattering_j, size=cfg.front_size)
+    sspec = ScatteringSpec(channels=spec.channels, image_size=work, J=J, L=cfg.scattering_l)
     problems = sspec.problems()
     if problems:
         raise ModelError("scatternet: " + "; ".join(problems))
     channels, side, _ = sspec.out_shape
     groups = math.gcd(cfg.feature_groups, channels)
-    front = nn.Sequential(Scattering2D(sspec), _FeatureNorm(groups, channels))
+    layers: list[nn.Module] = [Scattering2D(sspec), _FeatureNorm(groups, channels)]
+    resize = ""
+    if work != spec.image_size:
+        layers.insert(0, _AreaResize(work))
+        resize = f"area{spec.image_size}to{work}-"
+    front = nn.Sequential(*layers)
+    front.work_bytes_per_image = sspec.work_bytes_per_image  # type: ignore[assignment] - read by fedhaven.memory
     if cfg.head == "linear":
         head: nn.Module = nn.Sequential(nn.Flatten(), nn.Linear(channels * side * side, spec.num_classes))
     elif cfg.head == "pointwise":
@@ -157,7 +176,7 @@ def _scatternet(spec: InputSpec, cfg: ModelConfig) -> nn.Module:
         head = nn.Sequential(nn.Conv2d(channels, cfg.width, 3, padding=1), _activation(cfg.activation)(),
                              nn.MaxPool2d(2) if side >= 2 else nn.Identity(), nn.Flatten(),
                              nn.Linear(cfg.width * pooled * pooled, spec.num_classes))
-    return FrontEndModel(front=front, head=head, front_key=f"{sspec.key}-gn{groups}")
+    return FrontEndModel(front=front, head=head, front_key=f"{resize}{sspec.key}-gn{groups}")
 
 
 def dp_problems(model: nn.Module) -> list[str]:

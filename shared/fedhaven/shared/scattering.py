@@ -17,7 +17,32 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["Scattering2D", "ScatteringSpec", "filter_bank"]
+__all__ = ["FRONT_GRID", "MAX_FRONT_SIZE", "MAX_J", "Scattering2D", "ScatteringSpec", "filter_bank", "front_plan"]
+
+#: The rule's numbers. The head sees a grid of at least FRONT_GRID x FRONT_GRID coefficients, as on MNIST
+#: (28 pixels at J=2: 7x7), where the recipe was chosen; J grows with the image up to MAX_J; images larger than
+#: MAX_FRONT_SIZE = FRONT_GRID * 2**MAX_J pixels are first averaged down to it, which bounds the transform's cost
+#: per image and the head's input whatever the image size.
+FRONT_GRID = 7
+MAX_J = 3
+MAX_FRONT_SIZE = FRONT_GRID * 2**MAX_J
+
+
+def front_plan(image_size: int, *, J: int | str = "auto", size: int | str = "auto") -> tuple[int, int]:
+    """(the side the transform works at, J) for square images of `image_size` pixels: the one written rule.
+
+    The working side is `image_size`, or MAX_FRONT_SIZE (56) for larger images
+    (`size` overrides it, never above the image). J is the largest scale, at most
+    MAX_J (3), that leaves a grid of at least FRONT_GRID (7) per side, at least 1
+    (`J` overrides it): 28x28 -> (28, 2), 32 -> (32, 2), 56 -> (56, 3), 224 -> (56, 3).
+    """
+    work = min(image_size, MAX_FRONT_SIZE if size == "auto" else int(size))
+    if J != "auto":
+        return work, int(J)
+    j = 1
+    while j < MAX_J and work // 2 ** (j + 1) >= FRONT_GRID:
+        j += 1
+    return work, j
 
 
 def _gabor(size: int, *, sigma: float, theta: float, xi: float, slant: float = 1.0) -> np.ndarray:
@@ -102,6 +127,11 @@ class ScatteringSpec:
     @property
     def padded(self) -> int:
         return 2**self.J * (self.out_size + 2)
+
+    @property
+    def work_bytes_per_image(self) -> int:
+        """An upper bound of the transform's working memory per image (its FFT intermediates), in bytes."""
+        return 256 * self.channels * self.padded**2 * 4
 
     @property
     def key(self) -> str:

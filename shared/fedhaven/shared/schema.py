@@ -10,6 +10,9 @@ from typing import Literal
 from fedhaven.shared.config import bounds
 
 GradSampleMode = Literal["ghost", "ew", "hooks", "functorch"]
+#: A training or coordinating process's memory limit by default, in MB (site.toml `memory_mb`, a run's
+#: `memory_mb`, a simulation's `simulation.memory_mb`): batches and chunks are sized to stay under it.
+DEFAULT_MEMORY_MB = 2048
 Accountant = Literal["rdp", "prv"]
 
 
@@ -36,28 +39,34 @@ class InputSpec:
 class ModelConfig:
     """Which registered model to train, and its options."""
 
-    name: str = "lenet"
+    # "scatternet" (the default): a fixed scattering transform (no parameters, no privacy cost) before a small
+    # trainable head; "lenet": the CNN of the original write-up
+    name: str = "scatternet"
     activation: Literal["relu", "tanh"] = "tanh"
     norm: Literal["none", "group"] = "none"
-    # scatternet: a fixed scattering transform (no parameters, no privacy cost) before a small trainable head
-    head: Literal["linear", "pointwise", "cnn"] = "linear"
-    scattering_j: int = field(default=2, metadata=bounds(ge=1, le=6))  # scales: features are 2**J times smaller
+    head: Literal["linear", "pointwise", "cnn"] = "pointwise"  # scatternet's head
+    # scales: features are 2**J times smaller than the image the front end sees; "auto": the rule in
+    # fedhaven.shared.scattering.front_plan (2 for 28x28, 3 from 56 pixels up)
+    scattering_j: int | Literal["auto"] = field(default="auto", metadata=bounds(ge=1, le=6))
     scattering_l: int = field(default=8, metadata=bounds(ge=1, le=16))  # orientations
+    # the side the front end works at: larger images are first averaged down to it; "auto": at most 56 pixels
+    front_size: int | Literal["auto"] = field(default="auto", metadata=bounds(ge=4, le=1024))
     feature_groups: int = field(default=27, metadata=bounds(ge=1))  # per-example GroupNorm of the features
     width: int = field(default=32, metadata=bounds(ge=1, le=4096))  # channels of the pointwise and cnn heads
-
 
 @dataclass(frozen=True)
 class TrainConfig:
     """Local training on each site, per round."""
 
     local_epochs: float = field(default=1.0, metadata=bounds(gt=0, le=100))
-    batch_size: int = field(default=512, metadata=bounds(ge=1))
+    # expected examples per DP-SGD step; "auto": each site derives it from its own size (fedhaven.shared.recipe)
+    batch_size: int | Literal["auto"] = field(default=512, metadata=bounds(ge=1))
     lr: float = field(default=0.5, metadata=bounds(gt=0, le=100))
     momentum: float = field(default=0.9, metadata=bounds(ge=0, lt=1))
     weight_decay: float = field(default=0.0, metadata=bounds(ge=0))
-    # "auto": fedhaven.shared.recipe's rule sets rounds, batch_size, lr, momentum and local_epochs from the
-    # target epsilon, the sites' size and their number, except those set explicitly (resolved by fl-sim)
+    # "auto": fedhaven.shared.recipe's rule sets rounds, lr, momentum and local_epochs from the target epsilon and
+    # the number of sites (the coordinator, fl-sim or fl-server run, resolves them) and batch_size from each site's
+    # size (each site resolves it), except those set explicitly
     recipe: Literal["manual", "auto"] = "manual"
 
 
@@ -389,6 +398,8 @@ class RunConfig:
     min_sites: int = field(default=3, metadata=bounds(ge=1))
     round_retries: int = field(default=1, metadata=bounds(ge=0, le=10))
     output_dir: str = "runs"
+    # the coordinator's run process stays under this (MB): its test set is decoded and evaluated in chunks
+    memory_mb: int = field(default=DEFAULT_MEMORY_MB, metadata=bounds(ge=256))
     # Set by `fl-server run --resume` / `fl-sim run --resume`, not by hand: the directory of an interrupted run,
     # continued from its last complete round (same config, same metrics.jsonl, same sites' ledgers).
     resume_from: str = ""
@@ -406,6 +417,11 @@ class RunConfig:
     unknown_hints = {"attack": "the attack harness is simulation-only: only fl-sim experiments may have an [attack] "
                                "section; a deployed coordinator or site never attacks"}
 
+    def cache_dir(self) -> Path:
+        """Where the coordinator (and, in simulation, every simulated site) caches decoded images and a front
+        end's features: `<output_dir>/.feature-cache`, keyed by content, so runs share it."""
+        return Path(self.output_dir) / ".feature-cache"
+
     def known_max_weight(self) -> float | None:
         """SecAgg+'s max_weight when it is known without seeing the sites: 1 under central DP (every site
         counts once), the configured number, or None for "auto" (the largest site's example count)."""
@@ -415,10 +431,6 @@ class RunConfig:
 
     def problems(self) -> list[str]:
         out: list[str] = []
-        if type(self) is RunConfig and self.train.recipe == "auto":
-            out.append("train.recipe: \"auto\" is resolved by fl-sim, which knows the sites' sizes; a coordinator "
-                       "cannot see them. Print the rule's values with `python -m fedhaven.shared.recipe --epsilon E "
-                       "--site-size N --sites S`, set them, and set train.recipe = \"manual\"")
         if self.central_dp.enabled and self.strategy.name == "fedadam":
             out.append("central_dp: the noise is calibrated to a mean of clipped updates; use fedavg or fedprox")
         if self.secagg.enabled and self.min_sites < self.secagg.min_sites():
@@ -448,7 +460,7 @@ class SitePolicy:
     min_noise_multiplier: float = field(default=0.5, metadata=bounds(ge=0))
     require_dp: bool = True
     require_secure_aggregation: bool = True
-    allowed_models: tuple[str, ...] = ("lenet",)  # "*" allows any registered model
+    allowed_models: tuple[str, ...] = ("scatternet", "lenet")  # fedhaven's own models; "*" allows any registered
     send_training_metrics: bool = True  # false: replies carry no training loss/accuracy (not covered by epsilon)
     # SHA-256 of the run packages (FABs) this site reviewed; empty: any package that only names the
     # installed fedhaven ClientApp. A site never runs code from a package either way.
@@ -488,6 +500,9 @@ class SimulationConfig:
     cpus_per_site: float = field(default=1.0, metadata=bounds(gt=0))
     gpus_per_site: float = field(default=0.0, metadata=bounds(ge=0))
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    memory_mb: int = field(default=DEFAULT_MEMORY_MB, metadata=bounds(ge=256))  # each simulation worker's limit
+    # an existing Ray cluster to run on ("ray://host:10001" or "host:6379"; "" starts a local one)
+    ray_address: str = ""
 
 
 @dataclass(frozen=True)

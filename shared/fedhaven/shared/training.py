@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedhaven.shared.data import FeatureData, ImageData
+from fedhaven.shared.recipe import expected_batch
 from fedhaven.shared.runtime import quiet_opacus_import
 from fedhaven.shared.schema import GradSampleMode, TrainConfig
 
@@ -39,6 +40,7 @@ class TrainReport:
     noise_multiplier: float
     empty_batches: int
     seconds: float = 0.0  # wall time of the training loop
+    physical_batch: int = 0  # most examples in one forward/backward pass (0: whole Poisson batches)
 
 
 def warm_up() -> None:
@@ -135,8 +137,14 @@ def train_local(
     device: str,
     generator: torch.Generator | None = None,
     proximal_mu: float = 0.0,
+    physical_batch: int | None = None,
 ) -> TrainReport:
     """Train `model` in place on `data`; DP-SGD (Opacus, Poisson sampling) when `dp` is given, else plain SGD.
+
+    Each step's batch is processed `physical_batch` examples at a time (as Opacus'
+    BatchMemoryManager does): the clipped per-example gradients of the parts are
+    summed and noised once, so the step and its privacy are those of the whole
+    batch, while memory is that of `physical_batch` examples. None: whole batches.
 
     `generator` drives batch sampling and DP noise. Leave it None in real use: DP
     only holds while nobody can predict which examples were sampled or what noise
@@ -150,13 +158,14 @@ def train_local(
     model.to(device).train()
     if generator is None:
         generator = secure_generator()
-    sample_rate, steps = schedule(num_examples=len(data), batch_size=train.batch_size,
-                                  local_epochs=train.local_epochs)
+    batch_size = expected_batch(site_size=len(data)) if train.batch_size == "auto" else int(train.batch_size)
+    sample_rate, steps = schedule(num_examples=len(data), batch_size=batch_size, local_epochs=train.local_epochs)
     params = [p for p in model.parameters() if p.requires_grad]
     anchor = [p.detach().clone() for p in params] if proximal_mu > 0 else []
     sgd = torch.optim.SGD(params, lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay)
     labels = data.labels
-    loss_sum, correct, seen, empty = 0.0, 0, 0, 0
+    loss_sum, correct, seen, empty, largest = 0.0, 0, 0, 0, 0
+    physical = max(1, physical_batch) if physical_batch else max(1, len(data))
 
     ghost = dp is not None and dp.grad_sample_mode == "ghost"
     if dp is not None:
@@ -166,7 +175,7 @@ def train_local(
                                                           steps=steps, generator=generator)
     else:
         net, optimizer, loss_fn = model, sgd, F.cross_entropy
-        batches = _shuffled_batches(len(data), train.batch_size, steps, generator)
+        batches = _shuffled_batches(len(data), batch_size, steps, generator)
 
     try:
         with warnings.catch_warnings():
@@ -176,17 +185,25 @@ def train_local(
                 if len(idx) == 0:
                     empty += 1
                     _noise_only(optimizer, params, ghost=ghost)
-                else:
-                    x = data.inputs(idx).to(device, non_blocking=True)
-                    y = labels[idx].to(device, non_blocking=True)
+                parts = idx.split(physical) if len(idx) else ()
+                largest = max(largest, max((len(p) for p in parts), default=0))
+                for i, part in enumerate(parts):
+                    last = i == len(parts) - 1
+                    if dp is not None and not last:
+                        optimizer.signal_skip_step(do_skip=True)  # clip and add up; noise once, at the last part
+                    x = data.inputs(part).to(device, non_blocking=True)
+                    y = labels[part].to(device, non_blocking=True)
                     out = net(x)
                     loss = loss_fn(out, y)
-                    loss.backward()
-                    loss_sum += float(loss.item()) * len(idx)
+                    # plain SGD: the mean over the whole batch is the parts' means weighted by their sizes
+                    (loss if dp is not None else loss * (len(part) / len(idx))).backward()
+                    loss_sum += float(loss.item()) * len(part)
                     correct += int((out.detach().argmax(1) == y).sum())
-                    seen += len(idx)
+                    seen += len(part)
                     if dp is not None:
                         optimizer.pre_step()
+                        if not last:
+                            optimizer.zero_grad(set_to_none=True)  # keeps the skipped parts' clipped sum
                 if anchor:
                     with torch.no_grad():
                         for p, a in zip(params, anchor, strict=True):
@@ -216,6 +233,7 @@ def train_local(
         noise_multiplier=dp.noise_multiplier if dp is not None else 0.0,
         empty_batches=empty,
         seconds=time.perf_counter() - started,
+        physical_batch=largest,
     )
 
 

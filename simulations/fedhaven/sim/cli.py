@@ -41,6 +41,9 @@ def _parser() -> argparse.ArgumentParser:
         s.add_argument("--no-dp", action="store_true", help="turn differential privacy OFF (prints a warning)")
         s.add_argument("--no-secagg", action="store_true", help="turn secure aggregation OFF (prints a warning)")
         s.add_argument("--run-dir", type=Path, help="write results here instead of OUTPUT_DIR/NAME-TIMESTAMP")
+        s.add_argument("--ray-address", metavar="ADDRESS",
+                       help="run on an existing Ray cluster (e.g. 10.0.0.5:6379) instead of a local Ray; every node "
+                            "needs this fedhaven installation (same as simulation.ray_address)")
         if name == "run":
             s.add_argument("--resume", type=Path, metavar="RUN_DIR",
                            help="continue an interrupted run from its last complete round, with its own settings")
@@ -54,6 +57,8 @@ def _flags(args: argparse.Namespace) -> dict:
     for key in ("sites", "rounds", "partition", "seed"):
         if getattr(args, key) is not None:
             flags[key] = getattr(args, key)
+    if getattr(args, "ray_address", None):
+        flags["simulation"] = {"ray_address": args.ray_address}
     if args.no_dp:
         flags["dp"] = {"enabled": False}
     if args.no_secagg:
@@ -70,7 +75,8 @@ def effective_config(exp: ExperimentConfig) -> str:
 def resumed_experiment(args: argparse.Namespace) -> ExperimentConfig:
     """The interrupted run's own experiment (its experiment.json), to be continued in its directory."""
     run_dir = Path(args.resume).expanduser().resolve()
-    given = [f for f in ("sites", "rounds", "partition", "seed", "run_dir") if getattr(args, f) is not None]
+    given = [f for f in ("sites", "rounds", "partition", "seed", "run_dir", "ray_address")
+             if getattr(args, f, None) is not None]
     if args.overrides or given or args.no_dp or args.no_secagg or args.experiment != DEFAULT_EXPERIMENT:
         raise ConfigError(["--resume continues a run with its own settings: give no experiment, overrides or flags"],
                           source="fl-sim run --resume")
@@ -129,12 +135,15 @@ def main(argv: list[str] | None = None) -> int:
     from fedhaven.sim.runner import SimulationFailed, check_experiment, run_experiment, sites_per_round
 
     try:
-        sizes = check_experiment(exp)
+        checked = check_experiment(exp)
     except (ConfigError, ValueError) as exc:
         print(f"fl-sim: {exc}", file=sys.stderr)
         return 2
+    sizes = checked.sizes
     logger.info("%d sites, %d-%d training examples each, %d per round", len(sizes), min(sizes), max(sizes),
                 sites_per_round(exp))
+    for line in checked.needs:
+        logger.info("%s", line)
     if args.command == "check":
         logger.info("check passed: nothing was trained")
         return 0

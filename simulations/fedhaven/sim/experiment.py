@@ -45,25 +45,8 @@ def load_experiment(
     if flags:
         data = deep_merge(data, dict(flags))
     exp = parse(ExperimentConfig, data, source=str(path))
-    return apply_recipe(exp, given=data) if exp.train.recipe == "auto" else exp
+    if exp.train.recipe != "auto":
+        return exp
+    from fedhaven.shared.recipe import apply_recipe
 
-
-def apply_recipe(exp: ExperimentConfig, *, given: Mapping[str, Any]) -> ExperimentConfig:
-    """`exp` with the hyperparameter rule's settings for every rule key that `given` (the merged settings) leaves out.
-
-    The rule sees the target epsilon, the number of sites and the median site's size.
-    """
-    import statistics
-    from dataclasses import replace
-
-    from fedhaven.shared.recipe import recipe
-    from fedhaven.sim.sites import SimulatedSites
-
-    size = int(statistics.median(SimulatedSites(exp).sizes()))
-    ruled = recipe(epsilon=exp.dp.target_epsilon, site_size=size, sites=exp.sites).as_settings()
-    train = dict(given.get("train") or {})
-    keep = {k: v for k, v in ruled.items() if (k.split(".", 1)[1] not in train if k.startswith("train.")
-                                               else k not in given)}
-    train_updates = {k.split(".", 1)[1]: v for k, v in keep.items() if k.startswith("train.")}
-    top = {k: v for k, v in keep.items() if not k.startswith("train.")}
-    return replace(exp, **top, train=replace(exp.train, **train_updates))
+    return apply_recipe(exp, given=data, sites=exp.sites)

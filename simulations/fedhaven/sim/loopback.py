@@ -24,6 +24,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from fedhaven.shared.runtime import HARDENED_ENV
 
 BIN = Path(sys.executable).parent
@@ -51,9 +53,19 @@ def cli(*args: str, timeout: float = 120, cwd: Path | None = None,
                           env=command_env(env), cwd=cwd)
 
 
+def unequal_parts(*, num_examples: int, num_sites: int, seed: int = 0) -> list[np.ndarray]:
+    """A shuffled split in which site i holds a share proportional to 1 - 0.2 i (at least 0.2): hospitals differ in
+    size, so each site's own batch (the rule's) differs too."""
+    order = np.random.default_rng(seed).permutation(num_examples)
+    weights = np.array([max(0.2, 1 - 0.2 * i) for i in range(num_sites)])
+    cuts = np.round(np.cumsum(weights / weights.sum())[:-1] * num_examples).astype(int)
+    return np.split(order, cuts)
+
+
 def run_toml(*, rounds: int = 2, min_sites: int = 3, retries: int = 1, target: float = 6.0, timeout: float = 120.0,
              num_shares: int = 3, threshold: int = 2, secagg: bool = True, dp: bool = True, extra: str = "") -> str:
-    """A run config for the digits sites: `rounds` of DP-SGD (to `target` epsilon, counting prior spending)."""
+    """A run config for the digits sites: the default model and recipe (each site derives its own batch from its
+    size), `rounds` of DP-SGD (to `target` epsilon, counting prior spending)."""
     return f"""
 rounds = {rounds}
 min_sites = {min_sites}
@@ -61,9 +73,7 @@ round_retries = {retries}
 [data]
 source = "digits"
 [train]
-local_epochs = 3.0
-batch_size = 64
-lr = 0.2
+recipe = "auto"
 [dp]
 enabled = {str(dp).lower()}
 target_epsilon = {target}
@@ -110,14 +120,12 @@ class LoopbackFederation:
     # ----- set-up -----
     def provision(self) -> None:
         """`fl-server init`, then for every site: keygen, data, `fl-server site add --public-key`, site.toml."""
-        from fedhaven.shared.data import load_digits_data
-        from fedhaven.shared.partition import partition_iid
+        from fedhaven.shared.sources import load_digits_data
 
         res = cli("fl-server", "init", "--state-dir", str(self.state), "--name", "localhost", "--listen",
                   f"127.0.0.1:{self.front}", "--superlink-port", str(self.runtime_port))
         _check(res, "fl-server init")
-        parts = partition_iid(num_examples=len(load_digits_data(split="train")), num_sites=len(self.site_names),
-                              seed=0)
+        parts = unequal_parts(num_examples=len(load_digits_data(split="train")), num_sites=len(self.site_names))
         # sites are independent (keys, data, ledger): provisioned side by side, as separate hospitals would be
         with ThreadPoolExecutor(max_workers=min(4, len(self.site_names))) as pool:
             dirs = list(pool.map(lambda item: self.add_site_dir(item[0], register=True, data_index=item[1]),
@@ -128,7 +136,7 @@ class LoopbackFederation:
         """A site's folder: its key pair, its digits part as IDX files, the CA certificate and site.toml."""
         import numpy as np
 
-        from fedhaven.shared.data import load_digits_data, save_idx
+        from fedhaven.shared.sources import load_digits_data, save_idx
 
         site = self.root / name
         site.mkdir()

@@ -6,6 +6,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from fedhaven.client.flower_app import make_client_app
@@ -13,6 +14,7 @@ from fedhaven.server.app import make_server_app
 from fedhaven.server.federation import RunResult
 from fedhaven.server.recorder import RoundRecord, SiteWitnesses
 from fedhaven.shared.config import ConfigError
+from fedhaven.shared.data import ImageData
 from fedhaven.shared.runtime import HARDENED_ENV
 from fedhaven.shared.schema import ExperimentConfig
 from fedhaven.sim.report import Summary, plot_rounds, summarize
@@ -45,13 +47,32 @@ def sites_per_round(exp: ExperimentConfig) -> int:
     return min(exp.sites, max(int(exp.sites * exp.strategy.fraction_fit), exp.min_sites))
 
 
-def check_experiment(exp: ExperimentConfig) -> list[int]:
-    """Everything that can be checked without running: data loads and splits, SecAgg+ fits. Returns site sizes."""
-    from fedhaven.shared.data import load_data
+#: Ray's own processes on the head node (GCS, raylet, dashboard and runtime-env agents), in MB: see BENCHMARKS.md.
+RAY_OVERHEAD_MB = 600
+
+
+@dataclass(frozen=True)
+class CheckedExperiment:
+    """What `check_experiment` found: each site's number of training examples, and what the run needs of the
+    machine (lines to print)."""
+
+    sizes: list[int]
+    needs: list[str]
+
+
+def check_experiment(exp: ExperimentConfig) -> CheckedExperiment:
+    """Everything that can be checked without running: data loads (decoded into the cache) and splits, the model
+    takes the images, SecAgg+ fits, and the run's memory and disk fit this machine."""
     from fedhaven.shared.models import model_problems
+    from fedhaven.shared.sources import load_data
 
     sizes = SimulatedSites(exp).sizes()
-    problems = model_problems(cfg=exp.model, spec=load_data(cfg=exp.data, split="test").spec, dp=exp.dp.enabled)
+    test = load_data(cfg=exp.data, split="test", cache_dir=exp.cache_dir())
+    problems = model_problems(cfg=exp.model, spec=test.spec, dp=exp.dp.enabled)
+    needs: list[str] = []
+    if not problems and min(sizes) >= 1:
+        needs, more = resource_needs(exp, sizes, test)
+        problems += more
     if exp.secagg.enabled:
         per_round = sites_per_round(exp)
         if per_round < exp.secagg.min_sites():
@@ -65,7 +86,44 @@ def check_experiment(exp: ExperimentConfig) -> list[int]:
         problems.append("partition: a site received no examples; use fewer sites or a larger alpha")
     if problems:
         raise ConfigError(problems, source="experiment")
-    return sizes
+    return CheckedExperiment(sizes=sizes, needs=needs)
+
+
+def resource_needs(exp: ExperimentConfig, sizes: list[int], test: ImageData) -> tuple[list[str], list[str]]:
+    """(lines saying what the run needs of this machine, why it cannot have it): each worker's and the
+    coordinator's memory limit against what they must hold, all of them together against the machine's available
+    memory, and the front end's features against the cache's disk."""
+    import statistics
+
+    from fedhaven.shared.features import features_cached
+    from fedhaven.shared.footprint import data_footprint, disk_problems, footprint, machine_problems
+    from fedhaven.shared.recipe import expected_batch
+
+    median = int(statistics.median(sizes))
+    batch = expected_batch(site_size=median) if exp.train.batch_size == "auto" else int(exp.train.batch_size)
+    site = footprint(model_cfg=exp.model, spec=test.spec, images=median, memory_mb=exp.simulation.memory_mb,
+                     dp=exp.dp, expected_batch=batch)
+    coord = data_footprint(model_cfg=exp.model, data=test, memory_mb=exp.memory_mb, dp=exp.dp)
+    needs = ["a site (median)  " + "\n                 ".join(site.describe()),
+             "coordinator      " + "\n                 ".join(coord.describe())]
+    problems = site.memory_problems(setting="simulation.memory_mb") + coord.memory_problems(setting="memory_mb")
+    if not exp.simulation.ray_address:
+        workers = min(exp.sites, max(1, int((os.cpu_count() or 1) / exp.simulation.cpus_per_site)))
+        total = workers * exp.simulation.memory_mb + exp.memory_mb + RAY_OVERHEAD_MB
+        needs.append(f"this machine     {workers} workers x {exp.simulation.memory_mb} MB + coordinator "
+                     f"{exp.memory_mb} MB + Ray {RAY_OVERHEAD_MB} MB = {total} MB at most")
+        problems += [f"{p}: lower simulation.memory_mb or run fewer workers at once (raise simulation.cpus_per_site)"
+                     for p in machine_problems(need_mb=total, what="this simulation")]
+    if site.feature_bytes:
+        per_image = site.feature_bytes // max(1, site.images)
+        sites = SimulatedSites(exp)
+        todo = sum(n for i, n in enumerate(sizes)
+                   if not features_cached(model_cfg=exp.model, data=sites.site_data(i), cache_dir=exp.cache_dir()))
+        if not features_cached(model_cfg=exp.model, data=test, cache_dir=exp.cache_dir()):
+            todo += len(test)
+        problems += disk_problems(folder=exp.cache_dir(), need_bytes=todo * per_image,
+                                  what="the front end's features of every site and of the test set")
+    return needs, problems
 
 
 def run_experiment(
@@ -75,7 +133,7 @@ def run_experiment(
     from flwr.simulation import run_simulation
 
     started = time.perf_counter()
-    sizes = check_experiment(exp)
+    sizes = check_experiment(exp).sizes
     max_weight = resolve_max_weight(exp, sizes) if exp.secagg.enabled else None
     run_dir.mkdir(parents=True, exist_ok=True)
     results: list[RunResult] = []
@@ -96,11 +154,9 @@ def run_experiment(
                                  audit=lambda weights: audit_membership(exp=exp, weights=weights),
                                  ledger_command=f"fl-client ledger verify --state-dir {run_dir / 'sites'}/SITE")
     client_app = make_client_app(sites=sites, update_mods=attack_mods(exp, sites))
-    cpus = os.cpu_count() or 1
     backend_config = {
         "client_resources": {"num_cpus": exp.simulation.cpus_per_site, "num_gpus": exp.simulation.gpus_per_site},
-        "init_args": {"num_cpus": cpus, "include_dashboard": False, "logging_level": logging.ERROR,
-                      "log_to_driver": True},
+        "init_args": ray_init_args(exp),
     }
     os.environ.update(HARDENED_ENV)  # Ray workers inherit the environment of this process
     try:
@@ -118,6 +174,17 @@ def run_experiment(
     result = results[0]
     plot_rounds(rounds=result.rounds, run_dir=run_dir, title=exp.name)
     return summarize(exp=exp, result=result, wall_time_s=wall)
+
+
+def ray_init_args(exp: ExperimentConfig) -> dict:
+    """How the simulation reaches Ray: a local instance on this machine's cores, or the existing cluster at
+    `simulation.ray_address` (whose nodes run the same fedhaven installation)."""
+    args: dict = {"include_dashboard": False, "logging_level": logging.ERROR, "log_to_driver": True}
+    if exp.simulation.ray_address:
+        args["address"] = exp.simulation.ray_address
+    else:
+        args["num_cpus"] = os.cpu_count() or 1
+    return args
 
 
 def attack_mods(exp: ExperimentConfig, sites: SimulatedSites) -> list:
@@ -153,22 +220,31 @@ def create_site_ledgers(sites: SimulatedSites) -> None:
 def audit_membership(*, exp: ExperimentConfig, weights: list) -> dict:
     """Loss-threshold membership inference on the final model: the sites' training data against the test set.
 
-    Only a simulation can run it: it needs the sites' data, which a deployed coordinator never sees.
+    Only a simulation can run it: it needs the sites' data, which a deployed coordinator never sees. A model
+    with a fixed front end is attacked on the features the sites and the coordinator cached; samples are read a
+    batch at a time.
     """
-    import torch
-
     from fedhaven.shared.audit import membership_inference
-    from fedhaven.shared.data import ImageData, load_data
-    from fedhaven.shared.models import build_model
+    from fedhaven.shared.features import cached_features
+    from fedhaven.shared.memory import MemoryBudget, eval_example_bytes
+    from fedhaven.shared.models import build_model, split_front
+    from fedhaven.shared.sources import load_data
     from fedhaven.shared.weights import set_weights
 
     sites = SimulatedSites(exp)
-    test = load_data(cfg=exp.data, split="test")
+    test = load_data(cfg=exp.data, split="test", cache_dir=exp.cache_dir())
     parts = [sites.site_data(i).aligned_to(test.classes) for i in range(exp.sites)]
-    members = ImageData(torch.cat([p.images for p in parts]), torch.cat([p.labels for p in parts]), test.classes)
     model = build_model(cfg=exp.model, spec=test.spec, dp=False)
     set_weights(model, weights)
-    result = membership_inference(model=model, members=members, non_members=test, seed=exp.seed)
+    front, head = split_front(model)
+    if front is not None:
+        key = model.front_key  # type: ignore[union-attr]
+        parts = [cached_features(front=front, front_key=key, data=p, cache_dir=exp.cache_dir())  # type: ignore[misc]
+                 for p in parts]
+        test = cached_features(front=front, front_key=key, data=test, cache_dir=exp.cache_dir())  # type: ignore[assignment]
+    row = test.images.row_shape if front is None else test.features.row_shape  # type: ignore[attr-defined]
+    batch = MemoryBudget(exp.memory_mb).rows(per_row_bytes=eval_example_bytes(head, row_shape=row), cap=2048)
+    result = membership_inference(model=head, members=parts, non_members=test, seed=exp.seed, batch_size=batch)
     return {"auc": result.auc, "members": result.members, "non_members": result.non_members,
             "attack": "loss threshold (Yeom et al. 2018)"}
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from fedhaven.client.types import Site, SiteInfo
-from fedhaven.shared.data import ImageData, load_data, load_imagefolder
+from fedhaven.shared.data import ImageData
+from fedhaven.shared.sources import load_data, load_imagefolder
 from fedhaven.shared.partition import partition_dirichlet, partition_iid, site_folders
 from fedhaven.shared.schema import DataConfig, ExperimentConfig
 
@@ -17,21 +18,18 @@ PARTITION_ID = "partition-id"
 
 
 @functools.lru_cache(maxsize=4)
-def _train_data(cfg: DataConfig) -> ImageData:
-    return load_data(cfg=cfg, split="train")
+def _train_data(cfg: DataConfig, cache_dir: Path) -> ImageData:
+    """The whole training set: labels in memory, images decoded once into `cache_dir` and read as needed."""
+    return load_data(cfg=cfg, split="train", cache_dir=cache_dir)
 
 
 @functools.lru_cache(maxsize=4)
-def _partitions(cfg: DataConfig, partition: str, sites: int, seed: int, alpha: float | None) -> tuple[np.ndarray, ...]:
-    data = _train_data(cfg)
+def _partitions(cfg: DataConfig, cache_dir: Path, partition: str, sites: int, seed: int,
+                alpha: float | None) -> tuple[np.ndarray, ...]:
+    data = _train_data(cfg, cache_dir)
     if alpha is not None:
         return tuple(partition_dirichlet(labels=data.labels.numpy(), num_sites=sites, alpha=alpha, seed=seed))
     return tuple(partition_iid(num_examples=len(data), num_sites=sites, seed=seed))
-
-
-def feature_cache_dir(exp: ExperimentConfig) -> Path:
-    """Where simulated sites and the coordinator cache a fixed front end's features: `<output_dir>/.feature-cache`."""
-    return Path(exp.output_dir) / ".feature-cache"
 
 
 def site_name(index: int, sites: int) -> str:
@@ -75,7 +73,11 @@ class SimulatedSites:
         exp = self.experiment
         if exp.partition == "folders":
             return [len(self.site_data(i)) for i in range(exp.sites)]
-        return [len(p) for p in _partitions(exp.data, exp.partition, exp.sites, exp.seed, exp.partition_alpha())]
+        return [len(p) for p in self._parts()]
+
+    def _parts(self) -> tuple[np.ndarray, ...]:
+        exp = self.experiment
+        return _partitions(exp.data, exp.cache_dir(), exp.partition, exp.sites, exp.seed, exp.partition_alpha())
 
     def site_info(self, index: int) -> SiteInfo:
         exp = self.experiment
@@ -85,15 +87,15 @@ class SimulatedSites:
         state_dir = Path(self.state_root) / name if self.state_root else None
         # Derived features (a fixed front end's output) are keyed by content, so runs and sites can share them.
         return SiteInfo(name=name, policy=exp.site_policy, state_dir=state_dir, device=exp.simulation.device,
-                        cache_dir=feature_cache_dir(exp))
+                        cache_dir=exp.cache_dir(), memory_mb=exp.simulation.memory_mb)
 
     def site_data(self, index: int) -> ImageData:
         exp = self.experiment
         if exp.partition == "folders":
             folder = site_folders(exp.data.path or "", num_sites=exp.sites)[index]
-            return load_imagefolder(folder, image_size=exp.data.image_size or 32, channels=exp.data.channels or 3)
-        parts = _partitions(exp.data, exp.partition, exp.sites, exp.seed, exp.partition_alpha())
-        return _train_data(exp.data).subset(parts[index])
+            return load_imagefolder(folder, image_size=exp.data.image_size or 32, channels=exp.data.channels or 3,
+                                    cache_dir=exp.cache_dir())
+        return _train_data(exp.data, exp.cache_dir()).subset(self._parts()[index])
 
     def site(self, index: int) -> Site:
         return Site(info=self.site_info(index), data=self.site_data(index))

@@ -19,6 +19,10 @@ from fedhaven.shared.runtime import resolve_device
 
 if TYPE_CHECKING:
     from fedhaven.shared.data import ImageData
+    from fedhaven.shared.footprint import Footprint
+
+#: The models fedhaven ships, whose needs `check` states for the site's data (the default first).
+BUILT_IN_MODELS = ("scatternet", "lenet")
 
 log = logging.getLogger("fedhaven.client")
 
@@ -58,16 +62,22 @@ def state_dir_problems(state_dir: Path) -> list[str]:
     return []
 
 
-def check_site(cfg: SiteConfig) -> ImageData:
-    """Everything `fl-client start` needs, or ConfigError listing every problem."""
-    from fedhaven.shared.data import load_data  # torch: only the commands that read data pay for it
+def check_site(cfg: SiteConfig) -> tuple[ImageData, list[Footprint]]:
+    """Everything `fl-client start` needs, or ConfigError listing every problem; the site's data (decoded into its
+    cache) and what training each of its allowed built-in models would need of this machine."""
+    from fedhaven.client.deployment import site_info
+    from fedhaven.shared.sources import load_data  # torch: only the commands that read data pay for it
 
     problems = credential_problems(cfg) + state_dir_problems(Path(cfg.state_dir))
     data = None
+    needs: list[Footprint] = []
     try:
-        data = load_data(cfg=cfg.data, split="train")
+        data = load_data(cfg=cfg.data, split="train", cache_dir=site_info(cfg).cache())
         if len(data) == 0:
             problems.append(f"data: no training images found under {cfg.data.path}")
+        else:
+            needs, more = resource_needs(cfg, data)
+            problems += more
     except (ValueError, OSError) as exc:
         problems.append(f"data: {exc}")
     ledger = cfg.ledger()
@@ -84,12 +94,39 @@ def check_site(cfg: SiteConfig) -> ImageData:
         problems.append(f"device: {exc}")
     if problems or data is None:
         raise ConfigError(problems, source="fl-client check")
-    return data
+    return data, needs
+
+
+def resource_needs(cfg: SiteConfig, data: ImageData) -> tuple[list[Footprint], list[str]]:
+    """What each built-in model the policy allows needs to train on `data` within `memory_mb`, and why it cannot:
+    a limit that leaves no room for one example, a limit above what the machine has, too little disk for the
+    front end's features."""
+    from fedhaven.client.deployment import site_info
+    from fedhaven.shared.features import features_cached
+    from fedhaven.shared.footprint import data_footprint, disk_problems, machine_problems
+    from fedhaven.shared.models import ModelError
+    from fedhaven.shared.schema import DPConfig, ModelConfig
+
+    needs, problems = [], machine_problems(need_mb=cfg.memory_mb, what=f"memory_mb = {cfg.memory_mb}")
+    for name in BUILT_IN_MODELS:
+        if not cfg.policy.allows_model(name):
+            continue
+        try:
+            fp = data_footprint(model_cfg=ModelConfig(name=name), data=data, memory_mb=cfg.memory_mb, dp=DPConfig())
+        except ModelError:
+            continue  # images this model does not take (the coordinator's check names it for a run that asks)
+        needs.append(fp)
+        problems += [f"{name}: {p}" for p in fp.memory_problems(setting="memory_mb")]
+        if fp.feature_bytes and not features_cached(model_cfg=ModelConfig(name=name), data=data,
+                                                    cache_dir=site_info(cfg).cache()):
+            problems += disk_problems(folder=site_info(cfg).cache(), need_bytes=fp.feature_bytes,
+                                      what=f"{name}'s front-end features")
+    return needs, problems
 
 
 def run(args: argparse.Namespace) -> int:
     cfg = load_site_config(args.config)
-    data = check_site(cfg)
+    data, needs = check_site(cfg)
     ledger = cfg.ledger()
     spent = budget_spent(policy=cfg.policy, history=ledger.history())
     log.info("site          %s", cfg.name)
@@ -100,6 +137,8 @@ def run(args: argparse.Namespace) -> int:
              spec.image_size, len(data.classes))
     for name, count in data.class_counts().items():
         log.info("  %-12s %d", name, count)
+    for model, fp in zip([n for n in BUILT_IN_MODELS if cfg.policy.allows_model(n)], needs):
+        log.info("%-13s %s", model, "\n              ".join(fp.describe()))
     log.info("ledger        %d entries, chain verified, every epsilon recomputed, anchored in %s (the coordinator's "
              "witness is checked with every task)", len(ledger.entries()), ledger.anchor_path)
     if math.isinf(spent):

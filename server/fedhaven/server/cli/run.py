@@ -17,6 +17,7 @@ from fedhaven.server.progress import RUN_LOG, print_round
 from fedhaven.server.flower_control import write_app_dir
 from fedhaven.server.provision import StateDir
 from fedhaven.shared.config import ConfigError, deep_merge, load_toml, parse, parse_override, to_dict
+from fedhaven.shared.recipe import apply_recipe
 from fedhaven.shared.schema import RunConfig
 
 log = logging.getLogger("fedhaven.server")
@@ -35,9 +36,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def load_run_config(*, path: Path, overrides: list[str], rounds: int | None, output_dir: Path,
-                    checked: CheckedRuns | None = None) -> RunConfig:
+                    checked: CheckedRuns | None = None, sites: int = 0) -> RunConfig:
     """defaults <- file <- overrides <- flags; output always in the coordinator's state directory.
 
+    Under `train.recipe = "auto"` the rule's settings that the file leaves out are resolved here, for
+    `sites` sites (those registered; at least `min_sites`); each site derives its own batch from its size.
     The model and held-out test set are checked unless `checked` records that this very combination passed
     (see `fedhaven.server.checked`; the ServerApp checks them again in every run)."""
     data = load_toml(path)
@@ -47,6 +50,8 @@ def load_run_config(*, path: Path, overrides: list[str], rounds: int | None, out
         data["rounds"] = rounds
     data["output_dir"] = str(output_dir)
     run = parse(RunConfig, data, source=str(path))
+    if run.train.recipe == "auto":
+        run = apply_recipe(run, given=data, sites=max(sites, run.min_sites))
     problems = []
     if run.secagg.enabled and run.known_max_weight() is None:
         problems.append("secagg.max_weight: set it to at least the largest site's number of training examples "
@@ -65,14 +70,29 @@ def load_run_config(*, path: Path, overrides: list[str], rounds: int | None, out
 
 
 def _model_and_data_problems(run: RunConfig) -> list[str]:
-    from fedhaven.shared.data import load_data  # torch: imported only when a run is submitted
+    """The test set loads (decoded into the coordinator's cache), the model takes its images, and evaluating it
+    fits the run's memory_mb and the cache's disk."""
+    from fedhaven.shared.features import features_cached
+    from fedhaven.shared.footprint import data_footprint, disk_problems, machine_problems
     from fedhaven.shared.models import model_problems
+    from fedhaven.shared.sources import load_data  # torch: imported only when a run is submitted
 
     try:
-        test = load_data(cfg=run.data, split="test")
-        return model_problems(cfg=run.model, spec=test.spec, dp=run.dp.enabled)
+        test = load_data(cfg=run.data, split="test", cache_dir=run.cache_dir())
+        problems = model_problems(cfg=run.model, spec=test.spec, dp=run.dp.enabled)
     except (ValueError, OSError) as exc:
         return [f"data: the coordinator's held-out test set does not load: {exc}"]
+    if problems:
+        return problems
+    need = data_footprint(model_cfg=run.model, data=test, memory_mb=run.memory_mb, dp=run.dp)
+    for line in need.describe():
+        log.info("test set: %s", line)
+    problems = need.memory_problems(setting="memory_mb") + machine_problems(need_mb=run.memory_mb,
+                                                                           what=f"memory_mb = {run.memory_mb}")
+    if need.feature_bytes and not features_cached(model_cfg=run.model, data=test, cache_dir=run.cache_dir()):
+        problems += disk_problems(folder=run.cache_dir(), need_bytes=need.feature_bytes,
+                                  what="the front end's features of the test set")
+    return problems
 
 
 def resume_config(*, state: StateDir, which: str) -> RunConfig:
@@ -149,8 +169,9 @@ def run(args: argparse.Namespace) -> int:
     elif args.config is None:
         raise ConfigError(["a run config file is required (or --resume RUN)"], source="fl-server run")
     else:
+        active = sum(1 for r in state.sites().values() if r.status != "revoked")
         cfg = load_run_config(path=args.config, overrides=args.overrides, rounds=args.rounds, output_dir=state.runs,
-                              checked=CheckedRuns(state.root / CHECKED_FILE))
+                              checked=CheckedRuns(state.root / CHECKED_FILE), sites=active)
     if not cfg.dp.enabled:
         log.warning("WARNING: differential privacy is OFF for this run (sites with require_dp will refuse)")
     if not cfg.secagg.enabled:

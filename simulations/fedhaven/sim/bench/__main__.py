@@ -15,20 +15,22 @@ ROOT = Path(__file__).resolve().parents[4]
 
 QUICK = {"dp_epochs": 2, "mask_repeats": 2, "secagg_sites": [5, 10], "secagg_rounds": 3, "secagg_epochs": 0.25,
          "baseline_rounds": 2, "accuracy": None, "scale_sites": [100], "scale_rounds": 2, "deploy_rounds": 3,
-         "robustness": None}
+         "robustness": None, "large_images": None}
 FULL = {"dp_epochs": 5, "mask_repeats": 5, "secagg_sites": [5, 10, 20], "secagg_rounds": 5, "secagg_epochs": 1.0,
         "baseline_rounds": 15, "accuracy": {"epsilons": (1.0, 3.0, 8.0), "partitions": ("iid", "dirichlet:0.3"),
                                             "repeats": 3},
         "scale_sites": [100, 1000], "scale_rounds": 3, "deploy_rounds": 4,
         # 44 five-round simulations, one per cell; finished cells are kept in bench-results/ and skipped on a rerun
-        "robustness": {"rounds": 5}}
+        "robustness": {"rounds": 5},
+        # hospital-size images: 10 sites x 2,000 224x224 RGB images, plus twice that for memory (about an hour)
+        "large_images": {"sites": 10, "per_site": 2000, "test": 2000, "lenet_rounds": 5}}
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m fedhaven.sim.bench", description=__doc__)
     p.add_argument("--quick", action="store_true", help="the <10 minute subset (make bench-quick)")
     p.add_argument("--only", nargs="*", help="run only these sections (dp, masking, secagg, baseline, accuracy, "
-                   "scale, deployment, robustness); earlier results of the same mode are kept for the others")
+                   "scale, deployment, robustness, large_images); earlier results of the same mode are kept for the others")
     p.add_argument("--out", type=Path, default=ROOT, help="where BENCHMARKS.md goes (JSON and plots beside it, "
                    "under simulations/benchmarks/)")
     args = p.parse_args(argv)
@@ -78,6 +80,11 @@ def main(argv: list[str] | None = None) -> int:
         partial = ROOT / "bench-results" / f"robustness-{mode}.jsonl"
         partial.parent.mkdir(exist_ok=True)
         section("robustness", lambda: robustness.run(**plan["robustness"], partial=partial, log=log.info))
+    if plan["large_images"]:
+        from fedhaven.sim.bench import large_images
+
+        work = ROOT / "bench-results" / "large-images"
+        section("large_images", lambda: large_images.run(**plan["large_images"], work=work, log=log.info))
     md = write_report(results=results, out=args.out, data_dir=data_dir)
     log.info("wrote %s, %s and plots in %s", md, results_file, data_dir)
     return 0

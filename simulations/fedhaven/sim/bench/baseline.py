@@ -34,7 +34,7 @@ class BaselineTask:
 
 @functools.lru_cache(maxsize=2)
 def _split(sites: int, seed: int):  # noqa: ANN202
-    from fedhaven.shared.data import load_data
+    from fedhaven.shared.sources import load_data
     from fedhaven.shared.partition import partition_iid
     from fedhaven.shared.schema import DataConfig
 
@@ -46,7 +46,7 @@ def _net(spec):  # noqa: ANN001, ANN202
     from fedhaven.shared.models import build_model
     from fedhaven.shared.schema import ModelConfig
 
-    return build_model(cfg=ModelConfig(), spec=spec, dp=False)
+    return build_model(cfg=ModelConfig(name="lenet"), spec=spec, dp=False)
 
 
 def make_apps(task: BaselineTask, log: list[dict]):  # noqa: ANN201 - (ServerApp, ClientApp)
@@ -95,7 +95,7 @@ def make_apps(task: BaselineTask, log: list[dict]):  # noqa: ANN201 - (ServerApp
     def main(grid: Grid, context: Context) -> None:
         import torch
 
-        from fedhaven.shared.data import load_data
+        from fedhaven.shared.sources import load_data
         from fedhaven.shared.schema import DataConfig
         from fedhaven.shared.training import evaluate
 

@@ -247,7 +247,7 @@ def run(*, rounds: int = 4, sites: int = 3, systems: tuple[str, ...] = tuple(SYS
 
 
 def _count(folder: Path) -> int:
-    from fedhaven.shared.data import load_idx
+    from fedhaven.shared.sources import load_idx
 
     return len(load_idx(folder, split="train"))
 

@@ -57,7 +57,7 @@ def _train_config(context: Context):  # noqa: ANN202 - fedhaven TrainConfig
 
 
 def _site_data(context: Context):  # noqa: ANN202 - fedhaven ImageData
-    from fedhaven.shared.data import load_idx
+    from fedhaven.shared.sources import load_idx
 
     return load_idx(Path(str(context.run_config["data-dir"])) / f"site-{int(context.node_config['partition-id'])}",
                     split="train")
@@ -67,11 +67,11 @@ def _model(spec):  # noqa: ANN001, ANN202
     from fedhaven.shared.models import build_model
     from fedhaven.shared.schema import ModelConfig
 
-    return build_model(cfg=ModelConfig(), spec=spec, dp=False)
+    return build_model(cfg=ModelConfig(name="lenet"), spec=spec, dp=False)
 
 
 def _test_and_model(context: Context):  # noqa: ANN202
-    from fedhaven.shared.data import load_digits_data
+    from fedhaven.shared.sources import load_digits_data
 
     test = load_digits_data(split="test")  # what fedhaven's coordinator evaluates on for data.source = "digits"
     return test, _model(test.spec)

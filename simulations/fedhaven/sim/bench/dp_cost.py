@@ -17,13 +17,13 @@ def _measure(mode: str, *, epochs: int, batch_size: int, examples: int) -> dict:
     import torch
 
     torch.set_num_threads(1)  # as a simulated site: one core each
-    from fedhaven.shared.data import load_data
+    from fedhaven.shared.sources import load_data
     from fedhaven.shared.models import build_model
     from fedhaven.shared.schema import DataConfig, ModelConfig, TrainConfig
     from fedhaven.shared.training import DPSettings, train_local
 
     data = load_data(cfg=DataConfig(), split="train").subset(torch.arange(examples))
-    model = build_model(cfg=ModelConfig(), spec=data.spec, seed=0)
+    model = build_model(cfg=ModelConfig(name="lenet"), spec=data.spec, seed=0)
     cfg = TrainConfig(local_epochs=1.0, batch_size=batch_size)
     dp = None if mode == "plain" else DPSettings(noise_multiplier=1.0, max_grad_norm=1.0, grad_sample_mode=mode)
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -42,7 +42,7 @@ def _agreement(mode: str) -> float:
     """Largest weight difference after one noiseless DP step, this engine against Opacus' hooks engine."""
     import torch
 
-    from fedhaven.shared.data import load_data
+    from fedhaven.shared.sources import load_data
     from fedhaven.shared.models import build_model
     from fedhaven.shared.schema import DataConfig, ModelConfig, TrainConfig
     from fedhaven.shared.training import DPSettings, train_local
@@ -50,7 +50,7 @@ def _agreement(mode: str) -> float:
     data = load_data(cfg=DataConfig(), split="train").subset(torch.arange(256))
     out = []
     for m in (mode, "hooks"):
-        model = build_model(cfg=ModelConfig(), spec=data.spec, seed=1)
+        model = build_model(cfg=ModelConfig(name="lenet"), spec=data.spec, seed=1)
         train_local(model=model, data=data, train=TrainConfig(local_epochs=1, batch_size=256, lr=1.0, momentum=0),
                     dp=DPSettings(noise_multiplier=0.0, max_grad_norm=0.5, grad_sample_mode=m), device="cpu",
                     generator=torch.Generator().manual_seed(0))

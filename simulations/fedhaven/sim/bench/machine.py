@@ -66,9 +66,7 @@ def _pss_kib(pid: int) -> int:
     return 0
 
 
-def tree_pss_mib(root: int | None = None) -> float:
-    """Proportional set size of `root` and all its descendants (shared pages counted once overall)."""
-    root = os.getpid() if root is None else root
+def _tree(root: int) -> set[int]:
     parents = _children()
     tree, frontier = {root}, [root]
     while frontier:
@@ -76,22 +74,76 @@ def tree_pss_mib(root: int | None = None) -> float:
         kids = [c for c, pp in parents.items() if pp == p and c not in tree]
         tree.update(kids)
         frontier.extend(kids)
-    return sum(_pss_kib(p) for p in tree) / 1024
+    return tree
+
+
+def tree_pss_mib(root: int | None = None) -> float:
+    """Proportional set size of `root` and all its descendants (shared pages counted once overall)."""
+    return sum(_pss_kib(p) for p in _tree(os.getpid() if root is None else root)) / 1024
+
+
+def _status_kib(pid: int) -> dict[str, int]:
+    out = {}
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(("VmRSS:", "VmHWM:")):
+                out[line.split(":")[0]] = int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return out
+
+
+def _name(pid: int) -> str:
+    try:
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return "?"
+    words = [a.decode(errors="replace") for a in args if a]
+    if words and words[0].startswith("ray::"):
+        return words[0]
+    return " ".join(Path(w).name if i == 0 or w.startswith("/") else w for i, w in enumerate(words[:3]))[:60]
 
 
 class PeakMemory:
-    """Samples the process tree's PSS in a thread; `peak_mib` after `stop()`."""
+    """Samples a process tree in a thread: the peak of its summed PSS (`peak_mib`, shared pages once), the peak of
+    its summed resident memory (`peak_rss_total_mib`), and each process's own peak resident memory (VmHWM: its
+    high-water mark, file pages it mapped included) in `per_process` (name -> MiB, the largest of that name)."""
 
     def __init__(self, interval: float = 0.5) -> None:
         self.interval = interval
         self.peak_mib = 0.0
+        self.peak_rss_total_mib = 0.0
+        self._hwm: dict[int, tuple[str, float]] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.peak_mib = max(self.peak_mib, tree_pss_mib())
+            self.sample()
             time.sleep(self.interval)
+
+    def sample(self) -> None:
+        pids = _tree(os.getpid())
+        self.peak_mib = max(self.peak_mib, sum(_pss_kib(p) for p in pids) / 1024)
+        total = 0.0
+        for p in pids:
+            st = _status_kib(p)
+            total += st.get("VmRSS", 0) / 1024
+            if "VmHWM" in st:
+                name = self._hwm.get(p, (None, 0.0))[0] or _name(p)
+                self._hwm[p] = (name, max(self._hwm.get(p, ("", 0.0))[1], st["VmHWM"] / 1024))
+        self.peak_rss_total_mib = max(self.peak_rss_total_mib, total)
+
+    @property
+    def per_process(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for name, mib in self._hwm.values():
+            out[name] = max(out.get(name, 0.0), mib)
+        return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+
+    @property
+    def largest_process_mib(self) -> float:
+        return max((mib for _, mib in self._hwm.values()), default=0.0)
 
     def __enter__(self) -> PeakMemory:
         self._thread.start()

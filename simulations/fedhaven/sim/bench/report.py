@@ -7,7 +7,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from fedhaven.shared.schema import DPConfig
-from fedhaven.sim.bench import deploy_report, robustness
+from fedhaven.sim.bench import deploy_report, large_images, robustness
 
 
 def _f(x: object, fmt: str = "{:.2f}") -> str:
@@ -177,6 +177,8 @@ def write_report(*, results: dict, out: Path, data_dir: Path) -> Path:
          f"{m['python']}; " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()) + ".", "",
          "## Targets", "", "| target | measured | |", "|---|---|---|"]
     L += [f"| {a} | {b} | {c} |" for a, b, c in targets(res)]
+    if not _section_error(res, "large_images"):
+        L += [f"| {a} | {b} | {_ok(c)} |" for a, b, c in large_images.targets(res["large_images"])]
 
     L += ["", "## 1. DP-SGD cost per local epoch", ""]
     err = _section_error(res, "dp")
@@ -319,6 +321,10 @@ def write_report(*, results: dict, out: Path, data_dir: Path) -> Path:
           "as shipped: the accuracy section's new IID epsilon-3 row) and without it (`robust.enabled=false`, "
           f"seeds 0-2): {measured}; target: a drop of at most {robustness.BOUND_POINTS:g} points, "
           + ("**met**." if met else "**not met**." if met is False else "not measured.")]
+
+    L += ["", "## 9. Large images", ""]
+    err = _section_error(res, "large_images")
+    L += [err + " (`make bench` runs it)."] if err else large_images.section(res["large_images"])
 
     if plots:
         L += ["", "## Plots", ""] + [f"![{p}]({rel}/{p})" for p in plots]

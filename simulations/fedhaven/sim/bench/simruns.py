@@ -33,6 +33,8 @@ def simulate(*, overrides: list[str], source: str = "mnist", workdir: Path | Non
         "round_s": [r.round_time_s for r in done],
         "accuracy": summary.data["final_accuracy"], "accuracy_per_round": [r.accuracy for r in done],
         "epsilon_max": summary.data["epsilon_max"], "peak_memory_mib": mem.peak_mib,
+        "peak_rss_total_mib": mem.peak_rss_total_mib, "largest_process_mib": mem.largest_process_mib,
+        "per_process_mib": mem.per_process,
         "membership_auc": _auc(run_dir), "run_dir": str(run_dir),
     }
 

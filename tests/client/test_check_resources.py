@@ -1,0 +1,80 @@
+"""`fl-client check` names the memory and disk training will need and refuses what cannot fit, before any run."""
+
+from __future__ import annotations
+
+import shutil
+from collections import namedtuple
+
+import numpy as np
+import pytest
+
+from fedhaven.client.cli import main
+from fedhaven.shared.crypto import make_ca
+from fedhaven.shared.sources import load_digits_data, save_idx
+
+SITE_TOML = """
+name = "hospital-a"
+{extra}
+[coordinator]
+address = "localhost:9092"
+ca_cert = "ca.pem"
+[data]
+source = "idx"
+path = "data"
+[policy]
+max_epsilon = 50.0
+"""
+
+
+def _site(tmp_path, extra: str = "") -> str:
+    save_idx(load_digits_data(split="train").subset(np.arange(120)), tmp_path / "data", split="train")
+    (tmp_path / "site.toml").write_text(SITE_TOML.format(extra=extra))
+    (tmp_path / "ca.pem").write_bytes(make_ca().cert_pem)
+    assert main(["keygen", "--out", str(tmp_path)]) == 0
+    assert main(["ledger", "init", "--config", str(tmp_path / "site.toml")]) == 0
+    return str(tmp_path / "site.toml")
+
+
+def _check(capfd, cfg: str) -> tuple[int, str]:
+    code = main(["check", "--config", cfg])
+    out, err = capfd.readouterr()
+    return code, out + err
+
+
+def test_check_names_disk_and_memory_per_allowed_model(tmp_path, capfd):
+    code, text = _check(capfd, _site(tmp_path))
+    assert code == 0, text
+    assert "scatternet" in text and "lenet" in text
+    assert "120 images of 1x8x8" in text and "front-end features" in text
+    assert "limit 2048 MB" in text and "examples per pass" in text
+    assert list((tmp_path / "state" / "feature-cache").glob("*.rows"))  # the check decoded the images once
+
+
+def test_a_limit_that_holds_no_training_step_is_refused_with_the_fix(tmp_path, capfd):
+    code, text = _check(capfd, _site(tmp_path, "memory_mb = 256"))
+    assert code == 2 and "memory_mb: 256 MB leaves no room for one training example" in text
+    assert "raise it to at least" in text
+
+
+def test_a_limit_beyond_the_machine_is_refused(tmp_path, capfd):
+    code, text = _check(capfd, _site(tmp_path, "memory_mb = 100000000"))
+    assert code == 2 and "memory: memory_mb = 100000000 needs about" in text and "available" in text
+
+
+def test_too_little_disk_for_the_features_is_refused(tmp_path, capfd, monkeypatch):
+    cfg = _site(tmp_path)
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda _p: usage(10**9, 10**9 - 1000, 1000))
+    code, text = _check(capfd, cfg)
+    assert code == 2 and "front-end features needs" in text and "feature-cache" in text and "are free" in text
+
+
+@pytest.mark.parametrize("models", ['["lenet"]', '["scatternet"]'])
+def test_only_allowed_models_are_sized(tmp_path, capfd, models):
+    cfg = _site(tmp_path)
+    text = (tmp_path / "site.toml").read_text().replace("max_epsilon = 50.0", f"max_epsilon = 50.0\nallowed_models = "
+                                                                              f"{models}")
+    (tmp_path / "site.toml").write_text(text)
+    code, out = _check(capfd, cfg)
+    other = "lenet" if "scatternet" in models else "scatternet"
+    assert code == 0 and f"\n{other} " not in out
