@@ -23,7 +23,7 @@ FULL = {"dp_epochs": 5, "mask_repeats": 5, "secagg_sites": [5, 10, 20], "secagg_
         # 44 five-round simulations, one per cell; finished cells are kept in bench-results/ and skipped on a rerun
         "robustness": {"rounds": 5},
         # hospital-size images: 10 sites x 2,000 224x224 RGB images, plus twice that for memory (about an hour)
-        "large_images": {"sites": 10, "per_site": 2000, "test": 2000, "lenet_rounds": 5}}
+        "large_images": {"sites": 10, "per_site": 2000, "test": 2000, "lenet_rounds": 3}}
 
 
 def main(argv: list[str] | None = None) -> int:

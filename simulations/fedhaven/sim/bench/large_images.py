@@ -71,7 +71,7 @@ def prepare_one_site(*, train: Path, images: int, work: Path) -> dict:
             "seconds_per_image_features": (t2 - t1) / len(data)}
 
 
-def run(*, sites: int = 10, per_site: int = 2000, test: int = 2000, lenet_rounds: int = 5,
+def run(*, sites: int = 10, per_site: int = 2000, test: int = 2000, lenet_rounds: int = 3,
         work: Path | None = None, log: Callable[[str], None] = print) -> dict:
     work = Path(work or tempfile.mkdtemp(prefix="fedhaven-large-"))
     work.mkdir(parents=True, exist_ok=True)
