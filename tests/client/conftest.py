@@ -13,6 +13,18 @@ from fedhaven.client.types import Site
 _KEYS = itertools.count()
 
 
+def _answer(reply):
+    """A ClientApp's reply as the coordinator reads it: the reply, or the site's coded refusal raised again as
+    TaskRefused (its code and sentence, as they were sent)."""
+    from fedhaven.shared.refusal import TaskRefused, code_of
+
+    if reply.has_error():
+        code = code_of(reply.error.code)
+        assert code is not None, f"an error that is not a refusal: {reply.error}"
+        raise TaskRefused(code, reply.error.reason)
+    return reply
+
+
 class OneSite:
     """A SiteProvider serving one site; each instance its own cache key (never id(): a freed object's id is reused)."""
 
@@ -41,3 +53,9 @@ def _task_identity():
 def client_app_for() -> Callable[[Site], object]:
     """The ClientApp serving one site, as a deployed site's executor builds it."""
     return lambda site: make_client_app(sites=OneSite(site))
+
+
+@pytest.fixture
+def answer():
+    """`answer(reply)`: the reply, or the site's coded refusal raised as TaskRefused (see `_answer`)."""
+    return _answer

@@ -15,10 +15,11 @@ from hypothesis import strategies as st
 from opacus.accountants import create_accountant
 
 from fedhaven.client.ledger import Ledger
-from fedhaven.client.policy import BudgetRefused, budget_spent, plan_round, task_violations
+from fedhaven.client.policy import BudgetRefused, budget_spent, plan_round, refusal_code, task_violations
 from fedhaven.server.privacy_report import build_privacy_report
 from fedhaven.server.recorder import SiteReport
-from fedhaven.shared.accounting import BUDGET_SPENT, RUN_TARGET_REACHED, epsilon
+from fedhaven.shared.accounting import epsilon
+from fedhaven.shared.refusal import Code
 from fedhaven.shared.schema import SIMULATION_POLICY, DPConfig, InputSpec, ModelConfig, RunConfig, TrainConfig
 from fedhaven.shared.task import TaskSpec
 
@@ -81,11 +82,11 @@ def test_no_site_passes_a_limit_and_every_epsilon_is_at_least_the_fresh_accounta
                     why = task_violations(task=task, policy=policy, secure_aggregation=True, history=history)
                     try:
                         if why:
-                            raise BudgetRefused("; ".join(why))
+                            raise BudgetRefused(refusal_code(why), "; ".join(v.reason for v in why))
                         plan = plan_round(task=task, policy=policy, history=history, num_examples=num_examples)
                     except BudgetRefused as exc:
-                        assert (RUN_TARGET_REACHED in str(exc) or BUDGET_SPENT in str(exc)
-                                or "below this site's minimum" in str(exc)), str(exc)
+                        assert exc.code in (Code.RUN_TARGET, Code.SITE_BUDGET, Code.POLICY), str(exc)
+                        assert (exc.code != Code.POLICY) or "below this site's minimum" in str(exc)
                         continue
                     after = history.add(noise_multiplier=plan.noise_multiplier, sample_rate=plan.sample_rate,
                                         steps=plan.steps)

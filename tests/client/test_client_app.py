@@ -14,6 +14,7 @@ from flwr.compat.common import recorddict_compat as compat
 
 from fedhaven.client.flower_app import load_privacy
 from fedhaven.client.types import Site, SiteInfo, TaskRefused
+from fedhaven.shared import refusal
 from fedhaven.shared.config import ConfigError
 from fedhaven.shared.accounting import PrivacyStep, epsilon
 from fedhaven.shared.models import InputSpec, build_model
@@ -85,14 +86,14 @@ def test_fixed_noise_and_no_dp(app_and_weights):
     assert math.isinf(metrics["epsilon"]) and metrics["noise_multiplier"] == 0.0
 
 
-def test_task_that_does_not_fit_the_data_is_refused(app_and_weights):
+def test_task_that_does_not_fit_the_data_is_refused(app_and_weights, answer):
     app, _ = app_and_weights
     task = replace(_task(1), input=InputSpec(1, 28, 10), classes=tuple(str(i) for i in range(10)))
     weights = get_weights(build_model(cfg=ModelConfig(name="lenet"), spec=task.input))
-    # In-process the exception surfaces as is; Flower's runtimes turn it into the error reply the coordinator logs.
+    # the outermost mod answers with Flower's error reply, carrying the refusal's code
     with pytest.raises(TaskRefused) as err:
-        app(_fit_message(weights, task), _context())
-    assert "expects 1x28x28 images" in str(err.value)
+        answer(app(_fit_message(weights, task), _context()))
+    assert err.value.code == refusal.Code.DATA and "expects 1x28x28 images" in str(err.value)
     assert "class 'a' of this site is not among" in str(err.value)
 
 

@@ -14,7 +14,7 @@ from flwr.compat.common import recorddict_compat as compat
 from opacus.accountants import RDPAccountant
 
 from fedhaven.client.ledger import Ledger
-from fedhaven.client.types import Site, SiteInfo, TaskRefused
+from fedhaven.client.types import Code, Site, SiteInfo, TaskRefused
 from fedhaven.shared.accounting import PrivacyHistory, epsilon
 from fedhaven.shared.models import InputSpec, build_model
 from fedhaven.shared.schema import SIMULATION_POLICY, DPConfig, ModelConfig, TrainConfig
@@ -69,10 +69,10 @@ def _fresh(ledger: Ledger, delta: float = 1e-5) -> float:
     return acc.get_epsilon(delta=delta) if acc.history else 0.0
 
 
-def test_an_uninitialised_site_refuses_to_train(tmp_path, synthetic_images, site_app):
+def test_an_uninitialised_site_refuses_to_train(tmp_path, synthetic_images, site_app, answer):
     app, ledger = site_app(init=False)
     with pytest.raises(TaskRefused, match="never initialised.*fl-client ledger init"):
-        app(_message(_task(1, target_epsilon=2.0)), _context())
+        answer(app(_message(_task(1, target_epsilon=2.0)), _context()))
     assert not ledger.path.exists()
 
 
@@ -86,7 +86,7 @@ def test_each_reply_names_its_ledger_entry_which_the_ledger_holds(tmp_path, synt
     assert ledger.check(witness=Witness.from_metrics(m)) == [] and ledger.verify().ok
 
 
-def test_a_rollback_of_ledger_and_anchor_is_refused_through_the_witness(tmp_path, synthetic_images, site_app):
+def test_a_rollback_of_ledger_and_anchor_is_refused_through_the_witness(tmp_path, synthetic_images, site_app, answer):
     app, ledger = site_app()
     backup = tmp_path / "backup"
     backup.mkdir()
@@ -97,7 +97,7 @@ def test_a_rollback_of_ledger_and_anchor_is_refused_through_the_witness(tmp_path
     shutil.copy(backup / "l", ledger.path)
     shutil.copy(backup / "a", ledger.anchor_path)
     with pytest.raises(TaskRefused, match="does not contain it") as err:
-        app(_message(_task(2, target_epsilon=2.0), witness=seen), _context())
+        answer(app(_message(_task(2, target_epsilon=2.0), witness=seen), _context()))
     assert "nothing was trained or sent" in str(err.value) and seen.key() in str(err.value)
     assert len(ledger.entries()) == 1
     # a witness naming another site is not this site's business
@@ -119,7 +119,7 @@ def test_retries_never_pass_the_run_target_with_auto_noise(tmp_path, synthetic_i
     assert _fresh(ledger) == pytest.approx(eps[-1], rel=1e-9) and _fresh(ledger) <= 2.0
 
 
-def test_a_retry_past_the_run_target_with_fixed_noise_is_refused_before_training(tmp_path, synthetic_images, site_app):
+def test_a_retry_past_the_run_target_with_fixed_noise_is_refused_before_training(tmp_path, synthetic_images, site_app, answer):
     q, steps = schedule(num_examples=len(synthetic_images), batch_size=32, local_epochs=1)
     two = epsilon(history=PrivacyHistory().add(noise_multiplier=1.0, sample_rate=q, steps=2 * steps), delta=1e-5)
     app, ledger = site_app()
@@ -128,7 +128,7 @@ def test_a_retry_past_the_run_target_with_fixed_noise_is_refused_before_training
     _metrics(app(_message(task), ctx))
     _metrics(app(_message(task), ctx))  # a retry: fits
     with pytest.raises(TaskRefused, match="run's privacy target is reached") as err:
-        app(_message(replace(task, server_round=2)), ctx)
+        answer(app(_message(replace(task, server_round=2)), ctx))
     assert "dp.target_epsilon" in str(err.value) and "refused before training" in str(err.value)
     assert sum(e.kind == "update" for e in ledger.entries()) == 2 and _fresh(ledger) <= two * 1.01
 
@@ -148,7 +148,7 @@ def test_retries_never_pass_the_sites_own_budget(tmp_path, synthetic_images, sit
         assert isinstance(o, float) or "this site's own privacy budget is spent" in o
 
 
-def test_two_tasks_at_once_cannot_both_pass_the_budget_check(tmp_path, synthetic_images, site_app):
+def test_two_tasks_at_once_cannot_both_pass_the_budget_check(tmp_path, synthetic_images, site_app, answer):
     """Budget for one round only; two runs ask at the same moment: the lock lets exactly one train."""
     q, steps = schedule(num_examples=len(synthetic_images), batch_size=32, local_epochs=1)
     one = epsilon(history=PrivacyHistory().add(noise_multiplier=1.0, sample_rate=q, steps=steps), delta=1e-5)
@@ -161,7 +161,8 @@ def test_two_tasks_at_once_cannot_both_pass_the_budget_check(tmp_path, synthetic
     def go() -> None:
         barrier.wait()
         try:
-            results.append(_metrics(app(_message(_task(1, noise_multiplier=1.0, target_epsilon=50.0)), _context())))
+            results.append(_metrics(answer(app(_message(_task(1, noise_multiplier=1.0, target_epsilon=50.0)),
+                                               _context()))))
         except TaskRefused as exc:
             results.append(exc)
 
@@ -172,7 +173,8 @@ def test_two_tasks_at_once_cannot_both_pass_the_budget_check(tmp_path, synthetic
         t.join(timeout=120)
     assert len(results) == 2
     refused = [r for r in results if isinstance(r, TaskRefused)]
-    assert len(refused) == 1 and "this site's own privacy budget is spent" in str(refused[0])
+    assert len(refused) == 1 and refused[0].code == Code.SITE_BUDGET
+    assert "this site's own privacy budget is spent" in str(refused[0])
     assert sum(e.kind == "update" for e in ledger.entries()) == 1 and ledger.verify().ok
     assert _fresh(ledger) <= policy.max_epsilon
 

@@ -14,9 +14,9 @@ from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFI
 from flwr.compat.common import recorddict_compat as compat
 
 from fedhaven.client import deployment
+from fedhaven.shared.refusal import Code
 from fedhaven.client.ledger import Ledger
 from fedhaven.client.site_config import load_site_config
-from fedhaven.client.types import TaskRefused
 from fedhaven.shared.sources import load_digits_data, save_idx
 from fedhaven.shared.models import build_model
 from fedhaven.shared.schema import DPConfig, InputSpec, ModelConfig, TrainConfig
@@ -79,14 +79,20 @@ def _context(path) -> Context:
                    run_config={})
 
 
+def _refusal(path, task, *, secagg=True) -> tuple[Code, str]:
+    """The site's answer as the coordinator reads it: a refusal's code and sentence (Flower's error reply)."""
+    reply = deployment.app(_message(task, secagg=secagg), _context(path))
+    assert reply.has_error(), "the task was not refused"
+    return Code(reply.error.code), reply.error.reason
+
+
 def _refused(site, task, *, secagg=True) -> str:
     path, reads = site
-    with pytest.raises(TaskRefused) as err:
-        deployment.app(_message(task, secagg=secagg), _context(path))
+    code, why = _refusal(path, task, secagg=secagg)
     assert reads == [], "the site read its data for a refused task"
     assert [e.kind for e in Ledger.in_dir(path / "state").entries()] in ([], ["init"])  # nothing was recorded
-    assert "nothing was trained or sent" in str(err.value)
-    return str(err.value)
+    assert code == Code.POLICY and "nothing was trained or sent" in why
+    return why
 
 
 def test_noise_below_the_site_minimum(site):
@@ -119,9 +125,8 @@ def _spend(path, *, noise=0.5, rate=0.5, steps=400) -> Ledger:
 def test_epsilon_over_budget(site):
     path, _ = site
     ledger = _spend(path)
-    with pytest.raises(TaskRefused) as err:
-        deployment.app(_message(_task(), secagg=True), _context(path))
-    why = str(err.value)
+    code, why = _refusal(path, _task())
+    assert code == Code.SITE_BUDGET
     assert "this site's own privacy budget is spent" in why and "of 4 (policy.max_epsilon" in why
     assert len(ledger.entries()) == 2  # nothing new left the site
 
@@ -132,9 +137,8 @@ def test_the_run_target_is_named_apart_from_the_site_budget(site):
     _spend(path, noise=1.5, rate=0.1, steps=100)
     task = _task()
     task = replace(task, dp=replace(task.dp, target_epsilon=1.0))
-    with pytest.raises(TaskRefused) as err:
-        deployment.app(_message(task, secagg=True), _context(path))
-    why = str(err.value)
+    code, why = _refusal(path, task)
+    assert code == Code.RUN_TARGET
     assert "run's privacy target is reached" in why and "dp.target_epsilon = 1" in why
     assert "this site's own budget (policy.max_epsilon = 4) has" in why and "budget is spent" not in why
     assert reads == []
@@ -154,9 +158,8 @@ def test_a_damaged_ledger_stops_the_site_before_it_reads_data(site, damage, tmp_
         other.append(**{k: v for k, v in vars(ledger.entries()[1]).items()
                         if k not in ("seq", "prev_hash", "time", "hash")})
         ledger.path.write_bytes(other.path.read_bytes())
-    with pytest.raises(TaskRefused) as err:
-        deployment.app(_message(_task(), secagg=True), _context(path))
-    why = str(err.value)
+    code, why = _refusal(path, _task())
+    assert code == Code.LEDGER
     assert "refuses to train until its operator acts" in why and "nothing was trained or sent" in why
     assert {"delete": "is missing", "truncate": "truncated", "replace": "replaced or rolled back"}[damage] in why
     assert reads == []

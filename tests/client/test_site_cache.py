@@ -16,7 +16,7 @@ from flwr.compat.common import recorddict_compat as compat
 from fedhaven.client import deployment, flower_app
 from fedhaven.client.ledger import Ledger
 from fedhaven.client.site_config import load_site_config
-from fedhaven.client.types import TaskRefused
+from fedhaven.client.types import Code, TaskRefused
 from fedhaven.shared.sources import load_digits_data, save_idx
 from fedhaven.shared.models import build_model
 from fedhaven.shared.schema import DPConfig, InputSpec, ModelConfig, TrainConfig
@@ -60,7 +60,8 @@ def _fit(path, rnd: int, *, model: str = "lenet", noise: float | str = 1.5, targ
     ctx = Context(run_id=rnd, node_id=5, node_config={"site-config": str(path / "site.toml")}, state=RecordDict(),
                   run_config={})
     reply = deployment.app(msg, ctx)
-    assert not reply.has_error(), reply.error
+    if reply.has_error():  # a refusal: its code and sentence, as the coordinator reads them
+        raise TaskRefused(Code(reply.error.code), reply.error.reason)
     return compat.recorddict_to_fitres(reply.content, keep_input=True)
 
 
@@ -81,8 +82,9 @@ def test_nothing_cached_survives_a_change(tmp_path, monkeypatch):
     assert _fit(tmp_path, 3).num_examples == 120 and len(loads) == 2
 
     _write_site(tmp_path, models='["mlp"]')  # the site's IT tightens the policy while the process runs
-    with pytest.raises(TaskRefused, match="model 'lenet' is not allowed"):
+    with pytest.raises(TaskRefused, match="model 'lenet' is not allowed") as err:
         _fit(tmp_path, 4)
+    assert err.value.code == Code.POLICY
     res = _fit(tmp_path, 5, model="mlp")  # a new model for the same data: built for it
     shapes = [w.shape for w in parameters_to_ndarrays(res.parameters)]
     assert shapes == [w.shape for w in get_weights(build_model(cfg=ModelConfig(name="mlp"), spec=SPEC, seed=0))]

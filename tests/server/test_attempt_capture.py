@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from fedhaven.shared import refusal
 from flwr.app import Message, RecordDict
 from flwr.app.message_type import MessageType
 from flwr.common import Code, Error, FitIns, FitRes, Status, ndarrays_to_parameters
@@ -51,16 +52,17 @@ def _task_message(node: int) -> Message:
     return Message(content=content, dst_node_id=node, message_type=MessageType.TRAIN)
 
 
-def _reply(to: Message, *, error: str | None = None) -> Message:
+def _reply(to: Message, *, error: str | None = None, code: int = 0) -> Message:
     if error is not None:
-        reply = Message(Error(code=0, reason=error), reply_to=to)
+        reply = Message(Error(code=code, reason=error), reply_to=to)
     else:
         reply = Message(RecordDict(), reply_to=to)
     return reply
 
 
 class Grid:
-    """Node 1 trains, 2 refuses, 3 crashes after training may have started, 4 never answers."""
+    """Node 1 trains, 2 refuses (a coded refusal), 3 crashes after training may have started with a message that
+    reads like a refusal, 4 never answers."""
 
     def send_and_receive(self, messages, *, timeout=None):
         out = []
@@ -69,9 +71,9 @@ class Grid:
             if node == 1:
                 out.append(_reply(m))
             elif node == 2:
-                out.append(_reply(m, error="site b refused the task (nothing was trained or sent): budget"))
-            elif node == 3:
-                out.append(_reply(m, error="node 3 went offline"))
+                out.append(_reply(m, error="site b refused the task: budget", code=int(refusal.Code.SITE_BUDGET)))
+            elif node == 3:  # the words do not matter, the code does
+                out.append(_reply(m, error="node 3 went offline (nothing was trained or sent)"))
         return out
 
 

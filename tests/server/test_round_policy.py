@@ -9,7 +9,11 @@ import pytest
 import torch
 
 from fedhaven.server.federation import _one_round
-from fedhaven.server.flower_legacy import FitOutcome, FitRoundLog, short_reason
+from flwr.app import Error
+
+from fedhaven.server.failures import SiteFailure, short_reason, site_failure
+from fedhaven.server.flower_legacy import FitOutcome, FitRoundLog
+from fedhaven.shared.refusal import Code
 from fedhaven.server.recorder import RoundFailed, RunRecorder
 from fedhaven.shared.models import InputSpec, build_model
 from fedhaven.shared.schema import ModelConfig, RunConfig
@@ -46,7 +50,7 @@ def _ok(weights, eps=(1.0, 2.0)):
 
 
 def _halted():
-    return FitOutcome(weights=None, log=FitRoundLog(failures=["site s1: refused"]), halted_stage="unmask")
+    return FitOutcome(weights=None, log=FitRoundLog(failures=[SiteFailure("site s1: crashed")]), halted_stage="unmask")
 
 
 @pytest.fixture
@@ -65,7 +69,7 @@ def test_a_round_without_aggregate_is_retried_then_fails_loudly(recorder, tmp_pa
         _one_round(fed=fed, run=recorder.run, server_round=3, recorder=recorder, evaluator=None)
     assert fed.calls == 2
     assert "round 3 produced no aggregate in 2 attempt(s)" in str(err.value)
-    assert "halted at unmask" in str(err.value) and "site s1: refused" in str(err.value)
+    assert "halted at unmask" in str(err.value) and "site s1: crashed" in str(err.value)
     lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [(x["round"], x["status"], x["attempt"]) for x in lines] == [(3, "failed", 1), (3, "failed", 2)]
     assert not list((tmp_path / "checkpoints").iterdir())  # nothing pretends the round happened
@@ -157,8 +161,9 @@ class FakeLegacyFederation:
         pass
 
 
-def _refused(reason):
-    return FitOutcome(weights=None, log=FitRoundLog(failures=[reason, reason]), halted_stage="collect")
+def _refused(reason, code):
+    failure = SiteFailure(reason, code)
+    return FitOutcome(weights=None, log=FitRoundLog(failures=[failure, failure]), halted_stage="collect")
 
 
 def test_a_run_in_which_no_round_aggregated_fails_and_says_why(tmp_path, monkeypatch):
@@ -168,7 +173,7 @@ def test_a_run_in_which_no_round_aggregated_fails_and_says_why(tmp_path, monkeyp
 
     why = ("site a refused the task (nothing was trained or sent): the run's privacy target is reached: "
            "dp.target_epsilon = 4 ...")
-    FakeLegacyFederation.outcomes = [_refused(why), _refused(why)]
+    FakeLegacyFederation.outcomes = [_refused(why, Code.RUN_TARGET), _refused(why, Code.RUN_TARGET)]
     monkeypatch.setattr(federation, "LegacyFederation", FakeLegacyFederation)
     with pytest.raises(NoRoundTrained, match="no round produced an aggregate.*run's privacy target is reached"):
         federation.run_federation(grid=None, context=None, run=RunConfig(model=LENET, rounds=3, round_retries=1),
@@ -183,7 +188,8 @@ def test_a_run_stopped_by_budgets_after_training_is_not_a_failure(tmp_path, monk
     from fedhaven.server import federation
 
     why = "site a refused the task (nothing was trained or sent): this site's own privacy budget is spent: ..."
-    FakeLegacyFederation.outcomes = [_ok(_weights(), eps=(1.0, 2.0)), _refused(why), _refused(why)]
+    FakeLegacyFederation.outcomes = [_ok(_weights(), eps=(1.0, 2.0)), _refused(why, Code.SITE_BUDGET),
+                                     _refused(why, Code.SITE_BUDGET)]
     monkeypatch.setattr(federation, "LegacyFederation", FakeLegacyFederation)
     result = federation.run_federation(grid=None, context=None, run=RunConfig(model=LENET, rounds=3, round_retries=1),
                                        run_dir=tmp_path, input_spec=SPEC, classes=("a", "b", "c"), evaluator=None,
@@ -192,10 +198,17 @@ def test_a_run_stopped_by_budgets_after_training_is_not_a_failure(tmp_path, monk
     assert result.privacy.data["outcome"] == "stopped" and result.privacy.data["epsilon_max"] == 2.0
 
 
-def test_a_refusal_for_the_runs_target_is_recognised_through_flowers_escaping():
-    """Flower nests the site's message in reprs (run\\'s): the coordinator still sees a budget refusal."""
-    text = ("Error(code=0, reason=\"ClientAppException occurred. Message: site a refused the task (nothing was "
-            "trained or sent): the run\\'s privacy target is reached: dp.target_epsilon = 0.1\\\")")
+def test_a_refusal_is_known_by_its_code_never_by_its_words():
+    """A site's coded refusal is a budget stop whatever it says; a crash whose text reads like one is not."""
+    coded = site_failure(Exception(Error(code=int(Code.RUN_TARGET), reason="site a: anything at all")))
+    assert coded.refused and coded.budget and coded.text == "site a: anything at all"
+    assert RoundFailed("x", failures=(coded,)).budget_exhausted
+    lookalike = site_failure(Exception(Error(code=2, reason="<class 'RuntimeError'>:<'the run\\'s privacy target "
+                                                            "is reached (nothing was trained or sent)'>")))
+    assert not lookalike.refused and "privacy target is reached" in lookalike.text
+    assert not RoundFailed("x", failures=(coded, lookalike)).budget_exhausted
+    # Flower nests the text of a raised exception in reprs (run\\'s): shown unescaped, for people
+    text = ("Error(code=0, reason=\"ClientAppException occurred. Message: site a failed: the run\\'s model did "
+            "not fit\\\")")
     reason = short_reason(text)
-    assert "the run's privacy target is reached" in reason and not reason.endswith("\\")
-    assert RoundFailed("x", reasons=(reason,)).budget_exhausted
+    assert "the run's model did not fit" in reason and not reason.endswith("\\")

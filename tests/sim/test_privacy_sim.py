@@ -66,9 +66,9 @@ def test_raw_data_never_leaves_and_the_server_only_sees_masked_updates(tmp_path)
     exp = load_experiment(source="digits", overrides=["rounds=1", "train.local_epochs=2", "train.lr=0.2"])
     sites = SimulatedSites(exp, state_root=str(tmp_path / "sites"))
     create_site_ledgers(sites)
-    mods = client_mods(sites)  # ledger, policy, SecAgg+, [robust] encoding, central-DP clipping
+    mods = client_mods(sites)  # refusals, ledger, policy, SecAgg+, [robust] encoding, central-DP clipping
     app = ClientApp(client_fn=client_fn_for(sites),
-                    mods=[_recorder(tmp_path, "sent"), *mods[:3], _recorder(tmp_path, "plain"), *mods[3:]])
+                    mods=[_recorder(tmp_path, "sent"), *mods[:4], _recorder(tmp_path, "plain"), *mods[4:]])
     results = []
     max_weight = resolve_max_weight(exp, sites.sizes())
     server = make_server_app(run=exp.run_config(), run_dir=tmp_path / "run", max_weight=max_weight,

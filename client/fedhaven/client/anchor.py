@@ -71,16 +71,21 @@ def write_anchor(path: Path, anchor: Anchor) -> None:
     fsync_dir(path.parent)
 
 
-def anchor_location_problems(*, anchor: Path, state_dir: Path) -> list[str]:
-    """Why the anchor cannot serve here: inside the state directory (lost with it), or in a folder not writable."""
-    out = []
+def anchor_location_warnings(*, anchor: Path, state_dir: Path) -> list[str]:
+    """What weakens the anchor without stopping it: inside the state directory, it is lost or restored with it."""
     try:
         inside = anchor.resolve().is_relative_to(state_dir.resolve())
     except OSError:
         inside = False
     if inside:
-        out.append(f"ledger_anchor: {anchor} is inside state_dir {state_dir}: losing or restoring that folder would "
-                   f"take the anchor with it. Put it elsewhere (ledger_anchor in site.toml)")
+        return [f"ledger_anchor: {anchor} is inside state_dir {state_dir}: losing or restoring that folder would "
+                f"take the anchor with it. Put it elsewhere (ledger_anchor in site.toml)"]
+    return []
+
+
+def anchor_location_problems(*, anchor: Path) -> list[str]:
+    """Why the anchor cannot serve here: its folder is not writable."""
+    out = []
     folder = anchor.parent
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent

@@ -46,7 +46,8 @@ from flwr.supercore.runtime import RuntimeHttpClient  # noqa: E402
 from flwr.supernode.runtime.run_clientapp import push_message, push_task_output  # noqa: E402
 
 from fedhaven.client.app_package import installed_version, review_package  # noqa: E402
-from fedhaven.client.types import TaskRefused  # noqa: E402
+from fedhaven.client.types import Code, TaskRefused  # noqa: E402
+from fedhaven.shared.accounting import NOTHING_SENT  # noqa: E402
 
 log = logging.getLogger("fedhaven.client")
 
@@ -133,9 +134,9 @@ class SiteExecutor:
                 refusal = None
             if refusal is not None:
                 reason = (f"site {self.site} refused run {run.run_id}: {refusal}. Nothing from the run's package "
-                          f"was loaded and nothing was trained or sent.")
+                          f"was loaded ({NOTHING_SENT}).")
                 log.error("%s (package sha256 %s)", reason, review.sha256)
-                reply = Message(Error(code=ErrorCode.INVALID_FAB, reason=reason), reply_to=message)
+                reply = Message(Error(code=int(Code.PACKAGE), reason=reason), reply_to=message)
                 details, verdict = reason, "refused-package"
                 self.stats.refused_packages += 1
             else:
@@ -143,9 +144,8 @@ class SiteExecutor:
                 try:
                     reply = self.app(message, context)
                     sub_status, details, verdict = SubStatus.COMPLETED, "", "ok"
-                except TaskRefused as exc:  # the site's own sentence, as it is
-                    reply = Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=str(exc)),
-                                    reply_to=message)
+                except TaskRefused as exc:  # the site's own code and sentence, as they are
+                    reply = Message(Error(code=int(exc.code), reason=str(exc)), reply_to=message)
                     details, verdict = str(exc), "refused-task"
                     log.warning("%s", exc)
                 except Exception as exc:  # noqa: BLE001 - any failure becomes the site's answer, never a crash

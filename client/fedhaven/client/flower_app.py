@@ -1,6 +1,7 @@
 """The ClientApp: fedhaven's site logic wired into Flower (legacy NumPyClient + SecAgg+ mod). The only Flower client module.
 
-Mods, outermost first: the ledger mod takes the site's ledger lock, verifies the
+Mods, outermost first: a refusal raised anywhere becomes Flower's error reply with its
+code (`fedhaven.shared.refusal`); the ledger mod takes the site's ledger lock, verifies the
 ledger (chain, anchor, the coordinator's witness) and records what leaves the
 site after the reply is final (masked, under SecAgg+); the policy refuses tasks
 before any data is read; Flower's SecAgg+ mod masks the update; the encoding mod
@@ -20,7 +21,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
-from flwr.app import ConfigRecord, Context, Message
+from flwr.app import ConfigRecord, Context, Error, Message
 from flwr.app.message_type import MessageType
 from flwr.client import NumPyClient
 from flwr.client.mod import adaptiveclipping_mod, fixedclipping_mod, secaggplus_mod
@@ -31,8 +32,8 @@ from flwr.common.serde import recorddict_to_proto
 from flwr.compat.common import recorddict_compat as compat
 
 from fedhaven.client.ledger import GENESIS, budget_history
-from fedhaven.client.policy import task_violations
-from fedhaven.client.types import PrivacyState, Site, SiteInfo, TaskRefused
+from fedhaven.client.policy import refusal_code, task_violations
+from fedhaven.client.types import Code, PrivacyState, Site, SiteInfo, TaskRefused
 from fedhaven.shared.accounting import NOTHING_SENT, PrivacyHistory
 from fedhaven.shared.task import TaskSpec, task_from_config
 from fedhaven.shared.updates import encode
@@ -116,7 +117,8 @@ class FedhavenClient(NumPyClient):
         self.ctx = context
 
     def get_parameters(self, config: dict) -> list[np.ndarray]:
-        raise TaskRefused("fedhaven sites never provide initial weights; the coordinator initialises the model")
+        raise TaskRefused(Code.UNSUPPORTED, "fedhaven sites never provide initial weights; the coordinator "
+                          "initialises the model")
 
     def fit(self, parameters: list[np.ndarray], config: dict) -> tuple[list[np.ndarray], int, dict]:
         task = task_from_config(config)
@@ -134,7 +136,7 @@ class FedhavenClient(NumPyClient):
         return outcome.weights, _weight(task, outcome.num_examples), metrics
 
     def evaluate(self, parameters: list[np.ndarray], config: dict) -> tuple[float, int, dict]:
-        raise TaskRefused("fedhaven sites do not release evaluation metrics on their private data; "
+        raise TaskRefused(Code.UNSUPPORTED, "fedhaven sites do not release evaluation metrics on their private data; "
                           "the coordinator evaluates centrally on its held-out set")
 
 
@@ -177,8 +179,8 @@ def _policy_mod(sites: SiteProvider) -> Mod:
         violations = task_violations(task=task, policy=info.policy, secure_aggregation=secagg,
                                      history=load_privacy(ctx, info).history)
         if violations:
-            raise TaskRefused(f"site {info.name} refused the task ({NOTHING_SENT}): "
-                              + "; ".join(violations))
+            raise TaskRefused(refusal_code(violations), f"site {info.name} refused the task ({NOTHING_SENT}): "
+                              + "; ".join(v.reason for v in violations))
         return call_next(msg, ctx)
 
     return mod
@@ -201,7 +203,8 @@ def _secagg_mod(sites: SiteProvider) -> Mod:
             max_weight = float(state.get("max_weight", 0.0)) if state is not None else 0.0
             n = _weight(task, len(_trainer(sites, ctx).site.data))
             if max_weight > 0 and n > max_weight:
-                raise TaskRefused(f"this site has {n} training examples ({NOTHING_SENT}) but the coordinator's SecAgg+ "
+                raise TaskRefused(Code.MAX_WEIGHT, f"this site has {n} training examples ({NOTHING_SENT}) but the "
+                                  f"coordinator's SecAgg+ "
                                   f"max_weight "
                                   f"is {max_weight:g}, so its update would be clipped. The operator must set "
                                   f"secagg.max_weight to at least {n}")
@@ -263,7 +266,8 @@ def _ledger_mod(sites: SiteProvider) -> Mod:
         with ledger.locked():
             problems = ledger.check(witness=witness)
             if problems:
-                raise TaskRefused(f"site {info.name} refuses to train until its operator acts ({NOTHING_SENT}): its "
+                raise TaskRefused(Code.LEDGER, f"site {info.name} refuses to train until its operator acts "
+                                  f"({NOTHING_SENT}): its "
                                   f"privacy ledger does not verify: " + "; ".join(problems))
             entries = ledger.entries()
             ctx.state.config_records[LEDGER_HEAD_RECORD] = ConfigRecord(
@@ -303,6 +307,16 @@ def _finite(x: object) -> float | None:
     return float(x) if isinstance(x, (int, float)) and math.isfinite(x) else None
 
 
+def _refusal_mod(msg: Message, ctx: Context, call_next: Callable[[Message, Context], Message]) -> Message:
+    """Outermost: a refusal raised anywhere inside becomes Flower's public error reply with the refusal's code, which
+    the coordinator acts on (a raised exception would reach it as free text, wrapped by Flower or Ray)."""
+    try:
+        return call_next(msg, ctx)
+    except TaskRefused as exc:
+        log.warning("%s", exc)
+        return Message(Error(code=int(exc.code), reason=str(exc)), reply_to=msg)
+
+
 def client_fn_for(sites: SiteProvider) -> Callable[[Context], Any]:
     """Flower's `client_fn` for the sites `sites` provides."""
 
@@ -322,6 +336,7 @@ def make_client_app(*, sites: SiteProvider, update_mods: Sequence[Mod] = ()) -> 
 
 
 def client_mods(sites: SiteProvider, *, update_mods: Sequence[Mod] = ()) -> list[Mod]:
-    """fedhaven's mods, outermost first: ledger, policy, SecAgg+ masking, update encoding, central-DP clipping."""
-    return [_ledger_mod(sites), _policy_mod(sites), _secagg_mod(sites), _encoding_mod, *update_mods,
+    """fedhaven's mods, outermost first: refusals as coded errors, ledger, policy, SecAgg+ masking, update encoding,
+    central-DP clipping."""
+    return [_refusal_mod, _ledger_mod(sites), _policy_mod(sites), _secagg_mod(sites), _encoding_mod, *update_mods,
             _central_dp_mod]

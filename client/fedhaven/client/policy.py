@@ -11,13 +11,19 @@ import math
 from dataclasses import dataclass
 
 from fedhaven.client.site_config import SitePolicy
-from fedhaven.shared.recipe import expected_batch
 from fedhaven.shared.accounting import BUDGET_SPENT, RUN_TARGET_REACHED, PrivacyHistory, epsilon, noise_for_budget
+from fedhaven.shared.recipe import expected_batch
+from fedhaven.shared.refusal import Code, Refusal
 from fedhaven.shared.task import TaskSpec
 
 
 class BudgetRefused(RuntimeError):
-    """A round the site will not train: it would pass the run's target or the site's own budget."""
+    """A round the site will not train: it would pass the run's target or the site's own budget (`code` says
+    which)."""
+
+    def __init__(self, code: Code, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
 
 
 def budget_spent(*, policy: SitePolicy, history: PrivacyHistory) -> float:
@@ -59,29 +65,41 @@ def site_budget_refusal(*, policy: SitePolicy, history: PrivacyHistory, after: f
 
 
 def task_violations(*, task: TaskSpec, policy: SitePolicy, secure_aggregation: bool,
-                    history: PrivacyHistory) -> list[str]:
-    """Every way `task` breaks `policy` that can be seen without the site's data."""
+                    history: PrivacyHistory) -> list[Refusal]:
+    """Every way `task` breaks `policy` that can be seen without the site's data, each with its code."""
     out = []
     if policy.require_secure_aggregation and not secure_aggregation:
-        out.append("this site only sends updates under secure aggregation (policy.require_secure_aggregation); "
-                   "the coordinator asked for plain training: enable [secagg] on the coordinator")
+        out.append(Refusal(Code.POLICY, "this site only sends updates under secure aggregation "
+                           "(policy.require_secure_aggregation); the coordinator asked for plain training: enable "
+                           "[secagg] on the coordinator"))
     if policy.require_dp and not task.dp.enabled:
-        out.append("this site only trains with differential privacy (policy.require_dp); enable [dp] on the "
-                   "coordinator")
+        out.append(Refusal(Code.POLICY, "this site only trains with differential privacy (policy.require_dp); "
+                           "enable [dp] on the coordinator"))
     if not policy.allows_model(task.model.name):
-        out.append(f"model {task.model.name!r} is not allowed here (policy.allowed_models = "
-                   f"{list(policy.allowed_models)})")
+        out.append(Refusal(Code.POLICY, f"model {task.model.name!r} is not allowed here (policy.allowed_models = "
+                           f"{list(policy.allowed_models)})"))
     if task.dp.enabled:
         if task.dp.noise_multiplier != "auto" and task.dp.noise_multiplier < policy.min_noise_multiplier:
-            out.append(f"noise multiplier {task.dp.noise_multiplier:g} is below this site's minimum "
-                       f"{policy.min_noise_multiplier:g} (policy.min_noise_multiplier)")
+            out.append(Refusal(Code.POLICY, f"noise multiplier {task.dp.noise_multiplier:g} is below this site's "
+                               f"minimum {policy.min_noise_multiplier:g} (policy.min_noise_multiplier)"))
         if task.dp.delta > policy.delta:
-            out.append(f"delta {task.dp.delta:g} is weaker than this site's delta {policy.delta:g}")
+            out.append(Refusal(Code.POLICY, f"delta {task.dp.delta:g} is weaker than this site's delta "
+                               f"{policy.delta:g}"))
     if math.isfinite(policy.max_epsilon) and budget_spent(policy=policy, history=history) >= policy.max_epsilon:
-        out.append(site_budget_refusal(policy=policy, history=history))
+        out.append(Refusal(Code.SITE_BUDGET, site_budget_refusal(policy=policy, history=history)))
     if task.dp.enabled and not task.dp.not_private and run_spent(task=task, history=history) >= task.dp.target_epsilon:
-        out.append(run_target_refusal(task=task, policy=policy, history=history))
+        out.append(Refusal(Code.RUN_TARGET, run_target_refusal(task=task, policy=policy, history=history)))
     return out
+
+
+def refusal_code(violations: list[Refusal]) -> Code:
+    """The one code of a refusal with several reasons: a policy breach wins (raising the budget would not help),
+    then the site's own budget, then the run's target."""
+    codes = {v.code for v in violations}
+    for code in (Code.POLICY, Code.SITE_BUDGET, Code.RUN_TARGET):
+        if code in codes:
+            return code
+    return next(iter(codes))
 
 
 def over_budget(*, policy: SitePolicy, history: PrivacyHistory, history_after: PrivacyHistory) -> str | None:
@@ -136,7 +154,7 @@ def choose_noise(*, task: TaskSpec, policy: SitePolicy, history: PrivacyHistory,
         except ValueError as exc:
             why = (run_target_refusal(task=task, policy=policy, history=history) if which == "run"
                    else site_budget_refusal(policy=policy, history=history))
-            raise BudgetRefused(f"{why} ({exc})") from None
+            raise BudgetRefused(Code.RUN_TARGET if which == "run" else Code.SITE_BUDGET, f"{why} ({exc})") from None
         noise = max(noise, z)
     return noise
 
@@ -166,14 +184,15 @@ def plan_round(*, task: TaskSpec, policy: SitePolicy, history: PrivacyHistory, n
     noise = 0.0
     if task.dp.enabled:
         if not task.dp.not_private and before >= task.dp.target_epsilon:
-            raise BudgetRefused(run_target_refusal(task=task, policy=policy, history=history))
+            raise BudgetRefused(Code.RUN_TARGET, run_target_refusal(task=task, policy=policy, history=history))
         noise = choose_noise(task=task, policy=policy, history=history, sample_rate=sample_rate, steps=steps)
     after_history = history.add(noise_multiplier=noise, sample_rate=sample_rate, steps=steps)
     after = run_spent(task=task, history=after_history)
     if task.dp.enabled and not task.dp.not_private and after > task.dp.target_epsilon * (1 + 1e-9):
-        raise BudgetRefused(run_target_refusal(task=task, policy=policy, history=history, after=after))
+        raise BudgetRefused(Code.RUN_TARGET, run_target_refusal(task=task, policy=policy, history=history,
+                                                                after=after))
     why = over_budget(policy=policy, history=history, history_after=after_history)
     if why:
-        raise BudgetRefused(why)
+        raise BudgetRefused(Code.SITE_BUDGET, why)
     return RoundPlan(noise_multiplier=noise, sample_rate=sample_rate, steps=steps, epsilon_before=before,
                      epsilon_after=after, batch_size=batch)

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from fedhaven.client.policy import BudgetRefused, plan_round
-from fedhaven.client.types import PrivacyState, Site, SiteInfo, TaskRefused
+from fedhaven.client.types import Code, PrivacyState, Site, SiteInfo, TaskRefused
 from fedhaven.shared.accounting import NOTHING_SENT, epsilon
 from fedhaven.shared.data import FeatureData, ImageData
 from fedhaven.shared.rows import Rows
@@ -132,14 +132,15 @@ class SiteTrainer:
         """
         problems = task_problems(task, self.site.data)
         if problems:
-            raise TaskRefused(f"site {self.site.name} cannot run this task ({NOTHING_SENT}): " + "; ".join(problems))
+            raise TaskRefused(Code.DATA, f"site {self.site.name} cannot run this task ({NOTHING_SENT}): "
+                              + "; ".join(problems))
         data = self.site.data.aligned_to(task.classes)
         policy = self.site.info.policy
         history = privacy.history
         try:
             plan = plan_round(task=task, policy=policy, history=history, num_examples=len(data))
         except BudgetRefused as exc:
-            raise TaskRefused(f"site {self.site.name} refused the task ({NOTHING_SENT}): {exc}") from None
+            raise TaskRefused(exc.code, f"site {self.site.name} refused the task ({NOTHING_SENT}): {exc}") from None
         dp = None
         if task.dp.enabled:
             dp = DPSettings(noise_multiplier=plan.noise_multiplier, max_grad_norm=task.dp.max_grad_norm,

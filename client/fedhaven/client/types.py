@@ -8,15 +8,14 @@ from typing import TYPE_CHECKING
 
 from fedhaven.client.site_config import SIMULATION_POLICY, SitePolicy
 from fedhaven.shared.accounting import PrivacyHistory
+from fedhaven.shared.refusal import Code, TaskRefused
 from fedhaven.shared.schema import DEFAULT_MEMORY_MB
+
+__all__ = ["Code", "PrivacyState", "Site", "SiteInfo", "TaskRefused"]
 
 if TYPE_CHECKING:
     from fedhaven.client.ledger import Ledger
     from fedhaven.shared.data import ImageData
-
-
-class TaskRefused(RuntimeError):
-    """A task this site will not run; the message says why and what to change."""
 
 
 @dataclass(frozen=True)

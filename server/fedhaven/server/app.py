@@ -12,7 +12,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedhaven.server.federation import RunResult, run_federation
-from fedhaven.server.progress import RUN_LOG
+from fedhaven.server.progress import RUN_LOG, RUN_LOG_FORMAT
 from fedhaven.server.recorder import CentralEvaluator, RoundRecord, SiteWitnesses
 from fedhaven.shared.sources import load_data
 from fedhaven.shared.runtime import resolve_device
@@ -27,7 +27,7 @@ def run_log(run_dir: Path) -> Iterator[None]:
     terminal: Flower's executor keeps their output to itself)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(run_dir / RUN_LOG)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    handler.setFormatter(logging.Formatter(RUN_LOG_FORMAT))
     logger = logging.getLogger("fedhaven")
     logger.addHandler(handler)
     try:

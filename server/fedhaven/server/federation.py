@@ -177,12 +177,12 @@ def run_federation(
                     failure = exc
                     break
                 stopped = (f"stopped cleanly before round {server_round}: too few sites have privacy budget left "
-                           f"({len(exc.reasons)} refused: {exc.reasons[0]})")
+                           f"({len(exc.failures)} refused: {exc.failures[0]})")
                 log.warning("%s", stopped)
                 if not any(r.status == "ok" for r in recorder.rounds):
                     failure = NoRoundTrained(f"no round produced an aggregate: every site refused for lack of "
-                                             f"privacy budget ({len(exc.reasons)} refused: {exc.reasons[0]})",
-                                             reasons=exc.reasons)
+                                             f"privacy budget ({len(exc.failures)} refused: {exc.failures[0]})",
+                                             failures=exc.failures)
                 break
         if failure is None and not any(r.status == "ok" for r in recorder.rounds):
             failure = NoRoundTrained(f"no round was accepted: {sum(r.status == 'rejected' for r in recorder.rounds)} "
@@ -234,11 +234,13 @@ def _one_round(*, fed: LegacyFederation, run: RunConfig, server_round: int, reco
         # each site once, however many stages it failed in; a site whose update the guard rejected counts as failed
         failed = max(0, outcome.log.asked - len(reports)) if outcome.log.asked else len(outcome.log.failures)
         common = dict(round=server_round, attempt=attempt, sites_ok=len(reports) - len(rejected_sites),
-                      sites_failed=failed + len(rejected_sites), fit_time_s=fit_time,
+                      sites_failed=failed + len(rejected_sites), sites_rejected=len(rejected_sites),
+                      fit_time_s=fit_time,
                       sites_available=fed.available_sites(),
                       site_train_time_s=sum(r.train_time_s for r in reports),
                       secure_aggregation=run.secagg.enabled, epsilons=eps_all,
-                      failures=(*outcome.log.failures, *rejected_sites), unanswered=tuple(outcome.log.unanswered),
+                      failures=(*(f.text for f in outcome.log.failures), *rejected_sites),
+                      unanswered=tuple(outcome.log.unanswered),
                       update_norm=verdict.update_norm if verdict is not None else None,
                       update_bound=verdict.bound if verdict is not None else None,
                       epsilon_max=worst, private=run.dp.enabled and (worst is None or math.isfinite(worst)),
@@ -253,13 +255,13 @@ def _one_round(*, fed: LegacyFederation, run: RunConfig, server_round: int, reco
             why = f"no aggregate (halted at {outcome.halted_stage})"
             recorder.record(RoundRecord(status="failed", loss=None, accuracy=None, round_time_s=fit_time,
                                         eval_time_s=0.0, **common))
-            reasons = "; ".join(outcome.log.failures[:5]) or "no site error was reported"
+            reasons = "; ".join(f.text for f in outcome.log.failures[:5]) or "no site error was reported"
             log.error("round %d attempt %d/%d failed: %s. Site errors: %s", server_round, attempt, attempts, why,
                       reasons)
             if attempt == attempts:
                 raise RoundFailed(f"round {server_round} produced no aggregate in {attempts} attempt(s), last "
                                   f"{why}; site errors: {reasons}. The global model of round {server_round - 1} "
-                                  f"is kept in {recorder.run_dir}", reasons=tuple(outcome.log.failures))
+                                  f"is kept in {recorder.run_dir}", failures=tuple(outcome.log.failures))
             continue
         t1 = time.perf_counter()
         loss, acc = evaluator(outcome.weights) if evaluator is not None else (None, None)

@@ -10,14 +10,13 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import re
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
-from flwr.app import ConfigRecord, Context, Error
+from flwr.app import ConfigRecord, Context
 from flwr.app.message_type import MessageType
 from flwr.common import FitIns, FitRes, Parameters, ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.compat.common import recorddict_compat as compat
@@ -39,9 +38,10 @@ from flwr.server.workflow.secure_aggregation.secaggplus_workflow import Workflow
 from flwr.serverapp.grid import Grid
 
 from fedhaven.server.grid import PollingGrid
+from fedhaven.server.failures import SiteFailure, site_failure
 from fedhaven.server.guard import UpdateGuard
 from fedhaven.server.recorder import CentralNoise, SiteWitnesses
-from fedhaven.shared.accounting import NOTHING_SENT
+from fedhaven.shared.refusal import code_of
 from fedhaven.shared.schema import RunConfig, SecAggConfig
 from fedhaven.shared.witness import Witness
 
@@ -55,7 +55,7 @@ class FitRoundLog:
     nodes asked to train whose reply never came (they may have trained: their spending is only bounded)."""
 
     results: list[tuple[int, dict[str, Any]]] = field(default_factory=list)  # (num_examples, metrics)
-    failures: list[str] = field(default_factory=list)
+    failures: list[SiteFailure] = field(default_factory=list)
     node_ids: list[int] = field(default_factory=list)  # the node of each result, when known
     unanswered: list[str] = field(default_factory=list)  # site names (or "node N") that never replied
     asked: int = 0  # distinct sites contacted in the attempt (0: not known)
@@ -118,37 +118,8 @@ class RecordingStrategy(_Wrapper):
                       failures: list) -> tuple[Parameters | None, dict]:
         self.last.results = [(r.num_examples, dict(r.metrics)) for _, r in results]
         self.last.node_ids = [_node_id(p) for p, _ in results]
-        self.last.failures.extend(_reason(f) for f in failures)
+        self.last.failures.extend(site_failure(f) for f in failures)
         return self.inner.aggregate_fit(server_round, results, failures)
-
-
-def _reason(failure: Any) -> str:
-    """One readable line for a site's failure: the site's own sentence where it sent one.
-
-    A site's refusal arrives as an `Error` reply (wrapped in an Exception by Flower's
-    workflows); Flower's own `flwr-clientapp` formats it as `<class '...'>:<'text'>`,
-    and in simulation it arrives inside Ray tracebacks.
-    """
-    if isinstance(failure, tuple):
-        return f"site returned status {failure[1].status.code.name}: {failure[1].status.message}"
-    inner = failure.args[0] if isinstance(failure, BaseException) and failure.args else None
-    if isinstance(inner, Error):
-        text = inner.reason
-        wrapped = re.fullmatch(r"<class '[\w.]+'>:<'(.*)'>", text, flags=re.S)
-        return short_reason(wrapped.group(1) if wrapped else text)
-    return short_reason(str(failure))
-
-
-def short_reason(text: str, *, limit: int = 400) -> str:
-    """The innermost error message of a Flower/Ray error text, without the tracebacks."""
-    marker = "occurred. Message:"
-    text = text.replace("\\n", "\n").replace("\\'", "'").replace('\\"', '"')  # Flower nests reprs
-    lines = [ln.strip() for ln in text.rsplit(marker, 1)[-1].splitlines() if ln.strip()]
-    if marker not in text:
-        errors = [ln for ln in lines if re.match(r"^[\w.]+(Error|Exception|Refused): ", ln)]
-        lines = errors[-1:] or lines
-    out = (lines[0] if lines else text).strip(" '\">)\\")
-    return out if len(out) <= limit else out[: limit - 3] + "..."
 
 
 def _fit_metrics(results: list[tuple[int, dict]]) -> dict:
@@ -405,7 +376,7 @@ class FitOutcome:
 class _ReplyWatch:
     """Flower's grid, noting which nodes were sent a training task and which of them settled it.
 
-    Settled: a reply with content, or an error saying nothing was trained or sent (a refusal).
+    Settled: a reply with content, or a refusal (an error with a fedhaven refusal code: nothing was trained or sent).
     Any other outcome (no reply by the timeout, a node lost, a crash) may hide an update the
     site trained and recorded: its spending can then only be bounded.
     """
@@ -422,7 +393,7 @@ class _ReplyWatch:
         self.asked |= tasks
         replies = list(self._grid.send_and_receive(messages, timeout=timeout))
         for r in replies:
-            if r.metadata.src_node_id in tasks and (r.has_content() or NOTHING_SENT in str(r.error.reason)):
+            if r.metadata.src_node_id in tasks and (r.has_content() or code_of(r.error.code) is not None):
                 self.settled.add(r.metadata.src_node_id)
         return replies
 
@@ -442,7 +413,7 @@ class CheckedSecAggPlus(SecAggPlusWorkflow):
     """
 
     halted_stage: str | None = None
-    failures: tuple[str, ...] = ()
+    failures: tuple[SiteFailure, ...] = ()
     collected: tuple[tuple[int, int, dict[str, Any]], ...] = ()  # (node, examples, metrics) of each trained reply
 
     def __call__(self, grid: Grid, context: Context) -> None:
@@ -455,7 +426,7 @@ class CheckedSecAggPlus(SecAggPlusWorkflow):
                 if not stage(grid, context, state):  # type: ignore[arg-type]
                     self.halted_stage = name
                     # Flower records some failures twice (once per loop over replies): keep each once.
-                    self.failures = tuple(dict.fromkeys(_reason(f) for f in state.failures))
+                    self.failures = tuple(dict.fromkeys(site_failure(f) for f in state.failures))
                     return
         finally:
             # Sites that trained sent their metrics in the clear with their masked vectors: what they spent
@@ -606,7 +577,7 @@ class LegacyFederation:
         after = self.ctx.state.array_records[MAIN_PARAMS_RECORD]
         shortfall = getattr(self.ctx.client_manager, "shortfall", None)
         if shortfall:
-            self.strategy.last.failures.append(shortfall)
+            self.strategy.last.failures.append(SiteFailure(shortfall))
         if after is before:
             return FitOutcome(weights=None, log=self.strategy.last,
                               halted_stage=halted or ("waiting for sites" if shortfall else "aggregate"))

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from fedhaven.server.recorder import RoundFailed
+from fedhaven.server.failures import RoundFailed, SiteFailure
 from fedhaven.shared.schema import RunConfig, auto_update_norm
 from fedhaven.shared.updates import (
     add, clip_l2, coordinate_range, decode_delta, l2_norm, nonfinite, num_params, padded_length, shape_problems,
@@ -253,4 +253,4 @@ class UpdateGuard:
             raise RoundsRejected(f"{self.consecutive_rejections} rounds in a row were rejected "
                                  f"(robust.max_rejected = {self.max_rejected}); last: {self.verdict.rejected}. The "
                                  f"model of the last accepted round is kept in {run_dir}",
-                                 reasons=(self.verdict.rejected or "",))
+                                 failures=(SiteFailure(self.verdict.rejected or ""),))

@@ -8,6 +8,16 @@ from typing import Any
 
 #: The coordinator's own log of a run (waits, site errors, resumption), beside its metrics; `fl-server run` follows it.
 RUN_LOG = "coordinator.log"
+#: Its line format: date, time, level, message (the fields `run_log_fields` reads back).
+RUN_LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
+
+
+def run_log_fields(line: str) -> tuple[str | None, str]:
+    """(level, message) of one RUN_LOG line; (None, line) for a continuation line of a multi-line message."""
+    parts = line.split(" ", 3)
+    if len(parts) == 4 and parts[2] in logging.getLevelNamesMapping():
+        return parts[2], parts[3]
+    return None, line
 
 
 def round_line(rec: Mapping[str, Any], *, planned: int | None = None) -> tuple[int, str]:

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from fedhaven.server.failures import NoRoundTrained, RoundFailed  # noqa: F401 - re-exported
 from fedhaven.shared.config import to_dict
 from fedhaven.shared.features import cached_features
 from fedhaven.shared.memory import MemoryBudget, eval_example_bytes, front_image_bytes
@@ -24,25 +25,6 @@ from fedhaven.shared.training import evaluate
 from fedhaven.shared.data import FeatureData, ImageData
 from fedhaven.shared.weights import state_dict_from_weights
 from fedhaven.shared.witness import Witness
-
-
-class RoundFailed(RuntimeError):
-    """A round produced no aggregate (e.g. SecAgg+ halted); never reported as success."""
-
-    def __init__(self, message: str, *, reasons: tuple[str, ...] = ()) -> None:
-        super().__init__(message)
-        self.reasons = reasons
-
-    @property
-    def budget_exhausted(self) -> bool:
-        """Whether every site that failed refused for lack of budget (its own, or the run's target)."""
-        from fedhaven.shared.accounting import BUDGET_REFUSALS
-
-        return bool(self.reasons) and all(any(p in r for p in BUDGET_REFUSALS) for r in self.reasons)
-
-
-class NoRoundTrained(RoundFailed):
-    """The run ended without a single aggregated round: never a success, whatever the reason."""
 
 
 @dataclass(frozen=True)
@@ -103,6 +85,7 @@ class RoundRecord:
     site_train_time_s: float = 0.0  # summed over the sites of the round: their local training loops only
     epsilons: dict[str, float | None] = field(default_factory=dict)
     failures: tuple[str, ...] = ()
+    sites_rejected: int = 0  # sites whose update the [robust] guard rejected (counted in sites_failed too)
     time: float = field(default_factory=time.time)
     private: bool = True  # False: DP off, or some site's epsilon is infinite (epsilon_max is then written as null)
     unanswered: tuple[str, ...] = ()  # sites (or nodes) asked to train whose reply never came: they may have spent

@@ -12,13 +12,10 @@ from fedhaven.shared.runtime import quiet_opacus_import
 from fedhaven.shared.schema import Accountant
 
 
-#: Said by a site that refuses a task because its own budget (policy.max_epsilon) is spent.
+#: Words of a site's refusals, for people (the coordinator acts on fedhaven.shared.refusal's codes, never on these):
+#: its own budget (policy.max_epsilon) is spent; the run's target (dp.target_epsilon) is reached; nothing was sent.
 BUDGET_SPENT = "privacy budget is spent"
-#: Said by a site that refuses a task because the run's target (dp.target_epsilon) is reached.
 RUN_TARGET_REACHED = "run's privacy target is reached"
-#: The coordinator recognises a refusal for lack of budget, of either kind, by these phrases.
-BUDGET_REFUSALS = (BUDGET_SPENT, RUN_TARGET_REACHED)
-#: In every refusal a site sends before training: the coordinator then knows the site spent nothing on that task.
 NOTHING_SENT = "nothing was trained or sent"
 
 

@@ -10,7 +10,7 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fedhaven.client.anchor import anchor_location_problems
+from fedhaven.client.anchor import anchor_location_problems, anchor_location_warnings
 from fedhaven.client.policy import budget_spent
 from fedhaven.client.site_config import SiteConfig, load_site_config
 from fedhaven.shared.config import ConfigError
@@ -83,11 +83,9 @@ def check_site(cfg: SiteConfig) -> tuple[ImageData, list[Footprint]]:
     ledger = cfg.ledger()
     report = ledger.verify()
     problems += [f"ledger: {p}" for p in report.problems]
-    for p in anchor_location_problems(anchor=ledger.anchor_path, state_dir=Path(cfg.state_dir)):
-        if "inside state_dir" in p:
-            log.warning("%s", p)
-        else:
-            problems.append(p)
+    for w in anchor_location_warnings(anchor=ledger.anchor_path, state_dir=Path(cfg.state_dir)):
+        log.warning("%s", w)
+    problems += anchor_location_problems(anchor=ledger.anchor_path)
     try:
         resolve_device(cfg.device)
     except RuntimeError as exc:

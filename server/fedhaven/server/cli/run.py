@@ -13,7 +13,7 @@ import tomli_w
 
 from fedhaven.server.checked import CHECKED_FILE, CheckedRuns, fingerprint
 from fedhaven.server.coordinator import Runtime, control_for, pid_alive
-from fedhaven.server.progress import RUN_LOG, print_round
+from fedhaven.server.progress import RUN_LOG, print_round, run_log_fields
 from fedhaven.server.flower_control import write_app_dir
 from fedhaven.server.provision import StateDir
 from fedhaven.shared.config import ConfigError, deep_merge, load_toml, parse, parse_override, to_dict
@@ -142,8 +142,9 @@ class _Follower:
             except (ValueError, KeyError):
                 continue
         for raw in self._new(RUN_LOG):
-            if " WARNING " in raw or " ERROR " in raw:
-                log.warning("coordinator: %s", raw.split(" ", 2)[-1])
+            level, message = run_log_fields(raw)
+            if level in ("WARNING", "ERROR", "CRITICAL"):
+                log.warning("coordinator: %s %s", level, message)
 
     def _new(self, name: str) -> list[str]:
         path = self.run_dir / name

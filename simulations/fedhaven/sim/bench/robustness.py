@@ -58,7 +58,7 @@ def run_cell(cell: dict, *, rounds: int, source: str = "mnist", workdir: Path | 
     return {**cell, "overrides": over, "rounds": rounds, "accuracy": ok[-1]["accuracy"] if ok else None,
             "initial_accuracy": next((x["accuracy"] for x in lines if x["status"] == "initial"), None),
             "rounds_ok": len(ok), "rounds_rejected": sum(x["status"] == "rejected" for x in lines),
-            "sites_rejected": sum(1 for x in ok for f in x["failures"] if "update rejected" in f),
+            "sites_rejected": sum(x.get("sites_rejected", 0) for x in ok),
             "aggregates_clipped": sum(1 for x in ok if x.get("update_norm") and x.get("update_bound")
                                       and x["update_norm"] > x["update_bound"] * 1.001),
             "stopped": stopped, "wall_s": time.perf_counter() - started, "run_dir": str(run_dir)}

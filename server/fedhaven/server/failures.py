@@ -1,0 +1,78 @@
+"""What the coordinator learns when sites send no update: one typed failure per site, parsed once, and the round
+that failed. Behaviour keys on the refusal's code (`fedhaven.shared.refusal`); the text is for people."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from flwr.app import Error
+
+from fedhaven.shared.refusal import BUDGET_CODES, Code, code_of
+
+
+@dataclass(frozen=True)
+class SiteFailure:
+    """A site's failure in one attempt: its refusal's code (None when it did not refuse: a crash, a timeout, a lost
+    node, too few sites) and one readable line."""
+
+    text: str
+    code: Code | None = None
+
+    @property
+    def refused(self) -> bool:
+        """A refusal: the site trained and sent nothing for the task."""
+        return self.code is not None
+
+    @property
+    def budget(self) -> bool:
+        return self.code in BUDGET_CODES
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def site_failure(failure: Any) -> SiteFailure:
+    """A failure as Flower's workflows hand it over: an `Exception(Error)` (the site's error reply), a (proxy,
+    FitRes) with a failed status, or any exception. The only place that reads one."""
+    if isinstance(failure, tuple):
+        return SiteFailure(f"site returned status {failure[1].status.code.name}: {failure[1].status.message}")
+    inner = failure.args[0] if isinstance(failure, BaseException) and failure.args else None
+    if isinstance(inner, Error):
+        code = code_of(inner.code)
+        if code is not None:  # a fedhaven refusal: the site's own sentence, as it is
+            return SiteFailure(inner.reason, code)
+        # Flower's flwr-clientapp formats a raised exception as <class '...'>:<'text'>; Ray wraps it in tracebacks
+        wrapped = re.fullmatch(r"<class '[\w.]+'>:<'(.*)'>", inner.reason, flags=re.S)
+        return SiteFailure(short_reason(wrapped.group(1) if wrapped else inner.reason))
+    return SiteFailure(short_reason(str(failure)))
+
+
+def short_reason(text: str, *, limit: int = 400) -> str:
+    """The innermost error message of a Flower/Ray error text, without the tracebacks (for display only)."""
+    marker = "occurred. Message:"
+    text = text.replace("\\n", "\n").replace("\\'", "'").replace('\\"', '"')  # Flower nests reprs
+    lines = [ln.strip() for ln in text.rsplit(marker, 1)[-1].splitlines() if ln.strip()]
+    if marker not in text:
+        errors = [ln for ln in lines if re.match(r"^[\w.]+(Error|Exception|Refused): ", ln)]
+        lines = errors[-1:] or lines
+    out = (lines[0] if lines else text).strip(" '\">)\\")
+    return out if len(out) <= limit else out[: limit - 3] + "..."
+
+
+class RoundFailed(RuntimeError):
+    """A round produced no aggregate (e.g. SecAgg+ halted); never reported as success."""
+
+    def __init__(self, message: str, *, failures: tuple[SiteFailure, ...] = ()) -> None:
+        super().__init__(message)
+        self.failures = failures
+
+    @property
+    def budget_exhausted(self) -> bool:
+        """Whether every site that failed refused for lack of budget (its own, or the run's target)."""
+        return bool(self.failures) and all(f.budget for f in self.failures)
+
+
+class NoRoundTrained(RoundFailed):
+    """The run ended without a single aggregated round: never a success, whatever the reason."""
