@@ -78,3 +78,18 @@ def test_only_allowed_models_are_sized(tmp_path, capfd, models):
     code, out = _check(capfd, cfg)
     other = "lenet" if "scatternet" in models else "scatternet"
     assert code == 0 and f"\n{other} " not in out
+
+
+def test_start_prepares_the_front_end_before_joining(tmp_path):
+    from fedhaven.client.cli.check import check_site
+    from fedhaven.client.cli.start import prepare
+    from fedhaven.client.deployment import site_info
+    from fedhaven.client.site_config import load_site_config
+    from fedhaven.shared.features import features_cached
+    from fedhaven.shared.schema import ModelConfig
+
+    cfg = load_site_config(_site(tmp_path))
+    data, _ = check_site(cfg)
+    assert not features_cached(model_cfg=ModelConfig(), data=data, cache_dir=site_info(cfg).cache())
+    prepare(cfg, data)
+    assert features_cached(model_cfg=ModelConfig(), data=data, cache_dir=site_info(cfg).cache())

@@ -89,16 +89,15 @@ class SiteTrainer:
         front, head = split_front(model)
         if front is None:
             return model, data
-        from fedhaven.shared.features import cached_features
-        from fedhaven.shared.memory import MemoryBudget, front_image_bytes
+        from fedhaven.shared.features import front_features
 
         key = model.front_key  # type: ignore[union-attr] - FrontEndModel
         if key not in self._features:
             info = self.site.info
-            chunk = MemoryBudget(info.memory_mb).rows(
-                per_row_bytes=front_image_bytes(front, image_shape=data.images.row_shape), cap=256)
-            self._features[key] = cached_features(front=front, front_key=key, data=data, cache_dir=info.cache(),
-                                                  chunk=chunk, device=device).features
+            feats = front_features(model=model, data=data, cache_dir=info.cache(), memory_mb=info.memory_mb,
+                                   device=device)
+            assert feats is not None  # the model has a front end
+            self._features[key] = feats.features
         return head, FeatureData(self._features[key], data.labels, data.classes)
 
     def physical_batch(self, trainable: torch.nn.Module, inputs: ImageData | FeatureData, *, expected: int,

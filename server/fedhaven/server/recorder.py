@@ -17,8 +17,8 @@ import torch
 
 from fedhaven.server.failures import NoRoundTrained, RoundFailed  # noqa: F401 - re-exported
 from fedhaven.shared.config import to_dict
-from fedhaven.shared.features import cached_features
-from fedhaven.shared.memory import MemoryBudget, eval_example_bytes, front_image_bytes
+from fedhaven.shared.features import front_features
+from fedhaven.shared.memory import MemoryBudget, eval_example_bytes
 from fedhaven.shared.models import InputSpec, build_model, split_front
 from fedhaven.shared.schema import RunConfig
 from fedhaven.shared.training import evaluate
@@ -166,15 +166,14 @@ class CentralEvaluator:
         self.data = data
         self.device = device
         self.model = build_model(cfg=run.model, spec=data.spec, dp=False)
-        front, self._head = split_front(self.model)
-        budget = MemoryBudget(run.memory_mb)
+        _, self._head = split_front(self.model)
         # A fixed front end (e.g. scattering) runs once on the test set, a chunk at a time, not at every evaluation.
-        self._inputs: ImageData | FeatureData = data if front is None else cached_features(
-            front=front, front_key=self.model.front_key, data=data, cache_dir=cache_dir,  # type: ignore[arg-type]
-            chunk=budget.rows(per_row_bytes=front_image_bytes(front, image_shape=data.images.row_shape), cap=256),
-            device=device)
+        feats = front_features(model=self.model, data=data, cache_dir=cache_dir, memory_mb=run.memory_mb,
+                               device=device)
+        self._inputs: ImageData | FeatureData = data if feats is None else feats
         row = self._inputs.images.row_shape if isinstance(self._inputs, ImageData) else self._inputs.features.row_shape
-        self._batch = budget.rows(per_row_bytes=eval_example_bytes(self._head, row_shape=row), cap=2048)
+        self._batch = MemoryBudget(run.memory_mb).rows(per_row_bytes=eval_example_bytes(self._head, row_shape=row),
+                                                       cap=2048)
 
     def __call__(self, weights: Sequence[np.ndarray]) -> tuple[float, float]:
         state_dict_from_weights(self.model, weights)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import torch
@@ -91,3 +91,36 @@ def features_cached(*, model_cfg: ModelConfig, data: ImageData, cache_dir: Path 
         return False
     name = feature_key(front_key=key, data=data)
     return open_rows(cache_path(cache_dir, key=name), key=name, verify=False) is not None
+
+
+def front_features(*, model: nn.Module, data: ImageData, cache_dir: Path | None, memory_mb: int,
+                   device: str = "cpu") -> FeatureData | None:
+    """`model`'s fixed front end on `data` (from the cache, or computed in chunks sized to `memory_mb`), or None
+    for a model without one."""
+    from fedhaven.shared.memory import MemoryBudget, front_image_bytes
+    from fedhaven.shared.models import split_front
+
+    front, _ = split_front(model)
+    if front is None:
+        return None
+    chunk = MemoryBudget(memory_mb).rows(per_row_bytes=front_image_bytes(front, image_shape=data.images.row_shape),
+                                         cap=256)
+    return cached_features(front=front, front_key=model.front_key, data=data, cache_dir=cache_dir,  # type: ignore[arg-type]
+                           chunk=chunk, device=device)
+
+
+def prepare_front_ends(*, models: Iterable[ModelConfig], data: ImageData, cache_dir: Path | None, memory_mb: int,
+                       device: str = "cpu") -> list[str]:
+    """Compute each model's front-end features for `data` now, before any round asks for them (a round's stages
+    have timeouts; a large site's front end takes minutes): the names of the models whose features are ready."""
+    from fedhaven.shared.models import ModelError, build_model
+
+    ready = []
+    for cfg in models:
+        try:
+            model = build_model(cfg=cfg, spec=data.spec, dp=False)
+        except ModelError:
+            continue  # images this model does not take: a run asking for it is refused with the reason
+        if front_features(model=model, data=data, cache_dir=cache_dir, memory_mb=memory_mb, device=device) is not None:
+            ready.append(cfg.name)
+    return ready

@@ -159,6 +159,9 @@ def run_experiment(
         "init_args": ray_init_args(exp),
     }
     os.environ.update(HARDENED_ENV)  # Ray workers inherit the environment of this process
+    from fedhaven.sim.prepare import prepare_sites
+
+    prepare_sites(exp)  # front ends before round 1: never inside a stage's timeout
     try:
         run_simulation(server_app=server_app, client_app=client_app, num_supernodes=exp.sites,
                        backend_config=backend_config)
@@ -225,7 +228,8 @@ def audit_membership(*, exp: ExperimentConfig, weights: list) -> dict:
     batch at a time.
     """
     from fedhaven.shared.audit import membership_inference
-    from fedhaven.shared.features import cached_features
+    from fedhaven.shared.data import FeatureData
+    from fedhaven.shared.features import front_features
     from fedhaven.shared.memory import MemoryBudget, eval_example_bytes
     from fedhaven.shared.models import build_model, split_front
     from fedhaven.shared.sources import load_data
@@ -238,10 +242,13 @@ def audit_membership(*, exp: ExperimentConfig, weights: list) -> dict:
     set_weights(model, weights)
     front, head = split_front(model)
     if front is not None:
-        key = model.front_key  # type: ignore[union-attr]
-        parts = [cached_features(front=front, front_key=key, data=p, cache_dir=exp.cache_dir())  # type: ignore[misc]
-                 for p in parts]
-        test = cached_features(front=front, front_key=key, data=test, cache_dir=exp.cache_dir())  # type: ignore[assignment]
+        def feats(data: ImageData) -> FeatureData:
+            out = front_features(model=model, data=data, cache_dir=exp.cache_dir(), memory_mb=exp.memory_mb)
+            assert out is not None
+            return out
+
+        parts = [feats(p) for p in parts]  # type: ignore[misc]
+        test = feats(test)  # type: ignore[assignment]
     row = test.images.row_shape if front is None else test.features.row_shape  # type: ignore[attr-defined]
     batch = MemoryBudget(exp.memory_mb).rows(per_row_bytes=eval_example_bytes(head, row_shape=row), cap=2048)
     result = membership_inference(model=head, members=parts, non_members=test, seed=exp.seed, batch_size=batch)

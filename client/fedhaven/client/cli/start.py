@@ -13,7 +13,9 @@ import ssl
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fedhaven.client.cli.check import check_site
 from fedhaven.client.deployment import SITE_CONFIG_KEY
@@ -21,6 +23,9 @@ from fedhaven.client.site_config import SiteConfig, load_site_config
 from fedhaven.shared.crypto import fingerprint, write_private
 from fedhaven.shared.process import pid_alive, spawn, stop_group, stop_pids
 from fedhaven.shared.runtime import HARDENED_ENV
+
+if TYPE_CHECKING:
+    from fedhaven.shared.data import ImageData
 
 log = logging.getLogger("fedhaven.client")
 
@@ -135,12 +140,35 @@ class _Child:
             reasons.extend(why.format(fp=fp) for marker, why in KNOWN_FAILURES.items() if marker in line)
 
 
+def prepare(cfg: SiteConfig, data: ImageData) -> None:
+    """The front-end features of every built-in model the policy allows, computed now (once; then cached), so that
+    no round waits for them: a round's stages have timeouts, and a large site's front end takes minutes."""
+    from fedhaven.client.cli.check import BUILT_IN_MODELS
+    from fedhaven.client.deployment import site_info
+    from fedhaven.shared.features import features_cached, prepare_front_ends
+    from fedhaven.shared.runtime import resolve_device
+    from fedhaven.shared.schema import ModelConfig
+
+    info = site_info(cfg)
+    todo = [ModelConfig(name=n) for n in BUILT_IN_MODELS if cfg.policy.allows_model(n)]
+    todo = [m for m in todo if not features_cached(model_cfg=m, data=data, cache_dir=info.cache())]
+    if not todo:
+        return
+    log.info("preparing the front end of %d images (once; cached in %s)", len(data), info.cache())
+    t0 = time.monotonic()
+    ready = prepare_front_ends(models=todo, data=data, cache_dir=info.cache(), memory_mb=cfg.memory_mb,
+                               device=resolve_device(cfg.device))
+    if ready:
+        log.info("front end ready for %s in %.0f s", ", ".join(ready), time.monotonic() - t0)
+
+
 def run(args: argparse.Namespace) -> int:
     config_path = Path(args.config).expanduser().resolve()
     cfg = load_site_config(config_path)
     if cfg.coordinator.insecure:
         log.warning("WARNING: insecure = true: no TLS and no site authentication; updates travel in the clear")
-    check_site(cfg)
+    data, _ = check_site(cfg)
+    prepare(cfg, data)
     preflight(cfg)
     state = Path(cfg.state_dir)
     state.mkdir(parents=True, exist_ok=True, mode=0o700)
