@@ -169,7 +169,7 @@ def test_site_credentials_cannot_submit_or_stop_runs(federation):
         r = client.post(base + "/v1/fleet/../control/stop-run", content=b"")
         assert r.status_code in (403, 404)
     # Flower's own Control client, given a site's CA and the address sites know, is refused too
-    from fedhaven.server.flower_control import Control, ControlError
+    from fedhaven.server.seam.control import Control, ControlError
 
     with pytest.raises(ControlError, match="403"):
         control = Control(address=f"localhost:{federation.front}", ca_cert=Path(ca),

@@ -17,7 +17,7 @@ import pytest
 import tomli_w
 
 from fedhaven.client.ledger import Ledger
-from fedhaven.server.flower_control import Control
+from fedhaven.server.seam.control import Control
 from fedhaven.shared.config import to_dict
 from fedhaven.shared.schema import RunConfig, SecAggConfig
 
@@ -118,7 +118,7 @@ NOBODY = 65534
 PROBE = '''
 import json, sys
 from pathlib import Path
-from fedhaven.server.flower_control import Control, ControlError
+from fedhaven.server.seam.control import Control, ControlError
 out = {}
 for address, ca in json.loads(sys.argv[1]):
     try:
@@ -174,7 +174,7 @@ def test_other_local_accounts_cannot_drive_the_coordinator(federation, tmp_path)
     home = Path(tempfile.mkdtemp())
     home.chmod(0o777)
     as_nobody = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
-    can_import = subprocess.run([*as_nobody, sys.executable, "-c", "import fedhaven.server.flower_control"],
+    can_import = subprocess.run([*as_nobody, sys.executable, "-c", "import fedhaven.server.seam.control"],
                                 capture_output=True, text=True, timeout=120, env={**os.environ, "HOME": str(home)})
     if can_import.returncode != 0:  # e.g. a clone under `mktemp -d` (0700): no other account can load fedhaven
         pytest.skip("this checkout is not readable by other accounts, so no probe can run as uid nobody; run it "

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import fedhaven.server.cli.run as run_cli
-from fedhaven.server.checked import KEEP, CheckedRuns, fingerprint
+from fedhaven.server.latency.checked import KEEP, CheckedRuns, fingerprint
 from fedhaven.shared.config import ConfigError, parse
 from fedhaven.shared.schema import RunConfig
 
@@ -35,7 +35,7 @@ def test_the_fingerprint_follows_everything_the_check_depends_on(tmp_path, monke
     no_dp = parse(RunConfig, {"data": {"source": "digits"}, "dp": {"enabled": False, "allow_not_private": True}},
                   source="t")
     assert fingerprint(other_model) != base and fingerprint(no_dp) != base
-    import fedhaven.server.checked as checked
+    import fedhaven.server.latency.checked as checked
 
     real = checked.metadata.version
     monkeypatch.setattr(checked.metadata, "version", lambda n: "9.9" if n == "opacus" else real(n))
@@ -111,7 +111,7 @@ def test_a_model_that_fails_the_check_is_refused_every_time(tmp_path):
 def test_folders_links_and_the_checking_code_are_part_of_the_fingerprint(tmp_path, monkeypatch):
     """An ImageFolder test set changes by a new (even empty) class folder or inside a linked class folder; the
     model and data code can change under an unchanged version (an editable install)."""
-    import fedhaven.server.checked as checked
+    import fedhaven.server.latency.checked as checked
 
     root = tmp_path / "test"
     (root / "cats").mkdir(parents=True)

@@ -50,7 +50,7 @@ def _rounds(scales: list[float]) -> list:
         guard = UpdateGuard(run=run, initial=initial, evaluator=evaluator, max_weight=100.0)
         strategy = build_strategy(run=run, initial=initial, fit_config=lambda r: {"round": r}, guard=guard)
         fed = LegacyFederation(grid=grid, context=context, run=run, strategy=strategy, max_weight=100.0)
-        fed.secagg.clipping_range = guard.coordinate_range
+        fed.set_secagg_clipping(guard.coordinate_range)
         try:
             for rnd in (1, 2):
                 guard.begin(rnd)

@@ -11,7 +11,8 @@ import torch
 from fedhaven.server.federation import _one_round
 from flwr.app import Error
 
-from fedhaven.server.failures import SiteFailure, short_reason, site_failure
+from fedhaven.server.failures import SiteFailure, site_failure
+from fedhaven.server.seam.errors import short_reason
 from fedhaven.server.flower_legacy import FitOutcome, FitRoundLog
 from fedhaven.shared.refusal import Code
 from fedhaven.server.recorder import RoundFailed, RunRecorder

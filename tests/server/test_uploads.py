@@ -11,7 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedhaven.server.front import FLEET_PREFIX, RUNTIME_PREFIX, Doorbell, Gate
-from fedhaven.server.uploads import Uploads, tree_ids
+from fedhaven.server.seam.wire import tree_ids
+from fedhaven.server.latency.uploads import Uploads
 
 
 class FakeClock:
@@ -329,7 +330,7 @@ def test_only_an_upload_flower_accepted_strikes_its_object_off():
 def test_the_object_id_scan_agrees_with_protobuf(oid, content, node, run):
     from flwr.proto.message_pb2 import PushObjectRequest
 
-    from fedhaven.server.front import pushed_object_id
+    from fedhaven.server.seam.wire import pushed_object_id
 
     req = PushObjectRequest(object_id=oid, object_content=content, run_id=run)
     req.node.node_id = node

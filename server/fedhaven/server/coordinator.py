@@ -13,10 +13,11 @@ import time
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
-from fedhaven.server.flower_control import Control
+from fedhaven.server.seam.control import Control
 from fedhaven.server.provision import CoordinatorConfig, StateDir
 from fedhaven.shared.process import pid_alive, runs_with, spawn, stop_group, stop_pids
-from fedhaven.shared.runtime import HARDENED_ENV
+from fedhaven.server.latency import LATENCY_ENV
+from fedhaven.shared.runtime import hardened_env
 
 __all__ = ["Coordinator", "CoordinatorError", "Runtime", "clean_leftovers", "control_for", "leftover_parts", "pid_alive",
            "sync_sites"]
@@ -28,10 +29,11 @@ class CoordinatorError(RuntimeError):
     """The coordinator could not start or stopped unexpectedly; the message names the part."""
 
 
-def child_env(state: StateDir) -> dict[str, str]:
-    """Environment of every process the coordinator starts: no telemetry, no dependency installs, own FLWR_HOME."""
-    env = {**os.environ, **HARDENED_ENV, "FLWR_HOME": str(state.flwr_home),
-           "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
+def child_env(state: StateDir, *, latency: bool = True) -> dict[str, str]:
+    """Environment of every process the coordinator starts: no telemetry, no dependency installs, own FLWR_HOME,
+    and whether its ServerApps run with fedhaven's speed shims."""
+    env = {**hardened_env(), "FLWR_HOME": str(state.flwr_home),
+           "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", LATENCY_ENV: "1" if latency else "0"}
     bindir = str(Path(sys.executable).parent)  # Flower starts flower-superexec and flwr-serverapp from PATH
     env["PATH"] = bindir + os.pathsep + env.get("PATH", "")
     env.pop("PYTHONPATH", None)
@@ -126,9 +128,20 @@ class Coordinator:
     def _spawn(self, name: str, args: list[str]) -> subprocess.Popen:
         self.logs.mkdir(parents=True, exist_ok=True)
         with (self.logs / f"{name}.log").open("ab") as out:
-            proc = spawn(args, stdout=out, env=child_env(self.state), cwd=self.state.root)
+            proc = spawn(args, stdout=out, env=child_env(self.state, latency=self.cfg.latency), cwd=self.state.root)
         self.procs[name] = proc
         return proc
+
+    def executor_command(self) -> list[str]:
+        """Flower's SuperExec: with the latency shims, its ServerApps forked warm (`seam.superexec`); without,
+        Flower's own `flower-superexec`."""
+        if self.cfg.latency:
+            return [sys.executable, "-m", "fedhaven.server.seam.superexec"]
+        return [str(Path(sys.executable).parent / "flower-superexec")]
+
+    def door_options(self) -> list[str]:
+        """The doors' latency options: Flower's timings (nothing held) when the shims are off."""
+        return [] if self.cfg.latency else ["--pull-hold", "0", "--settle", "0"]
 
     def start(self) -> Runtime:
         st, port = self.state, self.cfg.superlink_port
@@ -145,13 +158,14 @@ class Coordinator:
             "--listen", self.cfg.listen, "--runtime-listen", f"127.0.0.1:{port}",
             *([] if self.insecure else ["--certfile", str(st.server_cert), "--keyfile", str(st.server_key)]),
             *tls, "--database", str(st.database), "--disable-runtime-dependency-installation",
-            "--isolation", "process", "--superexec-auth-secret-file", str(st.secret_file)])
+            "--isolation", "process", "--superexec-auth-secret-file", str(st.secret_file),
+            *self.door_options()])
         wait_for_socket(st.superlink_socket, timeout=60, proc=superlink, what="flower-superlink")
         wait_for_port("127.0.0.1" if host in ("0.0.0.0", "") else host, int(fport), timeout=60, proc=superlink,
                       what="the Fleet listener")
         wait_for_port("127.0.0.1", port, timeout=60, proc=superlink, what="the Runtime listener")
-        superexec = self._spawn("superexec", [  # Flower's SuperExec, ServerApps forked warm (see app_exec)
-            sys.executable, "-m", "fedhaven.server.app_exec", "--runtime-api-address", f"127.0.0.1:{port}",
+        superexec = self._spawn("superexec", [
+            *self.executor_command(), "--runtime-api-address", f"127.0.0.1:{port}",
             *(["--insecure"] if self.insecure else ["--root-certificates", str(st.ca_cert)]),
             "--superexec-auth-secret-file", str(st.secret_file), "--parent-pid", str(superlink.pid)])
         if not self.insecure:

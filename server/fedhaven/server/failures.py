@@ -3,12 +3,12 @@ that failed. Behaviour keys on the refusal's code (`fedhaven.shared.refusal`); t
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any
 
 from flwr.app import Error
 
+from fedhaven.server.seam.errors import readable_reason, short_reason
 from fedhaven.shared.refusal import BUDGET_CODES, Code, code_of
 
 
@@ -43,22 +43,8 @@ def site_failure(failure: Any) -> SiteFailure:
         code = code_of(inner.code)
         if code is not None:  # a fedhaven refusal: the site's own sentence, as it is
             return SiteFailure(inner.reason, code)
-        # Flower's flwr-clientapp formats a raised exception as <class '...'>:<'text'>; Ray wraps it in tracebacks
-        wrapped = re.fullmatch(r"<class '[\w.]+'>:<'(.*)'>", inner.reason, flags=re.S)
-        return SiteFailure(short_reason(wrapped.group(1) if wrapped else inner.reason))
+        return SiteFailure(readable_reason(inner.reason))  # a crash: Flower's or Ray's words, made readable
     return SiteFailure(short_reason(str(failure)))
-
-
-def short_reason(text: str, *, limit: int = 400) -> str:
-    """The innermost error message of a Flower/Ray error text, without the tracebacks (for display only)."""
-    marker = "occurred. Message:"
-    text = text.replace("\\n", "\n").replace("\\'", "'").replace('\\"', '"')  # Flower nests reprs
-    lines = [ln.strip() for ln in text.rsplit(marker, 1)[-1].splitlines() if ln.strip()]
-    if marker not in text:
-        errors = [ln for ln in lines if re.match(r"^[\w.]+(Error|Exception|Refused): ", ln)]
-        lines = errors[-1:] or lines
-    out = (lines[0] if lines else text).strip(" '\">)\\")
-    return out if len(out) <= limit else out[: limit - 3] + "..."
 
 
 class RoundFailed(RuntimeError):

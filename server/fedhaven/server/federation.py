@@ -14,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from fedhaven.server.grid import PollingGrid, describe_nodes
+from fedhaven.server.latency import grid_poll
+from fedhaven.server.latency.grid import PollingGrid, describe_nodes
 from fedhaven.server.guard import CachedEvaluator, UpdateGuard
 from fedhaven.server.flower_legacy import (
     FitRoundLog, LegacyFederation, build_strategy, central_noise, restore_strategy_state,
@@ -140,9 +141,11 @@ def run_federation(
         log.warning("waiting %.0f s for %d sites (min_sites), %d connected: %s", waited, need, have,
                     describe_nodes(inner))
 
-    # Flower's own grid sleeps 3 s between pulls and may wait forever; ours polls fast and gives up.
+    # Flower's own grid may wait forever; ours gives up after the stage timeout and says who is missing, polling
+    # fast with the latency shims on and at Flower's 3 s with them off (fedhaven.server.latency).
+    poll_min, poll_max = grid_poll()
     grid = PollingGrid(grid, timeout=run.waits.stage, report_every=run.waits.report_every,
-                       on_wait=waiting_for_replies)
+                       on_wait=waiting_for_replies, poll_min=poll_min, poll_max=poll_max)
     fed = LegacyFederation(grid=grid, context=context, run=run, strategy=strategy, on_waiting=waiting_for_sites,
                            max_weight=max_weight if run.secagg.enabled else None)
     weights = fed.weights()
@@ -216,7 +219,7 @@ def _one_round(*, fed: LegacyFederation, run: RunConfig, server_round: int, reco
         if guard is not None:
             guard.begin(server_round)
             if getattr(fed, "secagg", None) is not None and guard.coordinate_range is not None:
-                fed.secagg.clipping_range = guard.coordinate_range  # deltas: SecAgg+'s clip bounds each site's say
+                fed.set_secagg_clipping(guard.coordinate_range)  # deltas: SecAgg+'s clip bounds each site's say
         outcome = fed.fit_round(server_round)
         guard_eval = getattr(evaluator, "seconds", 0.0) - scored
         fit_time = time.perf_counter() - t0 - guard_eval

@@ -1,52 +1,42 @@
 """Flower's legacy server stack (LegacyContext, strategies, SecAgg+ workflow) behind one module.
 
 SecAgg+ exists only on Flower's legacy stack in 1.42, so the coordinator runs
-there. Everything Flower-typed on the server side lives here; the rest of
-fedhaven.server sees numpy arrays, typed configs and plain callbacks.
+there. Everything Flower-typed on the server side lives here, on Flower's public
+API and the coordinator's seam (`fedhaven.server.seam.legacy`, which holds what
+reaches past that API); the rest of fedhaven.server sees numpy arrays, typed
+configs and plain callbacks.
 """
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
-import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
-from flwr.app import ConfigRecord, Context
-from flwr.app.message_type import MessageType
+from flwr.app import Context, MessageType
 from flwr.common import FitIns, FitRes, Parameters, ndarrays_to_parameters, parameters_to_ndarrays
-from flwr.compat.common import recorddict_compat as compat
 from flwr.server import LegacyContext
 from flwr.server import ServerConfig as FlowerServerConfig
-from flwr.server.client_manager import SimpleClientManager
-from flwr.server.criterion import Criterion
-from flwr.server.client_proxy import ClientProxy
-from flwr.server.compat.app_utils import start_update_client_manager_thread
-from flwr.supercore.differential_privacy import add_gaussian_noise_to_params, compute_stdv
-from flwr.server.strategy import (
-    Bulyan, DifferentialPrivacyClientSideAdaptiveClipping, DifferentialPrivacyClientSideFixedClipping, FedAdam, FedAvg,
-    FedMedian, FedProx, FedTrimmedAvg, Krum, Strategy,
-)
-from flwr.server.workflow import SecAggPlusWorkflow
-from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD, Key
-from flwr.server.workflow.default_workflows import default_fit_workflow, default_init_params_workflow
-from flwr.server.workflow.secure_aggregation.secaggplus_workflow import WorkflowState
-from flwr.serverapp.grid import Grid
+from flwr.server.strategy import Bulyan, FedAdam, FedAvg, FedMedian, FedProx, FedTrimmedAvg, Krum, Strategy
+from flwr.serverapp import Grid
 
-from fedhaven.server.grid import PollingGrid
 from fedhaven.server.failures import SiteFailure, site_failure
+from fedhaven.server.latency.grid import PollingGrid
 from fedhaven.server.guard import UpdateGuard
 from fedhaven.server.recorder import CentralNoise, SiteWitnesses
+from fedhaven.server.seam.legacy import (
+    FITINS_CONFIG, BoundedClientManager, CheckedSecAggPlus, ClientProxy, TolerantAdaptiveClipping, TolerantCentralDP,
+    TolerantFixedClipping, fedadam_state, fit_round_plain, global_params_record, global_weights, init_workflow_state,
+    node_id, restore_vars, set_fedadam_state, set_global_weights, set_round, snapshot_vars, start_client_manager,
+)
 from fedhaven.shared.refusal import code_of
 from fedhaven.shared.schema import RunConfig, SecAggConfig
 from fedhaven.shared.witness import Witness
 
 log = logging.getLogger("fedhaven.server")
-FITINS_CONFIG = "fitins.config"  # Flower's legacy FitIns config record: only in messages that carry a training task
 
 
 @dataclass
@@ -59,10 +49,6 @@ class FitRoundLog:
     node_ids: list[int] = field(default_factory=list)  # the node of each result, when known
     unanswered: list[str] = field(default_factory=list)  # site names (or "node N") that never replied
     asked: int = 0  # distinct sites contacted in the attempt (0: not known)
-
-
-def _node_id(proxy: ClientProxy) -> int:
-    return int(getattr(proxy, "node_id", None) or proxy.cid)
 
 
 class _Wrapper(Strategy):
@@ -108,7 +94,7 @@ class RecordingStrategy(_Wrapper):
             return instructions
         out = []
         for proxy, ins in instructions:
-            witness = self.witnesses.for_node(_node_id(proxy))
+            witness = self.witnesses.for_node(node_id(proxy))
             if witness is not None:  # FitIns objects are shared between sites: each gets its own copy
                 ins = FitIns(ins.parameters, {**ins.config, **witness.to_config()})
             out.append((proxy, ins))
@@ -117,7 +103,7 @@ class RecordingStrategy(_Wrapper):
     def aggregate_fit(self, server_round: int, results: list[tuple[ClientProxy, FitRes]],
                       failures: list) -> tuple[Parameters | None, dict]:
         self.last.results = [(r.num_examples, dict(r.metrics)) for _, r in results]
-        self.last.node_ids = [_node_id(p) for p, _ in results]
+        self.last.node_ids = [node_id(p) for p, _ in results]
         self.last.failures.extend(site_failure(f) for f in failures)
         return self.inner.aggregate_fit(server_round, results, failures)
 
@@ -130,56 +116,6 @@ def _fit_metrics(results: list[tuple[int, dict]]) -> dict:
         if vals:
             out[f"train_{key}"] = sum(k * v for k, v in vals) / n
     return out
-
-
-class _TolerantCentralDP:
-    """Over Flower's client-side clipping wrappers: tolerate dropouts, noise with the norm the sites used.
-
-    Flower's wrappers return no aggregate when any site failed. Here the noise is
-    calibrated to the m updates actually averaged (std z*C/m), which keeps the
-    guarantee while a site that refused (e.g. its budget is spent) is left out.
-    Flower 1.42's adaptive wrapper also updates the clipping norm before adding
-    noise, so a shrinking norm under-noised the round; here the noise uses the
-    norm the sites were sent. The round is accounted at the configured noise
-    multiplier, the mechanism's total (for adaptive clipping: update and count
-    queries together), never at the update's larger share of it.
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        # What the accountant uses: the configured total. Flower's adaptive wrapper replaces
-        # self.noise_multiplier by the larger multiplier of the update alone (Andrew et al. 2021).
-        self.accounted_noise = float(kwargs["noise_multiplier"] if "noise_multiplier" in kwargs else args[1])
-        self.applied: list[CentralNoise] = []
-
-    def _after_aggregate(self, results: list) -> None:
-        """Hook for wrappers that learn from the round (adaptive clipping)."""
-
-    def aggregate_fit(self, server_round, results, failures):  # noqa: ANN001, ANN201 - Flower signature
-        if not results:
-            return None, {}
-        used, m = self.clipping_norm, len(results)
-        self.num_sampled_clients = m
-        params, metrics = self.strategy.aggregate_fit(server_round, results, [])
-        self._after_aggregate(results)
-        if params is not None:
-            params = add_gaussian_noise_to_params(params, self.noise_multiplier, used, m)
-            self.applied.append(CentralNoise(server_round, m, used, self.accounted_noise,
-                                             compute_stdv(self.noise_multiplier, used, m),
-                                             value_noise_multiplier=self.noise_multiplier,
-                                             count_noise_std=float(getattr(self, "clipped_count_stddev", 0.0))))
-        return params, metrics
-
-
-class TolerantFixedClipping(_TolerantCentralDP, DifferentialPrivacyClientSideFixedClipping):
-    """Flower's client-side fixed clipping, tolerating dropouts."""
-
-
-class TolerantAdaptiveClipping(_TolerantCentralDP, DifferentialPrivacyClientSideAdaptiveClipping):
-    """Flower's client-side adaptive clipping, tolerating dropouts, noised with the norm the sites used."""
-
-    def _after_aggregate(self, results: list) -> None:
-        self._update_clip_norm(results)
 
 
 class GuardedStrategy(_Wrapper):
@@ -216,7 +152,7 @@ class GuardedStrategy(_Wrapper):
         else:
             kept = []
             for proxy, res in results:
-                site = str(res.metrics["site"]) if "site" in res.metrics else f"node {_node_id(proxy)}"
+                site = str(res.metrics["site"]) if "site" in res.metrics else f"node {node_id(proxy)}"
                 new = guard.site_update(site=site, sent=parameters_to_ndarrays(res.parameters), global_weights=start)
                 if new is not None:
                     res.parameters = ndarrays_to_parameters(new)
@@ -225,10 +161,10 @@ class GuardedStrategy(_Wrapper):
                 guard.reject(f"{len(kept)} acceptable update(s), fewer than the {self.needed} the aggregation rule "
                              f"needs; the model of the previous round is kept")
                 return None, {}
-        state = copy.deepcopy(vars(self.inner))
+        state = snapshot_vars(self.inner)
         params, metrics = self.inner.aggregate_fit(server_round, kept, failures)
         if params is not None and not guard.check_result(new=parameters_to_ndarrays(params), global_weights=start):
-            self.inner.__dict__.update(state)
+            restore_vars(self.inner, state)
             return None, {}
         return params, metrics
 
@@ -282,7 +218,7 @@ def _layers(strategy: RecordingStrategy) -> tuple[Any, Strategy]:
     layer: Any = strategy.inner
     central = None
     while True:
-        if isinstance(layer, _TolerantCentralDP):
+        if isinstance(layer, TolerantCentralDP):
             central, layer = layer, layer.strategy
         elif isinstance(layer, (ScheduledStep, GuardedStrategy)):
             layer = layer.inner
@@ -297,11 +233,11 @@ def strategy_state(strategy: RecordingStrategy) -> dict[str, Any]:
 
     inner, base = _layers(strategy)
     state: dict[str, Any] = {}
-    if isinstance(inner, _TolerantCentralDP):
+    if isinstance(inner, TolerantCentralDP):
         state["central"] = {"clipping_norm": float(inner.clipping_norm), "applied": [asdict(n) for n in inner.applied]}
     if isinstance(base, FedAdam):
-        state["fedopt"] = {k: None if getattr(base, k) is None else [torch.from_numpy(np.array(a)) for a in
-                                                                      getattr(base, k)] for k in ("m_t", "v_t")}
+        state["fedopt"] = {k: None if v is None else [torch.from_numpy(a) for a in v]
+                           for k, v in fedadam_state(base).items()}
     return state
 
 
@@ -309,15 +245,13 @@ def restore_strategy_state(strategy: RecordingStrategy, state: dict[str, Any], *
                            weights: Sequence[np.ndarray]) -> None:
     """Put a checkpoint's `strategy_state` back (the global `weights` become FedAdam's current point)."""
     inner, base = _layers(strategy)
-    if isinstance(inner, _TolerantCentralDP) and "central" in state:
+    if isinstance(inner, TolerantCentralDP) and "central" in state:
         inner.clipping_norm = float(state["central"]["clipping_norm"])
         inner.applied = [CentralNoise(**n) for n in state["central"]["applied"]]
     if isinstance(base, FedAdam):
         moments = state.get("fedopt", {})
-        for k in ("m_t", "v_t"):
-            arrays = moments.get(k)
-            setattr(base, k, None if arrays is None else [a.numpy() for a in arrays])
-        base.current_weights = [np.array(w) for w in weights]
+        set_fedadam_state(base, {k: None if moments.get(k) is None else [a.numpy() for a in moments[k]]
+                                 for k in ("m_t", "v_t")}, list(weights))
 
 
 def build_strategy(*, run: RunConfig, initial: Sequence[np.ndarray],
@@ -405,113 +339,13 @@ class _ReplyWatch:
         return sorted(self.asked - self.settled)
 
 
-class CheckedSecAggPlus(SecAggPlusWorkflow):
-    """Flower's SecAgg+ workflow that remembers at which stage it halted and why.
-
-    Flower's own `__call__` logs "Secure aggregation halted." and returns; the
-    run would then carry on with the old model and finish as "completed".
-    """
-
-    halted_stage: str | None = None
-    failures: tuple[SiteFailure, ...] = ()
-    collected: tuple[tuple[int, int, dict[str, Any]], ...] = ()  # (node, examples, metrics) of each trained reply
-
-    def __call__(self, grid: Grid, context: Context) -> None:
-        state = WorkflowState()
-        self.halted_stage, self.failures, self.collected = None, (), ()
-        stages = (("setup", self.setup_stage), ("share keys", self.share_keys_stage),
-                  ("collect masked vectors", self.collect_masked_vectors_stage), ("unmask", self.unmask_stage))
-        try:
-            for name, stage in stages:
-                if not stage(grid, context, state):  # type: ignore[arg-type]
-                    self.halted_stage = name
-                    # Flower records some failures twice (once per loop over replies): keep each once.
-                    self.failures = tuple(dict.fromkeys(site_failure(f) for f in state.failures))
-                    return
-        finally:
-            # Sites that trained sent their metrics in the clear with their masked vectors: what they spent
-            # counts even when unmasking fails later and the round yields no aggregate.
-            self.collected = tuple((_node_id(proxy), res.num_examples, dict(res.metrics))
-                                   for proxy, res in state.legacy_results)
-
-
-def secagg_workflow(cfg: SecAggConfig, *, max_weight: float) -> CheckedSecAggPlus:
+def secagg_workflow(cfg: SecAggConfig, *, max_weight: float, clipping_range: float | None = None) -> CheckedSecAggPlus:
+    """Flower's SecAgg+ workflow for `cfg` (Flower validates the parameters in its constructor)."""
     return CheckedSecAggPlus(num_shares=cfg.num_shares, reconstruction_threshold=cfg.reconstruction_threshold,
-                             max_weight=max_weight, clipping_range=cfg.clipping_range,
+                             max_weight=max_weight,
+                             clipping_range=cfg.clipping_range if clipping_range is None else clipping_range,
                              quantization_range=cfg.quantization_range, modulus_range=cfg.modulus_range,
                              timeout=cfg.timeout)
-
-
-class _Among(Criterion):
-    """Flower sampling criterion: only these client ids (and whatever `inner` also requires)."""
-
-    def __init__(self, cids: set[str], inner: Criterion | None) -> None:
-        self.cids, self.inner = cids, inner
-
-    def select(self, client: ClientProxy) -> bool:
-        return client.cid in self.cids and (self.inner is None or self.inner.select(client))
-
-
-class BoundedClientManager(SimpleClientManager):
-    """Flower's client manager whose wait for `min_sites` is bounded and says who is missing while it waits.
-
-    Flower's own waits up to 86,400 s without a word. Here the wait lasts at most
-    `timeout` seconds and, every `report_every` seconds, `report` is called with
-    (seconds waited, sites needed, sites online).
-    """
-
-    def __init__(self, *, timeout: float, report: Callable[[float, int, int], None] | None = None,
-                 report_every: float = 30.0, min_sites: int = 1, suspect_for: float = 120.0) -> None:
-        super().__init__()
-        self.timeout, self.report, self.report_every = timeout, report, report_every
-        self.min_sites, self.suspect_for = min_sites, suspect_for
-        self.shortfall: str | None = None  # why the last wait gave up
-        self.suspects: dict[str, float] = {}  # cid -> when it last failed to answer in time
-
-    # ----- sites that went silent: not asked again at once -----
-    def suspect(self, node_ids: Iterable[int]) -> None:
-        """Nodes that did not answer within a stage's timeout. Until Flower drops them (its heartbeat takes about
-        a minute) or `suspect_for` seconds pass, they are left out of sampling whenever enough others remain, so
-        a dead site costs one retried attempt, not one per round."""
-        now = time.monotonic()
-        for n in node_ids:
-            self.suspects[str(n)] = now
-
-    def _trusted(self) -> list[str]:
-        now = time.monotonic()
-        self.suspects = {c: t for c, t in self.suspects.items() if now - t < self.suspect_for and c in self.clients}
-        return [c for c in self.clients if c not in self.suspects]
-
-    def num_available(self) -> int:  # noqa: D102 - Flower's signature
-        trusted = self._trusted()
-        return len(trusted) if self.suspects and len(trusted) >= self.min_sites else len(self.clients)
-
-    def sample(self, num_clients: int, min_num_clients: int | None = None,  # noqa: D102 - Flower's signature
-               criterion: Criterion | None = None) -> list[ClientProxy]:
-        trusted = set(self._trusted())
-        if self.suspects and len(trusted) >= max(self.min_sites, num_clients):
-            criterion = _Among(trusted, criterion)
-        return super().sample(num_clients, min_num_clients, criterion)
-
-    def unregister(self, client: ClientProxy) -> None:  # noqa: D102 - a node Flower dropped comes back afresh
-        self.suspects.pop(client.cid, None)
-        super().unregister(client)
-
-    def wait_for(self, num_clients: int, timeout: int = 86400) -> bool:  # noqa: D102 - Flower's signature
-        limit = min(float(timeout), self.timeout)
-        start = time.monotonic()
-        while True:
-            left = limit - (time.monotonic() - start)
-            if super().wait_for(num_clients, timeout=max(0.0, min(left, self.report_every))):  # type: ignore[arg-type]
-                self.shortfall = None
-                return True
-            waited = time.monotonic() - start
-            if waited >= limit:
-                self.shortfall = (f"waited {waited:.0f} s for {num_clients} sites (min_sites), only "
-                                  f"{self.num_available()} connected")
-                return False
-            if self.report is not None:
-                self.report(waited, num_clients, self.num_available())
 
 
 class LegacyFederation:
@@ -526,20 +360,23 @@ class LegacyFederation:
                                      report_every=run.waits.report_every))
         self.strategy = strategy
         self.node_sites: dict[int, str] = {}
+        self._secagg_cfg = run.secagg
         self.secagg = secagg_workflow(run.secagg, max_weight=max_weight) if max_weight is not None else None
-        self._thread, self._stop, done = start_update_client_manager_thread(grid, self.ctx.client_manager)
-        done.wait()
-        default_init_params_workflow(grid, self.ctx)
-        self.ctx.state.config_records[MAIN_CONFIGS_RECORD] = ConfigRecord({Key.START_TIME: 0.0})
+        self._thread, self._stop = start_client_manager(grid, self.ctx.client_manager)
+        init_workflow_state(grid, self.ctx)
 
     def weights(self) -> list[np.ndarray]:
-        rec = self.ctx.state.array_records[MAIN_PARAMS_RECORD]
-        return parameters_to_ndarrays(compat.arrayrecord_to_parameters(rec, keep_input=True))
+        return global_weights(self.ctx)
 
     def set_weights(self, weights: Sequence[np.ndarray]) -> None:
         """Restore global weights (e.g. from a checkpoint) as the next round's starting point."""
-        params = ndarrays_to_parameters(list(weights))
-        self.ctx.state.array_records[MAIN_PARAMS_RECORD] = compat.parameters_to_arrayrecord(params, keep_input=True)
+        set_global_weights(self.ctx, list(weights))
+
+    def set_secagg_clipping(self, clipping_range: float) -> None:
+        """SecAgg+'s per-coordinate clipping range for the next round: a new workflow, checked by Flower as ever."""
+        if self.secagg is not None:
+            self.secagg = secagg_workflow(self._secagg_cfg, max_weight=self.secagg.max_weight,
+                                          clipping_range=clipping_range)
 
     def available_sites(self) -> int:
         return self.ctx.client_manager.num_available()
@@ -550,9 +387,9 @@ class LegacyFederation:
 
     def fit_round(self, server_round: int) -> FitOutcome:
         """One fit round (SecAgg+ or plain); weights None when no aggregate was produced."""
-        self.ctx.state.config_records[MAIN_CONFIGS_RECORD][Key.CURRENT_ROUND] = server_round
+        set_round(self.ctx, server_round)
         self.strategy.last = FitRoundLog()
-        before = self.ctx.state.array_records[MAIN_PARAMS_RECORD]
+        before = global_params_record(self.ctx)
         halted = None
         last = self.strategy.last
         tracking = isinstance(self.grid, PollingGrid)
@@ -568,13 +405,13 @@ class LegacyFederation:
             last.node_ids = [n for n, _, _ in self.secagg.collected]
             last.results = [(k, m) for _, k, m in self.secagg.collected]
         else:
-            default_fit_workflow(watch, self.ctx)  # type: ignore[arg-type]
+            fit_round_plain(watch, self.ctx)
         last.unanswered = [self._site_name(n) for n in watch.unanswered]
         if tracking:
             last.asked = len(self.grid.contacted)
             self.ctx.client_manager.suspect(self.grid.silent)
         self._witness(last)
-        after = self.ctx.state.array_records[MAIN_PARAMS_RECORD]
+        after = global_params_record(self.ctx)
         shortfall = getattr(self.ctx.client_manager, "shortfall", None)
         if shortfall:
             self.strategy.last.failures.append(SiteFailure(shortfall))

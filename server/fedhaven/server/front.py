@@ -14,7 +14,7 @@ Runtime gate passes a ServerApp push (a `Doorbell`), so a message reaches its si
 as soon as it exists. Flower's request and answer are unchanged: the site gets
 exactly what the SuperLink answers, only later when it had nothing to say.
 
-Settled answers: with `uploads` (`fedhaven.server.uploads`), both gates note the
+Settled answers: with `uploads` (`fedhaven.server.latency.uploads`), both gates note the
 objects each message push announces and hold a pulled message's answer until its
 objects are uploaded, so neither a SuperNode nor the ServerApp backs off
 Flower's full second for objects still on their way.
@@ -26,20 +26,17 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from fedhaven.server.uploads import Doorbell, Uploads, tree_ids
+from fedhaven.server.seam.wire import (
+    FLEET_PREFIX, OBJECT_PUSH_PATHS, PULL_PATH, PULL_PATHS, PUSH_PATHS, RING_PATHS, RUNTIME_PREFIX, is_empty_pull,
+    objects_to_push, pulled_object_ids, pulling_node, pushed_object_id,
+)
+from fedhaven.server.latency.uploads import Doorbell, Uploads
 
-FLEET_PREFIX = "/v1/fleet/"
-RUNTIME_PREFIX = "/v1/runtime/"
+__all__ = ["FLEET_PREFIX", "RUNTIME_PREFIX", "Gate", "pushed_object_id"]
+
 REFUSAL = (b"fedhaven: only Flower's Fleet API (/v1/fleet/) is served here. The Control API is served to the "
            b"operator's account on the coordinator host only.\n")
 DEFAULT_MAX_BODY = 256 << 20  # a model push of a few hundred MB is the largest thing a site sends
-PULL_PATH = FLEET_PREFIX + "pull-messages"
-#: Runtime calls after which a held pull asks again: the ServerApp pushed a message or one of its objects.
-RING_PATHS = frozenset({RUNTIME_PREFIX + "push-messages", RUNTIME_PREFIX + "push-object"})
-#: Where messages are pulled, pushed (the answer lists the objects to upload next), and objects uploaded.
-PULL_PATHS = frozenset({PULL_PATH, RUNTIME_PREFIX + "pull-messages"})
-PUSH_PATHS = frozenset({FLEET_PREFIX + "push-messages", RUNTIME_PREFIX + "push-messages"})
-OBJECT_PUSH_PATHS = frozenset({FLEET_PREFIX + "push-object", RUNTIME_PREFIX + "push-object"})
 #: Seconds a SuperNode's empty pull is held (its HTTP client gives up after 30 s) and, while held, how often Flower's
 #: app is asked again without a ring.
 DEFAULT_HOLD, RECHECK = 10.0, 0.5
@@ -100,7 +97,7 @@ class Gate:
         except TimeoutError:
             await respond(send, 408, b"fedhaven: the request body did not arrive in time\n")
             return
-        node = _pulling_node(body) if path == PULL_PATH and self.hold > 0 and self.doorbell is not None else None
+        node = pulling_node(body) if path == PULL_PATH and self.hold > 0 and self.doorbell is not None else None
         if node is not None and node not in self._holding and len(self._holding) < MAX_HELD:
             self._holding.add(node)  # one held pull per node: a site opening many gets the others answered at once
             try:
@@ -136,7 +133,7 @@ class Gate:
     async def _settle(self, path: str, answer: _Answer) -> None:
         """Hold a pull's answer until the objects of the messages in it are uploaded (see `Uploads`)."""
         if self.uploads is not None and len(self.uploads):
-            await self.uploads.wait_for(_pulled_object_ids(path, answer))
+            await self.uploads.wait_for(pulled_object_ids(path, answer.status, answer.body))
 
     async def _held_pull(self, scope: Scope, body: bytes, receive: Receive, send: Send) -> None:
         """Ask Flower's app until it has a message for this node, the hold ends, or the node hangs up."""
@@ -152,10 +149,10 @@ class Gate:
                 asked += 1
                 left = deadline - loop.time()
                 if gone.done():
-                    if not _is_empty_pull(answer):  # a message marked as delivered: try to hand it over anyway
+                    if not is_empty_pull(answer.status, answer.body):  # a message marked as delivered: try to hand it over anyway
                         await answer.send_to(send)
                     return
-                if left <= 0 or not _is_empty_pull(answer):
+                if left <= 0 or not is_empty_pull(answer.status, answer.body):
                     self.held += asked > 1
                     await self._settle(PULL_PATH, answer)
                     await answer.send_to(send)
@@ -222,16 +219,6 @@ async def _call(app: ASGIApp, scope: Scope, body: bytes) -> _Answer:
     return answer
 
 
-def _pulling_node(body: bytes) -> int | None:
-    """The node id a `PullMessagesRequest` names (Flower's app checks the node's signature), or None."""
-    from flwr.proto.fleet_pb2 import PullMessagesRequest
-
-    try:
-        return int(PullMessagesRequest.FromString(body).node.node_id)
-    except Exception:  # noqa: BLE001 - not a pull Flower would accept: pass it on unheld
-        return None
-
-
 def _announcing(send: Send, path: str, uploads: Uploads) -> Send:
     """`send`, noting the objects a push answer asks for before its last byte leaves (the sender uploads them
     next): at the chunk that completes the declared content-length, or at the final chunk without one."""
@@ -250,7 +237,7 @@ def _announcing(send: Send, path: str, uploads: Uploads) -> Send:
             size = sum(map(len, chunks))
             if (not event.get("more_body") or 0 <= length <= size) and status == 200:
                 done = True
-                uploads.announced(_objects_to_push(path, b"".join(chunks)))
+                uploads.announced(objects_to_push(path, b"".join(chunks)))
         await send(event)
 
     return wrapped
@@ -265,88 +252,6 @@ def _status_of(send: Send, status: list[int]) -> Send:
         await send(event)
 
     return wrapped
-
-
-def _objects_to_push(path: str, body: bytes) -> list[str]:
-    if path.startswith(FLEET_PREFIX):
-        from flwr.proto.fleet_pb2 import PushMessagesResponse as Pushed
-    else:
-        from flwr.proto.runtime_pb2 import PushAppMessagesResponse as Pushed  # type: ignore[assignment]
-    try:
-        return list(Pushed.FromString(body).objects_to_push)
-    except Exception:  # noqa: BLE001 - not Flower's answer: nothing to wait for
-        return []
-
-
-#: `PushObjectRequest.object_id`'s field number (flwr/proto/message.proto): a string, serialised before the content.
-_OBJECT_ID_FIELD = 3
-
-
-def pushed_object_id(body: bytes) -> str:
-    """The `object_id` of a serialised `PushObjectRequest`, found by walking its fields up to that one (the object's
-    content, up to the body cap, is never parsed); "" for anything that is not well-formed up to there."""
-    pos, end = 0, len(body)
-
-    def varint() -> int:
-        nonlocal pos
-        shift = value = 0
-        while pos < end and shift < 64:
-            byte = body[pos]
-            pos += 1
-            value |= (byte & 0x7F) << shift
-            if not byte & 0x80:
-                return value
-            shift += 7
-        raise ValueError("truncated varint")
-
-    try:
-        while pos < end:
-            key = varint()
-            field, wire = key >> 3, key & 7
-            if wire == 0:
-                varint()
-            elif wire == 2:
-                size = varint()
-                if pos + size > end:
-                    return ""
-                if field == _OBJECT_ID_FIELD:
-                    return body[pos:pos + size].decode("ascii")
-                pos += size
-            elif wire == 1:
-                pos += 8
-            elif wire == 5:
-                pos += 4
-            else:
-                return ""
-    except (ValueError, UnicodeDecodeError):
-        return ""
-    return ""
-
-
-def _pulled_object_ids(path: str, answer: _Answer) -> list[str]:
-    """The object ids of every message in a pull's answer (none if it is not a successful Flower answer)."""
-    if answer.status != 200:
-        return []
-    if path.startswith(FLEET_PREFIX):
-        from flwr.proto.fleet_pb2 import PullMessagesResponse as Pulled
-    else:
-        from flwr.proto.runtime_pb2 import PullAppMessagesResponse as Pulled  # type: ignore[assignment]
-    try:
-        return list(tree_ids(Pulled.FromString(answer.body).message_object_trees))
-    except Exception:  # noqa: BLE001
-        return []
-
-
-def _is_empty_pull(answer: _Answer) -> bool:
-    """Flower's answer to a pull is a `PullMessagesResponse` without messages (anything else is passed on at once)."""
-    if answer.status != 200:
-        return False
-    from flwr.proto.fleet_pb2 import PullMessagesResponse
-
-    try:
-        return len(PullMessagesResponse.FromString(answer.body).messages_list) == 0
-    except Exception:  # noqa: BLE001 - not what we expected: never hold it
-        return False
 
 
 async def respond(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None) -> None:

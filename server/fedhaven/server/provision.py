@@ -30,6 +30,8 @@ class CoordinatorConfig:
     superlink_port: int = field(default=9093, metadata=bounds(ge=1, le=65535))
     names: tuple[str, ...] = ("localhost",)
     ips: tuple[str, ...] = ()
+    # fedhaven's speed shims over Flower's waits (fedhaven.server.latency); false: Flower's own timings, same results
+    latency: bool = True
 
     def problems(self) -> list[str]:
         out = []

@@ -13,7 +13,7 @@ and checks) is served by three uvicorn listeners in one process:
 - `--listen` (public, TLS): only `/v1/fleet/*`, for sites (SuperNode
   authentication is Flower's own, on every request); a site's empty message pull
   is held until the ServerApp pushes (`--pull-hold`, see `fedhaven.server.front`), and a pulled message
-  until its objects are uploaded (`--settle`, `fedhaven.server.uploads`), on both TCP listeners;
+  until its objects are uploaded (`--settle`, `fedhaven.server.latency.uploads`), on both TCP listeners;
 - `--runtime-listen` (127.0.0.1, TLS): only `/v1/runtime/*`, for Flower's ServerApp
   executor (its calls carry the executor's shared secret or a per-task token).
 
@@ -40,7 +40,8 @@ harden_environment()
 from fedhaven.server.front import (  # noqa: E402
     DEFAULT_HOLD, DEFAULT_MAX_BODY, FLEET_PREFIX, RUNTIME_PREFIX, Doorbell, Gate,
 )
-from fedhaven.server.uploads import DEFAULT_SETTLE, Uploads  # noqa: E402
+from fedhaven.server.seam.superlink_app import SUPERNODE_HTTP_TIMEOUT, superlink_app  # noqa: E402
+from fedhaven.server.latency.uploads import DEFAULT_SETTLE, Uploads  # noqa: E402
 
 
 def _options(args: list[str]) -> tuple[argparse.Namespace, list[str]]:
@@ -61,24 +62,13 @@ def _options(args: list[str]) -> tuple[argparse.Namespace, list[str]]:
     return p.parse_known_args(args)
 
 
-#: Flower's SuperNode gives up on an HTTP request after this many seconds: a held pull plus its settle stay below.
-SUPERNODE_HTTP_TIMEOUT = 30.0
-
-
 def main(argv: list[str] | None = None) -> None:
     opts, flower_args = _options(list(sys.argv[1:] if argv is None else argv))
     if opts.pull_hold < 0 or opts.settle < 0 or opts.pull_hold + opts.settle >= SUPERNODE_HTTP_TIMEOUT:
         raise SystemExit(f"fedhaven superlink: --pull-hold ({opts.pull_hold:g}) and --settle ({opts.settle:g}) must "
                          f"be >= 0 and sum to less than {SUPERNODE_HTTP_TIMEOUT:g} s (the SuperNode's HTTP timeout)")
     os.umask(0o077)  # the socket, the database and its -wal/-shm files: owner only
-    import importlib
-
-    from flwr.superlink.main import create_app
-
-    flower = importlib.import_module("flwr.superlink.cli.flower_superlink")  # the module, not the function
-    sys.argv = ["flower-superlink", *flower_args]
-    config = flower._parse_superlink_lifespan_config()  # noqa: SLF001 - Flower's own CLI parsing and checks
-    app = create_app(config, flower.SuperLinkLifespan)
+    app = superlink_app(flower_args)
     if os.path.exists(opts.uds):
         os.unlink(opts.uds)  # a socket left by a killed SuperLink
     asyncio.run(_serve(app, opts))

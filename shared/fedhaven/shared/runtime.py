@@ -18,9 +18,23 @@ HARDENED_ENV = {
 }
 
 
+#: Flower switches that would open its gRPC Fleet (0.0.0.0:9092) and Control (0.0.0.0:9093) APIs beside fedhaven's
+#: doors, where neither the gate nor the operator-only socket guards them: never passed on (flwr.common.constant).
+UNSAFE_ENV = ("FLWR_INTERNAL_GRPC_FLEET_API", "FLWR_INTERNAL_GRPC_CONTROL_API")
+
+
 def harden_environment() -> None:
-    """Turn Flower's telemetry and update check (and Ray's usage stats) off for this process and its children."""
+    """Turn Flower's telemetry and update check (and Ray's usage stats) off for this process and its children, and
+    remove the switches that would open Flower's unguarded gRPC ports."""
     os.environ.update(HARDENED_ENV)
+    for name in UNSAFE_ENV:
+        os.environ.pop(name, None)
+
+
+def hardened_env(**extra: str) -> dict[str, str]:
+    """The environment of a process fedhaven starts: this one's, hardened, without the unsafe switches."""
+    env = {k: v for k, v in os.environ.items() if k not in UNSAFE_ENV}
+    return {**env, **HARDENED_ENV, **extra}
 
 
 def quiet_opacus_import() -> None:

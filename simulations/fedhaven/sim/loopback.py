@@ -62,18 +62,24 @@ def unequal_parts(*, num_examples: int, num_sites: int, seed: int = 0) -> list[n
     return np.split(order, cuts)
 
 
+#: The default model and recipe (each site derives its own batch from its size).
+DEFAULT_TRAINING = '[train]\nrecipe = "auto"'
+#: The seed's LeNet with fixed settings: what the plain Flower apps of the deployment benchmark train too.
+LENET_TRAINING = '[model]\nname = "lenet"\n[train]\nlocal_epochs = 3.0\nbatch_size = 64\nlr = 0.2'
+
+
 def run_toml(*, rounds: int = 2, min_sites: int = 3, retries: int = 1, target: float = 6.0, timeout: float = 120.0,
-             num_shares: int = 3, threshold: int = 2, secagg: bool = True, dp: bool = True, extra: str = "") -> str:
-    """A run config for the digits sites: the default model and recipe (each site derives its own batch from its
-    size), `rounds` of DP-SGD (to `target` epsilon, counting prior spending)."""
+             num_shares: int = 3, threshold: int = 2, secagg: bool = True, dp: bool = True, extra: str = "",
+             training: str = DEFAULT_TRAINING) -> str:
+    """A run config for the digits sites: `training` (model and train tables; the default model and recipe unless
+    told), `rounds` of DP-SGD (to `target` epsilon, counting prior spending)."""
     return f"""
 rounds = {rounds}
 min_sites = {min_sites}
 round_retries = {retries}
 [data]
 source = "digits"
-[train]
-recipe = "auto"
+{training}
 [dp]
 enabled = {str(dp).lower()}
 target_epsilon = {target}
@@ -304,6 +310,23 @@ path = "data"
                 pass
         if sig == signal.SIGKILL:
             self.procs[name].wait(timeout=60)
+
+    def restart_coordinator(self, *, latency: bool) -> None:
+        """Stop the coordinator, set its latency switch in server.toml, start it again and wait for the sites."""
+        import tomllib
+
+        import tomli_w
+
+        cli("fl-server", "stop", "--state-dir", str(self.state), timeout=90)
+        proc = self.procs.get("coordinator")
+        if proc is not None:
+            proc.wait(timeout=60)
+        toml = self.state / "server.toml"
+        cfg = tomllib.loads(toml.read_text())
+        cfg.setdefault("coordinator", {})["latency"] = latency
+        toml.write_text(tomli_w.dumps(cfg))
+        self.start_coordinator()
+        self.wait_online(len(self.site_names))
 
     def stop(self) -> None:
         """Sites first, all at once, then the coordinator (`fl-server stop`), then anything left, by PID."""

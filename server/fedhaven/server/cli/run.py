@@ -11,10 +11,10 @@ from pathlib import Path
 
 import tomli_w
 
-from fedhaven.server.checked import CHECKED_FILE, CheckedRuns, fingerprint
+from fedhaven.server.latency.checked import CHECKED_FILE, CheckedRuns, fingerprint
 from fedhaven.server.coordinator import Runtime, control_for, pid_alive
 from fedhaven.server.progress import RUN_LOG, print_round, run_log_fields
-from fedhaven.server.flower_control import write_app_dir
+from fedhaven.server.seam.control import write_app_dir
 from fedhaven.server.provision import StateDir
 from fedhaven.shared.config import ConfigError, deep_merge, load_toml, parse, parse_override, to_dict
 from fedhaven.shared.recipe import apply_recipe
@@ -42,7 +42,7 @@ def load_run_config(*, path: Path, overrides: list[str], rounds: int | None, out
     Under `train.recipe = "auto"` the rule's settings that the file leaves out are resolved here, for
     `sites` sites (those registered; at least `min_sites`); each site derives its own batch from its size.
     The model and held-out test set are checked unless `checked` records that this very combination passed
-    (see `fedhaven.server.checked`; the ServerApp checks them again in every run)."""
+    (see `fedhaven.server.latency.checked`; the ServerApp checks them again in every run)."""
     data = load_toml(path)
     for item in overrides:
         data = deep_merge(data, parse_override(item))
@@ -171,8 +171,9 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(["a run config file is required (or --resume RUN)"], source="fl-server run")
     else:
         active = sum(1 for r in state.sites().values() if r.status != "revoked")
+        remembered = CheckedRuns(state.root / CHECKED_FILE) if state.config().latency else None  # a latency shim
         cfg = load_run_config(path=args.config, overrides=args.overrides, rounds=args.rounds, output_dir=state.runs,
-                              checked=CheckedRuns(state.root / CHECKED_FILE), sites=active)
+                              checked=remembered, sites=active)
     if not cfg.dp.enabled:
         log.warning("WARNING: differential privacy is OFF for this run (sites with require_dp will refuse)")
     if not cfg.secagg.enabled:

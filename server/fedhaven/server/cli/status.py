@@ -8,7 +8,7 @@ import logging
 from pathlib import Path
 
 from fedhaven.server.coordinator import Runtime, control_for, leftover_parts, pid_alive
-from fedhaven.server.flower_control import ControlError
+from fedhaven.server.seam.control import ControlError
 from fedhaven.server.provision import StateDir
 
 log = logging.getLogger("fedhaven.server")

@@ -40,16 +40,22 @@ SYSTEMS: dict[str, dict[str, Any]] = {
                            "dp": True, "secagg": True},
     "fedhaven-dp": {"label": "fedhaven, DP, no SecAgg+", "stages": ("train",), "dp": True, "secagg": False},
     "fedhaven": {"label": "fedhaven, no DP, no SecAgg+", "stages": ("train",), "dp": False, "secagg": False},
+    # the same coordinator with its latency shims off (server.toml: latency = false): Flower's own timings
+    "fedhaven-dp-secagg-latency-off": {"label": "fedhaven, DP + SecAgg+, latency shims off", "stages": SECAGG_STAGES,
+                                       "dp": True, "secagg": True, "latency": False},
+    "fedhaven-latency-off": {"label": "fedhaven, no DP, no SecAgg+, latency shims off", "stages": ("train",),
+                             "dp": False, "secagg": False, "latency": False},
 }
 EPSILON_PER_DP_RUN = 3.0  # fedhaven's default target; sites count what earlier runs spent, so each run adds this
 
 
 def fedhaven_run(*, rounds: int, sites: int, dp: bool, secagg: bool, target: float) -> str:
-    """fedhaven's run file for one variant: the loopback federation's (3 epochs, batch 64, lr 0.2, SecAgg+
-    with 3 shares, threshold 2, max_weight 1000), DP at fedhaven's defaults."""
-    from fedhaven.sim.loopback import run_toml
+    """fedhaven's run file for one variant: the loopback federation's with the seed's LeNet (3 epochs, batch 64,
+    lr 0.2, as the plain Flower apps train; SecAgg+ with 3 shares, threshold 2, max_weight 1000), DP at fedhaven's
+    defaults."""
+    from fedhaven.sim.loopback import LENET_TRAINING, run_toml
 
-    return run_toml(rounds=rounds, min_sites=sites, dp=dp, secagg=secagg, target=target)
+    return run_toml(rounds=rounds, min_sites=sites, dp=dp, secagg=secagg, target=target, training=LENET_TRAINING)
 
 
 def flower_config(*, rounds: int, sites: int, data_dir: Path) -> dict[str, Any]:
@@ -221,9 +227,13 @@ def run(*, rounds: int = 4, sites: int = 3, systems: tuple[str, ...] = tuple(SYS
                     measure(name, lambda kind=kind: flower.run(kind=kind, config=cfg, timeout=timeout))
 
         def fedhaven_runs() -> None:
-            dp_runs = 0
+            dp_runs, latency = 0, True
             for name in (s for s in SYSTEMS if s.startswith("fedhaven") and s in systems):
                 spec = SYSTEMS[name]
+                if spec.get("latency", True) != latency:  # the switch is the coordinator's: restart it
+                    latency = spec.get("latency", True)
+                    log(f"deployment: restarting the coordinator with latency = {str(latency).lower()}")
+                    fed.restart_coordinator(latency=latency)
                 dp_runs += spec["dp"]
                 toml = fedhaven_run(rounds=rounds, sites=sites, dp=spec["dp"], secagg=spec["secagg"],
                                     target=EPSILON_PER_DP_RUN * max(1, dp_runs))

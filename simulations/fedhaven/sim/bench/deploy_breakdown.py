@@ -32,7 +32,13 @@ SECAGG_STAGES = ("setup", "share keys", "collect masked vectors", "unmask")
 #: (numerator, denominator, target ratio or None, what it compares)
 COMPARISONS = (("fedhaven-dp-secagg", "flower-secagg", 0.5, "fedhaven DP + SecAgg+ round / Flower SecAgg+ round"),
                ("fedhaven", "flower", 1.0, "fedhaven round (no SecAgg+, no DP) / plain Flower round"),
-               ("fedhaven-dp", "flower", None, "fedhaven DP round (no SecAgg+) / plain Flower round"))
+               ("fedhaven-dp", "flower", None, "fedhaven DP round (no SecAgg+) / plain Flower round"),
+               ("fedhaven-dp-secagg-latency-off", "flower-secagg", None,
+                "fedhaven DP + SecAgg+ round, latency shims off / Flower SecAgg+ round"),
+               ("fedhaven-latency-off", "flower", None,
+                "fedhaven round (no SecAgg+, no DP), latency shims off / plain Flower round"),
+               ("fedhaven-dp-secagg", "fedhaven-dp-secagg-latency-off", None,
+                "fedhaven DP + SecAgg+ round: latency shims on / off"))
 
 
 def parse_site_lines(site: str, lines: Iterable[tuple[float, str]]) -> list[dict[str, Any]]:

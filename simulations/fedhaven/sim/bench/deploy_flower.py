@@ -83,7 +83,7 @@ class FlowerDeployment:
         return pki, keys
 
     def start(self, *, timeout: float = 120) -> None:
-        from fedhaven.server.flower_control import Control
+        from fedhaven.server.seam.control import Control
 
         pki, keys = self._credentials()
         self.watcher = MessageWatcher(self.root / "superlink.db").__enter__()

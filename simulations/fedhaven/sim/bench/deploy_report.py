@@ -122,7 +122,7 @@ def section(res: dict[str, Any] | None) -> list[str]:
           "ServerApp pushes the site's next message, so a site sleeps 3 s only after a pull held that long "
           "found nothing (between runs). Flower sends a message before its arrays and a receiver that asks for "
           "them too early backs off 1 s, then 2: both of fedhaven's doors hold a pulled message until its "
-          "objects are uploaded (`fedhaven.server.uploads`), so neither a site nor the ServerApp waits that out. "
+          "objects are uploaded (`fedhaven.server.latency.uploads`), so neither a site nor the ServerApp waits that out. "
           "What is left of Flower's floors: the SuperNode looks for the site's reply every 0.5 s (*back*), and "
           "fetches each of a message's objects (every record and array chunk) with its own authenticated request, "
           "which the SuperLink serves from its SQL state (*download*)."]

@@ -11,7 +11,7 @@ what `flwr-serverapp` does (Flower's own entry point, same arguments); its run t
 travels over the fork server's private socket instead of a command line other local
 accounts could read. Any other task type is started as Flower starts it.
 
-Usage: `python -m fedhaven.server.app_exec <flower-superexec arguments>`.
+Usage: `python -m fedhaven.server.seam.superexec <flower-superexec arguments>`.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from flwr.supercore.superexec.executor.subprocess_executor import SubprocessExec
 from flwr.supercore.superexec.executor.types import ExecutionSpec, LaunchResult  # noqa: E402
 
 #: What a ServerApp process imports: Flower's ServerApp runtime, fedhaven's deployed ServerApp, Opacus, data readers.
-PRELOAD = ("fedhaven.server.serverapp_preload",)
+PRELOAD = ("fedhaven.server.seam.preload",)
 #: How often Flower's SuperExec asks the SuperLink for a new run (Flower's default is 1 s).
 TASK_POLL_INTERVAL = "0.2"
 log = logging.getLogger("fedhaven.server")
@@ -105,6 +105,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":  # run from the named module, so that what the fork server unpickles is found there
-    from fedhaven.server.app_exec import main as _main
+    from fedhaven.server.seam.superexec import main as _main
 
     _main()

@@ -9,7 +9,7 @@ from flwr.supercore.constant import TaskType
 from flwr.supercore.superexec.executor.subprocess_executor import SubprocessExecutor
 from flwr.supercore.superexec.executor.types import ExecutionSpec
 
-from fedhaven.server.app_exec import ForkingExecutor, serverapp_args
+from fedhaven.server.seam.superexec import ForkingExecutor, serverapp_args
 
 
 @pytest.mark.parametrize("insecure,certs,parent,install", [(False, "/ca.pem", 42, False), (True, None, None, True)])
@@ -46,7 +46,7 @@ def test_the_fork_server_preloads_everything_a_serverapp_imports_before_its_firs
     two seconds of every run. The preload holds them, and Opacus' import left the root logger alone."""
     import sys
 
-    from fedhaven.server.app_exec import PRELOAD
+    from fedhaven.server.seam.superexec import PRELOAD
 
     code = (f"import sys, logging\nfor m in {list(PRELOAD)!r}: __import__(m)\n"
             "need = ['flwr.superlink.cli.flwr_serverapp', 'fedhaven.server.deployment', 'opacus', 'sklearn.datasets',"

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
-from flwr.supercore.run import Run
 
 #: Called while waiting: (seconds waited, node ids still missing).
 WaitReport = Callable[[float, frozenset[int]], None]
@@ -68,11 +68,11 @@ class PollingGrid(Grid):
         self.silent: set[int] = set()  # nodes whose reply did not come before a timeout, likewise
 
     # ----- delegated as is -----
-    def set_run(self, run: Run) -> None:  # noqa: D102
+    def set_run(self, run: Any) -> None:  # noqa: D102 - Flower's Run (flwr.supercore.run: not public)
         self.inner.set_run(run)
 
     @property
-    def run(self) -> Run:  # noqa: D102
+    def run(self) -> Any:  # noqa: D102
         return self.inner.run
 
     def create_message(self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str,  # noqa: D102

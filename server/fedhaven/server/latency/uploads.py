@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Any
 
 #: Seconds a pulled message waits, at most, for an object its sender announced (a large model upload takes longer;
@@ -128,12 +128,3 @@ class Uploads:
     def _drop_expired(self, now: float) -> None:
         for oid in [o for o, until in self._pending.items() if until <= now]:
             del self._pending[oid]
-
-
-def tree_ids(trees: Iterable[Any]) -> Iterator[str]:
-    """Every object id in Flower `ObjectTree`s (a message, its records, their arrays)."""
-    stack = list(trees)
-    while stack:
-        tree = stack.pop()
-        yield tree.object_id
-        stack.extend(tree.children)

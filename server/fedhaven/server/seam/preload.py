@@ -1,4 +1,4 @@
-"""What every forked ServerApp needs loaded, imported once by the coordinator's fork server (`app_exec`).
+"""What every forked ServerApp needs loaded, imported once by the coordinator's fork server (`seam.superexec`).
 
 Flower's ServerApp runtime and fedhaven's deployed ServerApp (torch); Opacus,
 which the ServerApp imports to check the model and account for privacy (about a
