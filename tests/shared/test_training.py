@@ -151,3 +151,28 @@ def test_ew_mode_accepts_slices_of_numpy_backed_images():
                          dp=DPSettings(noise_multiplier=1.0, max_grad_norm=1.0, grad_sample_mode="ew"), device="cpu",
                          generator=torch.Generator().manual_seed(0))
     assert report.examples_seen > 0 and math.isfinite(report.loss)
+
+
+@pytest.mark.parametrize("mode", ["ghost", "hooks"])
+@pytest.mark.parametrize("private", [True, False])
+def test_a_step_split_into_physical_parts_is_the_undivided_step(synthetic_images, mode, private):
+    """As Opacus' BatchMemoryManager: the parts' clipped gradients are summed and noised once, so splitting a
+    Poisson batch changes memory, not the step (same noise draws: the same weights up to float rounding)."""
+    import copy
+
+    from fedhaven.shared.models import build_model
+    from fedhaven.shared.schema import InputSpec, ModelConfig, TrainConfig
+    from fedhaven.shared.training import DPSettings, train_local
+
+    dp = DPSettings(noise_multiplier=1.0, max_grad_norm=1.0, grad_sample_mode=mode) if private else None
+    base = build_model(cfg=ModelConfig(name="lenet"), spec=InputSpec(1, 8, 3), seed=0)
+    weights = []
+    for physical in (None, 7, 1):
+        model = copy.deepcopy(base)
+        report = train_local(model=model, data=synthetic_images, train=TrainConfig(batch_size=50, lr=0.5),
+                             dp=dp, device="cpu", generator=torch.Generator().manual_seed(3), physical_batch=physical)
+        assert physical is None or report.physical_batch <= physical
+        weights.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+    for w in weights[1:]:
+        assert torch.allclose(w, weights[0], atol=1e-6)
+    assert not any(hasattr(p, a) for p in model.parameters() for a in ("grad_sample", "_norm_sample"))  # unwrapped

@@ -13,6 +13,7 @@ from typing import Literal
 import tomli_w
 
 from fedhaven.shared.config import ConfigError, bounds, load_toml, parse, to_dict
+from fedhaven.shared.files import write_atomic
 from fedhaven.shared.crypto import (
     CredentialError, check_site_public_key, fingerprint, make_ca, make_server_cert, make_site_keypair, write_private,
     write_public,
@@ -98,9 +99,8 @@ class StateDir:
         return {k: SiteRecord(**v) for k, v in json.loads(self.registry_file.read_text()).items()}
 
     def save_sites(self, sites: dict[str, SiteRecord]) -> None:
-        tmp = self.registry_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps({k: asdict(v) for k, v in sorted(sites.items())}, indent=2))
-        os.replace(tmp, self.registry_file)
+        data = {k: asdict(v) for k, v in sorted(sites.items())}
+        write_atomic(self.registry_file, json.dumps(data, indent=2).encode())
 
     def update_site(self, record: SiteRecord) -> None:
         sites = self.sites()

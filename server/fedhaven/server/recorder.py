@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
@@ -17,6 +15,7 @@ import torch
 
 from fedhaven.server.failures import NoRoundTrained, RoundFailed  # noqa: F401 - re-exported
 from fedhaven.shared.config import to_dict
+from fedhaven.shared.files import write_atomic
 from fedhaven.shared.features import front_features
 from fedhaven.shared.memory import MemoryBudget, eval_example_bytes
 from fedhaven.shared.models import InputSpec, build_model, split_front
@@ -97,21 +96,6 @@ class RoundRecord:
 def finite_or_none(x: float | None) -> float | None:
     """JSON has no infinity: a non-private site's epsilon is written as null."""
     return None if x is None or not math.isfinite(x) else x
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so a crash never leaves a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class SiteWitnesses:

@@ -15,6 +15,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from fedhaven.shared.files import write_atomic
+
 
 class CredentialError(ValueError):
     """A key or certificate that is missing, unreadable, too open, or does not fit."""
@@ -143,16 +145,7 @@ def fingerprint(public_openssh: bytes) -> str:
 
 def write_private(path: Path, data: bytes) -> None:
     """Write a secret readable by its owner only (0600) from the first byte, never printed."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
+    write_atomic(path, data, mode=0o600)
 
 
 def write_public(path: Path, data: bytes) -> None:

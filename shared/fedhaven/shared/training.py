@@ -210,19 +210,11 @@ def train_local(
                             p.grad.add_(p.detach() - a, alpha=proximal_mu)
                 sgd.step()
     finally:
-        optimizer.zero_grad(set_to_none=True)
-        close = getattr(net, "_close", None)
-        if dp is not None and callable(close):
-            close()  # remove Opacus hooks so the model can be wrapped again next round
-        if ghost:
-            for p in params:  # ghost clipping keeps its per-layer norms on the parameters
-                for attr in ("_norm_sample", "_forward_counter"):
-                    if hasattr(p, attr):
-                        delattr(p, attr)
-        for p in params:
-            for attr in ("grad_sample", "summed_grad"):
-                if hasattr(p, attr):
-                    delattr(p, attr)
+        optimizer.zero_grad(set_to_none=True)  # also drops the optimizer's summed gradients
+        if dp is not None:
+            # Opacus removes its hooks and what it put on the parameters (per-sample gradients and norms), so the
+            # model can be wrapped again next round
+            net.to_standard_module()
 
     return TrainReport(
         loss=loss_sum / seen if seen else math.nan,

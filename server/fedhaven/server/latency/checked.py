@@ -16,7 +16,6 @@ failed check is always run and reported.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -25,6 +24,7 @@ from pathlib import Path
 
 import fedhaven.shared as shared_pkg
 from fedhaven.shared.config import to_dict
+from fedhaven.shared.files import write_atomic
 from fedhaven.shared.schema import RunConfig
 
 CHECKED_FILE = "checked-runs.json"
@@ -100,10 +100,7 @@ class CheckedRuns:
     def remember(self, key: str) -> None:
         """Add `key` (atomically: a killed command leaves the old record or the new one)."""
         seen = [s for s in self._read() if s != key][-(KEEP - 1):] + [key]
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         try:
-            tmp.write_text(json.dumps({"passed": seen}))
-            os.replace(tmp, self.path)
+            write_atomic(self.path, json.dumps({"passed": seen}).encode())
         except OSError:  # a record that cannot be written only means checking again next time
-            with contextlib.suppress(OSError):
-                tmp.unlink(missing_ok=True)
+            pass
