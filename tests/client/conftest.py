@@ -43,10 +43,10 @@ class OneSite:
 
 @pytest.fixture(autouse=True)
 def _task_identity():
-    """What Flower's runtime sets in the process that builds a message."""
-    from flwr.supercore.task_identity import TaskIdentity
+    """What Flower's runtime sets in the process that builds a message (through the site's seam)."""
+    from fedhaven.client.seam.runtime import set_task_identity
 
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+    set_task_identity(task_id=1, run_id=1, node_id=0)
 
 
 @pytest.fixture

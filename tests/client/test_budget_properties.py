@@ -17,7 +17,7 @@ from opacus.accountants import create_accountant
 from fedhaven.client.ledger import Ledger
 from fedhaven.client.policy import BudgetRefused, budget_spent, plan_round, refusal_code, task_violations
 from fedhaven.server.privacy_report import build_privacy_report
-from fedhaven.server.recorder import SiteReport
+from fedhaven.server.records import SiteReport
 from fedhaven.shared.accounting import epsilon
 from fedhaven.shared.refusal import Code
 from fedhaven.shared.schema import SIMULATION_POLICY, DPConfig, InputSpec, ModelConfig, RunConfig, TrainConfig
@@ -139,7 +139,7 @@ def test_central_epsilon_is_at_least_a_fresh_accountant_at_the_configured_noise(
 
     from fedhaven.server.flower_legacy import build_strategy
     from fedhaven.server.privacy_report import central_history
-    from fedhaven.server.recorder import RoundRecord
+    from fedhaven.server.records import RoundRecord
     from fedhaven.shared.config import parse
 
     run = parse(RunConfig, {"min_sites": m, "secagg": {"enabled": False}, "robust": {"enabled": False},

@@ -9,7 +9,7 @@ from PIL import Image
 
 from fedhaven.client.site import SiteTrainer
 from fedhaven.client.types import PrivacyState, Site, SiteInfo
-from fedhaven.server.recorder import CentralEvaluator
+from fedhaven.server.evaluation import CentralEvaluator
 from fedhaven.shared import features
 from fedhaven.shared.sources import load_imagefolder
 from fedhaven.shared.models import build_model

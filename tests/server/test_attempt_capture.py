@@ -11,7 +11,7 @@ from flwr.common import Code, Error, FitIns, FitRes, Status, ndarrays_to_paramet
 from flwr.compat.common import recorddict_compat as compat
 
 from fedhaven.server.flower_legacy import CheckedSecAggPlus, RecordingStrategy, _ReplyWatch
-from fedhaven.server.recorder import SiteWitnesses
+from fedhaven.server.witnesses import SiteWitnesses
 from fedhaven.shared.witness import LEDGER_PREV_HASH, LEDGER_SEQ, Witness
 
 

@@ -10,7 +10,7 @@ from flwr.supercore.differential_privacy import KEY_NORM_BIT
 
 from fedhaven.server.flower_legacy import TolerantAdaptiveClipping, TolerantFixedClipping, central_noise
 from fedhaven.server.privacy_report import central_history
-from fedhaven.server.recorder import CentralNoise, RoundRecord
+from fedhaven.server.records import CentralNoise, RoundRecord
 from fedhaven.shared.accounting import PrivacyStep, epsilon
 
 SHAPES = [(200, 50), (50,)]

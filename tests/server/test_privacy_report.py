@@ -6,7 +6,7 @@ import json
 import math
 
 from fedhaven.server.privacy_report import build_privacy_report, worst_epsilon
-from fedhaven.server.recorder import RoundRecord, SiteReport
+from fedhaven.server.records import RoundRecord, SiteReport
 from fedhaven.shared.config import parse
 from fedhaven.shared.schema import RunConfig
 

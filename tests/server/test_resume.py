@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from fedhaven.server.flower_legacy import _layers, build_strategy, restore_strategy_state, strategy_state
-from fedhaven.server.recorder import (
-    CentralNoise, ResumeError, RoundRecord, RunRecorder, SiteReport, load_checkpoint, read_rounds,
-)
+from fedhaven.server.checkpoints import ResumeError, load_checkpoint
+from fedhaven.server.recorder import RunRecorder
+from fedhaven.server.records import CentralNoise, RoundRecord, SiteReport, read_rounds
 from fedhaven.shared.models import InputSpec, build_model
 from fedhaven.shared.schema import CentralDPConfig, ModelConfig, RunConfig, StrategyConfig
 from fedhaven.shared.weights import get_weights

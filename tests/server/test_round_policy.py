@@ -15,7 +15,8 @@ from fedhaven.server.failures import SiteFailure, site_failure
 from fedhaven.server.seam.errors import short_reason
 from fedhaven.server.flower_legacy import FitOutcome, FitRoundLog
 from fedhaven.shared.refusal import Code
-from fedhaven.server.recorder import RoundFailed, RunRecorder
+from fedhaven.server.failures import RoundFailed
+from fedhaven.server.recorder import RunRecorder
 from fedhaven.shared.models import InputSpec, build_model
 from fedhaven.shared.schema import ModelConfig, RunConfig
 from fedhaven.shared.weights import get_weights
@@ -170,7 +171,7 @@ def _refused(reason, code):
 def test_a_run_in_which_no_round_aggregated_fails_and_says_why(tmp_path, monkeypatch):
     """Issue 10: every site refused (the run's target was below what they had spent) and the run 'completed'."""
     from fedhaven.server import federation
-    from fedhaven.server.recorder import NoRoundTrained
+    from fedhaven.server.failures import NoRoundTrained
 
     why = ("site a refused the task (nothing was trained or sent): the run's privacy target is reached: "
            "dp.target_epsilon = 4 ...")

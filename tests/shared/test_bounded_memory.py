@@ -33,7 +33,7 @@ SITE = textwrap.dedent("""
     from fedhaven.shared.task import task_for_round
     from fedhaven.shared.training import evaluate
     from fedhaven.shared.weights import get_weights, set_weights
-    from fedhaven.server.recorder import CentralEvaluator
+    from fedhaven.server.evaluation import CentralEvaluator
     data = load_imagefolder(root, image_size=32, channels=3, cache_dir=cache)
     run = RunConfig(rounds=2, model=ModelConfig(), train=TrainConfig(batch_size="auto", lr=1.0),
                     dp=DPConfig(target_epsilon=8.0), memory_mb=1200)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from fedhaven.server.federation import RunResult
 from fedhaven.server.privacy_report import build_privacy_report
-from fedhaven.server.recorder import RoundRecord, SiteReport
+from fedhaven.server.records import RoundRecord, SiteReport
 from fedhaven.sim.experiment import load_experiment
 from fedhaven.sim.report import summarize
 

@@ -9,10 +9,12 @@ import zipfile
 from dataclasses import dataclass
 from importlib import metadata
 
+from fedhaven.client.seam.formats import FAB_BOOKKEEPING_FILES, FAB_CONFIG_FILE
+
 #: The only ClientApp a site ever runs: the one in its own installed fedhaven.
 INSTALLED_CLIENTAPP = "fedhaven.client.deployment:app"
-#: Files a package may hold: its pyproject.toml and Flower's own bookkeeping.
-_ALLOWED_FILES = frozenset({"pyproject.toml", ".info/CONTENT"})
+#: Files a package may hold: its pyproject.toml and Flower's own bookkeeping (the FAB layout, `seam.formats`).
+_ALLOWED_FILES = FAB_BOOKKEEPING_FILES
 MAX_PACKAGE_BYTES = 1 << 20  # a package that only names an app is a few KiB
 
 
@@ -58,7 +60,7 @@ def review_package(*, content: bytes, allowed_hashes: tuple[str, ...] = ()) -> P
             shown = ", ".join(extra[:8]) + (f" and {len(extra) - 8} more" if len(extra) > 8 else "")
             problems.append(f"the app package carries files of its own ({shown}); this site runs no code that "
                             f"arrives with a run")
-        info = archive.getinfo("pyproject.toml")
+        info = archive.getinfo(FAB_CONFIG_FILE)
         if info.file_size > MAX_PACKAGE_BYTES:
             raise ValueError("pyproject.toml is too large")
         doc = tomllib.loads(archive.read(info).decode("utf-8"))

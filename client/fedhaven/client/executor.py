@@ -34,27 +34,18 @@ from fedhaven.shared.runtime import configure_logging, harden_environment
 harden_environment()  # before flwr is imported
 
 from flwr.app import Context, Error, Message  # noqa: E402
-from flwr.common.constant import ErrorCode, SubStatus  # noqa: E402
-from flwr.proto.runtime_pb2 import AcquireTaskRequest, SendTaskHeartbeatRequest  # noqa: E402
-from flwr.supercore.constant import TaskType  # noqa: E402
-from flwr.supercore.heartbeat import HeartbeatSender  # noqa: E402
-from flwr.supercore.interceptors import (  # noqa: E402
-    RuntimeTokenHttpInterceptor, RuntimeVersionHttpInterceptor, SuperExecAuthHttpInterceptor,
-)
-from flwr.supercore.retry import make_simple_http_retry_invoker  # noqa: E402
-from flwr.supercore.runtime import RuntimeHttpClient  # noqa: E402
-from flwr.supernode.runtime.run_clientapp import push_message, push_task_output  # noqa: E402
 
 from fedhaven.client.app_package import installed_version, review_package  # noqa: E402
+from fedhaven.client.seam import runtime as flower  # noqa: E402
 from fedhaven.client.types import Code, TaskRefused  # noqa: E402
 from fedhaven.shared.accounting import NOTHING_SENT  # noqa: E402
 
 log = logging.getLogger("fedhaven.client")
 
 COMPONENT = "fedhaven-site-executor"
-#: Task kinds a SuperNode may hand out. All are taken, so that a run asking for anything but a
-#: ClientApp gets a refusal at once instead of waiting for an executor that will never come.
-_TASK_TYPES = [TaskType.CLIENT_APP, TaskType.AGENT_APP]
+#: Task kinds taken: ClientApp tasks, and AgentApp tasks so that a run asking for one gets a refusal at once
+#: instead of waiting for an executor that will never come.
+_TASK_TYPES = [flower.CLIENT_APP_TASK, flower.AGENT_APP_TASK]
 ClientAppCall = Callable[[Message, Context], Message]
 
 
@@ -86,12 +77,7 @@ class SiteExecutor:
         self.stats_file = stats_file
         self.stats = ExecutorStats()
         self.busy = False  # serving a task (a stop then waits for its end)
-        self._acquire = RuntimeHttpClient.from_server_address(
-            server_address=runtime_address, insecure=True, root_certificates=None,
-            interceptors=[RuntimeVersionHttpInterceptor(component_name=COMPONENT),
-                          SuperExecAuthHttpInterceptor(master_secret=secret,
-                                                       protected_methods={"/flwr.proto.Runtime/AcquireTask"})],
-            retry_invoker=make_simple_http_retry_invoker())
+        self._acquire = flower.executor_client(address=runtime_address, secret=secret, component=COMPONENT)
         self._write_stats()
 
     def serve(self, stop: threading.Event) -> None:
@@ -99,41 +85,39 @@ class SiteExecutor:
         log.info("site %s: executor up (fedhaven %s, pid %d); it runs only the installed ClientApp", self.site,
                  self.stats.version, self.stats.pid)
         while not stop.is_set():
-            res = self._acquire.AcquireTask(AcquireTaskRequest(supported_task_types=_TASK_TYPES))
-            if res.HasField("task") and res.token:
+            claimed = flower.acquire_task(client=self._acquire, task_types=_TASK_TYPES)
+            if claimed is not None:
+                token, task_type = claimed
                 self.busy = True
                 try:
-                    self.run_task(token=res.token, task_type=res.task.type)
+                    self.run_task(token=token, task_type=task_type)
                 finally:
                     self.busy = False
             else:
                 stop.wait(self.poll_interval)
-        self._acquire.close()
+        flower.close_client(client=self._acquire)
 
     def run_task(self, *, token: str, task_type: str) -> None:
         """Serve one task: pull its input, review the run's package, answer, push the output."""
         t0 = time.perf_counter()
-        client = RuntimeHttpClient.from_server_address(
-            server_address=self.address, insecure=True, root_certificates=None,
-            interceptors=[RuntimeVersionHttpInterceptor(component_name=COMPONENT), RuntimeTokenHttpInterceptor(token)],
-            retry_invoker=make_simple_http_retry_invoker())
-        beat = HeartbeatSender(_heartbeat_fn(client))
-        beat.start()
+        client = flower.task_client(address=self.address, token=token, component=COMPONENT)
+        stop_heartbeat = flower.start_heartbeat(client=client)
         message = context = reply = None
-        sub_status, details, verdict = SubStatus.FAILED, "the task failed before it started", "error"
+        completed, details, verdict = False, "the task failed before it started", "error"
         timing: dict[str, float] = {}
         try:
-            message, context, run, fab = pull_task_input(client, give_up=self.poll_interval * 200 + 10)
+            task = flower.pull_task_input(client=client, give_up=self.poll_interval * 200 + 10)
+            message, context, run_id = task.message, task.context, task.run_id
             timing["pull_s"] = time.perf_counter() - t0
-            review = review_package(content=fab.content, allowed_hashes=self.allowed_packages)
-            if task_type != TaskType.CLIENT_APP:
+            review = review_package(content=task.fab_content, allowed_hashes=self.allowed_packages)
+            if task_type != flower.CLIENT_APP_TASK:
                 refusal = f"the run asks for a {task_type} task; this site only runs its installed fedhaven ClientApp"
             elif not review.accepted:
                 refusal = "; ".join(review.problems)
             else:
                 refusal = None
             if refusal is not None:
-                reason = (f"site {self.site} refused run {run.run_id}: {refusal}. Nothing from the run's package "
+                reason = (f"site {self.site} refused run {run_id}: {refusal}. Nothing from the run's package "
                           f"was loaded ({NOTHING_SENT}).")
                 log.error("%s (package sha256 %s)", reason, review.sha256)
                 reply = Message(Error(code=int(Code.PACKAGE), reason=reason), reply_to=message)
@@ -143,7 +127,7 @@ class SiteExecutor:
                 t1 = time.perf_counter()
                 try:
                     reply = self.app(message, context)
-                    sub_status, details, verdict = SubStatus.COMPLETED, "", "ok"
+                    completed, details, verdict = True, "", "ok"
                 except TaskRefused as exc:  # the site's own code and sentence, as they are
                     reply = Message(Error(code=int(exc.code), reason=str(exc)), reply_to=message)
                     details, verdict = str(exc), "refused-task"
@@ -151,12 +135,12 @@ class SiteExecutor:
                 except Exception as exc:  # noqa: BLE001 - any failure becomes the site's answer, never a crash
                     reason = f"site {self.site} failed the task: {type(exc).__name__}: {exc}"
                     log.exception("%s", reason)
-                    reply = Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason),
+                    reply = Message(Error(code=flower.CLIENT_APP_RAISED_EXCEPTION, reason=reason),
                                     reply_to=message)
                     details, verdict = reason, "failed"
                 timing["app_s"] = time.perf_counter() - t1
-            if run.run_id not in self.stats.runs:
-                self.stats.runs.append(run.run_id)
+            if run_id not in self.stats.runs:
+                self.stats.runs.append(run_id)
         except Exception as exc:  # noqa: BLE001 - the SuperNode went away or answered garbage
             details = f"the executor could not take the task: {type(exc).__name__}: {exc}"
             log.error("site %s: %s", self.site, details)
@@ -164,14 +148,14 @@ class SiteExecutor:
             t2 = time.perf_counter()
             try:
                 if reply is not None and context is not None:
-                    push_message(client, reply, context)
-                push_task_output(client=client, context=context, sub_status=sub_status, details=details[:1000])
+                    flower.push_reply(client=client, message=reply, context=context)
+                flower.finish_task(client=client, context=context, completed=completed, details=details[:1000])
             except Exception as exc:  # noqa: BLE001
                 log.error("site %s: could not hand the reply back to the SuperNode: %s", self.site, exc)
                 verdict = "failed"
             timing["push_s"] = time.perf_counter() - t2
-            beat.stop()
-            client.close()
+            stop_heartbeat()
+            flower.close_client(client=client)
         self.stats.tasks += 1
         self.stats.failed += verdict in ("failed", "error")
         kind = message.metadata.message_type if message is not None else "?"
@@ -186,56 +170,6 @@ class SiteExecutor:
         tmp = self.stats_file.with_name(f".{self.stats_file.name}.tmp")
         tmp.write_text(json.dumps(asdict(self.stats), indent=2))
         os.replace(tmp, self.stats_file)
-
-
-def pull_task_input(client: RuntimeHttpClient, *, give_up: float) -> tuple[Message, Context, Any, Any]:
-    """Flower's `pull_task_input`, for an executor that is already running when the task appears.
-
-    The SuperNode creates a task before it has stored the message's objects; a
-    freshly started `flwr-clientapp` never sees that gap, a waiting executor does,
-    and Flower's own pull then backs off a full second. Here the message is polled
-    for and its objects are pulled with a 20 ms initial backoff.
-    """
-    from flwr.common.serde import context_from_proto, fab_from_proto, run_from_proto
-    from flwr.proto.node_pb2 import Node
-    from flwr.proto.runtime_pb2 import PullAppMessagesRequest, PullTaskInputRequest
-    from flwr.supercore.inflatable.inflatable_protobuf_utils import (
-        make_confirm_message_received_fn_protobuf, make_pull_object_fn_protobuf,
-    )
-    from flwr.supercore.inflatable.inflatable_utils import pull_and_inflate_object_from_tree
-    from flwr.supercore.task_identity import TaskIdentity
-
-    res = client.PullTaskInput(PullTaskInputRequest())
-    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = res.task_id, res.run.run_id, res.context.node_id
-    context, run, fab = context_from_proto(res.context), run_from_proto(res.run), fab_from_proto(res.fab)
-    deadline = time.monotonic() + give_up
-    delay = 0.01
-    while not (pulled := client.PullMessages(PullAppMessagesRequest())).messages_list:
-        if time.monotonic() > deadline:
-            raise RuntimeError("the SuperNode handed out a task without a message")
-        time.sleep(delay)
-        delay = min(0.2, delay * 2)
-    tree = pulled.message_object_trees[0]
-    node = Node(node_id=context.node_id)
-    message = pull_and_inflate_object_from_tree(
-        tree, make_pull_object_fn_protobuf(client.PullObject, node, context.run_id),
-        make_confirm_message_received_fn_protobuf(client.ConfirmMessageReceived, node, context.run_id),
-        return_type=Message, max_time=give_up, initial_backoff=0.02, backoff_cap=0.5)
-    message.metadata.__dict__["_message_id"] = tree.object_id  # as Flower's own pull does
-    return message, context, run, fab
-
-
-def _heartbeat_fn(client: RuntimeHttpClient) -> Callable[[], bool]:
-    """Keep a claimed task alive. Unlike Flower's own, never signals the (long-lived) process on a refusal."""
-    req = SendTaskHeartbeatRequest()
-
-    def beat() -> bool:
-        try:
-            return bool(client.SendTaskHeartbeat(req).success)
-        except Exception:  # noqa: BLE001 - a missed heartbeat is retried by HeartbeatSender
-            return False
-
-    return beat
 
 
 def main(argv: list[str] | None = None) -> NoReturn:

@@ -12,7 +12,6 @@ policy, before: clip, then mask).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import threading
@@ -21,18 +20,16 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
-from flwr.app import ConfigRecord, Context, Error, Message
-from flwr.app.message_type import MessageType
+from flwr.app import ConfigRecord, Context, Error, Message, MessageType
 from flwr.client import NumPyClient
 from flwr.client.mod import adaptiveclipping_mod, fixedclipping_mod, secaggplus_mod
 from flwr.clientapp import ClientApp
-from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, RECORD_KEY_STATE, Key, Stage
 from flwr.common import ndarrays_to_parameters, parameters_to_ndarrays
-from flwr.common.serde import recorddict_to_proto
-from flwr.compat.common import recorddict_compat as compat
 
 from fedhaven.client.ledger import GENESIS, budget_history
 from fedhaven.client.policy import refusal_code, task_violations
+from fedhaven.client.seam import legacy
+from fedhaven.client.seam.legacy import content_sha256
 from fedhaven.client.types import Code, PrivacyState, Site, SiteInfo, TaskRefused
 from fedhaven.shared.accounting import NOTHING_SENT, PrivacyHistory
 from fedhaven.shared.task import TaskSpec, task_from_config
@@ -46,7 +43,6 @@ if TYPE_CHECKING:  # torch-backed: imported only by the stages that train
 PRIVACY_RECORD = "fedhaven.privacy"
 PENDING_RECORD = "fedhaven.pending-ledger"
 LEDGER_HEAD_RECORD = "fedhaven.ledger-head"
-FITINS_CONFIG = "fitins.config"  # Flower's legacy FitIns config record: present only in messages carrying a task
 log = logging.getLogger("fedhaven.client")
 Mod = Callable[[Message, Context, Callable[[Message, Context], Message]], Message]
 
@@ -146,15 +142,15 @@ def _fit_config(msg: Message) -> dict | None:
     Recognised by its FitIns record, not by the SecAgg+ stage key: Flower's SecAgg+ mod pops that key
     before the inner mods see the message.
     """
-    if msg.metadata.message_type != MessageType.TRAIN or FITINS_CONFIG not in msg.content.config_records:
+    if msg.metadata.message_type != MessageType.TRAIN:
         return None
-    return dict(compat.recorddict_to_fitins(msg.content, keep_input=True).config)
+    return legacy.fit_config(content=msg.content)
 
 
 def _task_of(msg: Message) -> tuple[TaskSpec | None, bool]:
     """(the task a TRAIN message carries, or None; whether it came under SecAgg+)."""
     config = _fit_config(msg)
-    secagg = RECORD_KEY_CONFIGS in msg.content.config_records
+    secagg = legacy.is_secagg(content=msg.content)
     return (task_from_config(config) if config is not None else None), secagg
 
 
@@ -195,12 +191,11 @@ def _secagg_mod(sites: SiteProvider) -> Mod:
     """
 
     def mod(msg: Message, ctx: Context, call_next: Callable[[Message, Context], Message]) -> Message:
-        if msg.metadata.message_type != MessageType.TRAIN or RECORD_KEY_CONFIGS not in msg.content.config_records:
+        if msg.metadata.message_type != MessageType.TRAIN or not legacy.is_secagg(content=msg.content):
             return call_next(msg, ctx)
         task, _ = _task_of(msg)
         if task is not None:
-            state = ctx.state.config_records.get(RECORD_KEY_STATE)
-            max_weight = float(state.get("max_weight", 0.0)) if state is not None else 0.0
+            max_weight = legacy.secagg_max_weight(ctx=ctx)
             n = _weight(task, len(_trainer(sites, ctx).site.data))
             if max_weight > 0 and n > max_weight:
                 raise TaskRefused(Code.MAX_WEIGHT, f"this site has {n} training examples ({NOTHING_SENT}) but the "
@@ -219,14 +214,14 @@ def _encoding_mod(msg: Message, ctx: Context, call_next: Callable[[Message, Cont
     task, _ = _task_of(msg)
     if task is None or task.encoding == "weights":
         return call_next(msg, ctx)
-    start = parameters_to_ndarrays(compat.recorddict_to_fitins(msg.content, keep_input=True).parameters)
+    start = legacy.fitins_ndarrays(content=msg.content)
     reply = call_next(msg, ctx)
     if reply.has_error():
         return reply
-    res = compat.recorddict_to_fitres(reply.content, keep_input=True)
+    res = legacy.fitres_of(reply=reply)
     sent = encode(parameters_to_ndarrays(res.parameters), start, encoding=task.encoding, seed=task.rotation_seed)
     res.parameters = ndarrays_to_parameters(sent)
-    reply.content = compat.fitres_to_recorddict(res, keep_input=True)
+    legacy.with_fitres(reply=reply, res=res)
     return reply
 
 
@@ -236,11 +231,6 @@ def _central_dp_mod(msg: Message, ctx: Context, call_next: Callable[[Message, Co
     if task is None or task.central_dp == "none":
         return call_next(msg, ctx)
     return (fixedclipping_mod if task.central_dp == "fixed" else adaptiveclipping_mod)(msg, ctx, call_next)
-
-
-def content_sha256(msg: Message) -> str:
-    """SHA-256 of a message's content as serialised for the wire: what the ledger calls 'the bytes sent'."""
-    return hashlib.sha256(recorddict_to_proto(msg.content).SerializeToString(deterministic=True)).hexdigest()
 
 
 def _ledger_mod(sites: SiteProvider) -> Mod:
@@ -289,7 +279,7 @@ def _ledger_mod(sites: SiteProvider) -> Mod:
             cumulative = budget_spent(policy=info.policy, history=history)
             ledger.append(site=str(pending["site"]), run_id=int(msg.metadata.run_id),
                           server_round=int(pending["server_round"]), model=str(pending["model"]),
-                          update_sha256=content_sha256(reply), weights_sha256=str(pending["weights_sha256"]),
+                          update_sha256=content_sha256(msg=reply), weights_sha256=str(pending["weights_sha256"]),
                           update_l2_norm=float(pending["update_l2_norm"]),
                           num_examples=int(pending["num_examples"]),
                           noise_multiplier=float(pending["noise_multiplier"]),

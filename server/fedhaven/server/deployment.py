@@ -9,7 +9,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedhaven.server.app import serve
-from fedhaven.server.recorder import SiteWitnesses
+from fedhaven.server.witnesses import SiteWitnesses
 from fedhaven.shared.config import ConfigError, parse, unflatten
 from fedhaven.shared.runtime import configure_logging
 from fedhaven.shared.schema import RunConfig

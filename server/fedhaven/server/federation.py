@@ -21,10 +21,12 @@ from fedhaven.server.flower_legacy import (
     FitRoundLog, LegacyFederation, build_strategy, central_noise, restore_strategy_state,
 )
 from fedhaven.server.privacy_report import PrivacyReport, build_privacy_report, worst_epsilon
-from fedhaven.server.recorder import (
-    CentralEvaluator, CentralNoise, NoRoundTrained, RoundFailed, RoundRecord, RunRecorder, SiteReport, SiteWitnesses,
-    load_checkpoint,
-)
+from fedhaven.server.checkpoints import load_checkpoint
+from fedhaven.server.evaluation import CentralEvaluator
+from fedhaven.server.failures import NoRoundTrained, RoundFailed
+from fedhaven.server.recorder import RunRecorder
+from fedhaven.server.records import CentralNoise, RoundRecord, SiteReport
+from fedhaven.server.witnesses import SiteWitnesses
 from fedhaven.shared.models import InputSpec, build_model
 from fedhaven.shared.schema import RunConfig
 from fedhaven.shared.task import task_for_round, task_to_config

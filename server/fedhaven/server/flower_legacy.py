@@ -26,7 +26,8 @@ from flwr.serverapp import Grid
 from fedhaven.server.failures import SiteFailure, site_failure
 from fedhaven.server.latency.grid import PollingGrid
 from fedhaven.server.guard import UpdateGuard
-from fedhaven.server.recorder import CentralNoise, SiteWitnesses
+from fedhaven.server.records import CentralNoise
+from fedhaven.server.witnesses import SiteWitnesses
 from fedhaven.server.seam.legacy import (
     FITINS_CONFIG, BoundedClientManager, CheckedSecAggPlus, ClientProxy, TolerantAdaptiveClipping, TolerantCentralDP,
     TolerantFixedClipping, fedadam_state, fit_round_plain, global_params_record, global_weights, init_workflow_state,

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fedhaven.server.recorder import CentralNoise, RoundRecord, SiteReport, finite_or_none
+from fedhaven.server.records import CentralNoise, RoundRecord, SiteReport, finite_or_none
 from fedhaven.shared.files import write_atomic
 from fedhaven.shared.accounting import PrivacyHistory, epsilon
 from fedhaven.shared.schema import RunConfig

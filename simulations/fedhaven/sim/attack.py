@@ -17,7 +17,8 @@ from dataclasses import replace
 import numpy as np
 from flwr.app import Context, Message
 from flwr.common import ndarrays_to_parameters, parameters_to_ndarrays
-from flwr.compat.common import recorddict_compat as compat
+
+from fedhaven.client.seam.legacy import fitins_ndarrays, fitres_of, with_fitres
 
 from fedhaven.client.flower_app import site_trainer, training_task
 from fedhaven.shared.data import ImageData
@@ -84,14 +85,14 @@ class AttackMod:
                 return call_next(msg, ctx)
             finally:
                 trainer.site = honest
-        start = parameters_to_ndarrays(compat.recorddict_to_fitins(msg.content, keep_input=True).parameters)
+        start = fitins_ndarrays(content=msg.content)
         reply = call_next(msg, ctx)
         if reply.has_error():
             return reply
-        res = compat.recorddict_to_fitres(reply.content, keep_input=True)
+        res = fitres_of(reply=reply)
         sent = attacked_update(kind=kind, parameter=self.attack.parameter(), new=parameters_to_ndarrays(res.parameters),
                                start=start, rng=self.rng)
         res.parameters = ndarrays_to_parameters(sent)
-        reply.content = compat.fitres_to_recorddict(res, keep_input=True)
+        with_fitres(reply=reply, res=res)
         log.debug("simulated attack: site %d sends %s in round %d", self.sites.index(ctx), kind, task.server_round)
         return reply

@@ -10,7 +10,7 @@ from typing import Any
 
 from fedhaven.server.federation import RunResult
 from fedhaven.server.privacy_report import format_epsilon
-from fedhaven.server.recorder import RoundRecord, finite_or_none
+from fedhaven.server.records import RoundRecord, finite_or_none
 from fedhaven.shared.files import write_atomic
 from fedhaven.shared.schema import ExperimentConfig
 

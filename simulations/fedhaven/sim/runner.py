@@ -12,7 +12,8 @@ from pathlib import Path
 from fedhaven.client.flower_app import make_client_app
 from fedhaven.server.app import make_server_app
 from fedhaven.server.federation import RunResult
-from fedhaven.server.recorder import RoundRecord, SiteWitnesses
+from fedhaven.server.records import RoundRecord
+from fedhaven.server.witnesses import SiteWitnesses
 from fedhaven.shared.config import ConfigError
 from fedhaven.shared.data import ImageData
 from fedhaven.shared.runtime import HARDENED_ENV

@@ -19,22 +19,24 @@ from typing import TYPE_CHECKING
 
 from fedhaven.client.cli.check import check_site
 from fedhaven.client.deployment import SITE_CONFIG_KEY
+from fedhaven.client.seam.formats import admission_failures, is_empty_log_line
 from fedhaven.client.site_config import SiteConfig, load_site_config
 from fedhaven.shared.crypto import fingerprint, write_private
 from fedhaven.shared.process import pid_alive, spawn, stop_group, stop_pids
-from fedhaven.shared.runtime import HARDENED_ENV
+from fedhaven.shared.runtime import hardened_env
 
 if TYPE_CHECKING:
     from fedhaven.shared.data import ImageData
 
 log = logging.getLogger("fedhaven.client")
 
-#: What Flower's SuperNode prints when the coordinator rejects it, and what it means for the site's IT.
+#: Why the coordinator did not admit the site, as the SuperNode's output tells (`seam.formats.admission_failures`), and
+#: what it means for the site's IT.
 KNOWN_FAILURES = {
-    "Failed to activate SuperNode": "the coordinator does not accept this site's key{fp}: send site.pub to the "
-                                    "operator (`fl-server site add <name> --public-key site.pub`), or it was revoked",
-    "code: 2001": "the coordinator requires site authentication and this site sent no key: set private_key",
-    "CERTIFICATE_VERIFY_FAILED": "the coordinator's TLS certificate does not verify against ca_cert",
+    "key-rejected": "the coordinator does not accept this site's key{fp}: send site.pub to the "
+                    "operator (`fl-server site add <name> --public-key site.pub`), or it was revoked",
+    "key-missing": "the coordinator requires site authentication and this site sent no key: set private_key",
+    "tls-unverified": "the coordinator's TLS certificate does not verify against ca_cert",
 }
 
 
@@ -135,9 +137,9 @@ class _Child:
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
             text = line.rstrip()
-            if text and not text.endswith("INFO \x1b[0m:"):
+            if text and not is_empty_log_line(text=text):
                 log.info("%s | %s", self.name, text) if self.name == "supernode" else log.info("%s", text)
-            reasons.extend(why.format(fp=fp) for marker, why in KNOWN_FAILURES.items() if marker in line)
+            reasons.extend(KNOWN_FAILURES[failure].format(fp=fp) for failure in admission_failures(line=line))
 
 
 def prepare(cfg: SiteConfig, data: ImageData) -> None:
@@ -172,7 +174,7 @@ def run(args: argparse.Namespace) -> int:
     preflight(cfg)
     state = Path(cfg.state_dir)
     state.mkdir(parents=True, exist_ok=True, mode=0o700)
-    env = {**os.environ, **HARDENED_ENV, "FLWR_HOME": str(state / "flwr-home")}
+    env = hardened_env(FLWR_HOME=str(state / "flwr-home"))
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
     env.pop("PYTHONPATH", None)
     secret = executor_secret(state)

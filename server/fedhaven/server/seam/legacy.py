@@ -34,7 +34,7 @@ from flwr.serverapp import Grid
 from flwr.supercore.differential_privacy import add_gaussian_noise_to_params, compute_stdv
 
 from fedhaven.server.failures import SiteFailure, site_failure
-from fedhaven.server.recorder import CentralNoise
+from fedhaven.server.records import CentralNoise
 
 __all__ = ["BoundedClientManager", "CheckedSecAggPlus", "ClientProxy", "TolerantAdaptiveClipping",
            "TolerantCentralDP", "TolerantFixedClipping", "fedadam_state", "fit_round_plain", "global_weights",
