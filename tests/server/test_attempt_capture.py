@@ -10,6 +10,7 @@ from flwr.app.message_type import MessageType
 from flwr.common import Code, Error, FitIns, FitRes, Status, ndarrays_to_parameters
 from flwr.compat.common import recorddict_compat as compat
 
+from fedhaven.server.attendance import Attendance
 from fedhaven.server.flower_legacy import CheckedSecAggPlus, RecordingStrategy, _ReplyWatch
 from fedhaven.server.witnesses import SiteWitnesses
 from fedhaven.shared.witness import LEDGER_PREV_HASH, LEDGER_SEQ, Witness
@@ -78,9 +79,10 @@ class Grid:
 
 
 def test_nodes_that_may_have_trained_without_a_reply_are_named():
-    watch = _ReplyWatch(Grid())
+    attendance = Attendance()
+    watch = _ReplyWatch(Grid(), attendance)
     watch.send_and_receive([_task_message(n) for n in (1, 2, 3, 4)], timeout=1.0)
-    assert watch.unanswered == [3, 4]
+    assert attendance.unanswered == [3, 4] and attendance.asked == {1, 2, 3, 4} and attendance.settled == {1, 2}
 
 
 def test_each_site_gets_its_own_witness_with_its_task():

@@ -23,6 +23,7 @@ from flwr.server import ServerConfig as FlowerServerConfig
 from flwr.server.strategy import Bulyan, FedAdam, FedAvg, FedMedian, FedProx, FedTrimmedAvg, Krum, Strategy
 from flwr.serverapp import Grid
 
+from fedhaven.server.attendance import Attendance
 from fedhaven.server.failures import SiteFailure, site_failure
 from fedhaven.server.latency.grid import PollingGrid
 from fedhaven.server.guard import UpdateGuard
@@ -48,8 +49,13 @@ class FitRoundLog:
     results: list[tuple[int, dict[str, Any]]] = field(default_factory=list)  # (num_examples, metrics)
     failures: list[SiteFailure] = field(default_factory=list)
     node_ids: list[int] = field(default_factory=list)  # the node of each result, when known
-    unanswered: list[str] = field(default_factory=list)  # site names (or "node N") that never replied
-    asked: int = 0  # distinct sites contacted in the attempt (0: not known)
+    unanswered: list[str] = field(default_factory=list)  # site names (or "node N") of attendance.unanswered
+    attendance: Attendance = field(default_factory=Attendance)
+
+    @property
+    def asked(self) -> int:
+        """Distinct sites contacted in the attempt (0: not known)."""
+        return len(self.attendance.contacted)
 
 
 class _Wrapper(Strategy):
@@ -309,35 +315,31 @@ class FitOutcome:
 
 
 class _ReplyWatch:
-    """Flower's grid, noting which nodes were sent a training task and which of them settled it.
+    """Flower's grid, noting in the attempt's `Attendance` which nodes were sent a training task and which of them
+    settled it.
 
     Settled: a reply with content, or a refusal (an error with a fedhaven refusal code: nothing was trained or sent).
     Any other outcome (no reply by the timeout, a node lost, a crash) may hide an update the
     site trained and recorded: its spending can then only be bounded.
     """
 
-    def __init__(self, grid: Grid) -> None:
+    def __init__(self, grid: Grid, attendance: Attendance) -> None:
         self._grid = grid
-        self.asked: set[int] = set()
-        self.settled: set[int] = set()
+        self.attendance = attendance
 
     def send_and_receive(self, messages, *, timeout=None):  # noqa: ANN001, ANN201 - Flower's Grid
         messages = list(messages)
         tasks = {m.metadata.dst_node_id for m in messages if m.metadata.message_type == MessageType.TRAIN
                  and FITINS_CONFIG in m.content.config_records}
-        self.asked |= tasks
+        self.attendance.asked |= tasks
         replies = list(self._grid.send_and_receive(messages, timeout=timeout))
         for r in replies:
             if r.metadata.src_node_id in tasks and (r.has_content() or code_of(r.error.code) is not None):
-                self.settled.add(r.metadata.src_node_id)
+                self.attendance.settled.add(r.metadata.src_node_id)
         return replies
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._grid, name)
-
-    @property
-    def unanswered(self) -> list[int]:
-        return sorted(self.asked - self.settled)
 
 
 def secagg_workflow(cfg: SecAggConfig, *, max_weight: float, clipping_range: float | None = None) -> CheckedSecAggPlus:
@@ -393,11 +395,9 @@ class LegacyFederation:
         before = global_params_record(self.ctx)
         halted = None
         last = self.strategy.last
-        tracking = isinstance(self.grid, PollingGrid)
-        if tracking:
-            self.grid.contacted.clear()
-            self.grid.silent.clear()
-        watch = _ReplyWatch(self.grid)
+        if isinstance(self.grid, PollingGrid):
+            self.grid.attendance = last.attendance  # this attempt's one record of who was contacted and who was silent
+        watch = _ReplyWatch(self.grid, last.attendance)
         if self.secagg is not None:
             self.secagg(watch, self.ctx)  # type: ignore[arg-type]
             halted = self.secagg.halted_stage
@@ -407,10 +407,8 @@ class LegacyFederation:
             last.results = [(k, m) for _, k, m in self.secagg.collected]
         else:
             fit_round_plain(watch, self.ctx)
-        last.unanswered = [self._site_name(n) for n in watch.unanswered]
-        if tracking:
-            last.asked = len(self.grid.contacted)
-            self.ctx.client_manager.suspect(self.grid.silent)
+        last.unanswered = [self._site_name(n) for n in last.attendance.unanswered]
+        self.ctx.client_manager.suspect(last.attendance.silent)
         self._witness(last)
         after = global_params_record(self.ctx)
         shortfall = getattr(self.ctx.client_manager, "shortfall", None)

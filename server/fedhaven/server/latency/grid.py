@@ -17,6 +17,8 @@ from typing import Any
 from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
 
+from fedhaven.server.attendance import Attendance
+
 #: Called while waiting: (seconds waited, node ids still missing).
 WaitReport = Callable[[float, frozenset[int]], None]
 
@@ -64,8 +66,7 @@ class PollingGrid(Grid):
         self.poll_min, self.poll_max = poll_min, poll_max
         self.report_every = report_every
         self.on_wait = on_wait
-        self.contacted: set[int] = set()  # nodes sent anything since the caller last cleared it
-        self.silent: set[int] = set()  # nodes whose reply did not come before a timeout, likewise
+        self.attendance = Attendance()  # the current attempt's (the round loop starts a new one per attempt)
 
     # ----- delegated as is -----
     def set_run(self, run: Any) -> None:  # noqa: D102 - Flower's Run (flwr.supercore.run: not public)
@@ -117,6 +118,6 @@ class PollingGrid(Grid):
                 next_report = now + self.report_every
             time.sleep(min(delay, max(0.0, limit - (now - start))))
             delay = self.poll_min if got else min(self.poll_max, delay * 1.5)
-        self.contacted |= set(node_of.values())
-        self.silent |= {node_of[i] for i in pending if i in node_of}
+        self.attendance.contacted |= set(node_of.values())
+        self.attendance.silent |= {node_of[i] for i in pending if i in node_of}
         return replies
