@@ -80,6 +80,16 @@ def test_stripes_are_invisible_in_8x8_block_means():
 
     a = stripes_image(np.random.default_rng(3), label=0).astype(np.float64)
     b = stripes_image(np.random.default_rng(3), label=1).astype(np.float64)
-    blocks = lambda im: im.reshape(28, 8, 28, 8, 3).mean(axis=(1, 3))  # noqa: E731
+    blocks = lambda im: im.reshape(28, 8, 28, 8, 3).mean(axis=(1, 3))  # noqa: E731 - a one-line helper
     assert not np.array_equal(a, b)
     assert np.abs(blocks(a) - blocks(b)).max() < 1  # rounding only: the same half-lit blocks
+
+
+@pytest.mark.parametrize(("paths", "groups"), [(81, 27), (243, 81), (651, 217), (217, 31), (9, 3), (2, 1)])
+def test_feature_groups_hold_three_paths_as_on_mnist(paths, groups):
+    """MNIST's 81 paths in 27 groups (where the recipe was chosen); a 224x224 RGB image's 651 in 217 (one group
+    for all of them, or per colour channel, measured 2 points worse: BENCHMARKS.md, "Large images")."""
+    from fedhaven.shared.models import feature_groups
+
+    assert feature_groups(paths, "auto") == groups
+    assert feature_groups(paths, 27) == __import__("math").gcd(27, paths)  # a number: as before

@@ -78,7 +78,8 @@ class LeNet(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x))
+        out: torch.Tensor = self.classifier(self.features(x))
+        return out
 
 
 @register_model("lenet")
@@ -111,7 +112,8 @@ class FrontEndModel(nn.Module):
         self.front_key = front_key  # names exactly what the front end computes (for the feature cache)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.front(x))
+        out: torch.Tensor = self.head(self.front(x))
+        return out
 
 
 def split_front(model: nn.Module) -> tuple[nn.Module | None, nn.Module]:
@@ -144,6 +146,20 @@ class _FeatureNorm(nn.Module):
         return nn.functional.group_norm(x, self.groups)
 
 
+#: Paths per GroupNorm group under feature_groups = "auto": MNIST's 81 paths in the 27 groups the recipe was chosen with.
+PATHS_PER_GROUP = 3
+
+
+def feature_groups(paths: int, setting: int | str) -> int:
+    """How many GroupNorm groups `paths` scattering channels get: `setting` (its gcd with `paths`), or under "auto"
+    groups of PATHS_PER_GROUP paths, else of the fewest more that divide `paths` evenly."""
+    if isinstance(setting, int):
+        return math.gcd(setting, paths)
+    if paths < PATHS_PER_GROUP:
+        return 1
+    return paths // next(s for s in range(PATHS_PER_GROUP, paths + 1) if paths % s == 0)
+
+
 @register_model("scatternet")
 def _scatternet(spec: InputSpec, cfg: ModelConfig) -> nn.Module:
     """Tramer & Boneh (2021)'s ScatterNet: Morlet scattering (J scales, L angles) and per-example GroupNorm, fixed;
@@ -158,14 +174,15 @@ def _scatternet(spec: InputSpec, cfg: ModelConfig) -> nn.Module:
     if problems:
         raise ModelError("scatternet: " + "; ".join(problems))
     channels, side, _ = sspec.out_shape
-    groups = math.gcd(cfg.feature_groups, channels)
+    groups = feature_groups(channels, cfg.feature_groups)
     layers: list[nn.Module] = [Scattering2D(sspec), _FeatureNorm(groups, channels)]
     resize = ""
     if work != spec.image_size:
         layers.insert(0, _AreaResize(work))
         resize = f"area{spec.image_size}to{work}-"
     front = nn.Sequential(*layers)
-    front.work_bytes_per_image = sspec.work_bytes_per_image  # type: ignore[assignment] - read by fedhaven.memory
+    # read by fedhaven.shared.memory
+    front.work_bytes_per_image = sspec.work_bytes_per_image  # type: ignore[assignment]  # not a tensor or module
     if cfg.head == "linear":
         head: nn.Module = nn.Sequential(nn.Flatten(), nn.Linear(channels * side * side, spec.num_classes))
     elif cfg.head == "pointwise":

@@ -51,7 +51,9 @@ class ModelConfig:
     scattering_l: int = field(default=8, metadata=bounds(ge=1, le=16))  # orientations
     # the side the front end works at: larger images are first averaged down to it; "auto": at most 56 pixels
     front_size: int | Literal["auto"] = field(default="auto", metadata=bounds(ge=4, le=1024))
-    feature_groups: int = field(default=27, metadata=bounds(ge=1))  # per-example GroupNorm of the features
+    # per-example GroupNorm of the features: "auto" makes groups of 3 paths, as MNIST's 81 in 27 groups (or the
+    # fewest above 3 that divide them evenly); a number: that many groups (its gcd with the paths)
+    feature_groups: int | Literal["auto"] = field(default="auto", metadata=bounds(ge=1))
     width: int = field(default=32, metadata=bounds(ge=1, le=4096))  # channels of the pointwise and cnn heads
 
 @dataclass(frozen=True)
@@ -237,7 +239,8 @@ class StrategyConfig:
         return self.name in ROBUST_STRATEGIES
 
     def fewest_sites(self) -> int:
-        """Sites per round the rule needs to tolerate `malicious_sites` (Blanchard et al. 2017, El Mhamdi et al. 2018)."""
+        """Sites per round the rule needs to tolerate `malicious_sites` (Blanchard et al. 2017,
+        El Mhamdi et al. 2018)."""
         f = self.malicious_sites
         return {"fedmedian": 2 * f + 1, "trimmedavg": 2 * f + 1, "krum": 2 * f + 3, "multikrum": 2 * f + 3,
                 "bulyan": 4 * f + 3}.get(self.name, 1)
@@ -273,10 +276,10 @@ class RobustConfig:
     by `adaptive_factor` times the median delta norm of the round before when that is
     smaller (the bound follows the honest deltas); each site also applies its own policy bound.
     Without SecAgg+ the coordinator rejects each non-finite or ill-shaped update and clips each
-    delta to the bound. Under SecAgg+ every site rotates its delta at random (a Walsh-Hadamard transform with random signs, the same for all sites in a
-    round) before SecAgg+ clips each coordinate to `coordinate_clip * bound / sqrt(length)`: an
-    honest, flat update is left alone, while any site's contribution is bounded in L2 norm by
-    about `coordinate_clip * bound`. The coordinator rejects a round whose aggregate is not
+    delta to the bound. Under SecAgg+ every site rotates its delta at random (a Walsh-Hadamard transform with random
+    signs, the same for all sites in a round) before SecAgg+ clips each coordinate to
+    `coordinate_clip * bound / sqrt(length)`: an honest, flat update is left alone, while any site's contribution
+    is bounded in L2 norm by about `coordinate_clip * bound`. The coordinator rejects a round whose aggregate is not
     finite, whose delta exceeds the bound, or whose held-out loss exceeds `loss_factor` times
     the current model's, keeping the previous model; `max_rejected` rejected rounds in a row
     stop the run with an error.
@@ -303,7 +306,8 @@ AUTO_UPDATE_RMS = 0.1
 
 def auto_update_norm(num_params: int) -> float:
     """The "auto" L2 bound of a model delta for a model with `num_params` parameters."""
-    return AUTO_UPDATE_RMS * num_params ** 0.5
+    root: float = num_params ** 0.5
+    return AUTO_UPDATE_RMS * root
 
 
 _ATTACK = re.compile(r"^(none|nan|inf|signflip|labelflip|scale:(?P<k>-?[0-9]*\.?[0-9]+(e-?[0-9]+)?)"
