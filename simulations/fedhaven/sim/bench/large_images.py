@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
+from typing import Any
 
 from fedhaven.sim.bench.simruns import simulate
 
@@ -34,7 +35,7 @@ def _data(train: Path, test: Path, size: int) -> list[str]:
             "data.channels=3"]
 
 
-def _run(name: str, overrides: list[str], work: Path, log: Callable[[str], None]) -> dict:
+def _run(name: str, overrides: list[str], work: Path, log: Callable[[str], None]) -> dict[str, Any]:
     log(f"large images: {name} ...")
     out = work / f"out-{name}"  # each run its own cache: every run decodes and prepares its own data
     res = simulate(overrides=[*overrides, f"output_dir={out}", f"name={name}"], workdir=work)
@@ -43,12 +44,12 @@ def _run(name: str, overrides: list[str], work: Path, log: Callable[[str], None]
     return res
 
 
-def prepare_one_site(*, train: Path, images: int, work: Path) -> dict:
+def prepare_one_site(*, train: Path, images: int, work: Path) -> dict[str, Any]:
     """Decoding and the front end for one site of `images` image files on one core, from files to cached features."""
     import torch
 
     from fedhaven.shared.features import cached_features
-    from fedhaven.shared.models import build_model, split_front
+    from fedhaven.shared.models import FrontEndModel, build_model, split_front
     from fedhaven.shared.schema import ModelConfig
     from fedhaven.shared.sources import load_imagefolder
 
@@ -63,6 +64,7 @@ def prepare_one_site(*, train: Path, images: int, work: Path) -> dict:
         t1 = time.perf_counter()
         model = build_model(cfg=ModelConfig(), spec=data.spec)
         front, _ = split_front(model)
+        assert front is not None and isinstance(model, FrontEndModel)  # the default model has a front end
         cached_features(front=front, front_key=model.front_key, data=data, cache_dir=cache, chunk=64)
         t2 = time.perf_counter()
     finally:
@@ -71,8 +73,14 @@ def prepare_one_site(*, train: Path, images: int, work: Path) -> dict:
             "seconds_per_image_features": (t2 - t1) / len(data)}
 
 
+#: The parts of the section, in the order they run (`run(only=...)` reruns some and keeps the others).
+PARTS = ("default_224", "default_28", "lenet_224", "doubled_224", "prepare_one_site", "stripes_224", "stripes_28")
+
+
 def run(*, sites: int = 10, per_site: int = 2000, test: int = 2000, lenet_rounds: int = 3,
-        work: Path | None = None, log: Callable[[str], None] = print) -> dict:
+        work: Path | None = None, log: Callable[[str], None] = print, only: Collection[str] | None = None,
+        previous: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Every part (or those in `only`, the rest kept from `previous`), each from scratch (its own cache)."""
     work = Path(work or tempfile.mkdtemp(prefix="fedhaven-large-"))
     work.mkdir(parents=True, exist_ok=True)
     train, test_dir = _tree(work / "mnist224", train=2 * sites * per_site, test=test)
@@ -81,14 +89,6 @@ def run(*, sites: int = 10, per_site: int = 2000, test: int = 2000, lenet_rounds
     if not (one / "done").exists():
         _link_subset(train, one / "train", sites * per_site)
         (one / "done").write_text("")
-    common = [f"sites={sites}", f"min_sites={sites - 1}", "seed=0"]
-    out: dict = {"sites": sites, "per_site": per_site, "test": test}
-    out["default_224"] = _run("default-224", [*common, *_data(one / "train", test_dir, 224)], work, log)
-    out["default_28"] = _run("default-28", [*common, *_data(one / "train", test_dir, 28)], work, log)
-    out["lenet_224"] = _run("lenet-224", [*common, *_data(one / "train", test_dir, 224), "model.name=lenet",
-                                          f"rounds={lenet_rounds}"], work, log)
-    out["doubled_224"] = _run("doubled-224", [*common, *_data(train, test_dir, 224), "rounds=2"], work, log)
-    out["prepare_one_site"] = prepare_one_site(train=one / "train", images=per_site, work=work)
     stripes = work / "stripes"
     if not (stripes / "done").exists():
         from fedhaven.sim.imagesets import fine_stripes
@@ -96,13 +96,60 @@ def run(*, sites: int = 10, per_site: int = 2000, test: int = 2000, lenet_rounds
         fine_stripes(stripes / "train", count=3000, seed=0)
         fine_stripes(stripes / "test", count=1000, seed=1)
         (stripes / "done").write_text("")
+    common = [f"sites={sites}", f"min_sites={sites - 1}", "seed=0"]
     three = ["sites=3", "min_sites=3", "seed=0", "secagg.num_shares=3", "secagg.reconstruction_threshold=2"]
-    out["stripes_224"] = _run("stripes-224", [*three, *_data(stripes / "train", stripes / "test", 224)], work, log)
-    out["stripes_28"] = _run("stripes-28", [*three, *_data(stripes / "train", stripes / "test", 28)], work, log)
-    d, b = out["default_224"], out["doubled_224"]
-    out["doubling_peak_ratio"] = b["largest_process_mib"] / d["largest_process_mib"]
-    out["doubling_total_ratio"] = b["peak_rss_total_mib"] / d["peak_rss_total_mib"]
+    jobs: dict[str, Callable[[], dict[str, Any]]] = {
+        "default_224": lambda: _run("default-224", [*common, *_data(one / "train", test_dir, 224)], work, log),
+        "default_28": lambda: _run("default-28", [*common, *_data(one / "train", test_dir, 28)], work, log),
+        "lenet_224": lambda: _run("lenet-224", [*common, *_data(one / "train", test_dir, 224), "model.name=lenet",
+                                                f"rounds={lenet_rounds}"], work, log),
+        "doubled_224": lambda: _run("doubled-224", [*common, *_data(train, test_dir, 224), "rounds=2"], work, log),
+        "prepare_one_site": lambda: prepare_one_site(train=one / "train", images=per_site, work=work),
+        "stripes_224": lambda: _run("stripes-224", [*three, *_data(stripes / "train", stripes / "test", 224)],
+                                    work, log),
+        "stripes_28": lambda: _run("stripes-28", [*three, *_data(stripes / "train", stripes / "test", 28)],
+                                   work, log),
+    }
+    out: dict[str, Any] = {**(previous or {}), "sites": sites, "per_site": per_site, "test": test}
+    for part in PARTS:
+        if only is None or part in only:
+            out[part] = jobs[part]()
+            out.setdefault("part_runs", {})[part] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    d, b = out.get("default_224"), out.get("doubled_224")
+    if d and b:
+        out["doubling_peak_ratio"] = b["largest_process_mib"] / d["largest_process_mib"]
+        out["doubling_total_ratio"] = b["peak_rss_total_mib"] / d["peak_rss_total_mib"]
     return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Rerun some parts of the section, merged into results-full.json, and rewrite BENCHMARKS.md."""
+    import argparse
+    import json
+
+    from fedhaven.shared.runtime import configure_logging, harden_environment
+    from fedhaven.sim.bench.machine import machine_info
+    from fedhaven.sim.bench.report import write_report
+
+    harden_environment()
+    root = Path(__file__).resolve().parents[4]
+    p = argparse.ArgumentParser(prog="python -m fedhaven.sim.bench.large_images", description=run.__doc__)
+    p.add_argument("--only", nargs="+", choices=PARTS, required=True)
+    p.add_argument("--out", type=Path, default=root)
+    args = p.parse_args(argv)
+    log = configure_logging()
+    data_dir = args.out / "simulations" / "benchmarks"
+    results_file = data_dir / "results-full.json"
+    results = json.loads(results_file.read_text()) if results_file.exists() else {}
+    results["large_images"] = run(work=root / "bench-results" / "large-images", log=log.info, only=args.only,
+                                  previous=results.get("large_images"))
+    results.setdefault("section_runs", {})["large_images"] = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "commit": machine_info().get("commit")}
+    data_dir.mkdir(parents=True, exist_ok=True)
+    results_file.write_text(json.dumps(results, indent=2, default=str))
+    if "machine" in results and "mode" in results:
+        write_report(results=results, out=args.out, data_dir=data_dir)
+    return 0
 
 
 def _link_subset(src: Path, dst: Path, count: int) -> None:
@@ -125,7 +172,7 @@ ACCURACY_POINTS = 2.0
 PREPARE_LIMIT_S = 120.0
 
 
-def targets(res: dict) -> list[tuple[str, str, bool | None]]:
+def targets(res: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
     """(target, measured, met) rows for BENCHMARKS.md's table."""
     d, d28 = res.get("default_224") or {}, res.get("default_28") or {}
     prep = res.get("prepare_one_site") or {}
@@ -141,7 +188,7 @@ def targets(res: dict) -> list[tuple[str, str, bool | None]]:
     a224, a28 = d.get("accuracy"), d28.get("accuracy")
     gap = None if a224 is None or a28 is None else 100 * (a28 - a224)
     rows.append(("MNIST upscaled to 224x224 RGB: default model within 2 points of the same files at 28x28",
-                 f"{100 * a224:.2f}% vs {100 * a28:.2f}%" if gap is not None else "n/a",
+                 f"{100 * a224:.2f}% vs {100 * a28:.2f}%" if a224 is not None and a28 is not None else "n/a",
                  None if gap is None else gap <= ACCURACY_POINTS))
     s224, s28 = (res.get("stripes_224") or {}).get("accuracy"), (res.get("stripes_28") or {}).get("accuracy")
     rows.append(("detail finer than 28 pixels: default model at 224x224 beats the same images at 28x28",
@@ -153,9 +200,9 @@ def targets(res: dict) -> list[tuple[str, str, bool | None]]:
     return rows
 
 
-def section(res: dict) -> list[str]:
+def section(res: dict[str, Any]) -> list[str]:
     """BENCHMARKS.md's "Large images" section."""
-    def row(name: str, r: dict) -> str:
+    def row(name: str, r: dict[str, Any]) -> str:
         train = r.get("steady_site_train_s")
         per_image = f"{train / res['per_site'] * 1000:.2f} ms" if train else "n/a"
         return (f"| {name} | {100 * r['accuracy']:.2f}% | {r['epsilon_max']:.3f} | {r['rounds']} | "
@@ -169,7 +216,9 @@ def section(res: dict) -> list[str]:
          "scratch (its own cache folder). Memory is each process's peak resident memory (VmHWM: file pages it mapped "
          "included), sampled every 0.5 s over the simulation's whole process tree (driver with the coordinator, Ray's "
          "processes and workers); \"all\" is the largest sum of resident memory over the tree at one sample. A site "
-         "round's training time per image is the median site's DP-SGD time in a steady round over its images.", "",
+         "round's training time per image is the median site's DP-SGD time in a steady round over its images."
+         + (" Parts were run at: " + "; ".join(f"{k} {v}" for k, v in res["part_runs"].items()) + "."
+            if res.get("part_runs") else ""), "",
          "| run | accuracy | epsilon | rounds | first round | steady round | training per image | largest process "
          "| all processes |", "|---|---|---|---|---|---|---|---|---|"]
     for key, name in (("default_224", "default model, 224x224 RGB"), ("default_28", "default model, same files at "
@@ -199,3 +248,7 @@ def section(res: dict) -> list[str]:
               f"the default model at 224x224 reached {100 * s224['accuracy']:.2f}%, the same files read at 28x28 "
               f"{100 * s28['accuracy']:.2f}% (epsilon {s224['epsilon_max']:.2f}, the rule's rounds)."]
     return L
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
