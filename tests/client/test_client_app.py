@@ -15,13 +15,12 @@ from flwr.compat.common import recorddict_compat as compat
 from fedhaven.client.flower_app import load_privacy
 from fedhaven.client.types import Site, SiteInfo, TaskRefused
 from fedhaven.shared import refusal
-from fedhaven.shared.config import ConfigError
 from fedhaven.shared.accounting import PrivacyStep, epsilon
+from fedhaven.shared.config import ConfigError
 from fedhaven.shared.models import InputSpec, build_model
 from fedhaven.shared.schema import DPConfig, ModelConfig, TrainConfig
 from fedhaven.shared.task import TaskSpec, task_to_config
 from fedhaven.shared.weights import get_weights
-
 
 
 def _task(server_round: int, **dp) -> TaskSpec:

@@ -24,8 +24,6 @@ from fedhaven.shared.weights import get_weights
 from fedhaven.shared.witness import LEDGER_PREV_HASH, LEDGER_SEQ, Witness
 
 
-
-
 def _task(server_round: int, planned: int = 2, **dp) -> TaskSpec:
     return TaskSpec(server_round=server_round, planned_rounds=planned, input=InputSpec(1, 8, 3),
                     classes=("a", "b", "c"), model=ModelConfig(name="lenet"),
@@ -119,7 +117,8 @@ def test_retries_never_pass_the_run_target_with_auto_noise(tmp_path, synthetic_i
     assert _fresh(ledger) == pytest.approx(eps[-1], rel=1e-9) and _fresh(ledger) <= 2.0
 
 
-def test_a_retry_past_the_run_target_with_fixed_noise_is_refused_before_training(tmp_path, synthetic_images, site_app, answer):
+def test_a_retry_past_the_run_target_with_fixed_noise_is_refused_before_training(tmp_path, synthetic_images, site_app,
+                                                                                  answer):
     q, steps = schedule(num_examples=len(synthetic_images), batch_size=32, local_epochs=1)
     two = epsilon(history=PrivacyHistory().add(noise_multiplier=1.0, sample_rate=q, steps=2 * steps), delta=1e-5)
     app, ledger = site_app()

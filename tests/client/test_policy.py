@@ -14,12 +14,12 @@ from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFI
 from flwr.compat.common import recorddict_compat as compat
 
 from fedhaven.client import deployment
-from fedhaven.shared.refusal import Code
 from fedhaven.client.ledger import Ledger
 from fedhaven.client.site_config import load_site_config
-from fedhaven.shared.sources import load_digits_data, save_idx
 from fedhaven.shared.models import build_model
+from fedhaven.shared.refusal import Code
 from fedhaven.shared.schema import DPConfig, InputSpec, ModelConfig, TrainConfig
+from fedhaven.shared.sources import load_digits_data, save_idx
 from fedhaven.shared.task import TaskSpec, task_to_config
 from fedhaven.shared.weights import get_weights
 

@@ -128,7 +128,10 @@ def served(monkeypatch):
     def serve(node: FakeSuperNode, app=None) -> FakeSuperNode:
         monkeypatch.setattr(executor_module.flower, "executor_client", lambda **_: node)
         monkeypatch.setattr(executor_module.flower, "task_client", lambda **_: node)
-        echo = (lambda msg, ctx: Message(RecordDict({"arrays": msg.content["arrays"]}), reply_to=msg))
+
+        def echo(msg, ctx):
+            return Message(RecordDict({"arrays": msg.content["arrays"]}), reply_to=msg)
+
         ex = SiteExecutor(runtime_address="127.0.0.1:1", secret=b"s", site="a", app=app or echo)
         ex.run_task(token="t", task_type=flower.CLIENT_APP_TASK)
         assert node.closed and ex.stats.tasks == 1

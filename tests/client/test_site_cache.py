@@ -17,9 +17,9 @@ from fedhaven.client import deployment, flower_app
 from fedhaven.client.ledger import Ledger
 from fedhaven.client.site_config import load_site_config
 from fedhaven.client.types import Code, TaskRefused
-from fedhaven.shared.sources import load_digits_data, save_idx
 from fedhaven.shared.models import build_model
 from fedhaven.shared.schema import DPConfig, InputSpec, ModelConfig, TrainConfig
+from fedhaven.shared.sources import load_digits_data, save_idx
 from fedhaven.shared.task import TaskSpec, task_to_config
 from fedhaven.shared.weights import get_weights
 

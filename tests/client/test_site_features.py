@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from fedhaven.client.site import SiteTrainer
 from fedhaven.client.types import PrivacyState, Site, SiteInfo
 from fedhaven.server.evaluation import CentralEvaluator
 from fedhaven.shared import features
-from fedhaven.shared.sources import load_imagefolder
 from fedhaven.shared.models import build_model
 from fedhaven.shared.schema import DPConfig, ModelConfig, RunConfig, TrainConfig
+from fedhaven.shared.sources import load_imagefolder
 from fedhaven.shared.task import task_for_round
 from fedhaven.shared.weights import get_weights, weight_names
 

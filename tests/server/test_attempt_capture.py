@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from fedhaven.shared import refusal
 from flwr.app import Message, RecordDict
 from flwr.app.message_type import MessageType
 from flwr.common import Code, Error, FitIns, FitRes, Status, ndarrays_to_parameters
@@ -13,6 +12,7 @@ from flwr.compat.common import recorddict_compat as compat
 from fedhaven.server.attendance import Attendance
 from fedhaven.server.flower_legacy import CheckedSecAggPlus, RecordingStrategy, _ReplyWatch
 from fedhaven.server.witnesses import SiteWitnesses
+from fedhaven.shared import refusal
 from fedhaven.shared.witness import LEDGER_PREV_HASH, LEDGER_SEQ, Witness
 
 

@@ -10,11 +10,11 @@ from fedhaven.server.flower_legacy import BoundedClientManager
 
 
 class _Proxy(ClientProxy):
-    def get_properties(self, *a, **k): ...  # noqa: D102, ANN
-    def get_parameters(self, *a, **k): ...  # noqa: D102, ANN
-    def fit(self, *a, **k): ...  # noqa: D102, ANN
-    def evaluate(self, *a, **k): ...  # noqa: D102, ANN
-    def reconnect(self, *a, **k): ...  # noqa: D102, ANN
+    def get_properties(self, *a, **k): ...
+    def get_parameters(self, *a, **k): ...
+    def fit(self, *a, **k): ...
+    def evaluate(self, *a, **k): ...
+    def reconnect(self, *a, **k): ...
 
 
 def _manager(n: int, **kw) -> BoundedClientManager:

@@ -11,8 +11,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from fedhaven.server.flower_legacy import _layers, build_strategy, restore_strategy_state, strategy_state
 from fedhaven.server.checkpoints import ResumeError, load_checkpoint
+from fedhaven.server.flower_legacy import _layers, build_strategy, restore_strategy_state, strategy_state
 from fedhaven.server.recorder import RunRecorder
 from fedhaven.server.records import CentralNoise, RoundRecord, SiteReport, read_rounds
 from fedhaven.shared.models import InputSpec, build_model

@@ -7,17 +7,15 @@ import json
 import numpy as np
 import pytest
 import torch
-
-from fedhaven.server.federation import _one_round
 from flwr.app import Error
 
-from fedhaven.server.failures import SiteFailure, site_failure
-from fedhaven.server.seam.errors import short_reason
+from fedhaven.server.failures import RoundFailed, SiteFailure, site_failure
+from fedhaven.server.federation import _one_round
 from fedhaven.server.flower_legacy import FitOutcome, FitRoundLog
-from fedhaven.shared.refusal import Code
-from fedhaven.server.failures import RoundFailed
 from fedhaven.server.recorder import RunRecorder
+from fedhaven.server.seam.errors import short_reason
 from fedhaven.shared.models import InputSpec, build_model
+from fedhaven.shared.refusal import Code
 from fedhaven.shared.schema import ModelConfig, RunConfig
 from fedhaven.shared.weights import get_weights
 

@@ -21,8 +21,9 @@ def test_fraction_is_one_then_decays_to_the_floor():
 
 
 def _res(arrays, n):
-    return SimpleNamespace(node_id=n), FitRes(status=Status(code=Code.OK, message=""), parameters=ndarrays_to_parameters(arrays),
-                        num_examples=n, metrics={"site": f"site-{n}"})
+    return SimpleNamespace(node_id=n), FitRes(status=Status(code=Code.OK, message=""),
+                                              parameters=ndarrays_to_parameters(arrays), num_examples=n,
+                                              metrics={"site": f"site-{n}"})
 
 
 def test_step_moves_a_fraction_of_the_aggregate_from_the_model_sent():

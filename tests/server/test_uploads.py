@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedhaven.server.front import FLEET_PREFIX, RUNTIME_PREFIX, Doorbell, Gate
-from fedhaven.server.seam.wire import tree_ids
 from fedhaven.server.latency.uploads import Uploads
+from fedhaven.server.seam.wire import tree_ids
 
 
 class FakeClock:

@@ -8,9 +8,9 @@ import torch
 
 from fedhaven.shared.accounting import noise_for_budget
 from fedhaven.shared.audit import auc, membership_inference
-from fedhaven.shared.sources import load_digits_data
 from fedhaven.shared.models import build_model
 from fedhaven.shared.schema import ModelConfig, TrainConfig
+from fedhaven.shared.sources import load_digits_data
 from fedhaven.shared.training import DPSettings, evaluate, schedule, train_local
 
 

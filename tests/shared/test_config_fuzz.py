@@ -7,7 +7,6 @@ import dataclasses
 import math
 import tomllib
 import typing
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings

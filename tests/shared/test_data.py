@@ -11,10 +11,16 @@ import pytest
 import torch
 
 from fedhaven.shared.data import DataError, ImageData, to_model_input
-from fedhaven.shared.sources import (
-    BUNDLED_MNIST, load_data, load_digits_data, load_idx, load_imagefolder, read_idx, save_idx,
-)
 from fedhaven.shared.schema import DataConfig
+from fedhaven.shared.sources import (
+    BUNDLED_MNIST,
+    load_data,
+    load_digits_data,
+    load_idx,
+    load_imagefolder,
+    read_idx,
+    save_idx,
+)
 
 
 def _write_idx(path, array: np.ndarray, *, gz: bool) -> None:

@@ -20,7 +20,7 @@ def test_each_robust_rule_needs_enough_sites_per_round(name, f, need):
     ok = {"secagg": {"enabled": False}, "strategy": {"name": name, "malicious_sites": f, "trim_fraction": 0.4}}
     parse(RunConfig, {**ok, "min_sites": need})
     text = _problems({**ok, "min_sites": need - 1})
-    assert f"needs at least" in text and f"= {need} sites per round, but min_sites is {need - 1}" in text
+    assert "needs at least" in text and f"= {need} sites per round, but min_sites is {need - 1}" in text
     assert f"raise min_sites to {need} or lower strategy.malicious_sites" in text
 
 

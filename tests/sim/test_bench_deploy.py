@@ -6,7 +6,13 @@ import pytest
 
 from fedhaven.sim.bench.deploy import reanalyse, strip_raw
 from fedhaven.sim.bench.deploy_breakdown import (
-    SECAGG_STAGES, analyse_run, message_parts, parse_site_lines, ratios, round_ends, waves,
+    SECAGG_STAGES,
+    analyse_run,
+    message_parts,
+    parse_site_lines,
+    ratios,
+    round_ends,
+    waves,
 )
 from fedhaven.sim.bench.deploy_report import section, target_rows
 

@@ -18,7 +18,7 @@ from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFI
 from flwr.common.serde import recorddict_from_proto, recorddict_to_proto
 from flwr.compat.common import recorddict_compat as compat
 from flwr.proto.recorddict_pb2 import RecordDict as ProtoRecordDict
-from flwr.serverapp import ServerApp  # noqa: F401  (imported for Flower's side effects in the worker)
+from flwr.serverapp import ServerApp  # noqa: F401 - imported for Flower's side effects in the worker
 from flwr.simulation import run_simulation
 
 from fedhaven.client.flower_app import client_fn_for, client_mods, training_task

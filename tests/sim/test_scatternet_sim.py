@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from fedhaven.shared.config import parse
-from fedhaven.shared.sources import load_digits_data
 from fedhaven.shared.models import build_model
 from fedhaven.shared.schema import InputSpec, ModelConfig
+from fedhaven.shared.sources import load_digits_data
 from fedhaven.shared.training import evaluate
 from fedhaven.sim.experiment import load_experiment
 from fedhaven.sim.runner import run_experiment

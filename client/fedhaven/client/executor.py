@@ -33,12 +33,12 @@ from fedhaven.shared.runtime import configure_logging, harden_environment
 
 harden_environment()  # before flwr is imported
 
-from flwr.app import Context, Error, Message  # noqa: E402
+from flwr.app import Context, Error, Message  # noqa: E402 - imported after harden_environment()
 
-from fedhaven.client.app_package import installed_version, review_package  # noqa: E402
-from fedhaven.client.seam import runtime as flower  # noqa: E402
-from fedhaven.client.types import Code, TaskRefused  # noqa: E402
-from fedhaven.shared.accounting import NOTHING_SENT  # noqa: E402
+from fedhaven.client.app_package import installed_version, review_package  # noqa: E402 - imported after harden_environment()
+from fedhaven.client.seam import runtime as flower  # noqa: E402 - imported after harden_environment()
+from fedhaven.client.types import Code, TaskRefused  # noqa: E402 - imported after harden_environment()
+from fedhaven.shared.accounting import NOTHING_SENT  # noqa: E402 - imported after harden_environment()
 
 log = logging.getLogger("fedhaven.client")
 
@@ -132,7 +132,7 @@ class SiteExecutor:
                     reply = Message(Error(code=int(exc.code), reason=str(exc)), reply_to=message)
                     details, verdict = str(exc), "refused-task"
                     log.warning("%s", exc)
-                except Exception as exc:  # noqa: BLE001 - any failure becomes the site's answer, never a crash
+                except Exception as exc:  # any failure becomes the site's answer, never a crash
                     reason = f"site {self.site} failed the task: {type(exc).__name__}: {exc}"
                     log.exception("%s", reason)
                     reply = Message(Error(code=flower.CLIENT_APP_RAISED_EXCEPTION, reason=reason),
@@ -150,7 +150,7 @@ class SiteExecutor:
                 if reply is not None and context is not None:
                     flower.push_reply(client=client, message=reply, context=context)
                 flower.finish_task(client=client, context=context, completed=completed, details=details[:1000])
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:  # noqa: BLE001 - logged: the task is reported failed, the executor goes on
                 log.error("site %s: could not hand the reply back to the SuperNode: %s", self.site, exc)
                 verdict = "failed"
             timing["push_s"] = time.perf_counter() - t2
@@ -229,7 +229,7 @@ def _warm_up(cpu_threads: int) -> None:
 
     if cpu_threads:
         torch.set_num_threads(cpu_threads)
-    from fedhaven.client import site  # noqa: F401  (the trainer, its data and model code)
+    from fedhaven.client import site  # noqa: F401 - loads the trainer, its data and model code
     from fedhaven.shared.training import warm_up
 
     warm_up()

@@ -1,4 +1,5 @@
-"""The ClientApp: fedhaven's site logic wired into Flower (legacy NumPyClient + SecAgg+ mod). The only Flower client module.
+"""The ClientApp: fedhaven's site logic wired into Flower (legacy NumPyClient + SecAgg+ mod).
+The only Flower client module.
 
 Mods, outermost first: a refusal raised anywhere becomes Flower's error reply with its
 code (`fedhaven.shared.refusal`); the ledger mod takes the site's ledger lock, verifies the

@@ -14,10 +14,10 @@ from fedhaven.client.policy import BudgetRefused, plan_round
 from fedhaven.client.types import Code, PrivacyState, Site, SiteInfo, TaskRefused
 from fedhaven.shared.accounting import NOTHING_SENT, epsilon
 from fedhaven.shared.data import FeatureData, ImageData
-from fedhaven.shared.rows import Rows
 from fedhaven.shared.models import build_model, split_front
-from fedhaven.shared.task import TaskSpec
+from fedhaven.shared.rows import Rows
 from fedhaven.shared.runtime import resolve_device
+from fedhaven.shared.task import TaskSpec
 from fedhaven.shared.training import DPSettings, train_local
 from fedhaven.shared.updates import add, clip_l2, num_params, subtract
 from fedhaven.shared.weights import get_weights, set_weights

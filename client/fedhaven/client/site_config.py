@@ -38,7 +38,8 @@ class SiteConfig:
 
     name: str
     state_dir: str = "state"
-    ledger_anchor: str | None = None  # the ledger's anchor file; default: beside state_dir (<state_dir>.ledger-anchor.json)
+    # the ledger's anchor file; default: beside state_dir (<state_dir>.ledger-anchor.json)
+    ledger_anchor: str | None = None
     private_key: str | None = "site.key"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # CPU threads training may use (torch and OpenMP); 0: every core. Set it when the machine is shared

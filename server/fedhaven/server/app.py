@@ -11,14 +11,14 @@ import numpy as np
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
+from fedhaven.server.evaluation import CentralEvaluator
 from fedhaven.server.federation import RunResult, run_federation
 from fedhaven.server.progress import RUN_LOG, RUN_LOG_FORMAT
-from fedhaven.server.evaluation import CentralEvaluator
 from fedhaven.server.records import RoundRecord
 from fedhaven.server.witnesses import SiteWitnesses
-from fedhaven.shared.sources import load_data
 from fedhaven.shared.runtime import resolve_device
 from fedhaven.shared.schema import RunConfig
+from fedhaven.shared.sources import load_data
 
 log = logging.getLogger("fedhaven.server")
 

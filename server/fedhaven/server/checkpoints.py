@@ -14,7 +14,6 @@ from fedhaven.shared.files import write_atomic
 from fedhaven.shared.models import InputSpec, build_model
 from fedhaven.shared.schema import RunConfig
 
-
 CHECKPOINT_FORMAT = 2
 
 
@@ -55,7 +54,7 @@ def load_checkpoint(*, run_dir: Path, run: RunConfig, input_spec: InputSpec) -> 
             model.load_state_dict(blob["state_dict"])
             weights = [t.numpy().copy() for t in blob["state_dict"].values()]
             for key in ("sites", "unanswered", "histories", "strategy", "config", "round"):
-                blob[key]  # noqa: B018 - every key must be there
+                blob[key]  # every key must be there
         except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint is skipped, and said so
             skipped.append(f"{path.name} unreadable ({type(exc).__name__}: {str(exc)[:120]})")
             continue

@@ -13,14 +13,14 @@ import time
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
-from fedhaven.server.seam.control import Control
-from fedhaven.server.provision import CoordinatorConfig, StateDir
-from fedhaven.shared.process import pid_alive, runs_with, spawn, stop_group, stop_pids
 from fedhaven.server.latency import LATENCY_ENV
+from fedhaven.server.provision import CoordinatorConfig, StateDir
+from fedhaven.server.seam.control import Control
+from fedhaven.shared.process import pid_alive, runs_with, spawn, stop_group, stop_pids
 from fedhaven.shared.runtime import hardened_env
 
-__all__ = ["Coordinator", "CoordinatorError", "Runtime", "clean_leftovers", "control_for", "leftover_parts", "pid_alive",
-           "sync_sites"]
+__all__ = ["Coordinator", "CoordinatorError", "Runtime", "clean_leftovers", "control_for", "leftover_parts",
+           "pid_alive", "sync_sites"]
 
 log = logging.getLogger("fedhaven.server")
 

@@ -1,4 +1,5 @@
-"""The deployed ServerApp: the run config `fl-server run` submitted, checked, then the one ServerApp path (app.serve)."""
+"""The deployed ServerApp: the run config `fl-server run` submitted, checked, then the one ServerApp path
+(app.serve)."""
 
 from __future__ import annotations
 

@@ -14,16 +14,20 @@ from typing import Any
 
 import numpy as np
 
-from fedhaven.server.latency import grid_poll
-from fedhaven.server.latency.grid import PollingGrid, describe_nodes
-from fedhaven.server.guard import CachedEvaluator, UpdateGuard
-from fedhaven.server.flower_legacy import (
-    FitRoundLog, LegacyFederation, build_strategy, central_noise, restore_strategy_state,
-)
-from fedhaven.server.privacy_report import PrivacyReport, build_privacy_report, worst_epsilon
 from fedhaven.server.checkpoints import load_checkpoint
 from fedhaven.server.evaluation import CentralEvaluator
 from fedhaven.server.failures import NoRoundTrained, RoundFailed
+from fedhaven.server.flower_legacy import (
+    FitRoundLog,
+    LegacyFederation,
+    build_strategy,
+    central_noise,
+    restore_strategy_state,
+)
+from fedhaven.server.guard import CachedEvaluator, UpdateGuard
+from fedhaven.server.latency import grid_poll
+from fedhaven.server.latency.grid import PollingGrid, describe_nodes
+from fedhaven.server.privacy_report import PrivacyReport, build_privacy_report, worst_epsilon
 from fedhaven.server.recorder import RunRecorder
 from fedhaven.server.records import CentralNoise, RoundRecord, SiteReport
 from fedhaven.server.witnesses import SiteWitnesses

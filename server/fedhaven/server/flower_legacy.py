@@ -11,29 +11,54 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
-from flwr.app import Context, MessageType
-from flwr.common import FitIns, FitRes, Parameters, ndarrays_to_parameters, parameters_to_ndarrays
-from flwr.server import LegacyContext
+from flwr.app import Context, Message, MessageType
+from flwr.common import (
+    EvaluateIns,
+    EvaluateRes,
+    FitIns,
+    FitRes,
+    Parameters,
+    Scalar,
+    ndarrays_to_parameters,
+    parameters_to_ndarrays,
+)
+from flwr.server import ClientManager, LegacyContext
 from flwr.server import ServerConfig as FlowerServerConfig
 from flwr.server.strategy import Bulyan, FedAdam, FedAvg, FedMedian, FedProx, FedTrimmedAvg, Krum, Strategy
 from flwr.serverapp import Grid
 
 from fedhaven.server.attendance import Attendance
 from fedhaven.server.failures import SiteFailure, site_failure
-from fedhaven.server.latency.grid import PollingGrid
 from fedhaven.server.guard import UpdateGuard
+from fedhaven.server.latency.grid import PollingGrid
 from fedhaven.server.records import CentralNoise
-from fedhaven.server.witnesses import SiteWitnesses
 from fedhaven.server.seam.legacy import (
-    FITINS_CONFIG, BoundedClientManager, CheckedSecAggPlus, ClientProxy, TolerantAdaptiveClipping, TolerantCentralDP,
-    TolerantFixedClipping, fedadam_state, fit_round_plain, global_params_record, global_weights, init_workflow_state,
-    node_id, restore_vars, set_fedadam_state, set_global_weights, set_round, snapshot_vars, start_client_manager,
+    FITINS_CONFIG,
+    BoundedClientManager,
+    CheckedSecAggPlus,
+    ClientProxy,
+    TolerantAdaptiveClipping,
+    TolerantCentralDP,
+    TolerantFixedClipping,
+    fedadam_state,
+    fit_round_plain,
+    global_params_record,
+    global_weights,
+    init_workflow_state,
+    node_id,
+    restore_vars,
+    set_fedadam_state,
+    set_global_weights,
+    set_round,
+    snapshot_vars,
+    start_client_manager,
 )
+from fedhaven.server.witnesses import SiteWitnesses
 from fedhaven.shared.refusal import code_of
 from fedhaven.shared.schema import RunConfig, SecAggConfig
 from fedhaven.shared.witness import Witness
@@ -63,22 +88,28 @@ class _Wrapper(Strategy):
 
     inner: Strategy
 
-    def initialize_parameters(self, client_manager):  # noqa: ANN001, ANN201 - Flower signature
+    def initialize_parameters(self, client_manager: ClientManager) -> Parameters | None:
         return self.inner.initialize_parameters(client_manager)
 
-    def configure_fit(self, server_round, parameters, client_manager):  # noqa: ANN001, ANN201
+    def configure_fit(self, server_round: int, parameters: Parameters,
+                      client_manager: ClientManager) -> list[tuple[ClientProxy, FitIns]]:
         return self.inner.configure_fit(server_round, parameters, client_manager)
 
-    def aggregate_fit(self, server_round, results, failures):  # noqa: ANN001, ANN201
+    def aggregate_fit(self, server_round: int, results: list[tuple[ClientProxy, FitRes]],
+                      failures: list[tuple[ClientProxy, FitRes] | BaseException],
+                      ) -> tuple[Parameters | None, dict[str, Scalar]]:
         return self.inner.aggregate_fit(server_round, results, failures)
 
-    def configure_evaluate(self, server_round, parameters, client_manager):  # noqa: ANN001, ANN201
+    def configure_evaluate(self, server_round: int, parameters: Parameters,
+                           client_manager: ClientManager) -> list[tuple[ClientProxy, EvaluateIns]]:
         return self.inner.configure_evaluate(server_round, parameters, client_manager)
 
-    def aggregate_evaluate(self, server_round, results, failures):  # noqa: ANN001, ANN201
+    def aggregate_evaluate(self, server_round: int, results: list[tuple[ClientProxy, EvaluateRes]],
+                           failures: list[tuple[ClientProxy, EvaluateRes] | BaseException],
+                           ) -> tuple[float | None, dict[str, Scalar]]:
         return self.inner.aggregate_evaluate(server_round, results, failures)
 
-    def evaluate(self, server_round, parameters):  # noqa: ANN001, ANN201
+    def evaluate(self, server_round: int, parameters: Parameters) -> tuple[float, dict[str, Scalar]] | None:
         return self.inner.evaluate(server_round, parameters)
 
 
@@ -327,7 +358,7 @@ class _ReplyWatch:
         self._grid = grid
         self.attendance = attendance
 
-    def send_and_receive(self, messages, *, timeout=None):  # noqa: ANN001, ANN201 - Flower's Grid
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> list[Message]:
         messages = list(messages)
         tasks = {m.metadata.dst_node_id for m in messages if m.metadata.message_type == MessageType.TRAIN
                  and FITINS_CONFIG in m.content.config_records}

@@ -26,11 +26,21 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from fedhaven.server.seam.wire import (
-    FLEET_PREFIX, OBJECT_PUSH_PATHS, PULL_PATH, PULL_PATHS, PUSH_PATHS, RING_PATHS, RUNTIME_PREFIX, is_empty_pull,
-    objects_to_push, pulled_object_ids, pulling_node, pushed_object_id,
-)
 from fedhaven.server.latency.uploads import Doorbell, Uploads
+from fedhaven.server.seam.wire import (
+    FLEET_PREFIX,
+    OBJECT_PUSH_PATHS,
+    PULL_PATH,
+    PULL_PATHS,
+    PUSH_PATHS,
+    RING_PATHS,
+    RUNTIME_PREFIX,
+    is_empty_pull,
+    objects_to_push,
+    pulled_object_ids,
+    pulling_node,
+    pushed_object_id,
+)
 
 __all__ = ["FLEET_PREFIX", "RUNTIME_PREFIX", "Gate", "pushed_object_id"]
 
@@ -149,7 +159,8 @@ class Gate:
                 asked += 1
                 left = deadline - loop.time()
                 if gone.done():
-                    if not is_empty_pull(answer.status, answer.body):  # a message marked as delivered: try to hand it over anyway
+                    # a message marked as delivered: try to hand it over anyway
+                    if not is_empty_pull(answer.status, answer.body):
                         await answer.send_to(send)
                     return
                 if left <= 0 or not is_empty_pull(answer.status, answer.body):

@@ -30,7 +30,15 @@ import numpy as np
 from fedhaven.server.failures import RoundFailed, SiteFailure
 from fedhaven.shared.schema import RunConfig, auto_update_norm
 from fedhaven.shared.updates import (
-    add, clip_l2, coordinate_range, decode_delta, l2_norm, nonfinite, num_params, padded_length, shape_problems,
+    add,
+    clip_l2,
+    coordinate_range,
+    decode_delta,
+    l2_norm,
+    nonfinite,
+    num_params,
+    padded_length,
+    shape_problems,
 )
 
 log = logging.getLogger("fedhaven.server")

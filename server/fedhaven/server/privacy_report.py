@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from fedhaven.server.records import CentralNoise, RoundRecord, SiteReport, finite_or_none
-from fedhaven.shared.files import write_atomic
 from fedhaven.shared.accounting import PrivacyHistory, epsilon
+from fedhaven.shared.files import write_atomic
 from fedhaven.shared.schema import RunConfig
 
 RECOMPUTE_LEDGER = "fl-client ledger verify --config site.toml"
@@ -71,9 +71,10 @@ class PrivacyReport:
         dp = d["local_dp"]
         if dp["enabled"]:
             lines += ["## Local differential privacy (record level, each site)", "",
-                      f"DP-SGD (Opacus) with Poisson sampling, per-example clipping to L2 norm {dp['max_grad_norm']:g}, "
-                      f"Gaussian noise; {dp['accountant']} accountant; delta {dp['delta']:g}; the run's target "
-                      f"{dp['target_epsilon']:g}, which every site enforces before each round. A site's epsilon covers "
+                      "DP-SGD (Opacus) with Poisson sampling, per-example clipping to L2 norm "
+                      f"{dp['max_grad_norm']:g}, Gaussian noise; {dp['accountant']} accountant; delta "
+                      f"{dp['delta']:g}; the run's target {dp['target_epsilon']:g}, which every site enforces "
+                      "before each round. A site's epsilon covers "
                       f"everything it trained in its current budget, all runs and every attempt included, also "
                       f"attempts that produced no aggregate (its ledger is the record).", "",
                       f"Maximum over sites: **epsilon {format_epsilon(d['epsilon_max'])}** at delta {dp['delta']:g}.",
@@ -103,8 +104,9 @@ class PrivacyReport:
             lines += ["## Central differential privacy (client level, on the aggregate)", "",
                       f"Each site clips its update ({c['clipping']} clipping, L2 norms "
                       f"{', '.join(f'{x:.4g}' for x in c['clipping_norms']) or 'none'}) before SecAgg+ masks it; the "
-                      f"coordinator adds Gaussian noise of std z*C/m (configured z = {c['noise_multiplier']:g}) to the mean of "
-                      f"the m updates.{split} {c['rounds']} noised round(s), site sampling rate {c['sample_rates']}; "
+                      f"coordinator adds Gaussian noise of std z*C/m (configured z = {c['noise_multiplier']:g}) to the "
+                      f"mean of the m updates.{split} {c['rounds']} noised round(s), site sampling rate "
+                      f"{c['sample_rates']}; "
                       f"{c['accountant']} accountant.", "",
                       f"**epsilon = {format_epsilon(c['epsilon'])} at delta {c['delta']:g}** for any one site's "
                       f"participation.", ""]
@@ -190,7 +192,8 @@ def build_privacy_report(*, run: RunConfig, sites: dict[str, SiteReport], rounds
     data = {
         "model": run.model.name,
         "outcome": outcome,
-        "rounds_completed": len({r.round for r in rounds if r.status == "ok"}),  # a round redone after a resume counts once
+        # a round redone after a resume counts once
+        "rounds_completed": len({r.round for r in rounds if r.status == "ok"}),
         "stopped": stopped,
         "private": private,
         "epsilon_max": finite_or_none(worst) if run.dp.enabled else None,

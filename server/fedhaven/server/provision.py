@@ -13,11 +13,17 @@ from typing import Literal
 import tomli_w
 
 from fedhaven.shared.config import ConfigError, bounds, load_toml, parse, to_dict
-from fedhaven.shared.files import write_atomic
 from fedhaven.shared.crypto import (
-    CredentialError, check_site_public_key, fingerprint, make_ca, make_server_cert, make_site_keypair, write_private,
+    CredentialError,
+    check_site_public_key,
+    fingerprint,
+    make_ca,
+    make_server_cert,
+    make_site_keypair,
+    write_private,
     write_public,
 )
+from fedhaven.shared.files import write_atomic
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""The coordinator's record of a run, in plain Python: metrics.jsonl, per-round checkpoints, final model, site privacy."""
+"""The coordinator's record of a run, in plain Python: metrics.jsonl, per-round checkpoints, final model,
+site privacy."""
 
 from __future__ import annotations
 

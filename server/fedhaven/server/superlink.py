@@ -37,11 +37,16 @@ from fedhaven.shared.runtime import harden_environment
 
 harden_environment()
 
-from fedhaven.server.front import (  # noqa: E402
-    DEFAULT_HOLD, DEFAULT_MAX_BODY, FLEET_PREFIX, RUNTIME_PREFIX, Doorbell, Gate,
+from fedhaven.server.front import (  # noqa: E402 - imported after harden_environment()
+    DEFAULT_HOLD,
+    DEFAULT_MAX_BODY,
+    FLEET_PREFIX,
+    RUNTIME_PREFIX,
+    Doorbell,
+    Gate,
 )
-from fedhaven.server.seam.superlink_app import SUPERNODE_HTTP_TIMEOUT, superlink_app  # noqa: E402
-from fedhaven.server.latency.uploads import DEFAULT_SETTLE, Uploads  # noqa: E402
+from fedhaven.server.latency.uploads import DEFAULT_SETTLE, Uploads  # noqa: E402 - imported after harden_environment()
+from fedhaven.server.seam.superlink_app import SUPERNODE_HTTP_TIMEOUT, superlink_app  # noqa: E402 - imported after harden_environment()
 
 
 def _options(args: list[str]) -> tuple[argparse.Namespace, list[str]]:

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from fedhaven.shared.runtime import quiet_opacus_import
 from fedhaven.shared.schema import Accountant
 
-
 #: Words of a site's refusals, for people (the coordinator acts on fedhaven.shared.refusal's codes, never on these):
 #: its own budget (policy.max_epsilon) is spent; the run's target (dp.target_epsilon) is reached; nothing was sent.
 BUDGET_SPENT = "privacy budget is spent"
@@ -138,11 +137,12 @@ def noise_for_budget(
     delta: float,
     sample_rate: float,
     steps: int,
-    prior: PrivacyHistory = PrivacyHistory(),  # noqa: B008 - frozen, immutable default
+    prior: PrivacyHistory = PrivacyHistory(),  # frozen, immutable default
     accountant: Accountant = "rdp",
     tolerance: float = 0.005,
 ) -> float:
-    """The smallest noise multiplier (within `tolerance`) that keeps `prior` plus `steps` more steps at or under the target.
+    """The smallest noise multiplier (within `tolerance`) that keeps `prior` plus `steps` more steps at or under the
+    target.
 
     Raises ValueError when the prior history has already reached the target. Memoised per process: the
     search costs a few seconds of accountant arithmetic, and simulated sites of equal size all ask

@@ -23,7 +23,7 @@ class CredentialError(ValueError):
 
 
 def _now() -> datetime.datetime:
-    return datetime.datetime.now(datetime.timezone.utc)
+    return datetime.datetime.now(datetime.UTC)
 
 
 def _name(cn: str) -> x509.Name:

@@ -11,6 +11,7 @@ import torch
 from fedhaven.shared.rows import Index, MemoryRows, Rows
 from fedhaven.shared.schema import InputSpec
 
+
 class DataError(ValueError):
     """Data that is missing, unreadable, or not shaped the way the task needs."""
 

@@ -10,8 +10,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fedhaven.shared.data import ImageData
-from fedhaven.shared.memory import MB, SAFETY, MemoryBudget, available_mb, eval_example_bytes, front_image_bytes, \
-    rss_mb, train_example_bytes
+from fedhaven.shared.memory import (
+    MB,
+    SAFETY,
+    MemoryBudget,
+    available_mb,
+    eval_example_bytes,
+    front_image_bytes,
+    rss_mb,
+    train_example_bytes,
+)
 from fedhaven.shared.schema import DPConfig, InputSpec, ModelConfig
 
 #: Space left free on a cache's disk beyond what the cache files take.

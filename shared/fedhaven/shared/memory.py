@@ -91,7 +91,7 @@ def train_example_bytes(model: nn.Module, *, row_shape: tuple[int, ...], ghost: 
     layer's per-example gradient.
     """
     floats = math.prod(row_shape)
-    for mod, n_in, n_out in _leaf_sizes(model, torch.zeros(1, *row_shape)):
+    for mod, _n_in, n_out in _leaf_sizes(model, torch.zeros(1, *row_shape)):
         floats += 2 * n_out
         params = sum(p.numel() for p in mod.parameters(recurse=False))
         if isinstance(mod, nn.Conv2d):

@@ -146,7 +146,8 @@ class _FeatureNorm(nn.Module):
         return nn.functional.group_norm(x, self.groups)
 
 
-#: Paths per GroupNorm group under feature_groups = "auto": MNIST's 81 paths in the 27 groups the recipe was chosen with.
+#: Paths per GroupNorm group under feature_groups = "auto": MNIST's 81 paths in the 27 groups the recipe was
+#: chosen with.
 PATHS_PER_GROUP = 3
 
 

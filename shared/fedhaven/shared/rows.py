@@ -325,7 +325,7 @@ def cached_rows(cache_dir: Path | None, *, key: str, build: Callable[[Path], Fil
     except OSError as exc:  # a full or read-only cache folder costs the cache, not the round
         log.warning("cannot use cache folder %s (%s); using a temporary folder for this process", path.parent, exc)
         path = cache_path(_scratch_dir(), key=key)
-        lock = open(path.with_suffix(".lock"), "a")  # noqa: SIM115
+        lock = open(path.with_suffix(".lock"), "a")  # noqa: SIM115 - as above
     with lock:
         fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
         found = open_rows(path, key=key)

@@ -6,7 +6,7 @@ import functools
 import logging
 import os
 import sys
-from typing import Literal
+from typing import Literal, TextIO
 
 #: Environment every fedhaven process and everything it starts runs with.
 HARDENED_ENV = {
@@ -49,7 +49,7 @@ def quiet_opacus_import() -> None:
     if not root.handlers:
         added = logging.NullHandler()
         root.addHandler(added)
-    import opacus  # noqa: F401  (the import is the point)
+    import opacus  # noqa: F401 - the import is the point
 
     if added is not None:
         root.removeHandler(added)
@@ -92,22 +92,22 @@ def configure_logging(*, verbose: bool = False) -> logging.Logger:
     return logger
 
 
-class _StderrHandler(logging.StreamHandler):
+class _StderrHandler(logging.StreamHandler[TextIO]):
     """Writes to whatever `sys.stderr` is at the time of each record (test capture, redirection)."""
 
-    @property  # type: ignore[override]
-    def stream(self):  # noqa: ANN201
+    @property
+    def stream(self) -> TextIO:
         return sys.stderr
 
     @stream.setter
-    def stream(self, _value) -> None:  # noqa: ANN001
+    def stream(self, _value: TextIO) -> None:
         pass
 
 
 Device = Literal["auto", "cpu", "cuda"]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def resolve_device(preference: Device = "auto") -> str:
     """`cuda` when asked for or available under `auto`, else `cpu`; decided once per process."""
     import torch

@@ -6,8 +6,9 @@ import math
 import secrets
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -86,7 +87,7 @@ def _wrap(model: nn.Module, mode: GradSampleMode) -> nn.Module:
     return GradSampleModule(model, batch_first=True, loss_reduction="mean", force_functorch=mode == "functorch")
 
 
-def _noise_only(optimizer, params: Sequence[torch.Tensor], *, ghost: bool) -> None:  # noqa: ANN001 - DPOptimizer
+def _noise_only(optimizer: Any, params: Sequence[torch.Tensor], *, ghost: bool) -> None:  # Any: Opacus' DPOptimizer
     """An empty Poisson batch still takes a step: zero clipped sum plus noise, scaled by the expected batch size.
 
     This is the step DP-SGD's analysis assumes; skipping it would reveal that the
@@ -100,8 +101,13 @@ def _noise_only(optimizer, params: Sequence[torch.Tensor], *, ghost: bool) -> No
     optimizer.pre_step()
 
 
+#: Opacus' (GradSampleModule, DPOptimizer, loss function). Opacus has no type information, and its ghost-clipping loss
+#: returns a DPTensorFastGradientClipping rather than a Tensor: the module, the optimizer and the loss are Any.
+DPEngine = tuple[Any, Any, Callable[[torch.Tensor, torch.Tensor], Any]]
+
+
 def _dp_engine(model: nn.Module, sgd: torch.optim.Optimizer, dp: DPSettings, *, expected_batch: int,
-               generator: torch.Generator):  # noqa: ANN202 - (module, DPOptimizer, loss function)
+               generator: torch.Generator) -> DPEngine:
     """Opacus' module, optimizer and loss for `dp.grad_sample_mode`.
 
     "ghost" is Opacus' ghost clipping: per-example gradient norms without
@@ -240,7 +246,8 @@ def _shuffled_batches(n: int, batch_size: int, steps: int, generator: torch.Gene
 
 
 @torch.no_grad()
-def evaluate(*, model: nn.Module, data: ImageData | FeatureData, device: str, batch_size: int = 2048) -> tuple[float, float]:
+def evaluate(*, model: nn.Module, data: ImageData | FeatureData, device: str,
+             batch_size: int = 2048) -> tuple[float, float]:
     """(mean cross-entropy, accuracy) of `model` on `data`."""
     if len(data) == 0:
         raise ValueError("cannot evaluate on an empty dataset")

@@ -18,9 +18,8 @@ import numpy as np
 from flwr.app import Context, Message
 from flwr.common import ndarrays_to_parameters, parameters_to_ndarrays
 
-from fedhaven.client.seam.legacy import fitins_ndarrays, fitres_of, with_fitres
-
 from fedhaven.client.flower_app import site_trainer, training_task
+from fedhaven.client.seam.legacy import fitins_ndarrays, fitres_of, with_fitres
 from fedhaven.shared.data import ImageData
 from fedhaven.shared.schema import AttackConfig, ExperimentConfig
 from fedhaven.shared.updates import add, subtract

@@ -13,12 +13,15 @@ from fedhaven.shared.runtime import configure_logging, harden_environment
 
 harden_environment()  # before anything imports flwr: Flower reads the telemetry switch on import
 
-from fedhaven.server.progress import print_round  # noqa: E402
-from fedhaven.shared.cli import parse_with_overrides  # noqa: E402
-from fedhaven.shared.config import ConfigError, parse, to_dict  # noqa: E402
-from fedhaven.shared.schema import ExperimentConfig  # noqa: E402
-from fedhaven.sim.experiment import (  # noqa: E402
-    DEFAULT_EXPERIMENT, EXPERIMENT_FILE, bundled_experiments, load_experiment,
+from fedhaven.server.progress import print_round  # noqa: E402 - imported after harden_environment()
+from fedhaven.shared.cli import parse_with_overrides  # noqa: E402 - imported after harden_environment()
+from fedhaven.shared.config import ConfigError, parse, to_dict  # noqa: E402 - imported after harden_environment()
+from fedhaven.shared.schema import ExperimentConfig  # noqa: E402 - imported after harden_environment()
+from fedhaven.sim.experiment import (  # noqa: E402 - imported after harden_environment()
+    DEFAULT_EXPERIMENT,
+    EXPERIMENT_FILE,
+    bundled_experiments,
+    load_experiment,
 )
 
 COMMANDS = ("run", "check", "list")

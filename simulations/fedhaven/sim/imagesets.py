@@ -31,8 +31,8 @@ def upscaled_mnist(root: Path, *, split: str, count: int, start: int = 0, seed: 
     """`count` MNIST images of `split` (from index `start`) as `root/<digit>/<n>.png`, `size` x `size` RGB."""
     from PIL import Image
 
-    from fedhaven.shared.sources import load_data
     from fedhaven.shared.schema import DataConfig
+    from fedhaven.shared.sources import load_data
 
     data = load_data(cfg=DataConfig(source="mnist"), split="train" if split == "train" else "test")
     if start + count > len(data):

@@ -32,7 +32,8 @@ class Summary:
         elif d["epsilon_max"] is None:
             privacy = "no site reported an epsilon"
         else:
-            privacy = f"epsilon <= {d['epsilon_max']:.3f} per site at delta {d['delta']:g} ({d['accountant']} accountant)"
+            privacy = (f"epsilon <= {d['epsilon_max']:.3f} per site at delta {d['delta']:g} "
+                       f"({d['accountant']} accountant)")
         lines = [f"experiment     {d['experiment']}  ({d['sites']} sites, {d['partition']}, {d['rounds']} rounds)",
                  f"test accuracy  {acc * 100:.2f}%" if acc is not None else "test accuracy  n/a",
                  f"privacy        {privacy}"]

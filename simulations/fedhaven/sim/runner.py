@@ -166,7 +166,7 @@ def run_experiment(
     try:
         run_simulation(server_app=server_app, client_app=client_app, num_supernodes=exp.sites,
                        backend_config=backend_config)
-    except Exception as exc:  # noqa: BLE001 - re-raised with the run directory named
+    except Exception as exc:  # re-raised with the run directory named
         # Flower may wrap the ServerApp's own error ("An error was encountered"); the privacy report says why.
         why = _failure_of(run_dir) or str(exc)
         raise SimulationFailed(f"{why} (partial results kept in {run_dir})") from exc

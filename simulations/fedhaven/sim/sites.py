@@ -10,9 +10,9 @@ import numpy as np
 
 from fedhaven.client.types import Site, SiteInfo
 from fedhaven.shared.data import ImageData
-from fedhaven.shared.sources import load_data, load_imagefolder
 from fedhaven.shared.partition import partition_dirichlet, partition_iid, site_folders
 from fedhaven.shared.schema import DataConfig, ExperimentConfig
+from fedhaven.shared.sources import load_data, load_imagefolder
 
 PARTITION_ID = "partition-id"
 

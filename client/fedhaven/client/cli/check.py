@@ -4,9 +4,9 @@ budget, checked without connecting. A deleted, truncated, replaced or edited led
 from __future__ import annotations
 
 import argparse
-import os
 import logging
 import math
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -135,7 +135,8 @@ def run(args: argparse.Namespace) -> int:
              spec.image_size, len(data.classes))
     for name, count in data.class_counts().items():
         log.info("  %-12s %d", name, count)
-    for model, fp in zip([n for n in BUILT_IN_MODELS if cfg.policy.allows_model(n)], needs):
+    # not strict: resource_needs leaves out a model that does not take these images, so `needs` may be shorter
+    for model, fp in zip([n for n in BUILT_IN_MODELS if cfg.policy.allows_model(n)], needs, strict=False):
         log.info("%-13s %s", model, "\n              ".join(fp.describe()))
     log.info("ledger        %d entries, chain verified, every epsilon recomputed, anchored in %s (the coordinator's "
              "witness is checked with every task)", len(ledger.entries()), ledger.anchor_path)

@@ -122,13 +122,16 @@ def run(args: argparse.Namespace) -> int:
     log.info("%-4s %-6s %-19s %-8s %-5s %-8s %-9s %-8s %-6s %-9s %s", "seq", "kind", "time (UTC)", "run", "round",
              "model", "noise", "rate", "steps", "eps run", "eps total")
     for e in entries:
-        when = datetime.datetime.fromtimestamp(e.time, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+        when = datetime.datetime.fromtimestamp(e.time, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S")
         if e.kind != "update":
             log.info("%-4d %-6s %-19s %s", e.seq, e.kind, when,
                      f"{'fresh budget' if e.starts_budget else 'budget kept'}: {e.reason}"
                      + (f" (accepted: {e.acknowledged})" if e.acknowledged else ""))
             continue
-        fmt = (lambda x: "inf" if x is None else f"{x:.4f}")
+
+        def fmt(x: float | None) -> str:
+            return "inf" if x is None else f"{x:.4f}"
+
         log.info("%-4d %-6s %-19s %-8s %-5d %-8s %-9.4f %-8.5f %-6d %-9s %s", e.seq, e.kind, when, str(e.run_id)[-8:],
                  e.server_round, e.model, e.noise_multiplier, e.sample_rate, e.steps, fmt(e.epsilon_after),
                  fmt(e.cumulative_epsilon))

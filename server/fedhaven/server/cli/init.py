@@ -1,4 +1,5 @@
-"""`fl-server init`: a CA, the coordinator's TLS certificate (SANs for its names, its IPs and 127.0.0.1), server.toml."""
+"""`fl-server init`: a CA, the coordinator's TLS certificate (SANs for its names, its IPs and 127.0.0.1),
+server.toml."""
 
 from __future__ import annotations
 

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import tomli_w
 
-from fedhaven.server.latency.checked import CHECKED_FILE, CheckedRuns, fingerprint
 from fedhaven.server.coordinator import Runtime, control_for, pid_alive
+from fedhaven.server.latency.checked import CHECKED_FILE, CheckedRuns, fingerprint
 from fedhaven.server.progress import RUN_LOG, print_round, run_log_fields
-from fedhaven.server.seam.control import write_app_dir
 from fedhaven.server.provision import StateDir
+from fedhaven.server.seam.control import write_app_dir
 from fedhaven.shared.config import ConfigError, deep_merge, load_toml, parse, parse_override, to_dict
 from fedhaven.shared.recipe import apply_recipe
 from fedhaven.shared.schema import RunConfig

@@ -1,4 +1,5 @@
-"""`fl-server start`: the coordinator in the foreground (systemd/Kubernetes friendly); stop with Ctrl-C or `fl-server stop`."""
+"""`fl-server start`: the coordinator in the foreground (systemd/Kubernetes friendly); stop with Ctrl-C or
+`fl-server stop`."""
 
 from __future__ import annotations
 

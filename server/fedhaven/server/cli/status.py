@@ -8,8 +8,8 @@ import logging
 from pathlib import Path
 
 from fedhaven.server.coordinator import Runtime, control_for, leftover_parts, pid_alive
-from fedhaven.server.seam.control import ControlError
 from fedhaven.server.provision import StateDir
+from fedhaven.server.seam.control import ControlError
 
 log = logging.getLogger("fedhaven.server")
 

@@ -69,24 +69,24 @@ class PollingGrid(Grid):
         self.attendance = Attendance()  # the current attempt's (the round loop starts a new one per attempt)
 
     # ----- delegated as is -----
-    def set_run(self, run: Any) -> None:  # noqa: D102 - Flower's Run (flwr.supercore.run: not public)
+    def set_run(self, run: Any) -> None:  # Flower's Run (flwr.supercore.run: not public)
         self.inner.set_run(run)
 
     @property
-    def run(self) -> Any:  # noqa: D102
+    def run(self) -> Any:
         return self.inner.run
 
-    def create_message(self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str,  # noqa: D102
+    def create_message(self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str,
                        ttl: float | None = None) -> Message:
         return self.inner.create_message(content, message_type, dst_node_id, group_id, ttl)
 
-    def get_node_ids(self) -> Iterable[int]:  # noqa: D102
+    def get_node_ids(self) -> Iterable[int]:
         return self.inner.get_node_ids()
 
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:  # noqa: D102
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         return self.inner.push_messages(messages)
 
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:  # noqa: D102
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
         return self.inner.pull_messages(message_ids)
 
     def __getattr__(self, name: str):  # noqa: ANN204 - anything else a Flower grid offers

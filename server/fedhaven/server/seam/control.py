@@ -157,9 +157,10 @@ def _socket_client(path: str):  # noqa: ANN202 - Flower's ControlHttpClient
                            f"drives the coordinator") from None
     except FileNotFoundError:
         raise ControlError(f"the coordinator's socket {path} does not exist: is `fl-server start` running?") from None
-    client = ControlHttpClient("http://superlink", interceptors=[CliClientHttpInterceptor(),
-                                                                 RuntimeVersionHttpInterceptor(component_name="flwr CLI")])
+    client = ControlHttpClient("http://superlink",
+                               interceptors=[CliClientHttpInterceptor(),
+                                             RuntimeVersionHttpInterceptor(component_name="flwr CLI")])
     client._client.close()  # noqa: SLF001 - same client settings, over the socket instead of TCP
-    client._client = httpx.Client(transport=httpx.HTTPTransport(uds=path), timeout=30.0,  # noqa: SLF001
+    client._client = httpx.Client(transport=httpx.HTTPTransport(uds=path), timeout=30.0,  # noqa: SLF001 - as above
                                   follow_redirects=True)
     return client

@@ -24,7 +24,9 @@ from flwr.server.client_proxy import ClientProxy
 from flwr.server.compat.app_utils import start_update_client_manager_thread
 from flwr.server.criterion import Criterion
 from flwr.server.strategy import (
-    DifferentialPrivacyClientSideAdaptiveClipping, DifferentialPrivacyClientSideFixedClipping, FedAdam,
+    DifferentialPrivacyClientSideAdaptiveClipping,
+    DifferentialPrivacyClientSideFixedClipping,
+    FedAdam,
 )
 from flwr.server.workflow import SecAggPlusWorkflow
 from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD, Key
@@ -232,22 +234,22 @@ class BoundedClientManager(SimpleClientManager):
         self.suspects = {c: t for c, t in self.suspects.items() if now - t < self.suspect_for and c in self.clients}
         return [c for c in self.clients if c not in self.suspects]
 
-    def num_available(self) -> int:  # noqa: D102 - Flower's signature
+    def num_available(self) -> int:  # Flower's signature
         trusted = self._trusted()
         return len(trusted) if self.suspects and len(trusted) >= self.min_sites else len(self.clients)
 
-    def sample(self, num_clients: int, min_num_clients: int | None = None,  # noqa: D102 - Flower's signature
+    def sample(self, num_clients: int, min_num_clients: int | None = None,  # Flower's signature
                criterion: Criterion | None = None) -> list[ClientProxy]:
         trusted = set(self._trusted())
         if self.suspects and len(trusted) >= max(self.min_sites, num_clients):
             criterion = _Among(trusted, criterion)
         return super().sample(num_clients, min_num_clients, criterion)
 
-    def unregister(self, client: ClientProxy) -> None:  # noqa: D102 - a node Flower dropped comes back afresh
+    def unregister(self, client: ClientProxy) -> None:  # a node Flower dropped comes back afresh
         self.suspects.pop(client.cid, None)
         super().unregister(client)
 
-    def wait_for(self, num_clients: int, timeout: int = 86400) -> bool:  # noqa: D102 - Flower's signature
+    def wait_for(self, num_clients: int, timeout: int = 86400) -> bool:  # Flower's signature
         limit = min(float(timeout), self.timeout)
         start = time.monotonic()
         while True:

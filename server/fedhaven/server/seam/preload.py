@@ -8,10 +8,10 @@ reader, which the bundled `digits` source uses (most of a second).
 
 from __future__ import annotations
 
-import flwr.superlink.cli.flwr_serverapp  # noqa: F401
+import flwr.superlink.cli.flwr_serverapp  # noqa: F401 - preloaded for every forked ServerApp
 
-import fedhaven.server.deployment  # noqa: F401
+import fedhaven.server.deployment  # noqa: F401 - preloaded for every forked ServerApp
 from fedhaven.shared.runtime import quiet_opacus_import
 
 quiet_opacus_import()
-import sklearn.datasets  # noqa: E402, F401
+import sklearn.datasets  # noqa: E402, F401 - preloaded, after Opacus' quiet import

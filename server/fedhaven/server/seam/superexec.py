@@ -26,9 +26,9 @@ from fedhaven.shared.runtime import harden_environment
 
 harden_environment()
 
-from flwr.supercore.constant import TaskType  # noqa: E402
-from flwr.supercore.superexec.executor.subprocess_executor import SubprocessExecutor  # noqa: E402
-from flwr.supercore.superexec.executor.types import ExecutionSpec, LaunchResult  # noqa: E402
+from flwr.supercore.constant import TaskType  # noqa: E402 - imported after harden_environment()
+from flwr.supercore.superexec.executor.subprocess_executor import SubprocessExecutor  # noqa: E402 - imported after harden_environment()
+from flwr.supercore.superexec.executor.types import ExecutionSpec, LaunchResult  # noqa: E402 - imported after harden_environment()
 
 #: What a ServerApp process imports: Flower's ServerApp runtime, fedhaven's deployed ServerApp, Opacus, data readers.
 PRELOAD = ("fedhaven.server.seam.preload",)

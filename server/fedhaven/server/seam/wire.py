@@ -109,7 +109,7 @@ def pulled_object_ids(path: str, status: int, body: bytes) -> list[str]:
         from flwr.proto.runtime_pb2 import PullAppMessagesResponse as Pulled  # type: ignore[assignment]
     try:
         return list(tree_ids(Pulled.FromString(body).message_object_trees))
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001 - not Flower's answer: nothing to wait for
         return []
 
 

@@ -30,7 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m fedhaven.sim.bench", description=__doc__)
     p.add_argument("--quick", action="store_true", help="the <10 minute subset (make bench-quick)")
     p.add_argument("--only", nargs="*", help="run only these sections (dp, masking, secagg, baseline, accuracy, "
-                   "scale, deployment, robustness, large_images); earlier results of the same mode are kept for the others")
+                   "scale, deployment, robustness, large_images); earlier results of the same mode are kept for "
+                   "the others")
     p.add_argument("--out", type=Path, default=ROOT, help="where BENCHMARKS.md goes (JSON and plots beside it, "
                    "under simulations/benchmarks/)")
     args = p.parse_args(argv)
@@ -42,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     results_file = data_dir / f"results-{mode}.json"
     results: dict = json.loads(results_file.read_text()) if args.only and results_file.exists() else {}
 
-    from fedhaven.sim.bench import accuracy, baseline, deploy, dp_cost, robustness, scale, secagg_cost
+    from fedhaven.sim.bench import accuracy, deploy, dp_cost, robustness, scale, secagg_cost
     from fedhaven.sim.bench.machine import machine_info
     from fedhaven.sim.bench.report import write_report
 

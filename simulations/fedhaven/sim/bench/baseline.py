@@ -34,9 +34,9 @@ class BaselineTask:
 
 @functools.lru_cache(maxsize=2)
 def _split(sites: int, seed: int):  # noqa: ANN202
-    from fedhaven.shared.sources import load_data
     from fedhaven.shared.partition import partition_iid
     from fedhaven.shared.schema import DataConfig
+    from fedhaven.shared.sources import load_data
 
     train = load_data(cfg=DataConfig(), split="train")
     return train, partition_iid(num_examples=len(train), num_sites=sites, seed=seed)
@@ -95,8 +95,8 @@ def make_apps(task: BaselineTask, log: list[dict]):  # noqa: ANN201 - (ServerApp
     def main(grid: Grid, context: Context) -> None:
         import torch
 
-        from fedhaven.shared.sources import load_data
         from fedhaven.shared.schema import DataConfig
+        from fedhaven.shared.sources import load_data
         from fedhaven.shared.training import evaluate
 
         test = load_data(cfg=DataConfig(), split="test")

@@ -198,7 +198,8 @@ def run(*, rounds: int = 4, sites: int = 3, systems: tuple[str, ...] = tuple(SYS
                 trace = fn()
                 res["systems"][name] = {**analyse(name, trace), "load_start": load0, "load_end": _load()}
                 if not trace.status.endswith("completed"):  # measured what there was; no ratio from it
-                    res["systems"][name]["error"] = f"run ended {trace.status}: {' / '.join(trace.details.splitlines())[:300]}"
+                    details = " / ".join(trace.details.splitlines())[:300]
+                    res["systems"][name]["error"] = f"run ended {trace.status}: {details}"
             except Exception as exc:  # noqa: BLE001 - a failed system must not lose the others
                 res["systems"][name] = {"label": SYSTEMS[name]["label"], "error": f"{type(exc).__name__}: {exc}"}
             s = res["systems"][name].get("summary", {})

@@ -86,7 +86,7 @@ def section(res: dict[str, Any] | None) -> list[str]:
           "Timestamps come from the SuperLink's own state (read-only) and the SuperNodes' output lines.", "",
           "| system | round | SuperNode idle | site handling | server pull | coordinator | training per site |",
           "|---|---|---|---|---|---|---|"]
-    for name, s in ok.items():
+    for s in ok.values():
         m = s["summary"]
         L.append(f"| {s['label']} | {_f(m['round_mean_s'])} | {_f(m['idle_cp_s'])} | {_f(m['handling_cp_s'])} | "
                  f"{_f(m['pull_lag_cp_s'])} | {_f(m['between_s'])} | {_f(m['train_per_site_s'])} |")
@@ -100,7 +100,7 @@ def section(res: dict[str, Any] | None) -> list[str]:
           "pulling the message from the SuperLink, *upload* = the SuperNode pushing the reply to it.", "",
           "| system | messages / round | SuperNode idle | to start | start-up | app | back | site handling | "
           "download | upload |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for name, s in ok.items():
+    for s in ok.values():
         m, pm = s["summary"], s["summary"]["per_message"]
         L.append(f"| {s['label']} | {_f(m['messages_per_round'], '{:.0f}')} | {_f(pm['idle'])} | "
                  f"{_f(pm['to_start'])} | {_f(pm['startup'])} | {_f(pm['app'])} | {_f(pm['back'])} | "
@@ -109,7 +109,7 @@ def section(res: dict[str, Any] | None) -> list[str]:
     if sec:
         L += ["", "SecAgg+ stages (mean span per round / mean app time per message, seconds):", "",
               "| system | " + " | ".join(SECAGG_STAGES) + " |", "|---|" + "---|" * len(SECAGG_STAGES)]
-        for name, s in sec.items():
+        for s in sec.values():
             m = s["summary"]
             L.append(f"| {s['label']} | " + " | ".join(f"{_f(m['stage_span_s'][n])} / {_f(m['stage_app_s'][n])}"
                                                        for n in SECAGG_STAGES) + " |")
@@ -122,7 +122,8 @@ def section(res: dict[str, Any] | None) -> list[str]:
           "ServerApp pushes the site's next message, so a site sleeps 3 s only after a pull held that long "
           "found nothing (between runs). Flower sends a message before its arrays and a receiver that asks for "
           "them too early backs off 1 s, then 2: both of fedhaven's doors hold a pulled message until its "
-          "objects are uploaded (`fedhaven.server.latency.uploads`), so neither a site nor the ServerApp waits that out. "
+          "objects are uploaded (`fedhaven.server.latency.uploads`), so neither a site nor the ServerApp waits "
+          "that out. "
           "What is left of Flower's floors: the SuperNode looks for the site's reply every 0.5 s (*back*), and "
           "fetches each of a message's objects (every record and array chunk) with its own authenticated request, "
           "which the SuperLink serves from its SQL state (*download*)."]

@@ -17,9 +17,9 @@ def _measure(mode: str, *, epochs: int, batch_size: int, examples: int) -> dict:
     import torch
 
     torch.set_num_threads(1)  # as a simulated site: one core each
-    from fedhaven.shared.sources import load_data
     from fedhaven.shared.models import build_model
     from fedhaven.shared.schema import DataConfig, ModelConfig, TrainConfig
+    from fedhaven.shared.sources import load_data
     from fedhaven.shared.training import DPSettings, train_local
 
     data = load_data(cfg=DataConfig(), split="train").subset(torch.arange(examples))
@@ -42,9 +42,9 @@ def _agreement(mode: str) -> float:
     """Largest weight difference after one noiseless DP step, this engine against Opacus' hooks engine."""
     import torch
 
-    from fedhaven.shared.sources import load_data
     from fedhaven.shared.models import build_model
     from fedhaven.shared.schema import DataConfig, ModelConfig, TrainConfig
+    from fedhaven.shared.sources import load_data
     from fedhaven.shared.training import DPSettings, train_local
 
     data = load_data(cfg=DataConfig(), split="train").subset(torch.arange(256))

@@ -44,7 +44,8 @@ def targets(res: dict) -> list[tuple[str, str, str]]:
     rows.append(("DP epoch / plain epoch <= 1.5x (default engine)", _f(ratio, "{:.2f}x"),
                  _ok(None if ratio is None else ratio <= 1.5)))
     rows.append(("default engine is the fastest correct one", f"default {default}, fastest "
-                 f"{dp['fastest_correct'] if dp else 'n/a'}", _ok(None if not dp else dp["fastest_correct"] == default)))
+                 f"{dp['fastest_correct'] if dp else 'n/a'}",
+                 _ok(None if not dp else dp["fastest_correct"] == default)))
     sa = res.get("secagg") if not _section_error(res, "secagg") else None
     r10 = next((r.get("ratio_to_plain") for r in sa if r["sites"] == 10 and r["secagg"]), None) if sa else None
     rows.append(("SecAgg+ round / plain round <= 1.5x at 10 sites", _f(r10, "{:.2f}x"),

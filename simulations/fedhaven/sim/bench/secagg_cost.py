@@ -32,7 +32,11 @@ def masking_time(*, sizes: tuple[int, ...] = (100_000, 1_000_000, 10_000_000), n
     pairwise mask per neighbour (num_shares - 1 of them), take the modulus.
     """
     from flwr.common.secure_aggregation.ndarrays_arithmetic import (
-        factor_combine, parameters_addition, parameters_mod, parameters_multiply, parameters_subtraction,
+        factor_combine,
+        parameters_addition,
+        parameters_mod,
+        parameters_multiply,
+        parameters_subtraction,
     )
     from flwr.common.secure_aggregation.quantization import quantize
     from flwr.common.secure_aggregation.secaggplus_utils import pseudo_rand_gen
