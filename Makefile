@@ -9,7 +9,7 @@ export FLWR_TELEMETRY_ENABLED := 0
 export FLWR_DISABLE_UPDATE_CHECK := 1
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: venv sim test test-fast faults bench bench-quick clean
+.PHONY: venv sim lint test test-fast faults bench bench-quick clean
 
 venv: $(STAMP)
 
@@ -21,6 +21,10 @@ $(STAMP): pyproject.toml
 
 sim: $(STAMP)
 	$(VENV)/bin/fl-sim run mnist
+
+# ruff over the whole tree; mypy --strict over the product packages (configured in pyproject.toml).
+lint: $(STAMP)
+	$(VENV)/bin/ruff check . && $(VENV)/bin/mypy
 
 test: $(STAMP)
 	$(VENV)/bin/pytest -q -m "not fault or fault_smoke"

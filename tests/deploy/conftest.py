@@ -24,7 +24,7 @@ class Federation(LoopbackFederation):
     def site_dirs_list(self) -> list[Path]:
         return [self.site_dirs[n] for n in self.site_names]
 
-    def run(self, *, retries: int = 1, dp_extra: str = "", target: float = 6.0,  # type: ignore[override]
+    def run(self, *, retries: int = 1, dp_extra: str = "", target: float = 6.0,  # type: ignore[override]  # keywords
             timeout: float = 600) -> subprocess.CompletedProcess:
         """`fl-server run` of a 2-round DP + SecAgg+ digits run, as the operator.
 
@@ -34,7 +34,7 @@ class Federation(LoopbackFederation):
         return super().run(text, timeout=timeout)
 
     @staticmethod
-    def run_dir_of(res: subprocess.CompletedProcess) -> Path:  # type: ignore[override]
+    def run_dir_of(res: subprocess.CompletedProcess) -> Path:  # type: ignore[override]  # takes the result
         return LoopbackFederation.run_dir_of(res.stdout + res.stderr)
 
     def site_dir(self, name: str, *, register: bool) -> Path:

@@ -13,6 +13,8 @@ from fedhaven.client.site_config import SiteConfig, load_site_config
 from fedhaven.client.types import SiteInfo
 
 if TYPE_CHECKING:
+    from flwr.app import Context
+
     from fedhaven.shared.data import ImageData
 
 #: The node-config key `fl-client start` sets on its SuperNode.
@@ -54,23 +56,23 @@ def data_fingerprint(cfg: SiteConfig) -> str:
 class SiteConfigProvider:
     """Reads the site from the file named in the SuperNode's node config; the coordinator cannot change it."""
 
-    def _path(self, context) -> str:  # noqa: ANN001 - Flower Context
+    def _path(self, context: Context) -> str:
         path = context.node_config.get(SITE_CONFIG_KEY)
         if not path:
             raise RuntimeError(f"this SuperNode was started without --node-config '{SITE_CONFIG_KEY}=...'; "
                                f"start sites with `fl-client start --config site.toml`")
         return str(path)
 
-    def key(self, context) -> str:  # noqa: ANN001
+    def key(self, context: Context) -> str:
         """Names the site as it is now: a new key (and a freshly loaded site) when site.toml or the data change."""
         path = self._path(context)
         return f"site-config:{path}:{_stamp(Path(path))}:{data_fingerprint(_config(path))}"
 
-    def info(self, context) -> SiteInfo:  # noqa: ANN001
+    def info(self, context: Context) -> SiteInfo:
         cfg = _config(self._path(context))
         return site_info(cfg)
 
-    def data(self, context) -> ImageData:  # noqa: ANN001
+    def data(self, context: Context) -> ImageData:
         from fedhaven.shared.sources import load_data  # torch: only the stage that trains pays for it
 
         cfg = _config(self._path(context))

@@ -18,14 +18,14 @@ import math
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import numpy as np
 from flwr.app import ConfigRecord, Context, Error, Message, MessageType
-from flwr.client import NumPyClient
+from flwr.client import Client, NumPyClient
 from flwr.client.mod import adaptiveclipping_mod, fixedclipping_mod, secaggplus_mod
 from flwr.clientapp import ClientApp
-from flwr.common import ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.common import Scalar, ndarrays_to_parameters, parameters_to_ndarrays
 
 from fedhaven.client.ledger import GENESIS, budget_history
 from fedhaven.client.policy import refusal_code, task_violations
@@ -94,8 +94,10 @@ def load_privacy(context: Context, info: SiteInfo | None = None) -> PrivacyState
     rec = context.state.config_records.get(PRIVACY_RECORD)
     if rec is None:
         return PrivacyState()
+    # cast: Flower types a record's values as any of its value types; save_privacy wrote these number lists
     return PrivacyState(history=PrivacyHistory.from_columns(
-        {k: list(rec.get(k, [])) for k in ("noise_multiplier", "sample_rate", "steps")}))
+        {k: list(cast("list[float] | list[int]", rec.get(k, [])))
+         for k in ("noise_multiplier", "sample_rate", "steps")}))
 
 
 def save_privacy(context: Context, state: PrivacyState) -> None:
@@ -113,11 +115,12 @@ class FedhavenClient(NumPyClient):
         self.trainer = trainer
         self.ctx = context
 
-    def get_parameters(self, config: dict) -> list[np.ndarray]:
+    def get_parameters(self, config: dict[str, Scalar]) -> list[np.ndarray]:
         raise TaskRefused(Code.UNSUPPORTED, "fedhaven sites never provide initial weights; the coordinator "
                           "initialises the model")
 
-    def fit(self, parameters: list[np.ndarray], config: dict) -> tuple[list[np.ndarray], int, dict]:
+    def fit(self, parameters: list[np.ndarray],
+            config: dict[str, Scalar]) -> tuple[list[np.ndarray], int, dict[str, Scalar]]:
         task = task_from_config(config)
         outcome = self.trainer.fit(task=task, weights=parameters,
                                    privacy=load_privacy(self.ctx, self.trainer.site.info))
@@ -125,19 +128,20 @@ class FedhavenClient(NumPyClient):
             save_privacy(self.ctx, outcome.privacy)
         self.ctx.state.config_records[PENDING_RECORD] = ConfigRecord(
             {k: v for k, v in outcome.ledger.items() if not (isinstance(v, float) and math.isinf(v))})
-        metrics = {**outcome.metrics, "num_examples": outcome.num_examples}
+        metrics: dict[str, Scalar] = {**outcome.metrics, "num_examples": outcome.num_examples}
         head = self.ctx.state.config_records.get(LEDGER_HEAD_RECORD)
         if head is not None:  # the ledger entry this update will be: the coordinator's witness of it
-            metrics[LEDGER_SEQ] = int(head["seq"])
+            metrics[LEDGER_SEQ] = int(_number(head, "seq"))
             metrics[LEDGER_PREV_HASH] = str(head["prev_hash"])
         return outcome.weights, _weight(task, outcome.num_examples), metrics
 
-    def evaluate(self, parameters: list[np.ndarray], config: dict) -> tuple[float, int, dict]:
+    def evaluate(self, parameters: list[np.ndarray],
+                 config: dict[str, Scalar]) -> tuple[float, int, dict[str, Scalar]]:
         raise TaskRefused(Code.UNSUPPORTED, "fedhaven sites do not release evaluation metrics on their private data; "
                           "the coordinator evaluates centrally on its held-out set")
 
 
-def _fit_config(msg: Message) -> dict | None:
+def _fit_config(msg: Message) -> dict[str, Any] | None:
     """The fit config of a TRAIN message that carries a training task (the only SecAgg+ stage that does), or None.
 
     Recognised by its FitIns record, not by the SecAgg+ stage key: Flower's SecAgg+ mod pops that key
@@ -274,24 +278,31 @@ def _ledger_mod(sites: SiteProvider) -> Mod:
                 return reply
             from fedhaven.client.policy import budget_spent
 
-            history = budget_history(entries).add(noise_multiplier=float(pending["noise_multiplier"]),
-                                                  sample_rate=float(pending["sample_rate"]),
-                                                  steps=int(pending["steps"]))
+            history = budget_history(entries).add(noise_multiplier=float(_number(pending, "noise_multiplier")),
+                                                  sample_rate=float(_number(pending, "sample_rate")),
+                                                  steps=int(_number(pending, "steps")))
             cumulative = budget_spent(policy=info.policy, history=history)
             ledger.append(site=str(pending["site"]), run_id=int(msg.metadata.run_id),
-                          server_round=int(pending["server_round"]), model=str(pending["model"]),
+                          server_round=int(_number(pending, "server_round")), model=str(pending["model"]),
                           update_sha256=content_sha256(msg=reply), weights_sha256=str(pending["weights_sha256"]),
-                          update_l2_norm=float(pending["update_l2_norm"]),
-                          num_examples=int(pending["num_examples"]),
-                          noise_multiplier=float(pending["noise_multiplier"]),
-                          sample_rate=float(pending["sample_rate"]), steps=int(pending["steps"]),
-                          delta=float(pending["delta"]), accountant=str(pending["accountant"]),
+                          update_l2_norm=float(_number(pending, "update_l2_norm")),
+                          num_examples=int(_number(pending, "num_examples")),
+                          noise_multiplier=float(_number(pending, "noise_multiplier")),
+                          sample_rate=float(_number(pending, "sample_rate")), steps=int(_number(pending, "steps")),
+                          delta=float(_number(pending, "delta")), accountant=str(pending["accountant"]),
                           epsilon_before=_finite(pending.get("epsilon_before")),
                           epsilon_after=_finite(pending.get("epsilon_after")),
                           cumulative_epsilon=_finite(cumulative))
             return reply
 
     return mod
+
+
+def _number(record: ConfigRecord, key: str) -> int | float:
+    """A number this client wrote into `record` (Flower types a record's values as any of its value types)."""
+    value = record[key]
+    assert isinstance(value, (int, float))
+    return value
 
 
 def _finite(x: object) -> float | None:
@@ -311,7 +322,7 @@ def _refusal_mod(msg: Message, ctx: Context, call_next: Callable[[Message, Conte
 def client_fn_for(sites: SiteProvider) -> Callable[[Context], Any]:
     """Flower's `client_fn` for the sites `sites` provides."""
 
-    def client_fn(context: Context):  # noqa: ANN202 - Flower's Client type
+    def client_fn(context: Context) -> Client:
         return FedhavenClient(trainer=_trainer(sites, context), context=context).to_client()
 
     return client_fn

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
+from typing import Any
 
 from fedhaven.client.anchor import Anchor, default_anchor_path, fsync_dir, read_anchor, write_anchor
 from fedhaven.shared.accounting import PrivacyHistory
@@ -67,7 +68,7 @@ class LedgerEntry:
     witness: str | None = None  # reset: a coordinator witness (SEQ:PREV_HASH) accepted as lost
     hash: str = ""
 
-    def body(self) -> dict:
+    def body(self) -> dict[str, Any]:
         """Everything the hash covers: all fields but the hash itself (later fields only when set)."""
         return {f.name: getattr(self, f.name) for f in fields(self)
                 if f.name != "hash" and not (f.name in _EXTENSIONS and getattr(self, f.name) == _EXTENSIONS[f.name])}
@@ -249,7 +250,8 @@ class Ledger:
             if e.kind != "update":
                 continue
             history = budget_history(entries[: i + 1])
-            got = epsilon(history=history, delta=e.delta, accountant=e.accountant)  # type: ignore[arg-type]
+            got = epsilon(history=history, delta=e.delta,
+                          accountant=e.accountant)  # type: ignore[arg-type]  # as read; Opacus refuses others
             want = math.inf if e.epsilon_after is None else e.epsilon_after
             if not (got == want or math.isclose(got, want, rel_tol=1e-6, abs_tol=1e-9)):
                 out.append(f"entry {i + 1} (seq {e.seq}): records epsilon {want:.6g}, but the noise, sample rates "
@@ -268,10 +270,10 @@ class Ledger:
             finally:
                 fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
-    def _append(self, entries: list[LedgerEntry], **values: object) -> LedgerEntry:
+    def _append(self, entries: list[LedgerEntry], **values: Any) -> LedgerEntry:
         prev = entries[-1] if entries else None
         entry = LedgerEntry(seq=prev.seq + 1 if prev else 0, prev_hash=prev.hash if prev else GENESIS,
-                            time=time.time(), **values)  # type: ignore[arg-type]
+                            time=time.time(), **values)
         entry = replace(entry, hash=entry.computed_hash())
         created = not self.path.exists()
         self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from fedhaven.client.site_config import SitePolicy
 from fedhaven.shared.accounting import BUDGET_SPENT, RUN_TARGET_REACHED, PrivacyHistory, epsilon, noise_for_budget
 from fedhaven.shared.recipe import expected_batch
 from fedhaven.shared.refusal import Code, Refusal
 from fedhaven.shared.task import TaskSpec
+
+if TYPE_CHECKING:
+    from fedhaven.shared.schema import Accountant
 
 
 class BudgetRefused(RuntimeError):
@@ -159,7 +163,7 @@ def choose_noise(*, task: TaskSpec, policy: SitePolicy, history: PrivacyHistory,
     return noise
 
 
-def _keeps(*, limit: float, delta: float, accountant: str, history: PrivacyHistory, noise: float,
+def _keeps(*, limit: float, delta: float, accountant: Accountant, history: PrivacyHistory, noise: float,
            sample_rate: float, steps: int) -> bool:
     """Whether `steps` more at `noise` keep `history` within `limit`: one RDP evaluation (its per-step values are
     cached) instead of a search. Only for the RDP accountant: PRV at a small noise can take minutes or exhaust memory,

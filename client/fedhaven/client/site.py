@@ -14,9 +14,10 @@ from fedhaven.client.policy import BudgetRefused, plan_round
 from fedhaven.client.types import Code, PrivacyState, Site, SiteInfo, TaskRefused
 from fedhaven.shared.accounting import NOTHING_SENT, epsilon
 from fedhaven.shared.data import FeatureData, ImageData
-from fedhaven.shared.models import build_model, split_front
+from fedhaven.shared.models import FrontEndModel, build_model, split_front
 from fedhaven.shared.rows import Rows
 from fedhaven.shared.runtime import resolve_device
+from fedhaven.shared.schema import InputSpec, ModelConfig
 from fedhaven.shared.task import TaskSpec
 from fedhaven.shared.training import DPSettings, train_local
 from fedhaven.shared.updates import add, clip_l2, num_params, subtract
@@ -79,7 +80,7 @@ class SiteTrainer:
     def __init__(self, *, site: Site) -> None:
         self.site = site
         self._model: torch.nn.Module | None = None
-        self._model_key: tuple | None = None
+        self._model_key: tuple[ModelConfig, InputSpec] | None = None
         self._features: dict[str, Rows] = {}  # a fixed front end's output on this site's images (on disk)
 
     def _training_data(self, model: torch.nn.Module, data: ImageData,
@@ -91,7 +92,8 @@ class SiteTrainer:
             return model, data
         from fedhaven.shared.features import front_features
 
-        key = model.front_key  # type: ignore[union-attr] - FrontEndModel
+        assert isinstance(model, FrontEndModel)  # split_front finds a front end only in one
+        key = model.front_key
         if key not in self._features:
             info = self.site.info
             feats = front_features(model=model, data=data, cache_dir=info.cache(), memory_mb=info.memory_mb,
@@ -146,7 +148,7 @@ class SiteTrainer:
                             grad_sample_mode=task.dp.grad_sample_mode)
         model = self._model_for(task)
         set_weights(model, weights)
-        device = resolve_device(self.site.info.device)  # type: ignore[arg-type]
+        device = resolve_device(self.site.info.device)
         trainable, inputs = self._training_data(model, data, device)
         physical = self.physical_batch(trainable, inputs, expected=plan.batch_size,
                                        ghost=dp is not None and dp.grad_sample_mode == "ghost")
@@ -176,10 +178,11 @@ class SiteTrainer:
             # the norm of the DP-released delta (post-processing, no privacy cost): what [robust]'s bound follows
             **({"update_norm": norm} if dp is not None else {}),
         }
-        ledger = {"site": self.site.name, "server_round": task.server_round, "model": task.model.name,
-                  "weights_sha256": digest, "update_l2_norm": norm, "num_examples": len(data),
-                  "noise_multiplier": report.noise_multiplier, "sample_rate": report.sample_rate,
-                  "steps": report.steps, "delta": task.dp.delta,
-                  "accountant": task.dp.accountant, "epsilon_before": eps_before, "epsilon_after": eps}
+        ledger: dict[str, float | int | str] = {
+            "site": self.site.name, "server_round": task.server_round, "model": task.model.name,
+            "weights_sha256": digest, "update_l2_norm": norm, "num_examples": len(data),
+            "noise_multiplier": report.noise_multiplier, "sample_rate": report.sample_rate,
+            "steps": report.steps, "delta": task.dp.delta,
+            "accountant": task.dp.accountant, "epsilon_before": eps_before, "epsilon_after": eps}
         return FitOutcome(weights=new_weights, num_examples=len(data), metrics=metrics,
                           privacy=PrivacyState(history=history), ledger=ledger)

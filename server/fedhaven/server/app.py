@@ -6,6 +6,7 @@ import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from flwr.app import Context
@@ -41,7 +42,8 @@ def run_log(run_dir: Path) -> Iterator[None]:
 
 def serve(*, grid: Grid, context: Context, run: RunConfig, run_dir: Path, max_weight: float | None,
           witnesses: SiteWitnesses, on_round: Callable[[RoundRecord], None] | None = None,
-          audit: Callable[[list[np.ndarray]], dict] | None = None, ledger_command: str | None = None) -> RunResult:
+          audit: Callable[[list[np.ndarray]], dict[str, Any]] | None = None,
+          ledger_command: str | None = None) -> RunResult:
     """Run `run` on `grid`: central evaluation on the test split of `run.data`, results in `run_dir`
     (`run.resume_from`, when set, is that directory: the run continues from its last complete round)."""
     with run_log(run_dir):
@@ -60,7 +62,7 @@ def make_server_app(
     on_round: Callable[[RoundRecord], None] | None = None,
     on_result: Callable[[RunResult], None] | None = None,
     witnesses: SiteWitnesses | None = None,
-    audit: Callable[[list], dict] | None = None,
+    audit: Callable[[list[np.ndarray]], dict[str, Any]] | None = None,
     ledger_command: str | None = None,
 ) -> ServerApp:
     """A ServerApp for a run known in advance (simulation): `serve` with these arguments."""

@@ -12,6 +12,8 @@ import sys
 import time
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
+from types import FrameType
+from typing import Any
 
 from fedhaven.server.latency import LATENCY_ENV
 from fedhaven.server.provision import CoordinatorConfig, StateDir
@@ -40,7 +42,7 @@ def child_env(state: StateDir, *, latency: bool = True) -> dict[str, str]:
     return env
 
 
-def wait_for_port(host: str, port: int, *, timeout: float, proc: subprocess.Popen | None = None,
+def wait_for_port(host: str, port: int, *, timeout: float, proc: subprocess.Popen[Any] | None = None,
                   what: str = "service") -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -84,7 +86,7 @@ def control_for(state: StateDir) -> Control:
     return Control(address=f"unix:{state.superlink_socket}", ca_cert=None, flwr_home=state.flwr_home)
 
 
-def wait_for_socket(path: Path, *, timeout: float, proc: subprocess.Popen, what: str) -> None:
+def wait_for_socket(path: Path, *, timeout: float, proc: subprocess.Popen[Any], what: str) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -122,10 +124,10 @@ class Coordinator:
 
     def __init__(self, *, state: StateDir, cfg: CoordinatorConfig, insecure: bool) -> None:
         self.state, self.cfg, self.insecure = state, cfg, insecure
-        self.procs: dict[str, subprocess.Popen] = {}
+        self.procs: dict[str, subprocess.Popen[Any]] = {}
         self.logs = state.root / "logs"
 
-    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen:
+    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen[Any]:
         self.logs.mkdir(parents=True, exist_ok=True)
         with (self.logs / f"{name}.log").open("ab") as out:
             proc = spawn(args, stdout=out, env=child_env(self.state, latency=self.cfg.latency), cwd=self.state.root)
@@ -186,7 +188,7 @@ class Coordinator:
         """Block until SIGTERM/SIGINT or a child dies; then stop everything. Returns an exit code."""
         stop = {"signal": False}
 
-        def on_signal(signum, frame) -> None:  # noqa: ANN001
+        def on_signal(signum: int, frame: FrameType | None) -> None:
             stop["signal"] = True
 
         signal.signal(signal.SIGTERM, on_signal)

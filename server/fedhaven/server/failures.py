@@ -40,6 +40,7 @@ def site_failure(failure: Any) -> SiteFailure:
         return SiteFailure(f"site returned status {failure[1].status.code.name}: {failure[1].status.message}")
     inner = failure.args[0] if isinstance(failure, BaseException) and failure.args else None
     if isinstance(inner, Error):
+        assert inner.reason is not None  # every error reply, Flower's and fedhaven's, says why
         code = code_of(inner.code)
         if code is not None:  # a fedhaven refusal: the site's own sentence, as it is
             return SiteFailure(inner.reason, code)

@@ -15,7 +15,6 @@ from typing import Any
 import numpy as np
 
 from fedhaven.server.checkpoints import load_checkpoint
-from fedhaven.server.evaluation import CentralEvaluator
 from fedhaven.server.failures import NoRoundTrained, RoundFailed
 from fedhaven.server.flower_legacy import (
     FitRoundLog,
@@ -24,7 +23,7 @@ from fedhaven.server.flower_legacy import (
     central_noise,
     restore_strategy_state,
 )
-from fedhaven.server.guard import CachedEvaluator, UpdateGuard
+from fedhaven.server.guard import CachedEvaluator, Evaluator, UpdateGuard
 from fedhaven.server.latency import grid_poll
 from fedhaven.server.latency.grid import PollingGrid, describe_nodes
 from fedhaven.server.privacy_report import PrivacyReport, build_privacy_report, worst_epsilon
@@ -56,7 +55,7 @@ class RunResult:
 def _number(value: object) -> float:
     """A site-reported number as a float; NaN for anything else (a hostile site may send any value)."""
     try:
-        return float(value)  # type: ignore[arg-type]
+        return float(value)  # type: ignore[arg-type]  # any value: float() refusing it is caught below
     except (TypeError, ValueError, OverflowError):
         return math.nan
 
@@ -106,11 +105,11 @@ def run_federation(
     run_dir: Path,
     input_spec: InputSpec,
     classes: tuple[str, ...],
-    evaluator: CentralEvaluator | None,
+    evaluator: Evaluator | None,
     max_weight: float | None,
     on_round: Callable[[RoundRecord], None] | None = None,
     witnesses: SiteWitnesses | None = None,
-    audit: Callable[[list[np.ndarray]], dict] | None = None,
+    audit: Callable[[list[np.ndarray]], dict[str, Any]] | None = None,
     ledger_command: str | None = None,
 ) -> RunResult:
     """Run `run.rounds` rounds on Flower's grid and write the privacy report, in every outcome.
@@ -217,7 +216,7 @@ def run_federation(
 
 
 def _one_round(*, fed: LegacyFederation, run: RunConfig, server_round: int, recorder: RunRecorder,
-               evaluator: CentralEvaluator | None, guard: UpdateGuard | None = None) -> list[np.ndarray]:
+               evaluator: Evaluator | None, guard: UpdateGuard | None = None) -> list[np.ndarray]:
     attempts = run.round_retries + 1
     for attempt in range(1, attempts + 1):
         t0 = time.perf_counter()
@@ -242,22 +241,24 @@ def _one_round(*, fed: LegacyFederation, run: RunConfig, server_round: int, reco
         finite = [e for e in eps_all.values() if math.isfinite(e)]
         # each site once, however many stages it failed in; a site whose update the guard rejected counts as failed
         failed = max(0, outcome.log.asked - len(reports)) if outcome.log.asked else len(outcome.log.failures)
-        common = dict(round=server_round, attempt=attempt, sites_ok=len(reports) - len(rejected_sites),
-                      sites_failed=failed + len(rejected_sites), sites_rejected=len(rejected_sites),
-                      fit_time_s=fit_time,
-                      sites_available=fed.available_sites(),
-                      site_train_time_s=sum(r.train_time_s for r in reports),
-                      secure_aggregation=run.secagg.enabled, epsilons=eps_all,
-                      failures=(*(f.text for f in outcome.log.failures), *rejected_sites),
-                      unanswered=tuple(outcome.log.unanswered),
-                      update_norm=verdict.update_norm if verdict is not None else None,
-                      update_bound=verdict.bound if verdict is not None else None,
-                      epsilon_max=worst, private=run.dp.enabled and (worst is None or math.isfinite(worst)),
-                      epsilon_mean=statistics.fmean(finite) if finite else None)
+        common: dict[str, Any] = dict(
+            round=server_round, attempt=attempt, sites_ok=len(reports) - len(rejected_sites),
+            sites_failed=failed + len(rejected_sites), sites_rejected=len(rejected_sites),
+            fit_time_s=fit_time,
+            sites_available=fed.available_sites(),
+            site_train_time_s=sum(r.train_time_s for r in reports),
+            secure_aggregation=run.secagg.enabled, epsilons=eps_all,
+            failures=(*(f.text for f in outcome.log.failures), *rejected_sites),
+            unanswered=tuple(outcome.log.unanswered),
+            update_norm=verdict.update_norm if verdict is not None else None,
+            update_bound=verdict.bound if verdict is not None else None,
+            epsilon_max=worst, private=run.dp.enabled and (worst is None or math.isfinite(worst)),
+            epsilon_mean=statistics.fmean(finite) if finite else None)
         if verdict is not None and verdict.rejected:  # [robust]: the round is spent, its model never used
             recorder.record(RoundRecord(status="rejected", loss=verdict.loss_after, accuracy=None,
                                         round_time_s=time.perf_counter() - t0, eval_time_s=guard_eval,
                                         rejected=verdict.rejected, **common))
+            assert guard is not None  # the verdict is the guard's
             guard.stop_if_repeated(run_dir=recorder.run_dir)
             return fed.weights()
         if outcome.weights is None:

@@ -126,7 +126,8 @@ class RecordingStrategy(_Wrapper):
         self.last = FitRoundLog()
         self.witnesses: SiteWitnesses | None = None
 
-    def configure_fit(self, server_round, parameters, client_manager):  # noqa: ANN001, ANN201
+    def configure_fit(self, server_round: int, parameters: Parameters,
+                      client_manager: ClientManager) -> list[tuple[ClientProxy, FitIns]]:
         instructions = self.inner.configure_fit(server_round, parameters, client_manager)
         if self.witnesses is None:
             return instructions
@@ -139,14 +140,15 @@ class RecordingStrategy(_Wrapper):
         return out
 
     def aggregate_fit(self, server_round: int, results: list[tuple[ClientProxy, FitRes]],
-                      failures: list) -> tuple[Parameters | None, dict]:
+                      failures: list[tuple[ClientProxy, FitRes] | BaseException],
+                      ) -> tuple[Parameters | None, dict[str, Scalar]]:
         self.last.results = [(r.num_examples, dict(r.metrics)) for _, r in results]
         self.last.node_ids = [node_id(p) for p, _ in results]
         self.last.failures.extend(site_failure(f) for f in failures)
         return self.inner.aggregate_fit(server_round, results, failures)
 
 
-def _fit_metrics(results: list[tuple[int, dict]]) -> dict:
+def _fit_metrics(results: list[tuple[int, dict[str, Any]]]) -> dict[str, float]:
     n = sum(k for k, _ in results) or 1
     out: dict[str, float] = {}
     for key in ("loss", "accuracy"):
@@ -166,12 +168,14 @@ class GuardedStrategy(_Wrapper):
         self.inner, self.guard, self.needed = inner, guard, needed
         self.global_weights: list[np.ndarray] = []
 
-    def configure_fit(self, server_round, parameters, client_manager):  # noqa: ANN001, ANN201
+    def configure_fit(self, server_round: int, parameters: Parameters,
+                      client_manager: ClientManager) -> list[tuple[ClientProxy, FitIns]]:
         self.global_weights = parameters_to_ndarrays(parameters)
         return self.inner.configure_fit(server_round, parameters, client_manager)
 
     def aggregate_fit(self, server_round: int, results: list[tuple[ClientProxy, FitRes]],
-                      failures: list) -> tuple[Parameters | None, dict]:
+                      failures: list[tuple[ClientProxy, FitRes] | BaseException],
+                      ) -> tuple[Parameters | None, dict[str, Scalar]]:
         guard = self.guard
         if guard.verdict.server_round != server_round:
             guard.begin(server_round)
@@ -183,9 +187,9 @@ class GuardedStrategy(_Wrapper):
                                   weights=[res.num_examples for _, res in results])
             if new is None:
                 return None, {}
-            params = ndarrays_to_parameters(new)
+            unmasked = ndarrays_to_parameters(new)
             for _, res in results:
-                res.parameters = params
+                res.parameters = unmasked
             kept = results
         else:
             kept = []
@@ -230,11 +234,14 @@ class ScheduledStep(_Wrapper):
     def __getattr__(self, name: str) -> Any:  # e.g. the central-DP wrapper's record of its noise
         return getattr(self.__dict__["inner"], name)
 
-    def configure_fit(self, server_round, parameters, client_manager):  # noqa: ANN001, ANN201
+    def configure_fit(self, server_round: int, parameters: Parameters,
+                      client_manager: ClientManager) -> list[tuple[ClientProxy, FitIns]]:
         self._sent = {server_round: parameters_to_ndarrays(parameters)}
         return self.inner.configure_fit(server_round, parameters, client_manager)
 
-    def aggregate_fit(self, server_round, results, failures):  # noqa: ANN001, ANN201
+    def aggregate_fit(self, server_round: int, results: list[tuple[ClientProxy, FitRes]],
+                      failures: list[tuple[ClientProxy, FitRes] | BaseException],
+                      ) -> tuple[Parameters | None, dict[str, Scalar]]:
         params, metrics = self.inner.aggregate_fit(server_round, results, failures)
         sent = self._sent.get(server_round)
         if params is None or sent is None:
@@ -388,15 +395,15 @@ class LegacyFederation:
     def __init__(self, *, grid: Grid, context: Context, run: RunConfig, strategy: RecordingStrategy,
                  max_weight: float | None, on_waiting: Callable[[float, int, int], None] | None = None) -> None:
         self.grid = grid
+        manager = BoundedClientManager(timeout=run.waits.min_sites, report=on_waiting, min_sites=run.min_sites,
+                                       report_every=run.waits.report_every)
         self.ctx = LegacyContext(context=context, config=FlowerServerConfig(num_rounds=run.rounds),
-                                 strategy=strategy, client_manager=BoundedClientManager(
-                                     timeout=run.waits.min_sites, report=on_waiting, min_sites=run.min_sites,
-                                     report_every=run.waits.report_every))
+                                 strategy=strategy, client_manager=manager)
         self.strategy = strategy
         self.node_sites: dict[int, str] = {}
         self._secagg_cfg = run.secagg
         self.secagg = secagg_workflow(run.secagg, max_weight=max_weight) if max_weight is not None else None
-        self._thread, self._stop = start_client_manager(grid, self.ctx.client_manager)
+        self._thread, self._stop = start_client_manager(grid, manager)
         init_workflow_state(grid, self.ctx)
 
     def weights(self) -> list[np.ndarray]:
@@ -430,7 +437,7 @@ class LegacyFederation:
             self.grid.attendance = last.attendance  # this attempt's one record of who was contacted and who was silent
         watch = _ReplyWatch(self.grid, last.attendance)
         if self.secagg is not None:
-            self.secagg(watch, self.ctx)  # type: ignore[arg-type]
+            self.secagg(watch, self.ctx)  # type: ignore[arg-type]  # _ReplyWatch: a Grid by duck typing
             halted = self.secagg.halted_stage
             last.failures.extend(self.secagg.failures)
             # every site that trained, whether or not the sum could be unmasked
@@ -439,6 +446,7 @@ class LegacyFederation:
         else:
             fit_round_plain(watch, self.ctx)
         last.unanswered = [self._site_name(n) for n in last.attendance.unanswered]
+        assert isinstance(self.ctx.client_manager, BoundedClientManager)  # the one __init__ gave the context
         self.ctx.client_manager.suspect(last.attendance.silent)
         self._witness(last)
         after = global_params_record(self.ctx)

@@ -24,6 +24,7 @@ import secrets
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -158,7 +159,7 @@ class UpdateGuard:
     def rotation_seed(self, server_round: int) -> int:
         return self._seed + server_round
 
-    def task_fields(self, server_round: int) -> dict[str, object]:
+    def task_fields(self, server_round: int) -> dict[str, Any]:
         """The [robust] part of a round's task (see `TaskSpec`): bound, encoding and rotation seed."""
         if not self.enabled:
             return {}

@@ -156,7 +156,7 @@ CLEAR_TEXT = ("site name", "example count (the update's weight)", "training loss
 
 def build_privacy_report(*, run: RunConfig, sites: dict[str, SiteReport], rounds: list[RoundRecord],
                          max_weight: float | None, central: Sequence[CentralNoise] = (),
-                         stopped: str | None = None, membership_inference: dict | None = None,
+                         stopped: str | None = None, membership_inference: dict[str, Any] | None = None,
                          epsilons: Mapping[str, float] | None = None, outcome: str = "completed",
                          ledger_command: str | None = None,
                          histories: Mapping[str, Sequence[tuple[float, float, int]]] | None = None) -> PrivacyReport:
@@ -175,7 +175,7 @@ def build_privacy_report(*, run: RunConfig, sites: dict[str, SiteReport], rounds
     worst = worst_epsilon(eps.values())
     private = run.dp.enabled and (worst is None or math.isfinite(worst))
     failures = [{"round": r.round, "reason": f} for r in rounds for f in r.failures]
-    site_rows = {}
+    site_rows: dict[str, dict[str, Any]] = {}
     for name in sorted(eps):
         r = sites.get(name)
         site_rows[name] = {"epsilon": finite_or_none(eps[name]), "private": math.isfinite(eps[name]),

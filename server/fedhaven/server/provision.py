@@ -72,21 +72,65 @@ class StateDir:
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root).expanduser().resolve()
 
-    pki = property(lambda self: self.root / "pki")
-    ca_key = property(lambda self: self.root / "pki" / "ca.key")
-    ca_cert = property(lambda self: self.root / "pki" / "ca.pem")
-    server_key = property(lambda self: self.root / "pki" / "server.key")
-    server_cert = property(lambda self: self.root / "pki" / "server.pem")
-    sites_dir = property(lambda self: self.root / "sites")
-    registry_file = property(lambda self: self.root / "sites.json")
-    config_file = property(lambda self: self.root / "server.toml")
-    secret_file = property(lambda self: self.root / "superexec.secret")
-    database = property(lambda self: self.root / "superlink.db")
-    flwr_home = property(lambda self: self.root / "flwr-home")
-    runs = property(lambda self: self.root / "runs")
-    runtime_file = property(lambda self: self.root / "coordinator.json")
-    sockets = property(lambda self: self.root / "run")
-    superlink_socket = property(lambda self: self.root / "run" / "superlink.sock")
+    @property
+    def pki(self) -> Path:
+        return self.root / "pki"
+
+    @property
+    def ca_key(self) -> Path:
+        return self.root / "pki" / "ca.key"
+
+    @property
+    def ca_cert(self) -> Path:
+        return self.root / "pki" / "ca.pem"
+
+    @property
+    def server_key(self) -> Path:
+        return self.root / "pki" / "server.key"
+
+    @property
+    def server_cert(self) -> Path:
+        return self.root / "pki" / "server.pem"
+
+    @property
+    def sites_dir(self) -> Path:
+        return self.root / "sites"
+
+    @property
+    def registry_file(self) -> Path:
+        return self.root / "sites.json"
+
+    @property
+    def config_file(self) -> Path:
+        return self.root / "server.toml"
+
+    @property
+    def secret_file(self) -> Path:
+        return self.root / "superexec.secret"
+
+    @property
+    def database(self) -> Path:
+        return self.root / "superlink.db"
+
+    @property
+    def flwr_home(self) -> Path:
+        return self.root / "flwr-home"
+
+    @property
+    def runs(self) -> Path:
+        return self.root / "runs"
+
+    @property
+    def runtime_file(self) -> Path:
+        return self.root / "coordinator.json"
+
+    @property
+    def sockets(self) -> Path:
+        return self.root / "run"
+
+    @property
+    def superlink_socket(self) -> Path:
+        return self.root / "run" / "superlink.sock"
 
     def has_pki(self) -> bool:
         return all(p.exists() for p in (self.ca_cert, self.server_cert, self.server_key))

@@ -42,10 +42,9 @@ from fedhaven.server.front import (  # noqa: E402 - imported after harden_enviro
     DEFAULT_MAX_BODY,
     FLEET_PREFIX,
     RUNTIME_PREFIX,
-    Doorbell,
     Gate,
 )
-from fedhaven.server.latency.uploads import DEFAULT_SETTLE, Uploads  # noqa: E402 - imported after harden_environment()
+from fedhaven.server.latency.uploads import DEFAULT_SETTLE, Doorbell, Uploads  # noqa: E402 - imported after harden_environment()
 from fedhaven.server.seam.superlink_app import SUPERNODE_HTTP_TIMEOUT, superlink_app  # noqa: E402 - imported after harden_environment()
 
 
@@ -82,7 +81,8 @@ def main(argv: list[str] | None = None) -> None:
 async def _serve(app: Any, opts: argparse.Namespace) -> None:
     import uvicorn
 
-    common = {"log_level": "warning", "access_log": False, "server_header": False, "timeout_keep_alive": 30}
+    common: dict[str, Any] = {"log_level": "warning", "access_log": False, "server_header": False,
+                              "timeout_keep_alive": 30}
     # Plain HTTP on the socket: the 0700 directory is the boundary. The app's lifespan runs here, once.
     inner = uvicorn.Server(uvicorn.Config(app, uds=opts.uds, lifespan="on", **common))
     tls = {"ssl_certfile": opts.certfile, "ssl_keyfile": opts.keyfile} if opts.certfile else {}

@@ -7,9 +7,13 @@ import math
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from fedhaven.shared.runtime import quiet_opacus_import
 from fedhaven.shared.schema import Accountant
+
+if TYPE_CHECKING:
+    import numpy as np
 
 #: Words of a site's refusals, for people (the coordinator acts on fedhaven.shared.refusal's codes, never on these):
 #: its own budget (policy.max_epsilon) is spent; the run's target (dp.target_epsilon) is reached; nothing was sent.
@@ -73,7 +77,7 @@ class PrivacyHistory:
         return cls(tuple(PrivacyStep(float(z), float(q), int(n)) for z, q, n in zip(*cols, strict=True)))
 
 
-def _accountant(kind: Accountant):  # noqa: ANN202 - Opacus type
+def _accountant(kind: Accountant) -> Any:  # Any: Opacus' IAccountant (Opacus has no type information)
     quiet_opacus_import()
     from opacus.accountants import create_accountant
 
@@ -104,15 +108,15 @@ def epsilon(*, history: PrivacyHistory | Iterable[PrivacyStep], delta: float, ac
 
 
 @functools.lru_cache(maxsize=8192)
-def _rdp_per_step(sample_rate: float, noise_multiplier: float):  # noqa: ANN202 - read-only numpy array
+def _rdp_per_step(sample_rate: float, noise_multiplier: float) -> np.ndarray:  # read-only
     """Opacus' RDP of one sampled-Gaussian step at its default orders (multiplied by steps, it is exactly what
     `RDPAccountant` sums)."""
     quiet_opacus_import()
     from opacus.accountants.analysis import rdp as analysis
     from opacus.accountants.rdp import RDPAccountant
 
-    out = analysis.compute_rdp(q=sample_rate, noise_multiplier=noise_multiplier, steps=1,
-                               orders=RDPAccountant.DEFAULT_ALPHAS)
+    out: np.ndarray = analysis.compute_rdp(q=sample_rate, noise_multiplier=noise_multiplier, steps=1,
+                                           orders=RDPAccountant.DEFAULT_ALPHAS)
     out.setflags(write=False)  # shared by every caller
     return out
 

@@ -6,11 +6,14 @@ import dataclasses
 import tomllib
 import types
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, get_args, get_origin, get_type_hints
 
-T = TypeVar("T")
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+T = TypeVar("T", bound="DataclassInstance")
 
 
 class ConfigError(ValueError):
@@ -30,7 +33,8 @@ def bounds(
     return {k: v for k, v in {"gt": gt, "ge": ge, "lt": lt, "le": le}.items() if v is not None}
 
 
-_OPS = {"gt": (lambda v, b: v > b, ">"), "ge": (lambda v, b: v >= b, ">="),
+_OPS: dict[str, tuple[Callable[[float, float], bool], str]] = {
+    "gt": (lambda v, b: v > b, ">"), "ge": (lambda v, b: v >= b, ">="),
         "lt": (lambda v, b: v < b, "<"), "le": (lambda v, b: v <= b, "<=")}
 
 
@@ -50,7 +54,7 @@ def _type_name(tp: Any) -> str:
 def _coerce(tp: Any, value: Any, path: str, problems: list[str]) -> Any:
     """Return `value` converted to `tp`, or append a problem and return None."""
     origin = get_origin(tp)
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if not isinstance(value, Mapping):
             problems.append(f"{path}: expected a table of settings, got {value!r}")
             return None
@@ -107,7 +111,7 @@ def _coerce(tp: Any, value: Any, path: str, problems: list[str]) -> Any:
 
 def _build(cls: type[T], data: Mapping[str, Any], prefix: str, problems: list[str]) -> T | None:
     hints = get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     before = len(problems)
     why_unknown = getattr(cls, "unknown_hints", {})
     for key in data:
@@ -126,7 +130,7 @@ def _build(cls: type[T], data: Mapping[str, Any], prefix: str, problems: list[st
         sub_prefix = f"{path}."
         value = (
             _build(tp, data[name], sub_prefix, problems)
-            if dataclasses.is_dataclass(tp) and isinstance(data[name], Mapping)
+            if isinstance(tp, type) and dataclasses.is_dataclass(tp) and isinstance(data[name], Mapping)
             else _coerce(tp, data[name], path, problems)
         )
         if value is None and data[name] is not None:

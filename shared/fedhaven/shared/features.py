@@ -98,14 +98,15 @@ def front_features(*, model: nn.Module, data: ImageData, cache_dir: Path | None,
     """`model`'s fixed front end on `data` (from the cache, or computed in chunks sized to `memory_mb`), or None
     for a model without one."""
     from fedhaven.shared.memory import MemoryBudget, front_image_bytes
-    from fedhaven.shared.models import split_front
+    from fedhaven.shared.models import FrontEndModel, split_front
 
     front, _ = split_front(model)
     if front is None:
         return None
+    assert isinstance(model, FrontEndModel)  # split_front finds a front end only in one
     chunk = MemoryBudget(memory_mb).rows(per_row_bytes=front_image_bytes(front, image_shape=data.images.row_shape),
                                          cap=256)
-    return cached_features(front=front, front_key=model.front_key, data=data, cache_dir=cache_dir,  # type: ignore[arg-type]
+    return cached_features(front=front, front_key=model.front_key, data=data, cache_dir=cache_dir,
                            chunk=chunk, device=device)
 
 

@@ -23,7 +23,7 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
 
 
 def spawn(args: Sequence[str], *, env: dict[str, str], stdout: IO[Any] | int | None, cwd: str | Path | None = None,
-          text: bool = False) -> subprocess.Popen:
+          text: bool = False) -> subprocess.Popen[Any]:
     """Start `args` in its own process group (so its own children can be stopped with it) that dies with us."""
     return subprocess.Popen(list(args), stdout=stdout, stderr=subprocess.STDOUT, env=env, cwd=cwd,
                             start_new_session=True, preexec_fn=_die_with_parent, text=text,
@@ -38,7 +38,7 @@ def signal_group(pid: int, sig: int) -> None:
         pass
 
 
-def stop_group(proc: subprocess.Popen, *, timeout: float = 15) -> None:
+def stop_group(proc: subprocess.Popen[Any], *, timeout: float = 15) -> None:
     """Stop a child and everything it started: SIGTERM to its group, SIGKILL after `timeout`; reap it."""
     signal_group(proc.pid, signal.SIGTERM)
     try:

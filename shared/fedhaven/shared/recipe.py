@@ -27,12 +27,15 @@ import argparse
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from fedhaven.shared.schema import ExperimentConfig, RunConfig
 
 #: The run and train settings the coordinator's part of the rule decides; any of them set explicitly wins.
 RULE_KEYS = ("rounds", "train.lr", "train.momentum", "train.local_epochs")
 
-R = TypeVar("R")
+R = TypeVar("R", "RunConfig", "ExperimentConfig")
 
 
 @dataclass(frozen=True)
@@ -68,7 +71,7 @@ def recipe(*, epsilon: float, sites: int) -> Recipe:
 def apply_recipe(run: R, *, given: Mapping[str, Any], sites: int) -> R:
     """`run` (a RunConfig or ExperimentConfig) with the rule's settings for every rule key that `given` (the merged
     settings as written) leaves out, and `train.batch_size = "auto"` (each site's own) unless it is given."""
-    ruled = recipe(epsilon=run.dp.target_epsilon, sites=sites).as_settings()  # type: ignore[attr-defined]
+    ruled = recipe(epsilon=run.dp.target_epsilon, sites=sites).as_settings()
     train_given = dict(given.get("train") or {})
     train: dict[str, Any] = {}
     top: dict[str, Any] = {}
@@ -81,7 +84,7 @@ def apply_recipe(run: R, *, given: Mapping[str, Any], sites: int) -> R:
             top[key] = value
     if "batch_size" not in train_given:
         train["batch_size"] = "auto"
-    return replace(run, **top, train=replace(run.train, **train))  # type: ignore[type-var, attr-defined]
+    return replace(run, **top, train=replace(run.train, **train))
 
 
 def main(argv: list[str] | None = None) -> int:

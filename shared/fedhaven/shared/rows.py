@@ -72,7 +72,7 @@ class Rows:
     def nbytes(self) -> int:
         return int(np.prod(self.shape, dtype=np.int64)) * torch.empty((), dtype=self.dtype).element_size()
 
-    def __getitem__(self, index: Index | tuple) -> torch.Tensor:
+    def __getitem__(self, index: Index | tuple[Any, ...]) -> torch.Tensor:
         """The rows `index` names (int, slice, integer or boolean array), read now; with a tuple, the first item
         picks rows and the rest index into them, as on a tensor."""
         if isinstance(index, tuple):
@@ -142,7 +142,7 @@ def _read_trailer(fd: int, size: int) -> dict[str, Any]:
     start = size - len(MAGIC) - _TRAILER_LEN - length
     if length <= 0 or start < 0:
         raise ValueError("bad trailer length")
-    meta = json.loads(os.pread(fd, length, start))
+    meta: dict[str, Any] = json.loads(os.pread(fd, length, start))
     meta["_data_bytes"] = start
     return meta
 
@@ -160,7 +160,7 @@ class FileRows(Rows):
         self._row_shape = tuple(int(d) for d in meta["row_shape"])
         self._np_dtype = np.dtype(meta["dtype"])
         self.dtype = _DTYPES[meta["dtype"]]
-        self._row_bytes = int(np.prod(self._row_shape, dtype=np.int64)) * self._np_dtype.itemsize
+        self._row_bytes: int = int(np.prod(self._row_shape, dtype=np.int64)) * self._np_dtype.itemsize
         self.index = index
         count = int(meta["count"]) if index is None else len(index)
         self.shape = (count, *self._row_shape)
@@ -170,7 +170,8 @@ class FileRows(Rows):
         return {"path": self.path, "meta": self.meta, "index": self.index}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["path"], meta=state["meta"], index=state["index"])  # type: ignore[misc]
+        self.__init__(  # type: ignore[misc]  # unpickling: a new object's set-up, reopening the file by path
+            state["path"], meta=state["meta"], index=state["index"])
 
     def _file(self) -> int:
         if self._fh is None:
@@ -190,7 +191,9 @@ class FileRows(Rows):
             breaks = np.flatnonzero(np.diff(sorted_rows) != 1) + 1
             for run in np.split(np.arange(len(rows)), breaks):
                 first, last = run[0], run[-1]
-                dest = memoryview(flat[first: last + 1]).cast("B")
+                dest = memoryview(
+                    flat[first: last + 1],  # type: ignore[arg-type]  # numpy: ndarray.__buffer__ on Python >= 3.12
+                ).cast("B")
                 got = os.preadv(fd, [dest], int(sorted_rows[first]) * self._row_bytes)
                 if got != len(dest):
                     raise OSError(f"{self.path}: short read ({got} of {len(dest)} bytes); the file changed")

@@ -57,14 +57,16 @@ def _gabor(size: int, *, sigma: float, theta: float, xi: float, slant: float = 1
     arg = (-(curv[0, 0] * xx * xx + (curv[0, 1] + curv[1, 0]) * xx * yy + curv[1, 1] * yy * yy)
            + 1j * (xx * math.cos(theta) * xi + yy * math.sin(theta) * xi))
     gab = np.exp(arg).sum(axis=(0, 2))
-    return gab / (2 * math.pi * sigma * sigma / slant)
+    out: np.ndarray = gab / (2 * math.pi * sigma * sigma / slant)
+    return out
 
 
 def _morlet(size: int, *, sigma: float, theta: float, xi: float, slant: float) -> np.ndarray:
     """A Morlet wavelet: a Gabor filter minus the Gaussian envelope that makes its mean zero."""
     wave = _gabor(size, sigma=sigma, theta=theta, xi=xi, slant=slant)
     envelope = _gabor(size, sigma=sigma, theta=theta, xi=0.0, slant=slant)
-    return wave - (wave.sum() / envelope.sum()) * envelope
+    out: np.ndarray = wave - (wave.sum() / envelope.sum()) * envelope
+    return out
 
 
 def _crop_fourier(filt: np.ndarray, level: int) -> np.ndarray:
@@ -78,7 +80,8 @@ def _crop_fourier(filt: np.ndarray, level: int) -> np.ndarray:
     masked[start: start + length, :] = 0
     masked[:, start: start + length] = 0
     small = size // k
-    return masked.reshape(k, small, k, small).sum(axis=(0, 2))
+    out: np.ndarray = masked.reshape(k, small, k, small).sum(axis=(0, 2))
+    return out
 
 
 def filter_bank(*, size: int, J: int, L: int) -> tuple[list[list[list[np.ndarray]]], list[np.ndarray]]:
@@ -118,7 +121,8 @@ class ScatteringSpec:
 
     @property
     def out_size(self) -> int:
-        return -(-self.image_size // 2**self.J)
+        scale: int = 2**self.J
+        return -(-self.image_size // scale)
 
     @property
     def out_shape(self) -> tuple[int, int, int]:
@@ -126,7 +130,8 @@ class ScatteringSpec:
 
     @property
     def padded(self) -> int:
-        return 2**self.J * (self.out_size + 2)
+        scale: int = 2**self.J
+        return scale * (self.out_size + 2)
 
     @property
     def work_bytes_per_image(self) -> int:
@@ -158,12 +163,13 @@ def _filter_subsample(x_hat: torch.Tensor, filt: torch.Tensor, k: int) -> torch.
     if k == 1:
         return x_hat * filt
     h, w = x_hat.shape[-2] // k, x_hat.shape[-1] // k
-    out = None
+    out: torch.Tensor | None = None
     for a in range(k):
         for b in range(k):
             rows, cols = slice(a * h, (a + 1) * h), slice(b * w, (b + 1) * w)
             blk = x_hat[..., rows, cols] * filt[..., rows, cols]
             out = blk if out is None else out.add_(blk)
+    assert out is not None  # k > 1: at least one block
     return out.div_(k * k)
 
 
@@ -190,10 +196,12 @@ class Scattering2D(nn.Module):
             self.register_buffer(f"phi_{level}", torch.tensor(phi[level], dtype=torch.float32), persistent=False)
 
     def _psi(self, j: int, level: int) -> torch.Tensor:
-        return getattr(self, f"psi_{j}_{level}")
+        psi: torch.Tensor = getattr(self, f"psi_{j}_{level}")
+        return psi
 
     def _phi(self, level: int) -> torch.Tensor:
-        return getattr(self, f"phi_{level}")
+        phi: torch.Tensor = getattr(self, f"phi_{level}")
+        return phi
 
     def _pad(self, x: torch.Tensor) -> torch.Tensor:
         total = self.spec.padded - self.spec.image_size
@@ -204,7 +212,8 @@ class Scattering2D(nn.Module):
         """Low-pass, subsample to the output resolution, back to space, crop the padding border."""
         J, n = self.spec.J, self.spec.out_size
         s = torch.fft.ifft2(_filter_subsample(u_hat, self._phi(level), 2 ** (J - level))).real
-        return s[..., 1: 1 + n, 1: 1 + n]
+        low: torch.Tensor = s[..., 1: 1 + n, 1: 1 + n]
+        return low
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:

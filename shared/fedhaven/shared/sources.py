@@ -13,21 +13,26 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Literal
+from typing import TYPE_CHECKING, Literal, TypeVar
 
 import numpy as np
 import torch
 
 from fedhaven.shared.data import DataError, ImageData
-from fedhaven.shared.rows import FileRows, RowsWriter, cached_rows
+from fedhaven.shared.rows import FileRows, MemoryRows, RowsWriter, cached_rows
 from fedhaven.shared.schema import BUNDLED_MNIST, DataConfig
+
+if TYPE_CHECKING:
+    from numpy.typing import DTypeLike
 
 __all__ = ["BUNDLED_MNIST", "DECODE_CHUNK", "Split", "load_data", "load_digits_data", "load_idx",
            "load_imagefolder", "read_idx", "save_idx"]
 
 Split = Literal["train", "test"]
+T = TypeVar("T")
 
 #: Images decoded per chunk (a 224x224 RGB chunk is 38 MB as bytes).
 DECODE_CHUNK = 256
@@ -35,24 +40,24 @@ DECODE_CHUNK = 256
 DECODE_VERSION = 1
 
 _IDX_PREFIX = {"train": "train", "test": "t10k"}
-_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+_IDX_DTYPES: dict[int, DTypeLike] = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
-def _idx_open(p: Path) -> IO[bytes]:
+def _idx_open(p: Path) -> io.BufferedIOBase:
     try:
         return gzip.open(p, "rb") if p.suffix == ".gz" else open(p, "rb")
     except OSError as exc:
         raise DataError(f"cannot read IDX file {p}: {exc}") from None
 
 
-def _idx_read(fh: IO[bytes], n: int, p: Path) -> bytes:
+def _idx_read(fh: io.BufferedIOBase, n: int, p: Path) -> bytes:
     try:
         return fh.read(n)
     except (OSError, EOFError, gzip.BadGzipFile) as exc:
         raise DataError(f"cannot read IDX file {p}: {exc}") from None
 
 
-def _idx_header(fh: IO[bytes], p: Path, *, ndim: int) -> tuple[list[int], list[str]]:
+def _idx_header(fh: io.BufferedIOBase, p: Path, *, ndim: int) -> tuple[list[int], list[str]]:
     """(dims, problems) of an IDX file's header for an MNIST-format `ndim`-D uint8 array."""
     raw = _idx_read(fh, 4, p)
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
@@ -176,6 +181,7 @@ def _decode(path: str, *, mode: str, size: int) -> np.ndarray:
     bilinear with antialiasing)."""
     from PIL import Image
 
+    im: Image.Image
     with Image.open(path) as im:
         im = im.convert(mode)
         if im.size != (size, size):
@@ -184,7 +190,7 @@ def _decode(path: str, *, mode: str, size: int) -> np.ndarray:
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
 
 
-def _chunks(items: list, size: int) -> Iterator[list]:
+def _chunks(items: list[T], size: int) -> Iterator[list[T]]:
     for i in range(0, len(items), size):
         yield items[i: i + size]
 
@@ -244,7 +250,7 @@ def load_digits_data(*, split: Split, test_fraction: float = 0.25, seed: int = 0
     order = np.random.default_rng(seed).permutation(len(images))
     n_test = int(round(len(images) * test_fraction))
     idx = order[:n_test] if split == "test" else order[n_test:]
-    return ImageData(torch.from_numpy(images[idx]), torch.from_numpy(bunch.target[idx].astype(np.int64)),
+    return ImageData(MemoryRows(torch.from_numpy(images[idx])), torch.from_numpy(bunch.target[idx].astype(np.int64)),
                      tuple(str(i) for i in range(10)))
 
 

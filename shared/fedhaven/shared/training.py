@@ -82,9 +82,12 @@ def _wrap(model: nn.Module, mode: GradSampleMode) -> nn.Module:
     from opacus import GradSampleModule
     from opacus.grad_sample import GradSampleModuleExpandedWeights
 
+    wrapped: nn.Module  # Opacus' wrappers are nn.Modules (Opacus has no type information)
     if mode == "ew":
-        return GradSampleModuleExpandedWeights(model, batch_first=True, loss_reduction="mean")
-    return GradSampleModule(model, batch_first=True, loss_reduction="mean", force_functorch=mode == "functorch")
+        wrapped = GradSampleModuleExpandedWeights(model, batch_first=True, loss_reduction="mean")
+    else:
+        wrapped = GradSampleModule(model, batch_first=True, loss_reduction="mean", force_functorch=mode == "functorch")
+    return wrapped
 
 
 def _noise_only(optimizer: Any, params: Sequence[torch.Tensor], *, ghost: bool) -> None:  # Any: Opacus' DPOptimizer
@@ -97,7 +100,8 @@ def _noise_only(optimizer: Any, params: Sequence[torch.Tensor], *, ghost: bool) 
         if ghost:  # ghost clipping's optimizer noises p.grad, the already clipped sum
             p.grad = torch.zeros_like(p)
         else:
-            p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype, device=p.device)
+            p.grad_sample = torch.zeros(  # type: ignore[attr-defined]  # Opacus' attribute, not torch's
+                (0, *p.shape), dtype=p.dtype, device=p.device)
     optimizer.pre_step()
 
 
@@ -191,7 +195,7 @@ def train_local(
                 if len(idx) == 0:
                     empty += 1
                     _noise_only(optimizer, params, ghost=ghost)
-                parts = idx.split(physical) if len(idx) else ()
+                parts = torch.split(idx, physical) if len(idx) else ()
                 largest = max(largest, max((len(p) for p in parts), default=0))
                 for i, part in enumerate(parts):
                     last = i == len(parts) - 1
@@ -213,6 +217,7 @@ def train_local(
                 if anchor:
                     with torch.no_grad():
                         for p, a in zip(params, anchor, strict=True):
+                            assert p.grad is not None  # every trained parameter has one after backward()
                             p.grad.add_(p.detach() - a, alpha=proximal_mu)
                 sgd.step()
     finally:

@@ -49,6 +49,7 @@ def attacked_update(*, kind: str, parameter: float | None, new: Sequence[np.ndar
     if kind == "signflip":
         return add(start, [-d for d in update])
     if kind.startswith("gaussian:"):
+        assert parameter is not None  # gaussian:S always names S
         return add(start, [rng.normal(0.0, parameter, d.shape).astype(d.dtype) for d in update])
     raise ValueError(f"attack {kind!r} does not act on the update")
 

@@ -8,6 +8,7 @@ import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from fedhaven.shared.runtime import configure_logging, harden_environment
 
@@ -23,6 +24,9 @@ from fedhaven.sim.experiment import (  # noqa: E402 - imported after harden_envi
     bundled_experiments,
     load_experiment,
 )
+
+if TYPE_CHECKING:
+    from fedhaven.server.records import RoundRecord
 
 COMMANDS = ("run", "check", "list")
 
@@ -55,8 +59,8 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _flags(args: argparse.Namespace) -> dict:
-    flags: dict = {}
+def _flags(args: argparse.Namespace) -> dict[str, Any]:
+    flags: dict[str, Any] = {}
     for key in ("sites", "rounds", "partition", "seed"):
         if getattr(args, key) is not None:
             flags[key] = getattr(args, key)
@@ -154,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = (Path(exp.resume_from) if exp.resume_from else
                args.run_dir or Path(exp.output_dir) / f"{exp.name}-{time.strftime('%Y%m%d-%H%M%S')}")
 
-    def progress(rec) -> None:  # noqa: ANN001 - RoundRecord
+    def progress(rec: RoundRecord) -> None:
         print_round(logger, asdict(rec), planned=exp.rounds)
 
     logger.info("running %s -> %s", exp.name, run_dir)

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -35,7 +36,8 @@ DEFAULT_SITES = ("hospital-a", "hospital-b", "hospital-c")
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
 def command_env(extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -47,7 +49,7 @@ def command_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 
 
 def cli(*args: str, timeout: float = 120, cwd: Path | None = None,
-        env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """Run an installed fedhaven command (`fl-server ...`, `fl-client ...`) to completion."""
     return subprocess.run([str(BIN / args[0]), *args[1:]], capture_output=True, text=True, timeout=timeout,
                           env=command_env(env), cwd=cwd)
@@ -101,7 +103,7 @@ class LoopbackFederation:
     site_names: Sequence[str] = DEFAULT_SITES
     policy: str = "max_epsilon = 50.0\nmin_noise_multiplier = 0.5"
     env: dict[str, str] = field(default_factory=dict)
-    procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     site_dirs: dict[str, Path] = field(default_factory=dict)
     port_restarts: dict[str, int] = field(default_factory=dict)  # sites started again because their port was taken
     #: each site's `cpu_threads`; None: its share of this machine's cores, as on a host that runs several sites
@@ -116,12 +118,12 @@ class LoopbackFederation:
         self.runtime_port = free_port()
 
     @classmethod
-    def in_temp(cls, *, prefix: str = "fedhaven-loopback-", **kwargs: object) -> LoopbackFederation:
+    def in_temp(cls, *, prefix: str = "fedhaven-loopback-", **kwargs: Any) -> LoopbackFederation:
         """A federation in a fresh folder under /tmp that other local accounts may traverse (0755), so that only
         the coordinator's own permissions keep them out."""
         root = Path(tempfile.mkdtemp(prefix=prefix))
         root.chmod(0o755)
-        return cls(root=root, **kwargs)  # type: ignore[arg-type]
+        return cls(root=root, **kwargs)
 
     # ----- set-up -----
     def provision(self) -> None:
@@ -174,7 +176,7 @@ path = "data"
         _check(cli("fl-client", "ledger", "init", "--config", str(site / "site.toml")), "fl-client ledger init")
         return site
 
-    def spawn(self, name: str, *args: str) -> subprocess.Popen:
+    def spawn(self, name: str, *args: str) -> subprocess.Popen[bytes]:
         """Start a long-running command, its output appended to `root/<name>.log`."""
         with (self.root / f"{name}.log").open("a") as log:
             proc = subprocess.Popen([str(BIN / args[0]), *args[1:]], stdout=log, stderr=subprocess.STDOUT,
@@ -191,7 +193,7 @@ path = "data"
                 raise RuntimeError(f"the coordinator did not start:\n{self.log('coordinator')[-3000:]}")
             time.sleep(0.3)
 
-    def start_site(self, name: str) -> subprocess.Popen:
+    def start_site(self, name: str) -> subprocess.Popen[bytes]:
         return self.spawn(name, "fl-client", "start", "--config", str(self.site_dirs[name] / "site.toml"))
 
     def start(self, *, online_timeout: float = 90) -> LoopbackFederation:
@@ -205,9 +207,10 @@ path = "data"
         return self
 
     # ----- observing -----
-    def runtime(self) -> dict | None:
+    def runtime(self) -> dict[str, Any] | None:
         try:
-            return json.loads((self.state / "coordinator.json").read_text())
+            runtime: dict[str, Any] = json.loads((self.state / "coordinator.json").read_text())
+            return runtime
         except (OSError, ValueError):
             return None
 
@@ -217,12 +220,13 @@ path = "data"
         except OSError:
             return ""
 
-    def status(self) -> subprocess.CompletedProcess:
+    def status(self) -> subprocess.CompletedProcess[str]:
         return cli("fl-server", "status", "--state-dir", str(self.state))
 
     def online(self) -> int:
         res = self.status()
-        return (res.stdout + res.stderr).count(" online")
+        output: str = res.stdout + res.stderr
+        return output.count(" online")
 
     def restart_if_port_taken(self) -> None:
         """Start again, on a new port, a site whose SuperNode found its loopback port taken: `free_port` picked it
@@ -265,16 +269,16 @@ path = "data"
         path.write_text(text)
         return path
 
-    def run(self, text: str | None = None, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    def run(self, text: str | None = None, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
         """`fl-server run` of `text` (default: `run_toml()`), as the operator, to the end."""
         return cli("fl-server", "run", str(self.write_run(text or run_toml())), "--state-dir", str(self.state),
                    *args, timeout=timeout)
 
-    def resume(self, run: str, *, timeout: float = 900) -> subprocess.CompletedProcess:
+    def resume(self, run: str, *, timeout: float = 900) -> subprocess.CompletedProcess[str]:
         """`fl-server run --resume RUN`, as the operator, to the end."""
         return cli("fl-server", "run", "--resume", run, "--state-dir", str(self.state), timeout=timeout)
 
-    def submit(self, text: str | None = None, *args: str) -> subprocess.Popen:
+    def submit(self, text: str | None = None, *args: str) -> subprocess.Popen[bytes]:
         """`fl-server run` in the background (output in `root/operator.log`)."""
         return self.spawn("operator", "fl-server", "run", str(self.write_run(text or run_toml())), "--state-dir",
                           str(self.state), *args)
@@ -347,6 +351,6 @@ path = "data"
                 proc.wait()
 
 
-def _check(res: subprocess.CompletedProcess, what: str) -> None:
+def _check(res: subprocess.CompletedProcess[str], what: str) -> None:
     if res.returncode != 0:
         raise RuntimeError(f"{what} failed ({res.returncode}):\n{res.stdout}{res.stderr}")

@@ -5,9 +5,10 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from fedhaven.client.flower_app import make_client_app
 from fedhaven.server.app import make_server_app
@@ -20,6 +21,11 @@ from fedhaven.shared.runtime import HARDENED_ENV
 from fedhaven.shared.schema import ExperimentConfig
 from fedhaven.sim.report import Summary, plot_rounds, summarize
 from fedhaven.sim.sites import SimulatedSites
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from fedhaven.client.flower_app import Mod
 
 log = logging.getLogger("fedhaven.sim")
 
@@ -180,10 +186,10 @@ def run_experiment(
     return summarize(exp=exp, result=result, wall_time_s=wall)
 
 
-def ray_init_args(exp: ExperimentConfig) -> dict:
+def ray_init_args(exp: ExperimentConfig) -> dict[str, Any]:
     """How the simulation reaches Ray: a local instance on this machine's cores, or the existing cluster at
     `simulation.ray_address` (whose nodes run the same fedhaven installation)."""
-    args: dict = {"include_dashboard": False, "logging_level": logging.ERROR, "log_to_driver": True}
+    args: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.ERROR, "log_to_driver": True}
     if exp.simulation.ray_address:
         args["address"] = exp.simulation.ray_address
     else:
@@ -191,7 +197,7 @@ def ray_init_args(exp: ExperimentConfig) -> dict:
     return args
 
 
-def attack_mods(exp: ExperimentConfig, sites: SimulatedSites) -> list:
+def attack_mods(exp: ExperimentConfig, sites: SimulatedSites) -> list[Mod]:
     """The simulated attackers' ClientApp mod (`[attack]`), or none."""
     if not exp.attack.enabled:
         return []
@@ -221,7 +227,7 @@ def create_site_ledgers(sites: SimulatedSites) -> None:
             ledger.init(site=info.name, reason=f"simulated site of experiment {exp.name}")
 
 
-def audit_membership(*, exp: ExperimentConfig, weights: list) -> dict:
+def audit_membership(*, exp: ExperimentConfig, weights: list[np.ndarray]) -> dict[str, Any]:
     """Loss-threshold membership inference on the final model: the sites' training data against the test set.
 
     Only a simulation can run it: it needs the sites' data, which a deployed coordinator never sees. A model
@@ -242,17 +248,22 @@ def audit_membership(*, exp: ExperimentConfig, weights: list) -> dict:
     model = build_model(cfg=exp.model, spec=test.spec, dp=False)
     set_weights(model, weights)
     front, head = split_front(model)
+    members: Sequence[ImageData | FeatureData] = parts
+    non_members: ImageData | FeatureData = test
     if front is not None:
         def feats(data: ImageData) -> FeatureData:
             out = front_features(model=model, data=data, cache_dir=exp.cache_dir(), memory_mb=exp.memory_mb)
             assert out is not None
             return out
 
-        parts = [feats(p) for p in parts]  # type: ignore[misc]
-        test = feats(test)  # type: ignore[assignment]
-    row = test.images.row_shape if front is None else test.features.row_shape  # type: ignore[attr-defined]
+        members = [feats(p) for p in parts]
+        non_members = feats(test)
+    # images without a front end, its features with one
+    row = (non_members.images.row_shape if isinstance(non_members, ImageData)
+           else non_members.features.row_shape)
     batch = MemoryBudget(exp.memory_mb).rows(per_row_bytes=eval_example_bytes(head, row_shape=row), cap=2048)
-    result = membership_inference(model=head, members=parts, non_members=test, seed=exp.seed, batch_size=batch)
+    result = membership_inference(model=head, members=members, non_members=non_members, seed=exp.seed,
+                                  batch_size=batch)
     return {"auc": result.auc, "members": result.members, "non_members": result.non_members,
             "attack": "loss threshold (Yeom et al. 2018)"}
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -13,6 +14,9 @@ from fedhaven.shared.data import ImageData
 from fedhaven.shared.partition import partition_dirichlet, partition_iid, site_folders
 from fedhaven.shared.schema import DataConfig, ExperimentConfig
 from fedhaven.shared.sources import load_data, load_imagefolder
+
+if TYPE_CHECKING:
+    from flwr.app import Context, UserConfig
 
 PARTITION_ID = "partition-id"
 
@@ -47,25 +51,25 @@ class SimulatedSites:
     experiment: ExperimentConfig
     state_root: str | None = None
 
-    def _index(self, node_config: dict) -> int:
+    def _index(self, node_config: UserConfig) -> int:
         pid = int(node_config[PARTITION_ID])
         if not 0 <= pid < self.experiment.sites:
             raise ValueError(f"partition id {pid} outside 0..{self.experiment.sites - 1}")
         return pid
 
-    def index(self, context) -> int:  # noqa: ANN001 - Flower Context
+    def index(self, context: Context) -> int:
         """Which simulated site (0-based) a Flower context belongs to."""
         return self._index(context.node_config)
 
-    def key(self, context) -> str:  # noqa: ANN001 - Flower Context
+    def key(self, context: Context) -> str:
         exp = self.experiment
         ident = hash((exp.data, exp.partition, exp.sites, exp.seed, self.state_root))
         return f"sim:{ident}:{self._index(context.node_config)}"
 
-    def info(self, context) -> SiteInfo:  # noqa: ANN001 - Flower Context
+    def info(self, context: Context) -> SiteInfo:
         return self.site_info(self._index(context.node_config))
 
-    def data(self, context) -> ImageData:  # noqa: ANN001 - Flower Context
+    def data(self, context: Context) -> ImageData:
         return self.site_data(self._index(context.node_config))
 
     def sizes(self) -> list[int]:

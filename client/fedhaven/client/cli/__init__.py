@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from fedhaven.shared.runtime import harden_environment
+
+if TYPE_CHECKING:
+    import argparse
+    from types import ModuleType
 
 harden_environment()  # before anything imports flwr
 
@@ -14,7 +20,7 @@ SUBCOMMANDS = {
 }
 
 
-def build_parser():  # noqa: ANN201 - (parser, modules)
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, ModuleType]]:
     """The command's parser and its subcommand modules (also used to check deploy files)."""
     from fedhaven.shared.cli import build_parser as frame
 

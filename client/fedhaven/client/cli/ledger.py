@@ -57,13 +57,15 @@ def _spent(entries: list[LedgerEntry], policy: SitePolicy | None) -> str:
     from fedhaven.client.ledger import budget_history
 
     updates = [e for e in entries if e.kind == "update"]
+    acc: str  # a policy's Accountant, or the string an entry holds
     if policy is not None:
         delta, acc, budget = policy.delta, policy.accountant, f" of budget {policy.max_epsilon:g}"
     elif updates:
         delta, acc, budget = updates[-1].delta, updates[-1].accountant, ""
     else:
         return "nothing spent yet"
-    eps = epsilon(history=budget_history(entries), delta=delta, accountant=acc)  # type: ignore[arg-type]
+    eps = epsilon(history=budget_history(entries), delta=delta,
+                  accountant=acc)  # type: ignore[arg-type]  # an entry's string; Opacus refuses unknown ones
     shown = "inf (NOT PRIVATE: a round trained without noise)" if math.isinf(eps) else f"{eps:.4f}"
     return (f"epsilon {shown}{budget} at delta {delta:g} spent in the current budget, recomputed from the ledger "
             f"with a fresh {acc} accountant")

@@ -26,6 +26,8 @@ from fedhaven.shared.process import pid_alive, spawn, stop_group, stop_pids
 from fedhaven.shared.runtime import hardened_env
 
 if TYPE_CHECKING:
+    from types import FrameType
+
     from fedhaven.shared.data import ImageData
 
 log = logging.getLogger("fedhaven.client")
@@ -186,7 +188,7 @@ def run(args: argparse.Namespace) -> int:
     reasons: list[str] = []
     stop = threading.Event()
 
-    def on_signal(signum, frame) -> None:  # noqa: ANN001
+    def on_signal(signum: int, frame: FrameType | None) -> None:
         stop.set()
 
     signal.signal(signal.SIGTERM, on_signal)

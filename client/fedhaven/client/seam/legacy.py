@@ -52,7 +52,11 @@ def is_secagg(*, content: RecordDict) -> bool:
 def secagg_max_weight(*, ctx: Context) -> float:
     """The coordinator's SecAgg+ max_weight, from the state `secaggplus_mod` keeps in the context (0: none yet)."""
     state = ctx.state.config_records.get(RECORD_KEY_STATE)
-    return float(state.get(_MAX_WEIGHT, 0.0)) if state is not None else 0.0
+    if state is None:
+        return 0.0
+    max_weight = state.get(_MAX_WEIGHT, 0.0)
+    assert isinstance(max_weight, (int, float))  # SecAggPlusState.max_weight: a float
+    return float(max_weight)
 
 
 def content_sha256(*, msg: Message) -> str:

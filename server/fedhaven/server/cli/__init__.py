@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from fedhaven.shared.runtime import harden_environment
+
+if TYPE_CHECKING:
+    from types import ModuleType
 
 harden_environment()  # before anything imports flwr
 
@@ -23,7 +27,7 @@ def _state_dir(p: argparse.ArgumentParser) -> None:
                    help="the coordinator's state directory (default: ./fedhaven-coordinator)")
 
 
-def build_parser():  # noqa: ANN201 - (parser, modules)
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, ModuleType]]:
     """The command's parser and its subcommand modules (also used to check deploy files)."""
     from fedhaven.shared.cli import build_parser as frame
 

@@ -35,7 +35,7 @@ _VERSIONED = ("fedhaven", "torch", "torchvision", "opacus", "numpy", "scikit-lea
 
 def fingerprint(run: RunConfig) -> str:
     """Everything the model and test-set check of `run` depends on, hashed."""
-    versions = {}
+    versions: dict[str, str | None] = {}
     for name in _VERSIONED:
         try:
             versions[name] = metadata.version(name)

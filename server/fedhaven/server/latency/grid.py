@@ -89,7 +89,7 @@ class PollingGrid(Grid):
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
         return self.inner.pull_messages(message_ids)
 
-    def __getattr__(self, name: str):  # noqa: ANN204 - anything else a Flower grid offers
+    def __getattr__(self, name: str) -> Any:  # anything else a Flower grid offers
         return getattr(self.inner, name)
 
     # ----- fedhaven's wait -----

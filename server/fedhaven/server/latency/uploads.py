@@ -24,8 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
 
 #: Seconds a pulled message waits, at most, for an object its sender announced (a large model upload takes longer;
 #: then Flower's own backoff takes over). Below the SuperNode's 30 s HTTP timeout with a 10 s held pull.
@@ -58,7 +57,7 @@ class Uploads:
     """Announced-but-not-uploaded object ids, shared by the gates of one SuperLink (one asyncio loop)."""
 
     def __init__(self, *, settle: float = DEFAULT_SETTLE, max_pending: int = MAX_PENDING,
-                 clock: Any = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic) -> None:
         if settle < 0 or max_pending < 0:
             raise ValueError("settle and max_pending must be >= 0")
         self.settle = settle

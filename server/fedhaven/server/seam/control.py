@@ -7,12 +7,15 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import tomli_w
 
 from fedhaven.shared.config import to_dict
 from fedhaven.shared.schema import RunConfig
+
+if TYPE_CHECKING:
+    from flwr.supercore.control.control_http_client import ControlHttpClient
 
 APP_PUBLISHER = "fedhaven"
 APP_NAME = "fedhaven"
@@ -141,7 +144,7 @@ class Control:
 
 
 
-def _socket_client(path: str):  # noqa: ANN202 - Flower's ControlHttpClient
+def _socket_client(path: str) -> ControlHttpClient:
     """Flower's own Control client (same interceptors as its CLI), carried over a Unix socket."""
     import httpx
     from flwr.cli.cli_client_interceptor import CliClientHttpInterceptor

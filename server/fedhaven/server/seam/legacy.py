@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 from flwr.app import ConfigRecord, Context
-from flwr.common import ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.common import FitRes, Parameters, Scalar, ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.compat.common import recorddict_compat as compat
 from flwr.server.client_manager import SimpleClientManager
 from flwr.server.client_proxy import ClientProxy
@@ -27,6 +27,7 @@ from flwr.server.strategy import (
     DifferentialPrivacyClientSideAdaptiveClipping,
     DifferentialPrivacyClientSideFixedClipping,
     FedAdam,
+    Strategy,
 )
 from flwr.server.workflow import SecAggPlusWorkflow
 from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD, Key
@@ -63,7 +64,7 @@ def start_client_manager(grid: Grid, manager: SimpleClientManager) -> tuple[Any,
 
 def init_workflow_state(grid: Grid, ctx: Context) -> None:
     """The initial global parameters and the start-time record, as `DefaultWorkflow` sets them up."""
-    default_init_params_workflow(grid, ctx)  # type: ignore[arg-type]
+    default_init_params_workflow(grid, ctx)
     ctx.state.config_records[MAIN_CONFIGS_RECORD] = ConfigRecord({Key.START_TIME: 0.0})
 
 
@@ -88,7 +89,7 @@ def set_global_weights(ctx: Context, weights: list[np.ndarray]) -> None:
 
 def fit_round_plain(grid: Any, ctx: Context) -> None:
     """One fit round without SecAgg+: Flower's default fit workflow."""
-    default_fit_workflow(grid, ctx)  # type: ignore[arg-type]
+    default_fit_workflow(grid, ctx)
 
 
 # ----- strategies' private state, for checkpoints and for a rejected round's rollback -----
@@ -127,6 +128,12 @@ class TolerantCentralDP:
     queries together), never at the update's larger share of it.
     """
 
+    # set by the Flower wrapper this class is mixed into
+    strategy: Strategy
+    clipping_norm: float
+    noise_multiplier: float
+    num_sampled_clients: int
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         # What the accountant uses: the configured total. Flower's adaptive wrapper replaces
@@ -134,10 +141,12 @@ class TolerantCentralDP:
         self.accounted_noise = float(kwargs["noise_multiplier"] if "noise_multiplier" in kwargs else args[1])
         self.applied: list[CentralNoise] = []
 
-    def _after_aggregate(self, results: list) -> None:
+    def _after_aggregate(self, results: list[tuple[ClientProxy, FitRes]]) -> None:
         """Hook for wrappers that learn from the round (adaptive clipping)."""
 
-    def aggregate_fit(self, server_round, results, failures):  # noqa: ANN001, ANN201 - Flower signature
+    def aggregate_fit(self, server_round: int, results: list[tuple[ClientProxy, FitRes]],
+                      failures: list[tuple[ClientProxy, FitRes] | BaseException],
+                      ) -> tuple[Parameters | None, dict[str, Scalar]]:
         if not results:
             return None, {}
         used, m = self.clipping_norm, len(results)
@@ -160,7 +169,7 @@ class TolerantFixedClipping(TolerantCentralDP, DifferentialPrivacyClientSideFixe
 class TolerantAdaptiveClipping(TolerantCentralDP, DifferentialPrivacyClientSideAdaptiveClipping):
     """Flower's client-side adaptive clipping, tolerating dropouts, noised with the norm the sites used."""
 
-    def _after_aggregate(self, results: list) -> None:
+    def _after_aggregate(self, results: list[tuple[ClientProxy, FitRes]]) -> None:
         self._update_clip_norm(results)
 
 
@@ -182,7 +191,7 @@ class CheckedSecAggPlus(SecAggPlusWorkflow):
                   ("collect masked vectors", self.collect_masked_vectors_stage), ("unmask", self.unmask_stage))
         try:
             for name, stage in stages:
-                if not stage(grid, context, state):  # type: ignore[arg-type]
+                if not stage(grid, context, state):  # type: ignore[arg-type]  # a LegacyContext, as in Flower's own
                     self.halted_stage = name
                     # Flower records some failures twice (once per loop over replies): keep each once.
                     self.failures = tuple(dict.fromkeys(site_failure(f) for f in state.failures))
@@ -254,7 +263,8 @@ class BoundedClientManager(SimpleClientManager):
         start = time.monotonic()
         while True:
             left = limit - (time.monotonic() - start)
-            if super().wait_for(num_clients, timeout=max(0.0, min(left, self.report_every))):  # type: ignore[arg-type]
+            wait = max(0.0, min(left, self.report_every))
+            if super().wait_for(num_clients, timeout=wait):  # type: ignore[arg-type]  # Flower says int; seconds
                 self.shortfall = None
                 return True
             waited = time.monotonic() - start

@@ -99,7 +99,9 @@ def main(argv: list[str] | None = None) -> None:
     from flwr.supercore.cli.flower_superexec import flower_superexec
 
     os.environ.setdefault("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", TASK_POLL_INTERVAL)
-    superexec.get_executor = lambda *args, **kwargs: ForkingExecutor()  # the one piece of Flower replaced
+    # the one piece of Flower replaced
+    superexec.get_executor = (  # type: ignore[attr-defined]  # a name run_superexec imports, not exports
+        lambda *args, **kwargs: ForkingExecutor())
     sys.argv = ["flower-superexec", *(sys.argv[1:] if argv is None else argv)]
     flower_superexec()
 

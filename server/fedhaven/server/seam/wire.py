@@ -42,7 +42,9 @@ def objects_to_push(path: str, body: bytes) -> list[str]:
     if path.startswith(FLEET_PREFIX):
         from flwr.proto.fleet_pb2 import PushMessagesResponse as Pushed
     else:
-        from flwr.proto.runtime_pb2 import PushAppMessagesResponse as Pushed  # type: ignore[assignment]
+        from flwr.proto.runtime_pb2 import (  # type: ignore[assignment]  # the Fleet answer's twin, read alike
+            PushAppMessagesResponse as Pushed,
+        )
     try:
         return list(Pushed.FromString(body).objects_to_push)
     except Exception:  # noqa: BLE001 - not Flower's answer: nothing to wait for
@@ -106,7 +108,9 @@ def pulled_object_ids(path: str, status: int, body: bytes) -> list[str]:
     if path.startswith(FLEET_PREFIX):
         from flwr.proto.fleet_pb2 import PullMessagesResponse as Pulled
     else:
-        from flwr.proto.runtime_pb2 import PullAppMessagesResponse as Pulled  # type: ignore[assignment]
+        from flwr.proto.runtime_pb2 import (  # type: ignore[assignment]  # the Fleet answer's twin, read alike
+            PullAppMessagesResponse as Pulled,
+        )
     try:
         return list(tree_ids(Pulled.FromString(body).message_object_trees))
     except Exception:  # noqa: BLE001 - not Flower's answer: nothing to wait for

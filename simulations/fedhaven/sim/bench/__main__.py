@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from fedhaven.shared.runtime import configure_logging, harden_environment
 
@@ -13,10 +15,12 @@ harden_environment()
 
 ROOT = Path(__file__).resolve().parents[4]
 
-QUICK = {"dp_epochs": 2, "mask_repeats": 2, "secagg_sites": [5, 10], "secagg_rounds": 3, "secagg_epochs": 0.25,
+QUICK: dict[str, Any] = {
+         "dp_epochs": 2, "mask_repeats": 2, "secagg_sites": [5, 10], "secagg_rounds": 3, "secagg_epochs": 0.25,
          "baseline_rounds": 2, "accuracy": None, "scale_sites": [100], "scale_rounds": 2, "deploy_rounds": 3,
          "robustness": None, "large_images": None}
-FULL = {"dp_epochs": 5, "mask_repeats": 5, "secagg_sites": [5, 10, 20], "secagg_rounds": 5, "secagg_epochs": 1.0,
+FULL: dict[str, Any] = {
+        "dp_epochs": 5, "mask_repeats": 5, "secagg_sites": [5, 10, 20], "secagg_rounds": 5, "secagg_epochs": 1.0,
         "baseline_rounds": 15, "accuracy": {"epsilons": (1.0, 3.0, 8.0), "partitions": ("iid", "dirichlet:0.3"),
                                             "repeats": 3},
         "scale_sites": [100, 1000], "scale_rounds": 3, "deploy_rounds": 4,
@@ -41,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     data_dir = args.out / "simulations" / "benchmarks"
     data_dir.mkdir(parents=True, exist_ok=True)
     results_file = data_dir / f"results-{mode}.json"
-    results: dict = json.loads(results_file.read_text()) if args.only and results_file.exists() else {}
+    results: dict[str, Any] = json.loads(results_file.read_text()) if args.only and results_file.exists() else {}
 
     from fedhaven.sim.bench import accuracy, deploy, dp_cost, robustness, scale, secagg_cost
     from fedhaven.sim.bench.machine import machine_info
@@ -51,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
                     "command": f"make {'bench-quick' if args.quick else 'bench'}",
                     "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())})
 
-    def section(name: str, fn) -> None:  # noqa: ANN001
+    def section(name: str, fn: Callable[[], Any]) -> None:
         if args.only and name not in args.only:
             return
         log.info("benchmark: %s ...", name)
@@ -91,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _baseline(rounds: int) -> dict:
+def _baseline(rounds: int) -> dict[str, Any]:
     """fedhaven (DP + SecAgg+) and the plain Flower + Opacus app, same task, measured one after the other."""
     from fedhaven.shared.accounting import noise_for_budget
     from fedhaven.shared.training import schedule

@@ -12,6 +12,7 @@ import json
 import statistics
 import time
 from pathlib import Path
+from typing import Any
 
 from fedhaven.sim.bench.simruns import simulate
 
@@ -28,7 +29,7 @@ RECIPES: dict[str, list[str]] = {
 RECIPE_NAMES = {"new": "scatternet + rule (default)", "old": "tanh LeNet, 15 rounds (before)"}
 
 
-def _row(*, recipe: str, partition: str, eps: float, repeats: int) -> dict:
+def _row(*, recipe: str, partition: str, eps: float, repeats: int) -> dict[str, Any]:
     over = [*RECIPES[recipe], f"partition={partition}", f"dp.target_epsilon={eps}"]
     # a different seed per run: the split, the initial model and the DP noise all change (one seed = one run)
     runs = [simulate(overrides=[*over, f"seed={i}"]) for i in range(repeats)]
@@ -45,13 +46,13 @@ def _row(*, recipe: str, partition: str, eps: float, repeats: int) -> dict:
 
 
 def run(*, epsilons: tuple[float, ...], partitions: tuple[str, ...], repeats: int = 3,
-        recipes: tuple[str, ...] = ("new", "old")) -> list[dict]:
+        recipes: tuple[str, ...] = ("new", "old")) -> list[dict[str, Any]]:
     """Every (recipe, partition, epsilon) row, each the mean and spread of `repeats` full simulations."""
     return [_row(recipe=rec, partition=part, eps=eps, repeats=repeats)
             for rec in recipes for part in partitions for eps in epsilons]
 
 
-def _as_row(r: dict) -> dict:
+def _as_row(r: dict[str, Any]) -> dict[str, Any]:
     """A row of the earlier single-run format (the old recipe, measured before this section had repeats): n=1."""
     if "accuracy_mean" in r:
         return r
@@ -63,9 +64,9 @@ def _as_row(r: dict) -> dict:
             "overrides": r.get("overrides", [])}
 
 
-def merge(rows: list[dict], new: list[dict]) -> list[dict]:
+def merge(rows: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """`rows` with each row of `new` replacing the one of the same recipe, partition and epsilon."""
-    def key(r: dict) -> tuple:
+    def key(r: dict[str, Any]) -> tuple[str, str, float]:
         return r.get("recipe", "old"), r["partition"], float(r["target_epsilon"])
 
     out = {key(r): _as_row(r) for r in rows}

@@ -15,8 +15,17 @@ import functools
 import time
 import warnings
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from flwr.clientapp import ClientApp
+    from flwr.serverapp import ServerApp
+    from torch import nn
+
+    from fedhaven.shared.data import ImageData
+    from fedhaven.shared.schema import InputSpec
 
 
 @dataclass(frozen=True)
@@ -33,7 +42,7 @@ class BaselineTask:
 
 
 @functools.lru_cache(maxsize=2)
-def _split(sites: int, seed: int):  # noqa: ANN202
+def _split(sites: int, seed: int) -> tuple[ImageData, list[np.ndarray]]:
     from fedhaven.shared.partition import partition_iid
     from fedhaven.shared.schema import DataConfig
     from fedhaven.shared.sources import load_data
@@ -42,14 +51,14 @@ def _split(sites: int, seed: int):  # noqa: ANN202
     return train, partition_iid(num_examples=len(train), num_sites=sites, seed=seed)
 
 
-def _net(spec):  # noqa: ANN001, ANN202
+def _net(spec: InputSpec) -> nn.Module:
     from fedhaven.shared.models import build_model
     from fedhaven.shared.schema import ModelConfig
 
     return build_model(cfg=ModelConfig(name="lenet"), spec=spec, dp=False)
 
 
-def make_apps(task: BaselineTask, log: list[dict]):  # noqa: ANN201 - (ServerApp, ClientApp)
+def make_apps(task: BaselineTask, log: list[dict[str, Any]]) -> tuple[ServerApp, ClientApp]:
     """The baseline's ServerApp and ClientApp; `log` receives (time, accuracy) per round from the server."""
     from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
     from flwr.clientapp import ClientApp
@@ -73,7 +82,9 @@ def make_apps(task: BaselineTask, log: list[dict]):  # noqa: ANN201 - (ServerApp
         loader = DataLoader(TensorDataset(to_model_input(data.images[idx]), data.labels[idx]),
                             batch_size=task.batch_size, shuffle=True)
         model = _net(data.spec)
-        model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+        arrays = msg.content["arrays"]
+        assert isinstance(arrays, ArrayRecord)  # the server sends the model as an ArrayRecord
+        model.load_state_dict(arrays.to_torch_state_dict())
         optimizer = torch.optim.SGD(model.parameters(), lr=task.lr, momentum=task.momentum)
         engine = PrivacyEngine()
         dp_model, optimizer, loader = engine.make_private(module=model, optimizer=optimizer, data_loader=loader,
@@ -83,7 +94,8 @@ def make_apps(task: BaselineTask, log: list[dict]):  # noqa: ANN201 - (ServerApp
         for _ in range(task.local_epochs):
             for x, y in loader:
                 optimizer.zero_grad()
-                torch.nn.functional.cross_entropy(dp_model(x), y).backward()
+                loss = torch.nn.functional.cross_entropy(dp_model(x), y)
+                loss.backward()  # type: ignore[no-untyped-call]  # torch's Tensor.backward has no annotations
                 optimizer.step()
         metrics = MetricRecord({"num-examples": len(idx), "epsilon": engine.get_epsilon(1e-5)})
         return Message(content=RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": metrics}),
@@ -118,7 +130,7 @@ def make_apps(task: BaselineTask, log: list[dict]):  # noqa: ANN201 - (ServerApp
     return server, client
 
 
-def run(task: BaselineTask) -> dict:
+def run(task: BaselineTask) -> dict[str, Any]:
     """Simulate the baseline on Flower's simulation engine with the resources fedhaven's runs get."""
     import os
 
@@ -128,7 +140,7 @@ def run(task: BaselineTask) -> dict:
     from fedhaven.sim.bench.machine import PeakMemory
 
     os.environ.update(HARDENED_ENV)
-    log: list[dict] = []
+    log: list[dict[str, Any]] = []
     server, client = make_apps(task, log)
     started = time.perf_counter()
     with PeakMemory() as mem:

@@ -18,6 +18,7 @@ of `python -m fedhaven.sim.bench`; run alone it writes the raw JSON and prints t
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shutil
@@ -225,7 +226,7 @@ def run(*, rounds: int = 4, sites: int = 3, systems: tuple[str, ...] = tuple(SYS
         def flower_runs() -> None:
             for name, kind in (("flower", "plain"), ("flower-secagg", "secagg")):
                 if name in systems:
-                    measure(name, lambda kind=kind: flower.run(kind=kind, config=cfg, timeout=timeout))
+                    measure(name, functools.partial(flower.run, kind=kind, config=cfg, timeout=timeout))
 
         def fedhaven_runs() -> None:
             dp_runs, latency = 0, True
@@ -238,7 +239,7 @@ def run(*, rounds: int = 4, sites: int = 3, systems: tuple[str, ...] = tuple(SYS
                 dp_runs += spec["dp"]
                 toml = fedhaven_run(rounds=rounds, sites=sites, dp=spec["dp"], secagg=spec["secagg"],
                                     target=EPSILON_PER_DP_RUN * max(1, dp_runs))
-                measure(name, lambda name=name, toml=toml: fed.measure(name=name, toml=toml, timeout=timeout))
+                measure(name, functools.partial(fed.measure, name=name, toml=toml, timeout=timeout))
 
         deployment("flower", flower, flower_runs)
         deployment("fedhaven", fed, fedhaven_runs)

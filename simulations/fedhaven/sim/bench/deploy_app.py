@@ -17,12 +17,21 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
+
+if TYPE_CHECKING:
+    from flwr.client import Client
+    from flwr.common import NDArrays, Scalar
+    from torch import nn
+
+    from fedhaven.shared.data import ImageData
+    from fedhaven.shared.schema import InputSpec, TrainConfig
 
 _LAST_TRAIN_S: list[float] = []  # this process's training time, for the SecAgg+ timing mod (one message a process)
 
@@ -49,28 +58,28 @@ def record(context: Context, **fields: Any) -> None:
         os.close(fd)
 
 
-def _train_config(context: Context):  # noqa: ANN202 - fedhaven TrainConfig
+def _train_config(context: Context) -> TrainConfig:
     from fedhaven.shared.schema import TrainConfig
 
     c = context.run_config
     return TrainConfig(local_epochs=float(c["local-epochs"]), batch_size=int(c["batch-size"]), lr=float(c["lr"]))
 
 
-def _site_data(context: Context):  # noqa: ANN202 - fedhaven ImageData
+def _site_data(context: Context) -> ImageData:
     from fedhaven.shared.sources import load_idx
 
     return load_idx(Path(str(context.run_config["data-dir"])) / f"site-{int(context.node_config['partition-id'])}",
                     split="train")
 
 
-def _model(spec):  # noqa: ANN001, ANN202
+def _model(spec: InputSpec) -> nn.Module:
     from fedhaven.shared.models import build_model
     from fedhaven.shared.schema import ModelConfig
 
     return build_model(cfg=ModelConfig(name="lenet"), spec=spec, dp=False)
 
 
-def _test_and_model(context: Context):  # noqa: ANN202
+def _test_and_model(context: Context) -> tuple[ImageData, nn.Module]:
     from fedhaven.shared.sources import load_digits_data
 
     test = load_digits_data(split="test")  # what fedhaven's coordinator evaluates on for data.source = "digits"
@@ -81,14 +90,14 @@ def _timed_grid(grid: Grid, context: Context) -> Grid:
     """Record how long each `send_and_receive` (Flower's own, with its 3 s pulls) waits; behaviour unchanged."""
     inner = grid.send_and_receive
 
-    def send_and_receive(messages, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+    def send_and_receive(messages: Iterable[Message], *args: Any, **kwargs: Any) -> list[Message]:
         messages = list(messages)
         t0 = time.time()
         replies = list(inner(messages, *args, **kwargs))
         record(context, kind="wait", start=t0, end=time.time(), sent=len(messages), replies=len(replies))
         return replies
 
-    grid.send_and_receive = send_and_receive  # type: ignore[method-assign]
+    grid.send_and_receive = send_and_receive  # type: ignore[method-assign]  # this grid object only, timed
     return grid
 
 
@@ -103,7 +112,9 @@ def _plain_train(msg: Message, context: Context) -> Message:
 
     data = _site_data(context)
     model = _model(data.spec)
-    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    arrays = msg.content["arrays"]
+    assert isinstance(arrays, ArrayRecord)  # the server sends the model as an ArrayRecord
+    model.load_state_dict(arrays.to_torch_state_dict())
     rep = train_local(model=model, data=data, train=_train_config(context), dp=None, device="cpu")
     metrics = MetricRecord({"num-examples": len(data), "train_loss": rep.loss, "train_time_s": rep.seconds})
     reply = Message(content=RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": metrics}), reply_to=msg)
@@ -137,14 +148,14 @@ def _plain_main(grid: Grid, context: Context) -> None:
 
 
 # ----- Flower's SecAgg+ example pattern: legacy stack -----
-def _secagg_client_fn(context: Context):  # noqa: ANN202 - flwr Client
+def _secagg_client_fn(context: Context) -> Client:
     from flwr.client import NumPyClient
 
     from fedhaven.shared.training import train_local
     from fedhaven.shared.weights import get_weights, set_weights
 
     class SiteClient(NumPyClient):
-        def fit(self, parameters, config):  # noqa: ANN001, ANN201 - Flower signature
+        def fit(self, parameters: NDArrays, config: dict[str, Scalar]) -> tuple[NDArrays, int, dict[str, Scalar]]:
             data = _site_data(context)
             model = _model(data.spec)
             set_weights(model, parameters)
@@ -164,7 +175,7 @@ def _secagg_stage(msg: Message) -> str:
         return msg.metadata.message_type
 
 
-def _timing_mod(msg: Message, context: Context, call_next):  # noqa: ANN001, ANN202 - Flower mod
+def _timing_mod(msg: Message, context: Context, call_next: Callable[[Message, Context], Message]) -> Message:
     """Outermost mod: records when the handler ran; does nothing else."""
     enter = time.time()
     stage = _secagg_stage(msg)
@@ -200,7 +211,8 @@ def _secagg_main(grid: Grid, context: Context) -> None:
     test, model = _test_and_model(context)
     sites = int(c["sites"])
 
-    def central(server_round: int, parameters, config):  # noqa: ANN001, ANN202 - Flower signature
+    def central(server_round: int, parameters: NDArrays,
+                config: dict[str, Scalar]) -> tuple[float, dict[str, Scalar]]:
         set_weights(model, parameters)
         loss, acc = evaluate(model=model, data=test, device="cpu")
         record(context, kind="round", round=server_round, t=time.time(), accuracy=acc, loss=loss)

@@ -113,7 +113,7 @@ def stage_breakdown(wave: Sequence[dict[str, Any]], handled: dict[str, dict[str,
     """One stage: its span (first push -> the ServerApp holds every reply), split along the last reply sent."""
     start = min(m["created"] for m in wave)
     got = [m.get("reply_received") or m.get("reply_claimed") for m in wave]
-    end = max(got) if None not in got else None  # type: ignore[type-var]
+    end = max(got) if None not in got else None  # type: ignore[type-var]  # no None in got there
     sent = {m["message_id"]: handled.get(m["message_id"], {}).get("sent") for m in wave}
     last = max(wave, key=lambda m: sent[m["message_id"]] or m.get("reply_received") or 0.0)
     t_sent, t_claim = sent[last["message_id"]], last.get("delivered")
@@ -163,7 +163,7 @@ def analyse_run(*, ends: dict[int, float], messages: Sequence[dict[str, Any]], h
         for m in msgs:
             h = by_id.get(m["message_id"])
             if h is not None:
-                p = message_parts(h, client_by_id.get(m["message_id"]))
+                p: dict[str, Any] = message_parts(h, client_by_id.get(m["message_id"]))
                 p["stage"] = stage_of[m["message_id"]]
                 p["idle"] = None if m.get("delivered") is None else m["delivered"] - m["created"]
                 parts.append(p)
@@ -223,4 +223,4 @@ def _mean(xs: Iterable[float | None]) -> float | None:
 
 def _sum(xs: Iterable[float | None]) -> float | None:
     vals = list(xs)
-    return None if not vals or any(x is None for x in vals) else float(sum(vals))  # type: ignore[arg-type]
+    return None if not vals or any(x is None for x in vals) else float(sum(vals))  # type: ignore[arg-type]  # no None there

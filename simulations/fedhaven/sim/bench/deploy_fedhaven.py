@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from fedhaven.sim.bench.deploy_flower import RunTrace, collect
 from fedhaven.sim.bench.deploy_procs import BIN, MessageWatcher, Proc
@@ -33,7 +35,7 @@ class FedhavenDeployment(LoopbackFederation):
     timed: dict[str, Proc] = field(default_factory=dict)
     watcher: MessageWatcher | None = None
 
-    def spawn(self, name: str, *args: str):  # noqa: ANN201 - subprocess.Popen, as the base class
+    def spawn(self, name: str, *args: str) -> subprocess.Popen[Any]:  # a text-mode Popen
         proc = Proc(name, [str(BIN / args[0]), *args[1:]], env=command_env(self.env), cwd=self.root,
                     log_dir=self.root)
         self.timed[name] = proc

@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from fedhaven.shared.process import spawn, stop_group
 from fedhaven.sim.bench.machine import _children
@@ -192,7 +193,7 @@ class MessageWatcher:
             conn.close()
 
     @staticmethod
-    def _read(conn: sqlite3.Connection) -> tuple[list, dict, set]:
+    def _read(conn: sqlite3.Connection) -> tuple[list[tuple[Any, ...]], dict[str, Any], set[str]]:
         conn.execute("BEGIN")  # one read transaction: a consistent snapshot of all three tables
         try:
             ins = conn.execute("SELECT message_id, run_id, group_id, dst_node_id, message_type, created_at, "
@@ -204,7 +205,7 @@ class MessageWatcher:
             conn.execute("ROLLBACK")
         return ins, res, objects
 
-    def _update(self, ins: list, res: dict, objects: set, now: float) -> None:
+    def _update(self, ins: list[tuple[Any, ...]], res: dict[str, Any], objects: set[str], now: float) -> None:
         present = set()
         for mid, run_id, group, node, mtype, created, delivered in ins:
             present.add(mid)

@@ -9,11 +9,15 @@ import statistics
 import subprocess
 import sys
 import time
+from typing import TYPE_CHECKING, Any, Literal
 
-MODES = ("plain", "ghost", "ew", "hooks", "functorch")
+if TYPE_CHECKING:
+    from fedhaven.shared.schema import GradSampleMode
+
+MODES: tuple[Literal["plain"] | GradSampleMode, ...] = ("plain", "ghost", "ew", "hooks", "functorch")
 
 
-def _measure(mode: str, *, epochs: int, batch_size: int, examples: int) -> dict:
+def _measure(mode: Literal["plain"] | GradSampleMode, *, epochs: int, batch_size: int, examples: int) -> dict[str, Any]:
     import torch
 
     torch.set_num_threads(1)  # as a simulated site: one core each
@@ -35,10 +39,10 @@ def _measure(mode: str, *, epochs: int, batch_size: int, examples: int) -> dict:
         times.append(time.perf_counter() - t)
     return {"mode": mode, "epoch_s": times, "median_epoch_s": statistics.median(times),
             "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "rss_before_training_mib": base_rss, "max_abs_diff_vs_hooks": _agreement(mode) if dp else None}
+            "rss_before_training_mib": base_rss, "max_abs_diff_vs_hooks": _agreement(mode) if mode != "plain" else None}
 
 
-def _agreement(mode: str) -> float:
+def _agreement(mode: GradSampleMode) -> float:
     """Largest weight difference after one noiseless DP step, this engine against Opacus' hooks engine."""
     import torch
 
@@ -49,7 +53,8 @@ def _agreement(mode: str) -> float:
 
     data = load_data(cfg=DataConfig(), split="train").subset(torch.arange(256))
     out = []
-    for m in (mode, "hooks"):
+    engines: tuple[GradSampleMode, GradSampleMode] = (mode, "hooks")
+    for m in engines:
         model = build_model(cfg=ModelConfig(name="lenet"), spec=data.spec, seed=1)
         train_local(model=model, data=data, train=TrainConfig(local_epochs=1, batch_size=256, lr=1.0, momentum=0),
                     dp=DPSettings(noise_multiplier=0.0, max_grad_norm=0.5, grad_sample_mode=m), device="cpu",
@@ -58,9 +63,9 @@ def _agreement(mode: str) -> float:
     return float((out[0] - out[1]).abs().max())
 
 
-def run(*, epochs: int, batch_size: int = 512, examples: int = 6000) -> dict:
+def run(*, epochs: int, batch_size: int = 512, examples: int = 6000) -> dict[str, Any]:
     """Every engine in a fresh process (so peak memory is its own), same data, same model."""
-    rows = []
+    rows: list[dict[str, Any]] = []
     for mode in MODES:
         res = subprocess.run([sys.executable, "-m", "fedhaven.sim.bench.dp_cost", "--mode", mode, "--epochs",
                               str(epochs), "--batch-size", str(batch_size), "--examples", str(examples)],

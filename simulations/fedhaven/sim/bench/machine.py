@@ -9,9 +9,10 @@ import threading
 import time
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 
-def machine_info() -> dict:
+def machine_info() -> dict[str, Any]:
     cpu = "unknown"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -26,7 +27,7 @@ def machine_info() -> dict:
         mem_gib = round(kb / 2**20, 1)
     except (OSError, StopIteration):
         pass
-    versions = {}
+    versions: dict[str, str | None] = {}
     for pkg in ("torch", "flwr", "opacus", "ray", "numpy"):
         try:
             versions[pkg] = metadata.version(pkg)

@@ -5,9 +5,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from fedhaven.shared.schema import DPConfig
 from fedhaven.sim.bench import deploy_report, large_images, robustness
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
 
 
 def _f(x: object, fmt: str = "{:.2f}") -> str:
@@ -18,7 +22,7 @@ def _ok(flag: bool | None) -> str:
     return "not measured" if flag is None else ("**met**" if flag else "**not met**")
 
 
-def _section_error(res: dict, name: str) -> str | None:
+def _section_error(res: dict[str, Any], name: str) -> str | None:
     sec = res.get(name)
     if sec is None:
         return "not run in this mode"
@@ -27,7 +31,7 @@ def _section_error(res: dict, name: str) -> str | None:
     return None
 
 
-def _bound_runs(res: dict) -> dict[str, list[float]]:
+def _bound_runs(res: dict[str, Any]) -> dict[str, list[float]]:
     """The default run's accuracies with [robust] on (the accuracy section's new IID epsilon-3 row: the shipped
     defaults) and off (`robust_bound`, the same experiment with robust.enabled=false)."""
     acc = res.get("accuracy") if not _section_error(res, "accuracy") else None
@@ -36,7 +40,7 @@ def _bound_runs(res: dict) -> dict[str, list[float]]:
     return {"on": list(row["accuracies"]) if row else [], "off": list(off.get("accuracies", []))}
 
 
-def targets(res: dict) -> list[tuple[str, str, str]]:
+def targets(res: dict[str, Any]) -> list[tuple[str, str, str]]:
     rows = []
     default = DPConfig().grad_sample_mode
     dp = res.get("dp") if not _section_error(res, "dp") else None
@@ -61,7 +65,7 @@ def targets(res: dict) -> list[tuple[str, str, str]]:
         label = "IID" if part == "iid" else "Dirichlet(0.3)"
         rows.append((f"MNIST 10 sites {label}: >= {want:.0%} at epsilon {eps:g} (mean of 3 runs)",
                      _f(got, "{:.2%}") + (f" (n={row['runs']})" if row else ""),
-                     _ok(None if got is None or row["runs"] < 3 else got >= want)))
+                     _ok(None if row is None or got is None or row["runs"] < 3 else got >= want)))
     aucs = [r["membership_auc_max"] for r in acc or [] if r.get("membership_auc_max") is not None]
     rows.append(("membership-inference AUC near 0.5 (every run <= 0.55)", _f(max(aucs) if aucs else None, "{:.3f} max"),
                  _ok(None if not aucs else max(aucs) <= 0.55)))
@@ -81,13 +85,14 @@ def targets(res: dict) -> list[tuple[str, str, str]]:
     return rows
 
 
-def accuracy_row(rows: list[dict] | None, *, recipe: str, partition: str, eps: float) -> dict | None:
+def accuracy_row(rows: list[dict[str, Any]] | None, *, recipe: str, partition: str,
+                 eps: float) -> dict[str, Any] | None:
     """The accuracy row of `recipe` for (`partition`, `eps`), if it was measured (rows of the 3-run format only)."""
     return next((r for r in rows or [] if r.get("recipe") == recipe and r["partition"] == partition
                  and float(r["target_epsilon"]) == eps and "accuracy_mean" in r), None)
 
 
-def _acc_cell(row: dict | None) -> str:
+def _acc_cell(row: dict[str, Any] | None) -> str:
     if row is None:
         return "not run"
     return (f"{100 * row['accuracy_mean']:.2f}% ± {100 * row['accuracy_sd']:.2f} "
@@ -95,7 +100,7 @@ def _acc_cell(row: dict | None) -> str:
 
 
 @contextmanager
-def _figure(path: Path, *, xlabel: str, ylabel: str, title: str, legend: bool = True) -> Iterator:
+def _figure(path: Path, *, xlabel: str, ylabel: str, title: str, legend: bool = True) -> Iterator[Axes]:
     """Yield axes; label, lay out, save to `path` and close the figure afterwards."""
     import matplotlib
 
@@ -114,7 +119,7 @@ def _figure(path: Path, *, xlabel: str, ylabel: str, title: str, legend: bool = 
         plt.close(fig)
 
 
-def _plots(res: dict, data_dir: Path) -> list[str]:
+def _plots(res: dict[str, Any], data_dir: Path) -> list[str]:
     out = []
     if not _section_error(res, "dp"):
         rows = [r for r in res["dp"]["rows"] if "median_epoch_s" in r]
@@ -152,7 +157,7 @@ def _plots(res: dict, data_dir: Path) -> list[str]:
     return out
 
 
-def _earlier_sections(res: dict) -> list[str]:
+def _earlier_sections(res: dict[str, Any]) -> list[str]:
     """Sections kept from an earlier `--only` invocation, named with when and at which commit they ran."""
     runs = res.get("section_runs", {})
     older = {k: v for k, v in runs.items() if (v["date"], v["commit"]) != (res["date"], res["machine"].get("commit"))}
@@ -163,7 +168,7 @@ def _earlier_sections(res: dict) -> list[str]:
             "section were still measured side by side.", ""]
 
 
-def write_report(*, results: dict, out: Path, data_dir: Path) -> Path:
+def write_report(*, results: dict[str, Any], out: Path, data_dir: Path) -> Path:
     res = results
     m = res["machine"]
     plots = _plots(res, data_dir)

@@ -8,6 +8,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 #: The attacks measured: every kind of fl-sim's harness (fedhaven.sim.attack).
 KINDS = ("nan", "scale:1000", "signflip", "labelflip", "gaussian:1.0")
@@ -15,7 +16,7 @@ KINDS = ("nan", "scale:1000", "signflip", "labelflip", "gaussian:1.0")
 TARGET_KINDS, TARGET_POINTS = ("scale:1000", "signflip"), 2.0
 
 
-def cells(*, kinds: Sequence[str] = KINDS, attackers: Sequence[int] = (1, 2)) -> list[dict]:
+def cells(*, kinds: Sequence[str] = KINDS, attackers: Sequence[int] = (1, 2)) -> list[dict[str, Any]]:
     """Every (SecAgg+, defences, attack, attackers) cell, the clean runs first."""
     out = []
     for secagg in (True, False):
@@ -26,11 +27,11 @@ def cells(*, kinds: Sequence[str] = KINDS, attackers: Sequence[int] = (1, 2)) ->
     return out
 
 
-def _key(cell: dict) -> str:
+def _key(cell: dict[str, Any]) -> str:
     return f"{cell['secagg']}|{cell['defended']}|{cell['attack']}|{cell['attackers']}"
 
 
-def overrides(cell: dict, *, rounds: int) -> list[str]:
+def overrides(cell: dict[str, Any], *, rounds: int) -> list[str]:
     over = [f"rounds={rounds}", f"secagg.enabled={str(cell['secagg']).lower()}",
             f"robust.enabled={str(cell['defended']).lower()}"]
     if cell["attack"] != "none":
@@ -38,7 +39,8 @@ def overrides(cell: dict, *, rounds: int) -> list[str]:
     return over
 
 
-def run_cell(cell: dict, *, rounds: int, source: str = "mnist", workdir: Path | None = None) -> dict:
+def run_cell(cell: dict[str, Any], *, rounds: int, source: str = "mnist",
+             workdir: Path | None = None) -> dict[str, Any]:
     """One simulation; a run the guard stopped is a result too (its last accepted accuracy and why)."""
     from fedhaven.sim.experiment import load_experiment
     from fedhaven.sim.runner import SimulationFailed, run_experiment
@@ -65,9 +67,9 @@ def run_cell(cell: dict, *, rounds: int, source: str = "mnist", workdir: Path | 
 
 
 def run(*, rounds: int, kinds: Sequence[str] = KINDS, attackers: Sequence[int] = (1, 2), source: str = "mnist",
-        partial: Path | None = None, log: Callable[[str], None] = print) -> dict:
+        partial: Path | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Every cell, one run each; with `partial`, each finished cell is appended there and skipped on a rerun."""
-    done: dict[str, dict] = {}
+    done: dict[str, dict[str, Any]] = {}
     if partial is not None and partial.exists():
         for line in partial.read_text().splitlines():
             row = json.loads(line)
@@ -87,12 +89,12 @@ def run(*, rounds: int, kinds: Sequence[str] = KINDS, attackers: Sequence[int] =
     return {"rounds": rounds, "source": source, "sites": 10, "runs_per_cell": 1, "rows": rows}
 
 
-def clean_accuracy(rows: Sequence[dict], *, secagg: bool, defended: bool) -> float | None:
+def clean_accuracy(rows: Sequence[dict[str, Any]], *, secagg: bool, defended: bool) -> float | None:
     return next((r["accuracy"] for r in rows if r["attack"] == "none" and r["secagg"] == secagg
                  and r["defended"] == defended), None)
 
 
-def target_met(res: dict) -> tuple[str, bool | None]:
+def target_met(res: dict[str, Any]) -> tuple[str, bool | None]:
     """(what was measured, whether one defended attacker of each target kind stays within TARGET_POINTS of
     the defended clean run, SecAgg+ on and off)."""
     rows = res["rows"]
@@ -107,7 +109,7 @@ def target_met(res: dict) -> tuple[str, bool | None]:
         return "n/a", None
     if any(g is None for g in gaps):
         return "a defended run was stopped or has no accuracy", False
-    worst = max(gaps)
+    worst = max(g for g in gaps if g is not None)  # none is None here
     return f"largest drop {worst:.2f} points", worst <= TARGET_POINTS
 
 
@@ -124,7 +126,7 @@ def bound_cost(*, on: Sequence[float], off: Sequence[float]) -> tuple[str, bool 
             f"(n={len(off)}): {drop:+.2f} points"), drop <= BOUND_POINTS
 
 
-def section(res: dict) -> list[str]:
+def section(res: dict[str, Any]) -> list[str]:
     """BENCHMARKS.md's robustness section."""
     from fedhaven.shared.schema import RobustConfig
 
@@ -132,7 +134,7 @@ def section(res: dict) -> list[str]:
     shipped = RobustConfig()
     cols = [(s, d) for s in (True, False) for d in (True, False)]
 
-    def cell(r: dict | None, clean: float | None) -> str:
+    def cell(r: dict[str, Any] | None, clean: float | None) -> str:
         if r is None:
             return "n/a"
         if r["stopped"]:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fedhaven.sim.bench.simruns import simulate
 
 
-def run(*, sites: list[int], rounds: int) -> list[dict]:
+def run(*, sites: list[int], rounds: int) -> list[dict[str, Any]]:
     rows = []
     for n in sites:
         per_round = max(3, n // 10)

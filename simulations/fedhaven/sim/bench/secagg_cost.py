@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import statistics
 import time
+from typing import Any
 
 import numpy as np
 
 from fedhaven.sim.bench.simruns import simulate
 
 
-def round_times(*, sites: list[int], rounds: int, local_epochs: float) -> list[dict]:
+def round_times(*, sites: list[int], rounds: int, local_epochs: float) -> list[dict[str, Any]]:
     rows = []
     for n in sites:
         for secagg in (False, True):
@@ -25,7 +26,7 @@ def round_times(*, sites: list[int], rounds: int, local_epochs: float) -> list[d
 
 
 def masking_time(*, sizes: tuple[int, ...] = (100_000, 1_000_000, 10_000_000), neighbours: int = 4,
-                 repeats: int = 3) -> list[dict]:
+                 repeats: int = 3) -> list[dict[str, Any]]:
     """The arithmetic Flower's secaggplus_mod does per site and round, timed on Flower's own functions.
 
     Quantise the weighted update, add the private mask, add or subtract one

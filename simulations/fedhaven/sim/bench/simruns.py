@@ -6,18 +6,22 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from fedhaven.sim.bench.machine import PeakMemory
 from fedhaven.sim.experiment import load_experiment
 from fedhaven.sim.runner import run_experiment
 
+if TYPE_CHECKING:
+    from fedhaven.server.records import RoundRecord
 
-def simulate(*, overrides: list[str], source: str = "mnist", workdir: Path | None = None) -> dict:
+
+def simulate(*, overrides: list[str], source: str = "mnist", workdir: Path | None = None) -> dict[str, Any]:
     """Run one experiment; per-round wall, fit, eval and site-training times, final accuracy, epsilon, peak memory."""
     exp = load_experiment(source=source, overrides=overrides)
     run_dir = Path(tempfile.mkdtemp(prefix="fedhaven-bench-", dir=workdir))
     started = time.perf_counter()
-    rounds = []
+    rounds: list[RoundRecord] = []
     with PeakMemory() as mem:
         summary = run_experiment(exp=exp, run_dir=run_dir, on_round=rounds.append)
     wall = time.perf_counter() - started
@@ -43,6 +47,7 @@ def _auc(run_dir: Path) -> float | None:
     import json
 
     try:
-        return json.loads((run_dir / "privacy.json").read_text())["membership_inference"]["auc"]
+        auc: float | None = json.loads((run_dir / "privacy.json").read_text())["membership_inference"]["auc"]
+        return auc
     except (OSError, KeyError, TypeError, ValueError):
         return None
