@@ -10,11 +10,11 @@ from fedhaven.client.ledger import Ledger
 from fedhaven.shared.config import ConfigError, bounds, load_toml, parse
 from fedhaven.shared.schema import DEFAULT_MEMORY_MB, SIMULATION_POLICY, DataConfig, SitePolicy
 
-__all__ = ["SIMULATION_POLICY", "CoordinatorConfig", "SiteConfig", "SitePolicy", "load_site_config"]
+__all__ = ["SIMULATION_POLICY", "CoordinatorLink", "SiteConfig", "SitePolicy", "load_site_config"]
 
 
 @dataclass(frozen=True)
-class CoordinatorConfig:
+class CoordinatorLink:
     """Where the coordinator is and how to trust it."""
 
     address: str = "localhost:9092"
@@ -49,7 +49,7 @@ class SiteConfig:
     # is processed in parts that fit (the step and its privacy are those of the whole batch)
     memory_mb: int = field(default=DEFAULT_MEMORY_MB, metadata=bounds(ge=256))
     clientappio_port: int = field(default=9094, metadata=bounds(ge=1, le=65535))
-    coordinator: CoordinatorConfig = field(default_factory=CoordinatorConfig)
+    coordinator: CoordinatorLink = field(default_factory=CoordinatorLink)
     data: DataConfig = field(default_factory=DataConfig)
     policy: SitePolicy = field(default_factory=SitePolicy)
 
