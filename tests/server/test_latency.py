@@ -14,7 +14,7 @@ def test_the_switch_reaches_every_shim(tmp_path, monkeypatch):
     on = Coordinator(state=state, cfg=CoordinatorConfig(), insecure=True)
     off = Coordinator(state=state, cfg=replace(CoordinatorConfig(), latency=False), insecure=True)
     assert on.executor_command()[-1] == "fedhaven.server.seam.superexec" and on.door_options() == []
-    assert off.executor_command()[-1].endswith("flower-superexec") and off.door_options() == [
+    assert off.executor_command()[-2:] == ["fedhaven.server.seam.superexec", "--no-fork"] and off.door_options() == [
         "--pull-hold", "0", "--settle", "0"]
     assert child_env(state)[LATENCY_ENV] == "1" and child_env(state, latency=False)[LATENCY_ENV] == "0"
     monkeypatch.setenv(LATENCY_ENV, "0")  # what a ServerApp started by the coordinator sees

@@ -7,7 +7,7 @@ import subprocess
 import pytest
 from flwr.supercore.constant import TaskType
 from flwr.supercore.superexec.executor.subprocess_executor import SubprocessExecutor
-from flwr.supercore.superexec.executor.types import ExecutionSpec
+from flwr.supercore.superexec.executor.types import ExecutionSpec, LaunchResult
 
 from fedhaven.server.seam.superexec import ForkingExecutor, serverapp_args
 
@@ -24,21 +24,44 @@ def test_the_forked_serverapp_gets_the_command_line_flowers_executor_would_run(m
     assert started == [serverapp_args(spec)]
 
 
-def test_a_serverapp_the_fork_server_cannot_start_is_started_as_flower_does(monkeypatch):
-    spec = ExecutionSpec(task_type=TaskType.SERVER_APP, runtime_api_address="127.0.0.1:9091", token="t0k",
+@pytest.mark.parametrize("fork", [True, False])
+def test_no_run_token_ever_stands_on_a_command_line(monkeypatch, tmp_path, fork):
+    """Forked, the token travels over the fork server's socket; started fresh (forking failed, or the latency shims
+    off), it is in a 0600 file Flower's `--token-file` reads, removed when the ServerApp ends."""
+    import os
+    import stat
+
+    spec = ExecutionSpec(task_type=TaskType.SERVER_APP, runtime_api_address="127.0.0.1:9091", token="s3cret-t0k",
                          insecure=True, root_certificates_path=None, parent_pid=None,
                          runtime_dependency_install=False, task_id=3, suppress_output=False)
     monkeypatch.setattr(ForkingExecutor, "_warm", lambda self: None)
-    executor = ForkingExecutor()
+    executor = ForkingExecutor(fork=fork)
 
     def broken(*args, **kwargs):
         raise OSError("no temporary directory")
 
     monkeypatch.setattr(executor._ctx, "Process", broken)
-    started = []
-    monkeypatch.setattr(subprocess, "Popen", lambda args, **kw: started.append(list(args)))
-    assert executor.launch(spec).status == SubprocessExecutor().launch(spec).status
-    assert started[0] == serverapp_args(spec)
+    started, files = [], []
+
+    class Proc:
+        def __init__(self, args, **kw):
+            started.append(list(args))
+            path = args[args.index("--token-file") + 1]
+            files.append((path, open(path).read(), stat.S_IMODE(os.stat(path).st_mode),
+                          stat.S_IMODE(os.stat(os.path.dirname(path)).st_mode)))
+            self.done = False
+
+        def poll(self):
+            return 0 if self.done else None
+
+    monkeypatch.setattr(subprocess, "Popen", Proc)
+    assert executor.launch(spec).status == LaunchResult.accepted().status
+    assert not any("s3cret-t0k" in a for a in started[0]) and "--token" not in started[0]
+    path, content, mode, folder = files[0]
+    assert content == "s3cret-t0k" and mode == 0o600 and folder == 0o700
+    executor._started[0][0].done = True
+    executor.reconcile()
+    assert not os.path.exists(path)
 
 
 def test_the_fork_server_preloads_everything_a_serverapp_imports_before_its_first_round():

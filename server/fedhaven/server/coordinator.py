@@ -15,7 +15,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from fedhaven.server.latency import LATENCY_ENV
+from fedhaven.server.latency import LATENCY_ENV, NO_FORK
 from fedhaven.server.provision import CoordinatorConfig, StateDir
 from fedhaven.server.seam.control import Control
 from fedhaven.shared.process import pid_alive, runs_with, spawn, stop_group, stop_pids
@@ -135,11 +135,10 @@ class Coordinator:
         return proc
 
     def executor_command(self) -> list[str]:
-        """Flower's SuperExec: with the latency shims, its ServerApps forked warm (`seam.superexec`); without,
-        Flower's own `flower-superexec`."""
-        if self.cfg.latency:
-            return [sys.executable, "-m", "fedhaven.server.seam.superexec"]
-        return [str(Path(sys.executable).parent / "flower-superexec")]
+        """Flower's SuperExec (`seam.superexec`): with the latency shims, its ServerApps forked warm; without, each
+        started fresh as Flower does, at Flower's task polling (the run token on no command line either way)."""
+        command = [sys.executable, "-m", "fedhaven.server.seam.superexec"]
+        return command if self.cfg.latency else [*command, NO_FORK]
 
     def door_options(self) -> list[str]:
         """The doors' latency options: Flower's timings (nothing held) when the shims are off."""

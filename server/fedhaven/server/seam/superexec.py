@@ -19,9 +19,14 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import subprocess
 import sys
+import tempfile
 import threading
+from pathlib import Path
 
+from fedhaven.server.latency import NO_FORK
+from fedhaven.shared.files import write_atomic
 from fedhaven.shared.runtime import harden_environment
 
 harden_environment()
@@ -37,9 +42,11 @@ TASK_POLL_INTERVAL = "0.2"
 log = logging.getLogger("fedhaven.server")
 
 
-def serverapp_args(spec: ExecutionSpec) -> list[str]:
-    """`flwr-serverapp`'s command line for `spec`, as Flower's SubprocessExecutor builds it."""
-    args = ["flwr-serverapp", "--runtime-api-address", spec.runtime_api_address, "--token", spec.token]
+def serverapp_args(spec: ExecutionSpec, *, token_file: str | None = None) -> list[str]:
+    """`flwr-serverapp`'s command line for `spec`, as Flower's SubprocessExecutor builds it; with `token_file`, the
+    run token is read from that file (Flower's `--token-file`) instead of standing on the command line."""
+    token = ["--token-file", token_file] if token_file is not None else ["--token", spec.token]
+    args = ["flwr-serverapp", "--runtime-api-address", spec.runtime_api_address, *token]
     if spec.insecure:
         args.append("--insecure")
     elif spec.root_certificates_path is not None:
@@ -64,13 +71,20 @@ def _serverapp(args: list[str], suppress_output: bool) -> None:
 
 
 class ForkingExecutor(SubprocessExecutor):
-    """Flower's subprocess executor, except that ServerApps are forked from a warm fork server."""
+    """Flower's subprocess executor, except that a ServerApp's run token never stands on a command line (other
+    local accounts read command lines): ServerApps are forked from a warm fork server, the token passed over its
+    private socket; or, with `fork` off or when forking fails, started fresh as Flower does but with the token in
+    a file only this account can read (`flwr-serverapp --token-file`), removed when the ServerApp ends."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, fork: bool = True) -> None:
+        self.fork = fork
+        self._started: list[tuple[subprocess.Popen[bytes], Path]] = []
+        self._tokens: tempfile.TemporaryDirectory[str] | None = None
         self._ctx = multiprocessing.get_context("forkserver")
-        self._ctx.set_forkserver_preload(list(PRELOAD))
-        # start the fork server (and its imports) now, not when the first run is waiting for it
-        threading.Thread(target=self._warm, name="forkserver-warm", daemon=True).start()
+        if fork:
+            self._ctx.set_forkserver_preload(list(PRELOAD))
+            # start the fork server (and its imports) now, not when the first run is waiting for it
+            threading.Thread(target=self._warm, name="forkserver-warm", daemon=True).start()
 
     def _warm(self) -> None:
         p = self._ctx.Process(target=os.getpid)
@@ -80,29 +94,49 @@ class ForkingExecutor(SubprocessExecutor):
     def launch(self, spec: ExecutionSpec) -> LaunchResult:
         if spec.task_type != TaskType.SERVER_APP:
             return super().launch(spec)
-        try:
-            proc = self._ctx.Process(target=_serverapp, args=(serverapp_args(spec), spec.suppress_output),
-                                     name=f"serverapp-{spec.task_id}")
-            proc.start()
-        except OSError as exc:  # e.g. no writable temporary directory for the fork server's socket
-            log.warning("could not fork the ServerApp (%s); starting it as Flower does, in a fresh process", exc)
-            return super().launch(spec)
+        if self.fork:
+            try:
+                proc = self._ctx.Process(target=_serverapp, args=(serverapp_args(spec), spec.suppress_output),
+                                         name=f"serverapp-{spec.task_id}")
+                proc.start()
+                return LaunchResult.accepted()
+            except OSError as exc:  # e.g. no writable temporary directory for the fork server's socket
+                log.warning("could not fork the ServerApp (%s); starting it in a fresh process", exc)
+        return self._start_fresh(spec)
+
+    def _start_fresh(self, spec: ExecutionSpec) -> LaunchResult:
+        """`flwr-serverapp` in a fresh process, as Flower starts it, its token in a 0600 file in a 0700 folder."""
+        if self._tokens is None:
+            self._tokens = tempfile.TemporaryDirectory(prefix="fedhaven-tokens-")
+            os.chmod(self._tokens.name, 0o700)
+        token = Path(self._tokens.name) / f"run-{spec.task_id}.token"
+        write_atomic(token, spec.token.encode(), mode=0o600)
+        out = subprocess.DEVNULL if spec.suppress_output else None
+        proc = subprocess.Popen(serverapp_args(spec, token_file=str(token)), stdout=out, stderr=out)
+        self._started.append((proc, token))
         return LaunchResult.accepted()
 
     def reconcile(self) -> None:
-        multiprocessing.active_children()  # reaps finished ServerApps
+        multiprocessing.active_children()  # reaps finished forked ServerApps
+        for proc, token in [s for s in self._started if s[0].poll() is not None]:
+            token.unlink(missing_ok=True)
+            self._started.remove((proc, token))
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Flower's `flower-superexec` with `ForkingExecutor` as its executor."""
+    """Flower's `flower-superexec` with `ForkingExecutor` as its executor (`--no-fork`: fresh processes, Flower's
+    poll interval; the run token still never on a command line)."""
     import flwr.supercore.superexec.run_superexec as superexec
     from flwr.supercore.cli.flower_superexec import flower_superexec
 
-    os.environ.setdefault("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", TASK_POLL_INTERVAL)
+    args = list(sys.argv[1:] if argv is None else argv)
+    fork = NO_FORK not in args
+    if fork:
+        os.environ.setdefault("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", TASK_POLL_INTERVAL)
     # the one piece of Flower replaced
     superexec.get_executor = (  # type: ignore[attr-defined]  # a name run_superexec imports, not exports
-        lambda *args, **kwargs: ForkingExecutor())
-    sys.argv = ["flower-superexec", *(sys.argv[1:] if argv is None else argv)]
+        lambda *a, **kw: ForkingExecutor(fork=fork))
+    sys.argv = ["flower-superexec", *(a for a in args if a != NO_FORK)]
     flower_superexec()
 
 
