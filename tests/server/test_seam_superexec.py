@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 
 import pytest
 from flwr.supercore.constant import TaskType
@@ -47,7 +48,7 @@ def test_no_run_token_ever_stands_on_a_command_line(monkeypatch, tmp_path, fork)
         def __init__(self, args, **kw):
             started.append(list(args))
             path = args[args.index("--token-file") + 1]
-            files.append((path, open(path).read(), stat.S_IMODE(os.stat(path).st_mode),
+            files.append((path, Path(path).read_text(), stat.S_IMODE(os.stat(path).st_mode),
                           stat.S_IMODE(os.stat(os.path.dirname(path)).st_mode)))
             self.done = False
 
