@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 from dataclasses import asdict, replace
+from pathlib import Path
 
 import pytest
 
@@ -238,3 +239,98 @@ def test_the_lock_holds_across_processes(ledger):
         if child.poll() is None:
             child.kill()
             child.wait()
+
+
+HOLDER = """
+import sys, time
+from fedhaven.client.ledger import Ledger
+with Ledger.in_dir(sys.argv[1]).locked():
+    print("held", flush=True)
+    time.sleep(30)
+"""
+
+
+def test_a_held_lock_is_waited_for_a_bounded_time_and_its_holder_named(tmp_path):
+    import subprocess
+    import sys
+
+    from fedhaven.client.ledger import LedgerBusy
+
+    ledger = Ledger.in_dir(tmp_path / "state")
+    ledger.init(site="hospital-a")
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(tmp_path / "state")], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        t0 = __import__("time").monotonic()
+        with pytest.raises(LedgerBusy, match=f"locked for 1 s by process {holder.pid}"), ledger.locked(timeout=1.0):
+            pass
+        assert __import__("time").monotonic() - t0 < 10
+    finally:
+        holder.kill()
+        holder.wait()
+    with ledger.locked(timeout=5.0):  # free again once the holder is gone
+        pass
+
+
+def test_the_lock_and_state_are_the_site_accounts_alone(tmp_path):
+    """Another local account can neither open the lock file nor enter the state directory (umask 077, 0700)."""
+    import os
+    import stat
+
+    ledger = Ledger.in_dir(tmp_path / "state")
+    lock = ledger.path.with_name(ledger.path.name + ".lock")
+    lock.parent.mkdir(parents=True)
+    lock.write_text("")
+    lock.chmod(0o644)  # as an older fedhaven left it
+    with ledger.locked():
+        assert stat.S_IMODE(os.stat(lock).st_mode) == 0o600
+        assert lock.read_text().strip() == str(os.getpid())
+    fresh = Ledger.in_dir(tmp_path / "fresh" / "state")
+    with fresh.locked():
+        pass
+    assert stat.S_IMODE(os.stat(fresh.path.parent).st_mode) & 0o077 == 0
+
+
+def test_fl_client_runs_with_umask_077(tmp_path, monkeypatch):
+    import os
+
+    from fedhaven.client.cli import main
+
+    seen = []
+    monkeypatch.setattr("fedhaven.shared.cli.run_command", lambda **kw: seen.append(os.umask(0o077)) or 0)
+    old = os.umask(0o022)
+    try:
+        assert main(["check"]) == 0
+    finally:
+        os.umask(old)
+    assert seen == [0o077]
+
+
+def test_another_account_cannot_hold_the_lock(tmp_path):
+    """In a folder other accounts may traverse (0755), uid nobody tries to take the site's ledger lock: the state
+    directory (0700) and the lock file (0600) keep it out, so it cannot stall the site."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv to act as another account")
+    root = Path(tempfile.mkdtemp(prefix="fedhaven-lock-"))
+    try:
+        root.chmod(0o755)
+        ledger = Ledger.in_dir(root / "state")
+        with ledger.locked():
+            pass
+        lock = ledger.path.with_name(ledger.path.name + ".lock")
+        probe = ("import fcntl, sys\ntry:\n"
+                 "    f = open(sys.argv[1])  # read access is enough for flock\n"
+                 "    fcntl.flock(f, fcntl.LOCK_EX)\n"
+                 "    print('held')\nexcept PermissionError:\n    print('denied')\n")
+        res = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-I",
+                              "-c", probe, str(lock)], capture_output=True, text=True, timeout=60)
+        assert res.stdout.strip() == "denied", res.stdout + res.stderr
+    finally:
+        shutil.rmtree(root)

@@ -16,9 +16,10 @@ from flwr.compat.common import recorddict_compat as compat
 from fedhaven.client import deployment
 from fedhaven.client.ledger import Ledger
 from fedhaven.client.site_config import load_site_config
+from fedhaven.shared.config import parse
 from fedhaven.shared.models import build_model
 from fedhaven.shared.refusal import Code
-from fedhaven.shared.schema import DPConfig, InputSpec, ModelConfig, TrainConfig
+from fedhaven.shared.schema import DPConfig, InputSpec, ModelConfig, SitePolicy, TrainConfig
 from fedhaven.shared.sources import load_digits_data, save_idx
 from fedhaven.shared.task import TaskSpec, task_to_config
 from fedhaven.shared.weights import get_weights
@@ -162,7 +163,15 @@ def test_a_damaged_ledger_stops_the_site_before_it_reads_data(site, damage, tmp_
     assert code == Code.LEDGER
     assert "refuses to train until its operator acts" in why and "nothing was trained or sent" in why
     assert {"delete": "is missing", "truncate": "truncated", "replace": "replaced or rolled back"}[damage] in why
+    assert str(tmp_path) not in why, "a refusal sent to the coordinator names no path of the site's"
     assert reads == []
+
+
+def test_a_deployed_site_keeps_its_training_metrics_unless_it_says_otherwise():
+    """Loss and accuracy on private data are not covered by epsilon: a site sends them only when it opts in."""
+    assert SitePolicy().send_training_metrics is False
+    assert parse(SitePolicy, {}).send_training_metrics is False
+    assert parse(SitePolicy, {"send_training_metrics": True}).send_training_metrics is True
 
 
 def test_policy_caps_the_noise_choice_to_the_site_budget(site):

@@ -73,3 +73,15 @@ def test_the_command_to_recompute_works_for_simulated_sites():
     data = build_privacy_report(run=RunConfig(), sites={}, rounds=[], max_weight=1.0,
                                 ledger_command="fl-client ledger verify --state-dir runs/x/sites/SITE").data
     assert data["recompute"]["from_ledger"] == "fl-client ledger verify --state-dir runs/x/sites/SITE"
+
+
+def test_what_a_site_says_is_shown_as_text_in_the_report():
+    """A site controls its name and its refusal reasons: they must not become Markdown or terminal commands."""
+    hostile = "evil|site\x1b[2J<script>"
+    run = RunConfig()
+    rounds = [_round(status="failed", unanswered=(hostile,), sites_ok=1,
+                     failures=(f"{hostile}: refused\n# All sites agreed",))]
+    text = build_privacy_report(run=run, sites={hostile: _site(hostile, 1.0)}, rounds=rounds,
+                                max_weight=1.0).markdown()
+    assert "\x1b" not in text and "<script>" not in text and "evil|site" not in text
+    assert "\n# All sites agreed" not in text and "evil\\|site\\\\x1b\\[2J\\<script\\>" in text

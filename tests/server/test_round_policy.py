@@ -212,3 +212,11 @@ def test_a_refusal_is_known_by_its_code_never_by_its_words():
             "not fit\\\")")
     reason = short_reason(text)
     assert "the run's model did not fit" in reason and not reason.endswith("\\")
+
+
+def test_a_refusal_reason_cannot_drive_the_operators_terminal():
+    """A hostile site's reason reaches fl-server's output and run log: control characters arrive as escapes."""
+    failure = site_failure(Exception(Error(code=int(Code.POLICY),
+                                           reason="site a: \x1b[2J\x1b[32mall good\nround 5: done")))
+    assert failure.code == Code.POLICY
+    assert "\x1b" not in failure.text and "\n" not in failure.text and "\\x1b[2J" in failure.text

@@ -39,6 +39,7 @@ from fedhaven.client.app_package import installed_version, review_package  # noq
 from fedhaven.client.seam import runtime as flower  # noqa: E402 - imported after harden_environment()
 from fedhaven.client.types import Code, TaskRefused  # noqa: E402 - imported after harden_environment()
 from fedhaven.shared.accounting import NOTHING_SENT  # noqa: E402 - imported after harden_environment()
+from fedhaven.shared.text import without_paths  # noqa: E402 - imported after harden_environment()
 
 log = logging.getLogger("fedhaven.client")
 
@@ -129,7 +130,7 @@ class SiteExecutor:
                     reply = self.app(message, context)
                     completed, details, verdict = True, "", "ok"
                 except TaskRefused as exc:  # the site's own code and sentence, as they are
-                    reply = Message(Error(code=int(exc.code), reason=str(exc)), reply_to=message)
+                    reply = Message(Error(code=int(exc.code), reason=without_paths(str(exc))), reply_to=message)
                     details, verdict = str(exc), "refused-task"
                     log.warning("%s", exc)
                 except Exception as exc:  # any failure becomes the site's answer, never a crash

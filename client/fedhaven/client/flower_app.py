@@ -13,11 +13,12 @@ policy, before: clip, then mask).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import numpy as np
@@ -27,13 +28,14 @@ from flwr.client.mod import adaptiveclipping_mod, fixedclipping_mod, secaggplus_
 from flwr.clientapp import ClientApp
 from flwr.common import Scalar, ndarrays_to_parameters, parameters_to_ndarrays
 
-from fedhaven.client.ledger import GENESIS, budget_history
+from fedhaven.client.ledger import GENESIS, Ledger, LedgerBusy, budget_history
 from fedhaven.client.policy import refusal_code, task_violations
 from fedhaven.client.seam import legacy
 from fedhaven.client.seam.legacy import content_sha256
 from fedhaven.client.types import Code, PrivacyState, Site, SiteInfo, TaskRefused
 from fedhaven.shared.accounting import NOTHING_SENT, PrivacyHistory
 from fedhaven.shared.task import TaskSpec, task_from_config
+from fedhaven.shared.text import without_paths
 from fedhaven.shared.updates import encode
 from fedhaven.shared.witness import LEDGER_PREV_HASH, LEDGER_SEQ, Witness
 
@@ -258,7 +260,7 @@ def _ledger_mod(sites: SiteProvider) -> Mod:
         if witness is not None and witness.site != info.name:
             log.warning("site %s: ignoring the coordinator's ledger witness for site %r", info.name, witness.site)
             witness = None
-        with ledger.locked():
+        with _ledger_lock(ledger, info.name):
             problems = ledger.check(witness=witness)
             if problems:
                 raise TaskRefused(Code.LEDGER, f"site {info.name} refuses to train until its operator acts "
@@ -305,18 +307,31 @@ def _number(record: ConfigRecord, key: str) -> int | float:
     return value
 
 
+@contextlib.contextmanager
+def _ledger_lock(ledger: Ledger, site: str) -> Iterator[None]:
+    """The ledger's lock; one held past the wait (another task, another program) refuses this task: nothing is
+    trained or sent."""
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(ledger.locked())
+        except LedgerBusy as exc:
+            raise TaskRefused(Code.LEDGER, f"site {site} cannot train now ({NOTHING_SENT}): {exc}") from None
+        yield
+
+
 def _finite(x: object) -> float | None:
     return float(x) if isinstance(x, (int, float)) and math.isfinite(x) else None
 
 
 def _refusal_mod(msg: Message, ctx: Context, call_next: Callable[[Message, Context], Message]) -> Message:
     """Outermost: a refusal raised anywhere inside becomes Flower's public error reply with the refusal's code, which
-    the coordinator acts on (a raised exception would reach it as free text, wrapped by Flower or Ray)."""
+    the coordinator acts on (a raised exception would reach it as free text, wrapped by Flower or Ray). The reason
+    sent names no path of the site's (only the last part of each)."""
     try:
         return call_next(msg, ctx)
     except TaskRefused as exc:
-        log.warning("%s", exc)
-        return Message(Error(code=int(exc.code), reason=str(exc)), reply_to=msg)
+        log.warning("%s", exc)  # the whole sentence stays in the site's own log
+        return Message(Error(code=int(exc.code), reason=without_paths(str(exc))), reply_to=msg)
 
 
 def client_fn_for(sites: SiteProvider) -> Callable[[Context], Any]:

@@ -34,8 +34,16 @@ NEW_SITE = "fl-client ledger init"
 RESET = "fl-client ledger reset --reason '...'"
 
 
+#: Seconds a task waits for the ledger lock another task holds (a round's stage times out after 600 s by default).
+LOCK_WAIT_S = 600.0
+
+
 class LedgerError(RuntimeError):
     """The ledger cannot be read, written or does not verify; the message names the entry and the fix."""
+
+
+class LedgerBusy(LedgerError):
+    """The ledger's lock stayed held past the wait: the message names the process holding it."""
 
 
 @dataclass(frozen=True)
@@ -260,15 +268,38 @@ class Ledger:
 
     # --- writing -------------------------------------------------------------------------------------------
     @contextmanager
-    def locked(self) -> Iterator[None]:
-        """Hold the site's ledger lock (fcntl.flock, across threads and processes) for check, train and append."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path.with_name(self.path.name + ".lock"), "a") as fh:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+    def locked(self, *, timeout: float = LOCK_WAIT_S) -> Iterator[None]:
+        """Hold the site's ledger lock (fcntl.flock, across threads and processes) for check, train and append.
+
+        The lock file is the site account's alone (0600, in its 0700 state directory), and names the process
+        holding it. Waiting is bounded: after `timeout` seconds LedgerBusy names the holder.
+        """
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        lock = self.path.with_name(self.path.name + ".lock")
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            if os.fstat(fd).st_uid == os.geteuid():
+                os.fchmod(fd, 0o600)  # a lock file left readable by others (older fedhaven) is taken back
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+                        raise LedgerBusy(f"the privacy ledger {self.path} stayed locked for {timeout:.0f} s by process "
+                                         f"{holder} (another task of this site, or another program): try again when "
+                                         f"it ends") from None
+                    time.sleep(0.05)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
             try:
                 yield
             finally:
-                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
 
     def _append(self, entries: list[LedgerEntry], **values: Any) -> LedgerEntry:
         prev = entries[-1] if entries else None

@@ -10,6 +10,7 @@ from flwr.app import Error
 
 from fedhaven.server.seam.errors import readable_reason, short_reason
 from fedhaven.shared.refusal import BUDGET_CODES, Code, code_of
+from fedhaven.shared.text import printable
 
 
 @dataclass(frozen=True)
@@ -35,17 +36,19 @@ class SiteFailure:
 
 def site_failure(failure: Any) -> SiteFailure:
     """A failure as Flower's workflows hand it over: an `Exception(Error)` (the site's error reply), a (proxy,
-    FitRes) with a failed status, or any exception. The only place that reads one."""
+    FitRes) with a failed status, or any exception. The only place that reads one; its text is safe to show (control
+    characters escaped: `fedhaven.shared.text.printable`)."""
     if isinstance(failure, tuple):
-        return SiteFailure(f"site returned status {failure[1].status.code.name}: {failure[1].status.message}")
+        return SiteFailure(printable(f"site returned status {failure[1].status.code.name}: "
+                                     f"{failure[1].status.message}"))
     inner = failure.args[0] if isinstance(failure, BaseException) and failure.args else None
     if isinstance(inner, Error):
         assert inner.reason is not None  # every error reply, Flower's and fedhaven's, says why
         code = code_of(inner.code)
-        if code is not None:  # a fedhaven refusal: the site's own sentence, as it is
-            return SiteFailure(inner.reason, code)
-        return SiteFailure(readable_reason(inner.reason))  # a crash: Flower's or Ray's words, made readable
-    return SiteFailure(short_reason(str(failure)))
+        if code is not None:  # a fedhaven refusal: the site's own sentence, control characters escaped
+            return SiteFailure(printable(inner.reason), code)
+        return SiteFailure(printable(readable_reason(inner.reason)))  # a crash: Flower's or Ray's words, readable
+    return SiteFailure(printable(short_reason(str(failure))))
 
 
 class RoundFailed(RuntimeError):

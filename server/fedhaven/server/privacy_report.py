@@ -13,6 +13,7 @@ from fedhaven.server.records import CentralNoise, RoundRecord, SiteReport, finit
 from fedhaven.shared.accounting import PrivacyHistory, epsilon
 from fedhaven.shared.files import write_atomic
 from fedhaven.shared.schema import RunConfig
+from fedhaven.shared.text import markdown
 
 RECOMPUTE_LEDGER = "fl-client ledger verify --config site.toml"
 RECOMPUTE_ROW = ("python -c \"from opacus.accountants import RDPAccountant as A; a = A(); "
@@ -86,7 +87,7 @@ class PrivacyReport:
                     eps = f"<= {eps} (bound: a training reply was lost)"
                 cells = [_cell(s["noise_multiplier"], "{:.4f}"), _cell(s["sample_rate"], "{:.5f}"),
                          _cell(s["steps"], "{}"), _cell(s["num_examples"], "{}")]
-                lines.append(f"| {name} | {eps} | " + " | ".join(cells) + " |")
+                lines.append(f"| {markdown(name)} | {eps} | " + " | ".join(cells) + " |")
             lines += ["", "Each site recomputes its epsilon from its own ledger, without trusting the coordinator:",
                       "", f"    {d['recompute']['from_ledger']}", "",
                       "or anyone from a site's `history` rows in privacy.json (every round it trained in this run, "
@@ -119,21 +120,23 @@ class PrivacyReport:
         if d.get("attempts_without_aggregate"):
             lines += ["", "## Attempts that produced no aggregate (their spending is counted above)", "",
                       *[f"- round {a['round']} attempt {a['attempt']}: {a['sites_trained']} site(s) trained"
-                        + (f"; no reply from {', '.join(a['unanswered'])} (bounded)" if a["unanswered"] else "")
+                        + (f"; no reply from {', '.join(map(markdown, a['unanswered']))} (bounded)"
+                           if a["unanswered"] else "")
                         for a in d["attempts_without_aggregate"]]]
         if d.get("rounds_rejected"):
             lines += ["", "## Rounds rejected by the [robust] guard (the previous model kept; their spending is "
-                      "counted above)", "", *[f"- round {r['round']}: {r['reason']}" for r in d["rounds_rejected"]]]
+                      "counted above)", "",
+                      *[f"- round {r['round']}: {markdown(r['reason'])}" for r in d["rounds_rejected"]]]
         if d.get("site_failures"):
             lines += ["", "## Sites that did not contribute", "",
-                      *[f"- round {r['round']}: {r['reason']}" for r in d["site_failures"]]]
+                      *[f"- round {r['round']}: {markdown(r['reason'])}" for r in d["site_failures"]]]
         audit = d.get("membership_inference")
         lines += ["", "## Empirical check", ""]
         lines += ([f"Loss-threshold membership inference on the final model: AUC {audit['auc']:.3f} "
                    f"({audit['members']} training vs {audit['non_members']} held-out examples; 0.5 is chance)."]
                   if audit else ["Not computed here: it needs the sites' training data (fl-sim computes it)."])
         lines += ["", "Not covered by epsilon: each site's number of examples, the training loss/accuracy it "
-                  "reported per round (unless its policy.send_training_metrics is false), and its ledger position.",
+                  "reported per round (only where its policy.send_training_metrics is true), and its ledger position.",
                   ""]
         return "\n".join(lines)
 
@@ -149,8 +152,8 @@ def _cell(value: object, fmt: str) -> str:
 
 
 #: What travels in the clear with each training reply, also under SecAgg+ (Flower's mod masks arrays only).
-CLEAR_TEXT = ("site name", "example count (the update's weight)", "training loss and accuracy (unless the site's "
-              "policy.send_training_metrics is false)", "epsilon, delta, noise multiplier, sample rate, steps",
+CLEAR_TEXT = ("site name", "example count (the update's weight)", "training loss and accuracy (only where the site's "
+              "policy.send_training_metrics is true)", "epsilon, delta, noise multiplier, sample rate, steps",
               "ledger position (seq and previous hash)", "under adaptive central DP: whether the update was clipped")
 
 

@@ -465,7 +465,9 @@ class SitePolicy:
     require_dp: bool = True
     require_secure_aggregation: bool = True
     allowed_models: tuple[str, ...] = ("scatternet", "lenet")  # fedhaven's own models; "*" allows any registered
-    send_training_metrics: bool = True  # false: replies carry no training loss/accuracy (not covered by epsilon)
+    # true: replies carry the round's training loss and accuracy, computed on private data with weights the
+    # coordinator chose and NOT covered by epsilon; off unless the site says so
+    send_training_metrics: bool = False
     # SHA-256 of the run packages (FABs) this site reviewed; empty: any package that only names the
     # installed fedhaven ClientApp. A site never runs code from a package either way.
     allowed_app_packages: tuple[str, ...] = ()
@@ -491,7 +493,7 @@ class SitePolicy:
 #: The policy of a simulated site: no limits beyond what the experiment asks for.
 SIMULATION_POLICY = SitePolicy(max_epsilon=float("inf"), min_noise_multiplier=0.0, require_dp=False,
                                require_secure_aggregation=False, allowed_models=("*",),
-                               max_update_norm=float("inf"))
+                               max_update_norm=float("inf"), send_training_metrics=True)
 
 
 _PARTITION = re.compile(r"^(iid|folders|dirichlet:(?P<alpha>[0-9]*\.?[0-9]+(e-?[0-9]+)?))$")

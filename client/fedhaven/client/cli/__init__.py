@@ -29,8 +29,11 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, ModuleType]]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import os
+
     from fedhaven.shared.cli import run_command
 
+    os.umask(0o077)  # the site's state, ledger, lock and caches are its own account's alone (and its processes')
     return run_command(prog="fl-client", built=build_parser(), argv=argv)
 
 
