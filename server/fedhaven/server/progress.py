@@ -43,6 +43,16 @@ def round_line(rec: Mapping[str, Any], *, planned: int | None = None) -> tuple[i
                           f"loss {rec['loss']:.4f}  {shown}  {sites}  {rec['round_time_s']:.1f} s")
 
 
+def absent_lines(rec: Mapping[str, Any], *, planned: int | None = None) -> list[str]:
+    """For a round aggregated without some sites: one line per site that did not contribute, saying why."""
+    if rec["status"] != "ok":
+        return []
+    of = f"/{planned}" if planned else ""
+    return [f"round {rec['round']:3d}{of}  not counted: {why}" for why in dict.fromkeys(rec.get("failures", ()))]
+
+
 def print_round(logger: logging.Logger, rec: Mapping[str, Any], *, planned: int | None = None) -> None:
     level, text = round_line(rec, planned=planned)
     logger.log(level, "%s", text)
+    for line in absent_lines(rec, planned=planned):
+        logger.warning("%s", line)
