@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from fedhaven.client.anchor import read_anchor
-from fedhaven.client.ledger import GENESIS, Ledger, LedgerError
+from fedhaven.client.ledger import GENESIS, Ledger, LedgerEntry, LedgerError
 from fedhaven.shared.accounting import PrivacyHistory, epsilon
 from fedhaven.shared.witness import Witness
 
@@ -170,8 +170,6 @@ def test_init_and_reset_are_explicit(ledger):
 
 def test_entries_written_before_the_new_fields_still_verify(tmp_path):
     """Entries without `kind` (older fedhaven) hash as they were written."""
-    from fedhaven.client.ledger import LedgerEntry
-
     ledger = Ledger.in_dir(tmp_path / "state")
     ledger.init(site="a")
     _append(ledger, 1)
@@ -334,3 +332,210 @@ def test_another_account_cannot_hold_the_lock(tmp_path):
         assert res.stdout.strip() == "denied", res.stdout + res.stderr
     finally:
         shutil.rmtree(root)
+
+
+# --- the witness commits to the entry's contents; entries signed with the site key (issue #22, finding 4) -----------
+
+def _key(folder: Path) -> Path:
+    """A site key as `fl-client keygen` writes it: site.key (0600) and site.pub beside it."""
+    from fedhaven.shared.crypto import make_site_keypair, write_private, write_public
+
+    private, public = make_site_keypair()
+    write_private(folder / "site.key", private)
+    write_public(folder / "site.pub", public)
+    return folder / "site.key"
+
+
+@pytest.fixture
+def signed(tmp_path) -> Ledger:
+    """A deployed site's ledger: started and written with its site key."""
+    led = Ledger.in_dir(tmp_path / "state", signing_key=_key(tmp_path))
+    led.init(site="hospital-a")
+    return led
+
+
+def _append_noise(ledger: Ledger, n: int, noise: float = 1.0) -> None:
+    hist = ledger.history()
+    for r in range(1, n + 1):
+        before = epsilon(history=hist, delta=1e-5)
+        hist = hist.add(noise_multiplier=noise, sample_rate=0.05, steps=200)
+        after = epsilon(history=hist, delta=1e-5)
+        ledger.append(site="hospital-a", run_id=7, server_round=r, model="lenet", update_sha256="ab" * 32,
+                      weights_sha256="cd" * 32, update_l2_norm=3.5, num_examples=400, noise_multiplier=noise,
+                      sample_rate=0.05, steps=200, delta=1e-5, accountant="rdp", epsilon_before=before,
+                      epsilon_after=after, cumulative_epsilon=after)
+
+
+def _full_witness(ledger: Ledger) -> Witness:
+    """What the coordinator holds after receiving the newest update: its seq and its own hash."""
+    last = ledger.entries()[-1]
+    return Witness(site="hospital-a", seq=last.seq, prev_hash=last.prev_hash, hash=last.hash)
+
+
+def _rewrite(ledger: Ledger, index: int, *, noise: float = 50.0, keep_signature: bool = True) -> tuple[float, float]:
+    """The finding: raise entry `index`'s noise, recompute every epsilon after it so each follows from the
+    recorded history, re-hash the chain from there and rewrite the anchor. Returns (spent before, spent after)."""
+    from fedhaven.client.anchor import Anchor, write_anchor
+    from fedhaven.client.ledger import budget_history
+
+    entries = ledger.entries()
+    spent = epsilon(history=ledger.history(), delta=1e-5)
+    out, prev = entries[:index], entries[index - 1].hash
+    for i, e in enumerate(entries[index:], start=index):
+        if i == index:
+            e = replace(e, noise_multiplier=noise)
+        e = replace(e, prev_hash=prev)
+        if e.kind == "update":
+            after = epsilon(history=budget_history([*out, e]), delta=1e-5)
+            e = replace(e, epsilon_before=epsilon(history=budget_history(out), delta=1e-5), epsilon_after=after,
+                        cumulative_epsilon=after)
+        e = replace(e, hash=e.computed_hash())
+        if not keep_signature:
+            e = replace(e, signer=None, signer_key=None, signature=None)
+            e = replace(e, hash=e.computed_hash())
+        out.append(e)
+        prev = e.hash
+    _write(ledger, [{k: v for k, v in asdict(e).items() if v is not None or k not in ("signer", "signer_key",
+                                                                                        "signature")} for e in out])
+    write_anchor(ledger.anchor_path, Anchor(entries=len(out), head=prev, site="hospital-a", ledger="x", time=0.0))
+    return spent, epsilon(history=ledger.history(), delta=1e-5)
+
+
+def test_a_signed_ledger_names_its_key_and_verifies(signed, tmp_path):
+    from fedhaven.shared.crypto import fingerprint
+
+    _append_noise(signed, 2)
+    entries = signed.entries()
+    fp = fingerprint((tmp_path / "site.pub").read_bytes())
+    assert entries[0].kind == "init" and entries[0].signer == fp and entries[0].signer_key  # the key, named once
+    assert all(e.signer == fp and e.signature for e in entries) and not any(e.signer_key for e in entries[1:])
+    report = signed.verify(require_signed=True)
+    assert report.ok and any(f"signed from seq 0 with key {fp}: every signature checked, against this site's key"
+                             in n for n in report.notes), report.notes
+    assert signed.check(witness=_full_witness(signed)) == []
+
+
+def test_an_unsigned_ledger_says_so_and_verifies(ledger):
+    """A simulated site (no key): unsigned, and verify says so rather than failing."""
+    _append(ledger, 1)
+    report = ledger.verify(require_signed=True)
+    assert report.ok and any(n.startswith("unsigned:") for n in report.notes)
+    assert not any(e.signer or e.signature for e in ledger.entries())
+    assert "signature" not in ledger.path.read_text()  # unsigned lines hold no signing fields
+
+
+def test_a_rewritten_newest_entry_is_caught_by_its_signature_and_by_the_witness(signed):
+    """The finding: the newest entry's noise 1.0 -> 50, epsilon recomputed, re-hashed, anchor rewritten."""
+    _append_noise(signed, 3)
+    seen = _full_witness(signed)  # the coordinator received the newest update
+    spent, forged = _rewrite(signed, index=3)
+    assert forged < spent  # what the forgery was for: less epsilon spent on paper
+    report = signed.verify()
+    assert not report.ok
+    assert [p for p in report.problems if "entry 4 (seq 3" in p and "its signature" in p and "does not match" in p]
+    assert not any("but the noise" in p for p in report.problems)  # every recorded epsilon follows: only keys tell
+    assert any("its signature" in p for p in signed.check())  # the per-task check: the newest signature
+    problems = Ledger(signed.path, anchor=signed.anchor_path).check(witness=seen)  # no key at hand: the witness
+    assert len(problems) == 2 and "holds a different entry seq 3" in problems[0] and "rewritten" in problems[0]
+    assert f"--accept-witness {seen.key()}" in problems[0] and seen.key() == f"3:{seen.hash}"
+
+
+def test_a_rewritten_older_entry_is_caught_by_its_signature_and_by_the_witness(signed):
+    _append_noise(signed, 3)
+    seen = _full_witness(signed)
+    _rewrite(signed, index=1)  # the first update, and everything after it re-hashed
+    problems = signed.verify().problems
+    assert all(any(f"(seq {s}," in p and "its signature" in p for p in problems) for s in (1, 2, 3)), problems
+    assert any("holds a different entry seq 3" in p for p in signed.check(witness=seen))
+
+
+def test_a_rewrite_without_signatures_is_caught(signed):
+    """The forger drops the signatures of the entries it rewrote, or of the whole ledger."""
+    _append_noise(signed, 3)
+    seen = _full_witness(signed)
+    _rewrite(signed, index=3, keep_signature=False)
+    assert any("entry 4 (seq 3" in p and "not signed, but this ledger is signed since seq 0" in p
+               for p in signed.verify().problems)
+    _rewrite(signed, index=1, keep_signature=False)
+    lines = _lines(signed)
+    init = {k: v for k, v in lines[0].items() if k not in ("signer", "signer_key", "signature")}
+    init["hash"] = LedgerEntry(**init).computed_hash()
+    _write(signed, [init, *lines[1:]])
+    _rewrite(signed, index=1, keep_signature=False)  # relink everything to the unsigned init
+    assert not any(e.signature for e in signed.entries())
+    report = signed.verify(require_signed=True)  # offline, with the site key: a keyed site signs every entry
+    assert any("none of its 4 entries is signed, but this site has a key" in p for p in report.problems)
+    assert any("holds a different entry seq 3" in p for p in signed.check(witness=seen))
+
+
+def test_an_entry_appended_without_the_key_is_refused_and_caught(signed):
+    _append_noise(signed, 1)
+    keyless = Ledger(signed.path, anchor=signed.anchor_path)
+    assert any("no key to sign its next entry" in p for p in keyless.check(for_append=True))
+    with pytest.raises(LedgerError, match="no key to sign its next entry"):
+        _append_noise(keyless, 1)
+    assert len(signed.entries()) == 2
+
+
+def test_a_ledger_written_before_signing_is_signed_from_its_next_entry(ledger, tmp_path):
+    """Migration: entries written before ledger signing stay as they are (unsigned, hash-chained); the first entry
+    written with the key names it, and every entry after it must be signed."""
+    _append(ledger, 2)
+    keyed = Ledger(ledger.path, anchor=ledger.anchor_path, signing_key=_key(tmp_path))
+    assert keyed.check(for_append=True) == []  # the site trains on: its next entry is signed
+    report = keyed.verify(require_signed=True)  # offline, it cannot tell this from a ledger stripped of signatures
+    assert any("none of its 3 entries is signed" in p and "ledger reset --keep-budget" in p for p in report.problems)
+    assert keyed.verify().ok  # `fl-client check` (and each task): the site starts, and signs its next entry
+    _append_noise(keyed, 1)
+    entries = keyed.entries()
+    assert entries[3].signer_key and entries[3].signature and not entries[2].signature
+    report = keyed.verify(require_signed=True)
+    assert report.ok and any("entries seq 0-2 are unsigned (written before ledger signing)" in n for n in report.notes)
+
+
+def test_a_replaced_site_key_is_recorded_by_a_reset(signed, tmp_path):
+    _append_noise(signed, 1)
+    new = tmp_path / "new"
+    new.mkdir()
+    rotated = Ledger(signed.path, anchor=signed.anchor_path, signing_key=_key(new))
+    problems = rotated.check(for_append=True)
+    assert any("but this site's key" in p and "ledger reset --keep-budget --reason 'new site key'" in p
+               for p in problems)
+    with pytest.raises(LedgerError, match="not with this site's key"):
+        _append_noise(rotated, 1)
+    spent = rotated.history()
+    entry = rotated.reset(site="hospital-a", reason="site key replaced, ticket 7", fresh_budget=False)
+    assert entry.signer_key and "but this site's key" in entry.acknowledged
+    _append_noise(rotated, 1)
+    report = rotated.verify(require_signed=True)
+    assert report.ok and any("signing key changed at seq 2" in n for n in report.notes), report
+    assert rotated.history().total_steps == spent.total_steps + 200
+    assert not signed.verify().ok  # the old key no longer signs the newest entries
+
+
+def test_a_public_key_that_is_not_the_sites_is_named(signed, tmp_path):
+    from fedhaven.client.ledger_signing import site_key
+
+    _append_noise(signed, 1)
+    other = tmp_path / "other"
+    other.mkdir()
+    _key(other)
+    report = signed.verify(site=site_key(public=other / "site.pub"))  # an auditor's copy of another key
+    assert any("signed with key" in p and "but this site's key" in p for p in report.problems)
+    assert signed.verify(site=site_key(public=tmp_path / "site.pub")).ok
+    (tmp_path / "site.pub").write_bytes((other / "site.pub").read_bytes())  # site.pub no longer site.key's
+    assert any("is not the public half of" in p for p in signed.verify().problems)
+
+
+def test_a_witness_without_an_entry_hash_still_works(ledger, tmp_path):
+    """From a coordinator older than `ledger_hash`: compared by the hash the entry links to; a reset that accepted
+    it as lost, before or after this change, is honoured."""
+    _append(ledger, 2)
+    old = _witness(ledger)
+    assert old.hash == "" and old.key() == old.legacy_key() and ledger.check(witness=old) == []
+    ledger.path.write_text("".join(ledger.path.read_text().splitlines(keepends=True)[:2]))
+    ledger.anchor_path.unlink()
+    ledger.reset(site="hospital-a", reason="restored", accept_witness=old)
+    assert ledger.check(witness=old) == []
+    # the same entry, as a new coordinator names it: accepted by the reset that named its link
+    assert ledger.check(witness=replace(old, hash="9" * 64)) == []

@@ -95,7 +95,8 @@ def test_verify_and_check_fail_on_a_lost_or_rolled_back_ledger(site, capfd, dama
         other = Ledger.in_dir(site / "other")
         other.init(site="hospital-a")
         for e in ledger.entries()[1:]:
-            other.append(**{k: v for k, v in vars(e).items() if k not in ("seq", "prev_hash", "time", "hash")})
+            other.append(**{k: v for k, v in vars(e).items()
+                            if k not in ("seq", "prev_hash", "time", "hash", "signer", "signer_key", "signature")})
         shutil.copy(other.path, ledger.path)
     capfd.readouterr()
     code, text = _run(capfd, "ledger", "verify", "--config", cfg)
@@ -149,3 +150,98 @@ def test_check_names_a_state_dir_that_cannot_be_created(tmp_path):
 
     if os.geteuid() != 0:  # root may write anywhere
         assert "does not let this account create it" in state_dir_problems(locked / "state")[0]
+
+
+def _rewrite_newest(ledger, noise: float) -> None:
+    """Issue #22 finding 4: the newest entry's noise rewritten, its epsilon recomputed, re-hashed, anchor rewritten."""
+    import json
+    from dataclasses import asdict, replace
+
+    from fedhaven.client.anchor import Anchor, write_anchor
+    from fedhaven.client.ledger import budget_history
+
+    entries = ledger.entries()
+    e = replace(entries[-1], noise_multiplier=noise)
+    eps = epsilon(history=budget_history([*entries[:-1], e]), delta=e.delta)
+    e = replace(e, epsilon_after=eps, cumulative_epsilon=eps)
+    e = replace(e, hash=e.computed_hash())
+    kept = ledger.path.read_text().splitlines(keepends=True)[:-1]
+    ledger.path.write_text("".join(kept) + json.dumps({k: v for k, v in asdict(e).items() if v is not None}) + "\n")
+    write_anchor(ledger.anchor_path, Anchor(entries=len(entries), head=e.hash, site=e.site, ledger="x", time=0.0))
+
+
+def test_verify_catches_a_rewritten_newest_entry_by_its_signature(site, capfd):
+    cfg = str(site / "site.toml")
+    assert main(["ledger", "init", "--config", cfg]) == 0
+    _spend(site, 3)
+    ledger = load_site_config(site / "site.toml").ledger()
+    code, text = _run(capfd, "ledger", "verify", "--config", cfg)
+    assert code == 0 and "signed from seq 0 with key SHA256:" in text and "against this site's key" in text
+    spent = epsilon(history=ledger.history(), delta=1e-5)
+    _rewrite_newest(ledger, noise=50.0)
+    assert epsilon(history=ledger.history(), delta=1e-5) < spent
+    code, text = _run(capfd, "ledger", "verify", "--config", cfg)
+    assert code == 1 and "entry 4 (seq 3, run 1, round 3): its signature" in text and "does NOT verify" in text
+    code, text = _run(capfd, "ledger", "verify", "--state-dir", str(site / "state"))  # no site.toml: still caught
+    assert code == 1 and "its signature" in text
+    code, text = _run(capfd, "ledger", "verify", "--state-dir", str(site / "state"), "--public-key",
+                      str(site / "site.pub"))  # an auditor, with the key the coordinator registered
+    assert code == 1 and "its signature" in text
+    code, text = _run(capfd, "check", "--config", cfg)
+    assert code == 2 and "its signature" in text
+
+
+def test_a_witness_names_the_entry_hash_and_reset_accepts_it(site, capfd):
+    """A full restore of an older backup: the coordinator's witness (SEQ:HASH of the entry it received) names the
+    entry the ledger lost; `reset --accept-witness SEQ:HASH` records it, after which that witness passes."""
+    from fedhaven.shared.witness import Witness
+
+    cfg = str(site / "site.toml")
+    assert main(["ledger", "init", "--config", cfg]) == 0
+    _spend(site, 1)
+    ledger = load_site_config(site / "site.toml").ledger()
+    backup = ledger.path.read_bytes(), ledger.anchor_path.read_bytes()
+    _spend(site, 1)
+    newest = ledger.entries()[-1]
+    seen = Witness(site="hospital-a", seq=newest.seq, prev_hash=newest.prev_hash, hash=newest.hash)
+    ledger.path.write_bytes(backup[0])
+    ledger.anchor_path.write_bytes(backup[1])
+    problems = ledger.check(witness=seen)
+    assert len(problems) == 1 and f"--accept-witness 2:{newest.hash}" in problems[0]
+    code, text = _run(capfd, "ledger", "reset", "--config", cfg, "--reason", "restored from backup, ticket 42",
+                      "--accept-witness", f"2:{newest.hash}")
+    assert code == 0 and "accepted as lost" in text
+    assert ledger.check(witness=seen) == [] and ledger.entries()[-1].witness == seen.key()
+    code, text = _run(capfd, "ledger", "verify", "--config", cfg)
+    assert code == 0 and "verified: 3 entries" in text
+
+
+def test_a_ledger_written_before_signing_is_named_and_signed_from_a_reset(site, capfd):
+    """Migration: a deployed site's ledger from before ledger signing. Its site starts and trains (the next entry is
+    signed); `ledger verify` names it unsigned with the fix, since offline it could also be a stripped ledger."""
+    from fedhaven.client.ledger import Ledger
+
+    cfg = str(site / "site.toml")
+    old = Ledger.in_dir(site / "state")  # as fedhaven before signing wrote it: no key
+    old.init(site="hospital-a")
+    ledger = load_site_config(site / "site.toml").ledger()
+    for r in range(2):
+        Ledger(ledger.path, anchor=ledger.anchor_path).append(
+            site="hospital-a", run_id=1, server_round=r + 1, model="lenet", update_sha256="a" * 64,
+            weights_sha256="b" * 64, update_l2_norm=1.0, num_examples=120, noise_multiplier=0.8, sample_rate=0.2,
+            steps=50, delta=1e-5, accountant="rdp", epsilon_before=0.0,
+            epsilon_after=epsilon(history=PrivacyHistory().add(noise_multiplier=0.8, sample_rate=0.2,
+                                                               steps=50 * (r + 1)), delta=1e-5))
+    code, text = _run(capfd, "check", "--config", cfg)
+    assert code == 0 and "check passed" in text
+    code, text = _run(capfd, "ledger", "verify", "--config", cfg)
+    assert code == 1 and "none of its 3 entries is signed, but this site has a key" in text
+    assert "ledger reset --keep-budget" in text
+    code, text = _run(capfd, "ledger", "reset", "--config", cfg, "--keep-budget", "--reason",
+                      "sign the ledger from here")
+    assert code == 0 and "budget kept" in text
+    code, text = _run(capfd, "ledger", "verify", "--config", cfg)
+    assert code == 0 and "entries seq 0-2 are unsigned (written before ledger signing)" in text
+    assert "signed from seq 3 with key" in text
+    _spend(site, 1)  # the site's ClientApp, as ever
+    assert _run(capfd, "ledger", "verify", "--config", cfg)[0] == 0

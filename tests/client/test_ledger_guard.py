@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import threading
-from dataclasses import replace
+from dataclasses import asdict, replace
 
 import pytest
 from flwr.app import Context, Message, RecordDict
@@ -21,7 +22,7 @@ from fedhaven.shared.schema import SIMULATION_POLICY, DPConfig, ModelConfig, Tra
 from fedhaven.shared.task import TaskSpec, task_to_config
 from fedhaven.shared.training import schedule
 from fedhaven.shared.weights import get_weights
-from fedhaven.shared.witness import LEDGER_PREV_HASH, LEDGER_SEQ, Witness
+from fedhaven.shared.witness import LEDGER_HASH, LEDGER_PREV_HASH, LEDGER_SEQ, Witness
 
 
 def _task(server_round: int, planned: int = 2, **dp) -> TaskSpec:
@@ -47,13 +48,25 @@ def _context() -> Context:
 def site_app(tmp_path, synthetic_images, client_app_for):
     """(the ClientApp of a site with a ledger in tmp_path, its ledger), by policy; `init=False`: no ledger yet."""
 
-    def make(*, policy=SIMULATION_POLICY, init=True):
-        info = SiteInfo(name="hospital-a", policy=policy, state_dir=tmp_path / "state")
+    def make(*, policy=SIMULATION_POLICY, init=True, key=False):
+        info = SiteInfo(name="hospital-a", policy=policy, state_dir=tmp_path / "state",
+                        signing_key=_key(tmp_path) if key else None)
         if init:
             info.ledger().init(site="hospital-a")
         return client_app_for(Site(info=info, data=synthetic_images)), info.ledger()
 
     return make
+
+
+def _key(folder) -> object:
+    """A deployed site's key, as `fl-client keygen` writes it (once per folder)."""
+    from fedhaven.shared.crypto import make_site_keypair, write_private, write_public
+
+    if not (folder / "site.key").exists():
+        private, public = make_site_keypair()
+        write_private(folder / "site.key", private)
+        write_public(folder / "site.pub", public)
+    return folder / "site.key"
 
 
 def _metrics(reply: Message) -> dict:
@@ -77,11 +90,17 @@ def test_an_uninitialised_site_refuses_to_train(tmp_path, synthetic_images, site
 def test_each_reply_names_its_ledger_entry_which_the_ledger_holds(tmp_path, synthetic_images, site_app):
     app, ledger = site_app()
     init = ledger.entries()[0]
-    m = _metrics(app(_message(_task(1, target_epsilon=2.0)), _context()))
-    assert (m[LEDGER_SEQ], m[LEDGER_PREV_HASH]) == (1, init.hash)
+    reply = app(_message(_task(1, target_epsilon=2.0)), _context())
+    m = _metrics(reply)
     entry = ledger.entries()[1]
+    assert (m[LEDGER_SEQ], m[LEDGER_PREV_HASH], m[LEDGER_HASH]) == (1, init.hash, entry.hash)
     assert (entry.seq, entry.prev_hash, entry.kind) == (1, init.hash, "update")
     assert ledger.check(witness=Witness.from_metrics(m)) == [] and ledger.verify().ok
+    # the entry records the bytes sent, less the one metric naming the entry's own hash (added once it was final)
+    from fedhaven.client.seam.legacy import FITRES_METRICS, content_sha256
+
+    del reply.content.config_records[FITRES_METRICS][LEDGER_HASH]
+    assert entry.update_sha256 == content_sha256(msg=reply)
 
 
 def test_a_rollback_of_ledger_and_anchor_is_refused_through_the_witness(tmp_path, synthetic_images, site_app, answer):
@@ -182,3 +201,62 @@ def test_a_site_can_keep_its_training_metrics_to_itself(tmp_path, synthetic_imag
     app, _ = site_app(policy=replace(SIMULATION_POLICY, send_training_metrics=False))
     m = _metrics(app(_message(_task(1, target_epsilon=2.0)), _context()))
     assert "loss" not in m and "accuracy" not in m and "epsilon" in m
+
+
+def _rewrite_newest(ledger: Ledger, noise: float) -> None:
+    """Issue #22 finding 4: the newest entry's noise rewritten, its epsilon recomputed so that it follows, re-hashed
+    (its signature kept: no one but the site can make a new one), and the anchor rewritten to match."""
+    from fedhaven.client.anchor import Anchor, write_anchor
+    from fedhaven.client.ledger import budget_history
+
+    entries = ledger.entries()
+    e = replace(entries[-1], noise_multiplier=noise)
+    eps = epsilon(history=budget_history([*entries[:-1], e]), delta=e.delta)
+    e = replace(e, epsilon_after=eps, cumulative_epsilon=eps)
+    e = replace(e, hash=e.computed_hash())
+    lines = ledger.path.read_text().splitlines(keepends=True)[:-1]
+    ledger.path.write_text("".join(lines) + json.dumps({k: v for k, v in asdict(e).items() if v is not None},
+                                                       sort_keys=True) + "\n")
+    write_anchor(ledger.anchor_path, Anchor(entries=len(entries), head=e.hash, site=e.site, ledger="x", time=0.0))
+
+
+@pytest.mark.parametrize("keyed", [False, True], ids=["simulated-site", "site-key"])
+def test_a_rewritten_newest_entry_is_refused_through_the_witness(tmp_path, synthetic_images, site_app, answer, keyed):
+    app, ledger = site_app(key=keyed)
+    task = _task(1, noise_multiplier=1.0, target_epsilon=100.0)
+    seen = Witness.from_metrics(_metrics(app(_message(task), _context())))  # what the coordinator keeps
+    spent = _fresh(ledger)
+    _rewrite_newest(ledger, noise=50.0)
+    assert _fresh(ledger) < spent  # what the rewrite was for
+    assert ledger.verify().ok is not keyed  # offline: only a signature tells (a simulated site has none)
+    with pytest.raises(TaskRefused, match="holds a different entry seq 1") as err:
+        answer(app(_message(replace(task, server_round=2), witness=seen), _context()))
+    assert err.value.code == Code.LEDGER and "nothing was trained or sent" in str(err.value)
+    assert f"--accept-witness {seen.key()}" in str(err.value)
+    assert ("its signature" in str(err.value)) is keyed
+    assert len(ledger.entries()) == 2  # nothing trained, nothing recorded
+
+
+def test_a_lost_reply_and_a_retried_round_still_pass_the_witness(tmp_path, synthetic_images, site_app):
+    """The coordinator holds the witness of the last reply it received; a reply lost after the entry was appended
+    (or a retried round) leaves the ledger ahead of it, which is fine: the ledger still holds that entry."""
+    app, ledger = site_app(key=True)
+    ctx = _context()
+    first = Witness.from_metrics(_metrics(app(_message(_task(1, planned=3, target_epsilon=5.0)), ctx)))
+    _metrics(app(_message(_task(2, planned=3, target_epsilon=5.0), witness=first), ctx))  # this reply is lost
+    retried = _metrics(app(_message(_task(2, planned=3, target_epsilon=5.0), witness=first), ctx))  # round 2 again
+    seen = Witness.from_metrics(retried)
+    assert (seen.seq, seen.hash) == (3, ledger.entries()[-1].hash)
+    _metrics(app(_message(_task(3, planned=3, target_epsilon=5.0), witness=seen), ctx))
+    assert ledger.verify(require_signed=True).ok and all(e.signature for e in ledger.entries())
+
+
+def test_a_signed_ledger_without_its_key_refuses_before_training(tmp_path, synthetic_images, site_app, answer,
+                                                                 client_app_for):
+    app, ledger = site_app(key=True)
+    _metrics(app(_message(_task(1, target_epsilon=5.0)), _context()))
+    keyless = client_app_for(Site(info=SiteInfo(name="hospital-a", state_dir=tmp_path / "state"),
+                                  data=synthetic_images))  # site.key gone (or unreadable)
+    with pytest.raises(TaskRefused, match="no key to sign its next entry") as err:
+        answer(keyless(_message(_task(2, target_epsilon=5.0)), _context()))
+    assert err.value.code == Code.LEDGER and len(ledger.entries()) == 2

@@ -56,6 +56,8 @@ def test_two_rounds_of_dp_secagg_training_over_tls(federation):
     witnesses = json.loads((federation.state / "runs" / "ledger-witnesses.json").read_text())["sites"]
     for name, d in zip(federation.sites, federation.site_dirs_list):  # what the coordinator saw of each ledger
         assert witnesses[name]["seq"] == len(Ledger.in_dir(d / "state").entries()) - 1
+        assert witnesses[name]["hash"] == Ledger.in_dir(d / "state").entries()[-1].hash
+        assert all(e.signature for e in Ledger.in_dir(d / "state").entries())  # signed with the site key
     assert (run_dir / "model.pt").exists() and (run_dir / "checkpoints" / "round-002.pt").exists()
     # one long-lived executor per site served every message of the run: 2 rounds x 4 SecAgg+ stages
     for d, was in zip(federation.site_dirs_list, executors):
@@ -129,6 +131,36 @@ def test_a_rolled_back_ledger_and_anchor_are_caught_by_the_coordinators_witness(
     finally:  # the operator's first remedy: restore the newest ledger and anchor
         ledger.path.write_bytes(newest[0])
         ledger.anchor_path.write_bytes(newest[1])
+    # issue #22 finding 4: the newest entry rewritten (noise -> 50, epsilon recomputed, re-hashed, anchor rewritten)
+    witness = json.loads((federation.state / "runs" / "ledger-witnesses.json").read_text())["sites"]
+    assert witness[federation.sites[1]]["hash"] == ledger.entries()[-1].hash  # the coordinator holds its hash
+    _rewrite_newest(ledger, noise=50.0)
+    try:
+        res = federation.cli("fl-client", "ledger", "verify", "--config", str(site / "site.toml"))
+        assert res.returncode == 1 and "its signature" in res.stdout + res.stderr, res.stdout + res.stderr
+        res = _run_rounds(federation, rounds=1, target=_spent(federation) + 0.5)
+        out = res.stdout + res.stderr
+        assert f"{federation.sites[1]} refuses to train until its operator acts" in out, out
+        assert "holds a different entry" in out
+    finally:
+        ledger.path.write_bytes(newest[0])
+        ledger.anchor_path.write_bytes(newest[1])
+
+
+def _rewrite_newest(ledger: Ledger, noise: float) -> None:
+    from dataclasses import asdict, replace
+
+    from fedhaven.client.anchor import Anchor, write_anchor
+    from fedhaven.client.ledger import budget_history
+
+    entries = ledger.entries()
+    e = replace(entries[-1], noise_multiplier=noise)
+    eps = epsilon(history=budget_history([*entries[:-1], e]), delta=e.delta)
+    e = replace(e, epsilon_after=eps, cumulative_epsilon=eps)
+    e = replace(e, hash=e.computed_hash())
+    kept = ledger.path.read_text().splitlines(keepends=True)[:-1]
+    ledger.path.write_text("".join(kept) + json.dumps({k: v for k, v in asdict(e).items() if v is not None}) + "\n")
+    write_anchor(ledger.anchor_path, Anchor(entries=len(entries), head=e.hash, site=e.site, ledger="x", time=0.0))
 
 
 def _run_rounds(federation, *, rounds: int, target: float):

@@ -13,7 +13,7 @@ from fedhaven.server.attendance import Attendance
 from fedhaven.server.flower_legacy import CheckedSecAggPlus, RecordingStrategy, _ReplyWatch
 from fedhaven.server.witnesses import SiteWitnesses
 from fedhaven.shared import refusal
-from fedhaven.shared.witness import LEDGER_PREV_HASH, LEDGER_SEQ, Witness
+from fedhaven.shared.witness import LEDGER_HASH, LEDGER_PREV_HASH, LEDGER_SEQ, Witness
 
 
 @pytest.fixture(autouse=True)
@@ -30,7 +30,8 @@ class Proxy:
 
 def _fitres(site: str, eps: float) -> FitRes:
     return FitRes(status=Status(Code.OK, ""), parameters=ndarrays_to_parameters([np.zeros(2, dtype=np.float32)]),
-                  num_examples=10, metrics={"site": site, "epsilon": eps, LEDGER_SEQ: 4, LEDGER_PREV_HASH: "e" * 64})
+                  num_examples=10, metrics={"site": site, "epsilon": eps, LEDGER_SEQ: 4, LEDGER_PREV_HASH: "e" * 64,
+                                            LEDGER_HASH: "f" * 64})
 
 
 def test_sites_that_trained_are_kept_when_unmasking_fails():
@@ -89,14 +90,15 @@ def test_each_site_gets_its_own_witness_with_its_task():
     from flwr.server.strategy import FedAvg
 
     witnesses = SiteWitnesses()
-    witnesses.record(node_id=5, witness=Witness(site="a", seq=4, prev_hash="e" * 64))
+    witnesses.record(node_id=5, witness=Witness.from_metrics(_fitres("a", 1.0).metrics))
     inner = FedAvg()
     ins = FitIns(ndarrays_to_parameters([np.zeros(1)]), {"fedhaven.server_round": 1})
     inner.configure_fit = lambda *a: [(Proxy(5), ins), (Proxy(6), ins)]  # one FitIns object shared, as FedAvg does
     strategy = RecordingStrategy(inner)
     strategy.witnesses = witnesses
     (_, a), (_, b) = strategy.configure_fit(1, None, None)
-    assert Witness.from_config(a.config) == Witness(site="a", seq=4, prev_hash="e" * 64)
+    # the entry's own hash goes back with the task: the site must hold exactly that entry
+    assert Witness.from_config(a.config) == Witness(site="a", seq=4, prev_hash="e" * 64, hash="f" * 64)
     assert Witness.from_config(b.config) is None and Witness.from_config(ins.config) is None
 
 
@@ -106,3 +108,19 @@ def test_witnesses_survive_in_the_coordinators_state_directory(tmp_path):
     SiteWitnesses(path).record(node_id=9, witness=Witness(site="h", seq=2, prev_hash="b" * 64))  # a later run
     assert SiteWitnesses(path).for_node(9) == Witness(site="h", seq=2, prev_hash="b" * 64)
     assert SiteWitnesses(path).for_node(8) is None
+    SiteWitnesses(path).record(node_id=9, witness=Witness(site="h", seq=3, prev_hash="b" * 64, hash="c" * 64))
+    assert SiteWitnesses(path).for_node(9) == Witness(site="h", seq=3, prev_hash="b" * 64, hash="c" * 64)
+
+
+def test_a_witness_file_written_before_entry_hashes_were_kept_still_reads(tmp_path):
+    """ledger-witnesses.json of an older coordinator has no `hash`: its witnesses compare the linked hash only."""
+    import json
+
+    path = tmp_path / "ledger-witnesses.json"
+    path.write_text(json.dumps({"sites": {"h": {"seq": 2, "prev_hash": "b" * 64, "node_id": 9, "time": 1.0}}}))
+    seen = SiteWitnesses(path).for_node(9)
+    assert seen == Witness(site="h", seq=2, prev_hash="b" * 64) and seen.key() == f"2:{'b' * 64}"
+    assert Witness.from_config(seen.to_config()) == seen
+    # a reply from a site older than `ledger_hash` still makes a witness; one without any hash does not
+    assert Witness.from_metrics({"site": "h", LEDGER_SEQ: 1, LEDGER_PREV_HASH: "a" * 64}).hash == ""
+    assert Witness.from_metrics({"site": "h", LEDGER_SEQ: 1}) is None

@@ -32,7 +32,8 @@ pytestmark = pytest.mark.slow
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray workers cannot import test modules
 
 METRIC_KEYS = {"site", "loss", "accuracy", "epsilon", "delta", "noise_multiplier", "sample_rate", "steps",
-               "total_steps", "empty_batches", "num_examples", "train_time_s", "ledger_seq", "ledger_prev_hash"}
+               "total_steps", "empty_batches", "num_examples", "train_time_s", "ledger_seq", "ledger_prev_hash",
+               "ledger_hash"}
 
 
 def _recorder(folder: Path, kind: str):

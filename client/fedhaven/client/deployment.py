@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fedhaven.client.flower_app import make_client_app
+from fedhaven.client.roster import Roster, load_roster
 from fedhaven.client.site_config import SiteConfig, load_site_config
 from fedhaven.client.types import SiteInfo
 
@@ -79,10 +80,23 @@ class SiteConfigProvider:
         return load_data(cfg=cfg.data, split="train", cache_dir=site_info(cfg).cache())
 
 
-def site_info(cfg: SiteConfig) -> SiteInfo:
-    """What the training path knows of a site, from its site.toml (the same file `fl-client check` reads)."""
+def site_info(cfg: SiteConfig, *, roster: bool = True) -> SiteInfo:
+    """What the training path knows of a site, from its site.toml (the same file `fl-client check` reads);
+    `roster=False`: without reading its roster (`check` reports a roster's problems itself)."""
+    key = Path(cfg.private_key) if cfg.private_key and Path(cfg.private_key).exists() else None
     return SiteInfo(name=cfg.name, policy=cfg.policy, state_dir=Path(cfg.state_dir), device=cfg.device,
-                    ledger_anchor=Path(cfg.ledger_anchor) if cfg.ledger_anchor else None, memory_mb=cfg.memory_mb)
+                    ledger_anchor=Path(cfg.ledger_anchor) if cfg.ledger_anchor else None, memory_mb=cfg.memory_mb,
+                    signing_key=key, roster=_roster(cfg.roster) if cfg.roster and roster else None)
+
+
+def _roster(path: str) -> Roster:
+    """roster.toml, read again whenever the file changes."""
+    return _roster_at(path, _stamp(Path(path)))
+
+
+@functools.lru_cache(maxsize=4)
+def _roster_at(path: str, stamp: tuple[int, int, int]) -> Roster:
+    return load_roster(path)
 
 
 app = make_client_app(sites=SiteConfigProvider())

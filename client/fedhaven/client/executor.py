@@ -11,7 +11,11 @@ the site's refusal or calls fedhaven's installed ClientApp in this process. So:
   coordinator ships;
 - the process stays up across messages and runs: the site's data, model and
   noise calibration stay loaded (no per-message interpreter, torch and Opacus
-  import as with Flower's `flwr-clientapp`).
+  import as with Flower's `flwr-clientapp`);
+- it speaks to its SuperNode only over TLS that trusts the one certificate
+  `fl-client start` made for that SuperNode at this start (`--runtime-ca-file`):
+  a process that took the SuperNode's loopback port first gets a TLS handshake
+  it cannot complete and no request, and the executor stops, naming the port.
 """
 
 from __future__ import annotations
@@ -48,6 +52,12 @@ COMPONENT = "fedhaven-site-executor"
 #: instead of waiting for an executor that will never come.
 _TASK_TYPES = [flower.CLIENT_APP_TASK, flower.AGENT_APP_TASK]
 ClientAppCall = Callable[[Message, Context], Message]
+#: The executor's exit code when what answers at the Runtime API address is not its SuperNode.
+NOT_ITS_SUPERNODE = 3
+
+
+class NotItsSuperNode(RuntimeError):
+    """What answers at the Runtime API address did not prove to be this site's SuperNode: nothing was sent to it."""
 
 
 @dataclass
@@ -69,8 +79,9 @@ class SiteExecutor:
 
     def __init__(self, *, runtime_address: str, secret: bytes, site: str, app: ClientAppCall,
                  allowed_packages: tuple[str, ...] = (), poll_interval: float = 0.05,
-                 stats_file: Path | None = None) -> None:
+                 stats_file: Path | None = None, runtime_ca: bytes | None = None) -> None:
         self.address = runtime_address
+        self.runtime_ca = runtime_ca
         self.site = site
         self.app = app
         self.allowed_packages = allowed_packages
@@ -78,15 +89,29 @@ class SiteExecutor:
         self.stats_file = stats_file
         self.stats = ExecutorStats()
         self.busy = False  # serving a task (a stop then waits for its end)
-        self._acquire = flower.executor_client(address=runtime_address, secret=secret, component=COMPONENT)
+        self._acquire = flower.executor_client(address=runtime_address, secret=secret, component=COMPONENT,
+                                               ca=runtime_ca)
         self._write_stats()
 
     def serve(self, stop: threading.Event) -> None:
-        """Take and run tasks until `stop` is set."""
+        """Take and run tasks until `stop` is set; raises `NotItsSuperNode` when the address answers without the
+        pinned certificate."""
         log.info("site %s: executor up (fedhaven %s, pid %d); it runs only the installed ClientApp", self.site,
                  self.stats.version, self.stats.pid)
+        if self.runtime_ca is None:
+            log.warning("WARNING: plain HTTP to the SuperNode at %s (no --runtime-ca-file): a local account holding "
+                        "that port would receive this executor's requests", self.address)
         while not stop.is_set():
-            claimed = flower.acquire_task(client=self._acquire, task_types=_TASK_TYPES)
+            try:
+                claimed = flower.acquire_task(client=self._acquire, task_types=_TASK_TYPES)
+            except Exception as exc:
+                why = flower.tls_failure(exc) if self.runtime_ca is not None else None
+                if why is None:
+                    raise
+                flower.close_client(client=self._acquire)
+                raise NotItsSuperNode(
+                    f"site {self.site}: what answers at {self.address} is not this site's SuperNode ({why}); "
+                    f"another process may hold the port. The executor sent it no request and stops.") from None
             if claimed is not None:
                 token, task_type = claimed
                 self.busy = True
@@ -101,7 +126,7 @@ class SiteExecutor:
     def run_task(self, *, token: str, task_type: str) -> None:
         """Serve one task: pull its input, review the run's package, answer, push the output."""
         t0 = time.perf_counter()
-        client = flower.task_client(address=self.address, token=token, component=COMPONENT)
+        client = flower.task_client(address=self.address, token=token, component=COMPONENT, ca=self.runtime_ca)
         stop_heartbeat = flower.start_heartbeat(client=client)
         message = context = reply = None
         completed, details, verdict = False, "the task failed before it started", "error"
@@ -174,11 +199,15 @@ class SiteExecutor:
 
 
 def main(argv: list[str] | None = None) -> NoReturn:
-    """`python -m fedhaven.client.executor --config site.toml --runtime-api-address HOST:PORT --secret-file F`."""
+    """`python -m fedhaven.client.executor --config site.toml --runtime-api-address HOST:PORT --secret-file F
+    --runtime-ca-file CA`."""
     p = argparse.ArgumentParser(prog=COMPONENT, description=__doc__.splitlines()[0])
     p.add_argument("--config", type=Path, required=True, help="the site's site.toml")
     p.add_argument("--runtime-api-address", required=True, help="the SuperNode's Runtime API (loopback)")
     p.add_argument("--secret-file", type=Path, required=True, help="shared secret with the SuperNode (0600)")
+    p.add_argument("--runtime-ca-file", type=Path,
+                   help="the certificate fl-client start made for the SuperNode's Runtime API: TLS trusting it "
+                        "alone (without it: plain HTTP, which any local account holding the port would receive)")
     p.add_argument("--parent-pid", type=int, help="exit when this process (fl-client start) is gone")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
@@ -194,9 +223,10 @@ def main(argv: list[str] | None = None) -> NoReturn:
 
     state = Path(cfg.state_dir)
     state.mkdir(parents=True, exist_ok=True)
+    runtime_ca = args.runtime_ca_file.read_bytes() if args.runtime_ca_file else None
     executor = SiteExecutor(runtime_address=args.runtime_api_address, secret=args.secret_file.read_bytes(),
                             site=cfg.name, app=app, allowed_packages=cfg.policy.allowed_app_packages,
-                            stats_file=state / "executor.json")
+                            stats_file=state / "executor.json", runtime_ca=runtime_ca)
     stop = threading.Event()
 
     def on_signal(*_: object) -> None:
@@ -208,11 +238,15 @@ def main(argv: list[str] | None = None) -> NoReturn:
         signal.signal(sig, on_signal)
     if args.parent_pid:
         threading.Thread(target=_watch_parent, args=(args.parent_pid, stop), daemon=True).start()
-    executor.serve(stop)  # returns between tasks: every task's ledger entry and stats are already on disk
+    try:
+        executor.serve(stop)  # returns between tasks: every task's ledger entry and stats are already on disk
+    except NotItsSuperNode as exc:
+        log.error("%s", exc)
+        _leave(NOT_ITS_SUPERNODE)
     _leave()
 
 
-def _leave() -> NoReturn:
+def _leave(code: int = 0) -> NoReturn:
     """Exit between tasks, at once: interpreter teardown would wait for a warm-up still importing torch (seconds on
     a busy machine), and nothing is left to write (each task's ledger entry and stats are on disk before its reply)."""
     for stream in (sys.stdout, sys.stderr):
@@ -220,7 +254,7 @@ def _leave() -> NoReturn:
             stream.flush()
         except (OSError, RuntimeError, ValueError):  # a signal may land inside a write to the same stream
             pass
-    os._exit(0)
+    os._exit(code)
 
 
 def _warm_up(cpu_threads: int) -> None:

@@ -28,6 +28,7 @@ from flwr.client.mod import adaptiveclipping_mod, fixedclipping_mod, secaggplus_
 from flwr.clientapp import ClientApp
 from flwr.common import Scalar, ndarrays_to_parameters, parameters_to_ndarrays
 
+from fedhaven.client import secagg_terms
 from fedhaven.client.ledger import GENESIS, Ledger, LedgerBusy, budget_history
 from fedhaven.client.policy import refusal_code, task_violations
 from fedhaven.client.seam import legacy
@@ -37,7 +38,7 @@ from fedhaven.shared.accounting import NOTHING_SENT, PrivacyHistory
 from fedhaven.shared.task import TaskSpec, task_from_config
 from fedhaven.shared.text import without_paths
 from fedhaven.shared.updates import encode
-from fedhaven.shared.witness import LEDGER_PREV_HASH, LEDGER_SEQ, Witness
+from fedhaven.shared.witness import LEDGER_HASH, LEDGER_PREV_HASH, LEDGER_SEQ, Witness
 
 if TYPE_CHECKING:  # torch-backed: imported only by the stages that train
     from fedhaven.client.site import SiteTrainer
@@ -190,7 +191,8 @@ def _policy_mod(sites: SiteProvider) -> Mod:
 
 
 def _secagg_mod(sites: SiteProvider) -> Mod:
-    """Flower's SecAgg+ client protocol for SecAgg+ messages, plain training for the others.
+    """Flower's SecAgg+ client protocol, on the site's terms (`secagg_terms`), for SecAgg+ messages; plain training
+    for the others.
 
     Before training it checks that the site's example count fits the
     coordinator's `max_weight`: above it SecAgg+ would silently clip this site's
@@ -200,6 +202,8 @@ def _secagg_mod(sites: SiteProvider) -> Mod:
     def mod(msg: Message, ctx: Context, call_next: Callable[[Message, Context], Message]) -> Message:
         if msg.metadata.message_type != MessageType.TRAIN or not legacy.is_secagg(content=msg.content):
             return call_next(msg, ctx)
+        info = sites.info(ctx)
+        secagg_terms.check_terms(msg=msg, ctx=ctx, info=info)  # the site's terms, before Flower's mod acts
         task, _ = _task_of(msg)
         if task is not None:
             max_weight = legacy.secagg_max_weight(ctx=ctx)
@@ -210,7 +214,7 @@ def _secagg_mod(sites: SiteProvider) -> Mod:
                                   f"max_weight "
                                   f"is {max_weight:g}, so its update would be clipped. The operator must set "
                                   f"secagg.max_weight to at least {n}")
-        return secaggplus_mod(msg, ctx, call_next)
+        return secagg_terms.with_proof(reply=secaggplus_mod(msg, ctx, call_next), info=info, request=msg)
 
     return mod
 
@@ -244,10 +248,12 @@ def _ledger_mod(sites: SiteProvider) -> Mod:
     """Verify the ledger, train, and append what is sent (fsync'd) before it is handed back: all under the lock.
 
     Per task, under the site's ledger lock (held across threads and processes from the
-    budget check through the append): the chain, its anchor and the coordinator's
-    witness are checked, the history is re-read, the inner mods check the budget and
-    train, and the reply is recorded before Flower may send it. A ledger that does not
-    verify stops the site until its operator acts.
+    budget check through the append): the chain, its anchor, the newest signature and
+    the coordinator's witness are checked, the history is re-read, the inner mods check
+    the budget and train, and the reply is recorded (signed with the site key, where
+    the site has one) before Flower may send it; the reply then names the entry's own
+    hash (`ledger_hash`), which the coordinator sends back as its witness. A ledger
+    that does not verify stops the site until its operator acts.
     """
 
     def mod(msg: Message, ctx: Context, call_next: Callable[[Message, Context], Message]) -> Message:
@@ -261,7 +267,7 @@ def _ledger_mod(sites: SiteProvider) -> Mod:
             log.warning("site %s: ignoring the coordinator's ledger witness for site %r", info.name, witness.site)
             witness = None
         with _ledger_lock(ledger, info.name):
-            problems = ledger.check(witness=witness)
+            problems = ledger.check(witness=witness, for_append=True)
             if problems:
                 raise TaskRefused(Code.LEDGER, f"site {info.name} refuses to train until its operator acts "
                                   f"({NOTHING_SENT}): its "
@@ -284,17 +290,21 @@ def _ledger_mod(sites: SiteProvider) -> Mod:
                                                   sample_rate=float(_number(pending, "sample_rate")),
                                                   steps=int(_number(pending, "steps")))
             cumulative = budget_spent(policy=info.policy, history=history)
-            ledger.append(site=str(pending["site"]), run_id=int(msg.metadata.run_id),
-                          server_round=int(_number(pending, "server_round")), model=str(pending["model"]),
-                          update_sha256=content_sha256(msg=reply), weights_sha256=str(pending["weights_sha256"]),
-                          update_l2_norm=float(_number(pending, "update_l2_norm")),
-                          num_examples=int(_number(pending, "num_examples")),
-                          noise_multiplier=float(_number(pending, "noise_multiplier")),
-                          sample_rate=float(_number(pending, "sample_rate")), steps=int(_number(pending, "steps")),
-                          delta=float(_number(pending, "delta")), accountant=str(pending["accountant"]),
-                          epsilon_before=_finite(pending.get("epsilon_before")),
-                          epsilon_after=_finite(pending.get("epsilon_after")),
-                          cumulative_epsilon=_finite(cumulative))
+            entry = ledger.append(
+                site=str(pending["site"]), run_id=int(msg.metadata.run_id),
+                server_round=int(_number(pending, "server_round")), model=str(pending["model"]),
+                update_sha256=content_sha256(msg=reply), weights_sha256=str(pending["weights_sha256"]),
+                update_l2_norm=float(_number(pending, "update_l2_norm")),
+                num_examples=int(_number(pending, "num_examples")),
+                noise_multiplier=float(_number(pending, "noise_multiplier")),
+                sample_rate=float(_number(pending, "sample_rate")), steps=int(_number(pending, "steps")),
+                delta=float(_number(pending, "delta")), accountant=str(pending["accountant"]),
+                epsilon_before=_finite(pending.get("epsilon_before")),
+                epsilon_after=_finite(pending.get("epsilon_after")),
+                cumulative_epsilon=_finite(cumulative))
+            # the entry is final (appended, signed, fsync'd, anchored): its own hash goes with the reply, for the
+            # coordinator's witness. `update_sha256` above covers the content without it (it cannot hold its own hash)
+            legacy.set_fit_metric(reply=reply, key=LEDGER_HASH, value=entry.hash)
             return reply
 
     return mod

@@ -2,9 +2,11 @@
 
 Anchors: (1) the head hash and entry count, rewritten atomically after every append
 in a file outside the state directory (`anchor.py`); (2) the coordinator's witness of
-the last update it received, checked at every task. Together they catch a deleted,
-truncated, replaced or rolled-back ledger. A fresh budget is only ever an entry of
-the chain (`init` for a new site, `reset` with a reason), never a missing file.
+the last update it received (its seq and full hash), checked at every task. Together
+they catch a deleted, truncated, replaced, rolled-back or rewritten ledger. A site with
+a key signs every entry it writes (`ledger_signing.py`), so a rewrite is caught offline
+too. A fresh budget is only ever an entry of the chain (`init` for a new site, `reset`
+with a reason), never a missing file.
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+from fedhaven.client import ledger_signing
 from fedhaven.client.anchor import Anchor, default_anchor_path, fsync_dir, read_anchor, write_anchor
+from fedhaven.client.ledger_signing import LedgerSigner, SiteKey
 from fedhaven.shared.accounting import PrivacyHistory
 from fedhaven.shared.witness import Witness
 
@@ -29,7 +33,10 @@ GENESIS = "0" * 64
 LEDGER_FILE = "privacy-ledger.jsonl"
 #: Fields added after the first ledgers were written: hashed only when they differ from these defaults,
 #: so entries written before they existed still verify.
-_EXTENSIONS = {"kind": "update", "reason": None, "acknowledged": None, "fresh_budget": None, "witness": None}
+_EXTENSIONS = {"kind": "update", "reason": None, "acknowledged": None, "fresh_budget": None, "witness": None,
+               "signer": None, "signer_key": None}
+#: Fields the hash does not cover: the hash itself, and the signature over it.
+_UNHASHED = ("hash", "signature")
 NEW_SITE = "fl-client ledger init"
 RESET = "fl-client ledger reset --reason '...'"
 
@@ -73,13 +80,17 @@ class LedgerEntry:
     reason: str | None = None
     acknowledged: str | None = None  # init/reset: the problems the operator accepted, word for word
     fresh_budget: bool | None = None  # reset: whether the budget starts again from zero after it
-    witness: str | None = None  # reset: a coordinator witness (SEQ:PREV_HASH) accepted as lost
+    witness: str | None = None  # reset: a coordinator witness (SEQ:HASH) accepted as lost
+    signer: str | None = None  # the fingerprint of the site key that signed it (None: unsigned)
+    signer_key: str | None = None  # the first entry signed with a key: that public key (OpenSSH), in force from here
     hash: str = ""
+    signature: str | None = None  # ECDSA (base64) over the hash, with the site key (`ledger_signing`)
 
     def body(self) -> dict[str, Any]:
-        """Everything the hash covers: all fields but the hash itself (later fields only when set)."""
+        """Everything the hash covers: all fields but the hash and signature (later fields only when set)."""
         return {f.name: getattr(self, f.name) for f in fields(self)
-                if f.name != "hash" and not (f.name in _EXTENSIONS and getattr(self, f.name) == _EXTENSIONS[f.name])}
+                if f.name not in _UNHASHED
+                and not (f.name in _EXTENSIONS and getattr(self, f.name) == _EXTENSIONS[f.name])}
 
     def computed_hash(self) -> str:
         canonical = json.dumps(self.body(), sort_keys=True, separators=(",", ":"), allow_nan=False)
@@ -97,10 +108,19 @@ class VerifyReport:
 
     entries: int
     problems: tuple[str, ...]
+    notes: tuple[str, ...] = ()  # what the signatures vouch for (or that there are none): not problems
 
     @property
     def ok(self) -> bool:
         return not self.problems
+
+
+def _record(entry: LedgerEntry) -> dict[str, Any]:
+    """An entry as its ledger line holds it: the signing fields only when it is signed."""
+    return {k: v for k, v in asdict(entry).items() if not (k in _SIGNING and v is None)}
+
+
+_SIGNING = ("signer", "signer_key", "signature")
 
 
 def budget_history(entries: list[LedgerEntry]) -> PrivacyHistory:
@@ -115,15 +135,35 @@ def budget_history(entries: list[LedgerEntry]) -> PrivacyHistory:
 
 
 class Ledger:
-    """The ledger file of one site, with its anchor file (by default beside the state directory)."""
+    """The ledger file of one site, with its anchor file (by default beside the state directory).
 
-    def __init__(self, path: Path, *, anchor: Path | None = None) -> None:
+    `signing_key`: the site key (site.toml `private_key`), which signs every entry this object
+    appends and which the newest entries must be signed with; None for a site without one
+    (simulated sites), whose entries are unsigned.
+    """
+
+    def __init__(self, path: Path, *, anchor: Path | None = None, signing_key: Path | None = None) -> None:
         self.path = Path(path)
         self.anchor_path = Path(anchor) if anchor is not None else default_anchor_path(self.path.parent)
+        self.signing_key = Path(signing_key) if signing_key is not None else None
 
     @classmethod
-    def in_dir(cls, state_dir: str | Path, *, anchor: str | Path | None = None) -> Ledger:
-        return cls(Path(state_dir) / LEDGER_FILE, anchor=Path(anchor) if anchor is not None else None)
+    def in_dir(cls, state_dir: str | Path, *, anchor: str | Path | None = None,
+               signing_key: str | Path | None = None) -> Ledger:
+        return cls(Path(state_dir) / LEDGER_FILE, anchor=Path(anchor) if anchor is not None else None,
+                   signing_key=Path(signing_key) if signing_key is not None else None)
+
+    def site_key(self) -> SiteKey | None:
+        """The site's public key, from its signing key (or site.pub beside it); None for a site without one."""
+        return ledger_signing.site_key(private=self.signing_key) if self.signing_key is not None else None
+
+    def _signer(self) -> LedgerSigner | None:
+        if self.signing_key is None:
+            return None
+        try:
+            return ledger_signing.load_signer(self.signing_key)
+        except ValueError as exc:  # CredentialError
+            raise LedgerError(f"cannot sign the ledger's next entry: {exc}") from None
 
     # --- reading -------------------------------------------------------------------------------------------
     def _raw(self) -> Iterator[tuple[int, str]]:
@@ -154,33 +194,59 @@ class Ledger:
         return entries[-1].hash if entries else GENESIS
 
     # --- checking ------------------------------------------------------------------------------------------
-    def check(self, *, witness: Witness | None = None) -> list[str]:
-        """Cheap checks for every round: hashes and links, the anchor, the coordinator's witness.
+    def check(self, *, witness: Witness | None = None, for_append: bool = False) -> list[str]:
+        """Cheap checks for every round: hashes and links, the anchor, the coordinator's witness, the newest signature.
 
         Every problem names what happened and what the operator can do; an empty list means the
         ledger is the one the site last wrote (or extends it) and contains what the coordinator saw.
+        `for_append`: also whether this site can sign the entry it is about to write.
         """
+        return self._check(witness=witness, for_append=for_append)[0]
+
+    def _check(self, *, witness: Witness | None = None, for_append: bool = False, every_signature: bool = False,
+               site: SiteKey | None = None, require_signed: bool = False) -> tuple[list[str], list[str]]:
+        """(problems, notes) of `check`; `every_signature` checks each entry's signature (verify), against `site`
+        (default: this site's own key)."""
         try:
             anchor = read_anchor(self.anchor_path)
         except LedgerError as exc:
-            return [str(exc)]
+            return [str(exc)], []
         if not self.path.exists():
             if anchor is None:
                 return [f"no privacy ledger at {self.path} and no anchor at {self.anchor_path}: this site was never "
                         f"initialised, or both were deleted. A new site runs `{NEW_SITE}`; a site that trained before "
-                        f"must restore both from a backup, or record the loss with `{RESET}`"]
+                        f"must restore both from a backup, or record the loss with `{RESET}`"], []
             return [f"the privacy ledger {self.path} is missing, but its anchor {self.anchor_path} says it held "
                     f"{anchor.entries} entries (head {anchor.head[:16]}): it was deleted or moved. Restore it from a "
-                    f"backup, or record the loss and start again with `{RESET}`"]
+                    f"backup, or record the loss and start again with `{RESET}`"], []
         try:
             entries = self.entries()
         except LedgerError as exc:
-            return [f"{exc}: restore the ledger from a backup, or record the damage with `{RESET}`"]
+            return [f"{exc}: restore the ledger from a backup, or record the damage with `{RESET}`"], []
         problems = self.chain_problems(entries)
         problems += self._anchor_problems(entries, anchor)
         if witness is not None:
             problems += self._witness_problems(entries, witness)
-        return problems
+        signatures = ledger_signing.scan(entries, site=site if site is not None else self.site_key(),
+                                         every_signature=every_signature, require_signed=require_signed)
+        problems += signatures.problems
+        if for_append:
+            problems += self._signing_problems(entries)
+        return problems, signatures.notes
+
+    def _signing_problems(self, entries: list[LedgerEntry]) -> list[str]:
+        """Why this site cannot sign its next entry: its key is unreadable, or the ledger is signed and it has none."""
+        if self.signing_key is not None:
+            try:
+                self._signer()
+            except LedgerError as exc:
+                return [f"{exc}: restore the site key (site.toml private_key), readable by the site's account"]
+            return []
+        rule = ledger_signing.key_in_force(entries)
+        if rule is None:
+            return []
+        return [f"this ledger is signed with key {rule.fingerprint} since seq {rule.seq}, but this site has no key to "
+                f"sign its next entry with: restore the site key (site.toml private_key)"]
 
     @staticmethod
     def chain_problems(entries: list[LedgerEntry]) -> list[str]:
@@ -221,33 +287,52 @@ class Ledger:
 
     @staticmethod
     def _witness_problems(entries: list[LedgerEntry], witness: Witness) -> list[str]:
-        if any(e.witness == witness.key() for e in entries):
-            return []  # the operator recorded this witness as lost with a reset
-        if witness.seq < len(entries) and entries[witness.seq].prev_hash == witness.prev_hash:
-            return []
-        how = ("does not contain it" if witness.seq >= len(entries) else
-               f"holds a different entry seq {witness.seq}")
-        return [f"the coordinator received this site's update recorded as ledger entry seq {witness.seq} (linking "
-                f"to {witness.prev_hash[:16]}), and this ledger ({len(entries)} entries) {how}: ledger and anchor "
-                f"were restored from an older copy or replaced. Restore the newest ledger and anchor; or record the "
-                f"loss and start again with `{RESET} --accept-witness {witness.key()}`"]
+        """The coordinator's witness names an entry by seq and its full hash: this ledger must hold exactly it.
 
-    def verify(self, *, recompute: bool = True, witness: Witness | None = None) -> VerifyReport:
-        """`check` plus every entry's epsilon recomputed from the history before it.
+        A witness without a hash (an older site or coordinator) is compared by the hash it links to only.
+        """
+        accepted = {witness.key()} | ({witness.legacy_key()} if witness.prev_hash else set())
+        if any(e.witness in accepted for e in entries):
+            return []  # the operator recorded this witness as lost with a reset
+        held = entries[witness.seq] if witness.seq < len(entries) else None
+        if held is not None and (held.hash == witness.hash if witness.hash else held.prev_hash == witness.prev_hash):
+            return []
+        fix = (f"Restore the newest ledger and anchor; or record the loss and start again with `{RESET} "
+               f"--accept-witness {witness.key()}`")
+        if witness.hash:
+            seen = f"ledger entry seq {witness.seq} (hash {witness.hash[:16]})"
+        else:
+            seen = f"ledger entry seq {witness.seq} (linking to {witness.prev_hash[:16]})"
+        if held is None:
+            return [f"the coordinator received this site's update recorded as {seen}, and this ledger "
+                    f"({len(entries)} entries) does not contain it: ledger and anchor were restored from an older "
+                    f"copy or replaced. {fix}"]
+        return [f"the coordinator received this site's update recorded as {seen}, and this ledger "
+                f"({len(entries)} entries) holds a different entry seq {witness.seq} (hash {held.hash[:16]}): that "
+                f"entry, or one before it, was rewritten after the update was sent, or ledger and anchor were "
+                f"restored from an older copy or replaced. {fix}"]
+
+    def verify(self, *, recompute: bool = True, witness: Witness | None = None, site: SiteKey | None = None,
+               require_signed: bool = False) -> VerifyReport:
+        """`check` plus every signature checked and every entry's epsilon recomputed from the history before it.
 
         An edited, deleted, inserted or reordered entry is named; so is an entry
         whose recorded epsilon does not follow from the recorded noise, sample
-        rates and steps (even if someone re-hashed the whole chain), and a ledger
-        shorter than, or different from, its anchor.
+        rates and steps (even if someone re-hashed the whole chain), a ledger
+        shorter than, or different from, its anchor, and (for a signed ledger) an
+        entry whose signature does not match, or that is not signed, or signed with
+        a key other than the site's. `site`: the site's public key to check against
+        (default: this ledger's signing key's). `require_signed`: a ledger with no
+        signed entry fails when the site has a key (see `ledger_signing.scan`).
         """
-        problems = self.check(witness=witness)
+        problems, notes = self._check(witness=witness, every_signature=True, site=site, require_signed=require_signed)
         try:
             entries = self.entries()
         except LedgerError:
             return VerifyReport(entries=0, problems=tuple(problems))
         if recompute:
             problems += self._epsilon_problems(entries)
-        return VerifyReport(entries=len(entries), problems=tuple(problems))
+        return VerifyReport(entries=len(entries), problems=tuple(problems), notes=tuple(notes))
 
     @staticmethod
     def _epsilon_problems(entries: list[LedgerEntry]) -> list[str]:
@@ -303,13 +388,27 @@ class Ledger:
 
     def _append(self, entries: list[LedgerEntry], **values: Any) -> LedgerEntry:
         prev = entries[-1] if entries else None
+        signer = self._signer()
+        rule = ledger_signing.key_in_force(entries)
+        if signer is not None:
+            values["signer"] = signer.fingerprint
+            if rule is None or rule.fingerprint != signer.fingerprint:
+                if rule is not None and values.get("kind", "update") == "update":
+                    raise LedgerError(f"this ledger is signed with key {rule.fingerprint} since seq {rule.seq}, not "
+                                      f"with this site's key {signer.fingerprint}: if the site key was replaced, "
+                                      f"record it with `{ledger_signing.NEW_KEY}`")
+                values["signer_key"] = signer.public_openssh  # from here on, entries are signed with this key
+        elif rule is not None:
+            raise LedgerError(self._signing_problems(entries)[0])
         entry = LedgerEntry(seq=prev.seq + 1 if prev else 0, prev_hash=prev.hash if prev else GENESIS,
                             time=time.time(), **values)
         entry = replace(entry, hash=entry.computed_hash())
+        if signer is not None:
+            entry = replace(entry, signature=signer.sign(entry.hash))
         created = not self.path.exists()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a") as fh:
-            fh.write(json.dumps(asdict(entry), sort_keys=True, allow_nan=False) + "\n")
+            fh.write(json.dumps(_record(entry), sort_keys=True, allow_nan=False) + "\n")
             fh.flush()
             os.fsync(fh.fileno())
         if created:
@@ -319,9 +418,10 @@ class Ledger:
         return entry
 
     def append(self, **values: object) -> LedgerEntry:
-        """Chain an update entry to the last one, write it durably (fsync), then the anchor; before anything is sent.
+        """Chain an update entry to the last one, sign it (a site with a key), write it durably (fsync), then the
+        anchor; before anything is sent. Its hash is final when this returns.
 
-        Call it under `locked()` after `check()` passed: it does not re-verify.
+        Call it under `locked()` after `check(for_append=True)` passed: it does not re-verify.
         """
         return self._append(self.entries(), **values)
 

@@ -49,6 +49,9 @@ class SiteConfig:
     # is processed in parts that fit (the step and its privacy are those of the whole batch)
     memory_mb: int = field(default=DEFAULT_MEMORY_MB, metadata=bounds(ge=256))
     clientappio_port: int = field(default=9094, metadata=bounds(ge=1, le=65535))
+    # the consortium roster this site pins (roster.toml: names and key fingerprints, agreed out of band): SecAgg+
+    # masks are shared only with neighbours whose keys are signed by a site on it. None: whoever the coordinator says
+    roster: str | None = None
     coordinator: CoordinatorLink = field(default_factory=CoordinatorLink)
     data: DataConfig = field(default_factory=DataConfig)
     policy: SitePolicy = field(default_factory=SitePolicy)
@@ -57,8 +60,9 @@ class SiteConfig:
                                "attacks: remove [attack]"}
 
     def ledger(self) -> Ledger:
-        """This site's privacy ledger with its anchor (paths as resolved)."""
-        return Ledger.in_dir(self.state_dir, anchor=self.ledger_anchor)
+        """This site's privacy ledger with its anchor (paths as resolved), signed with the site key when it exists."""
+        key = Path(self.private_key) if self.private_key and Path(self.private_key).exists() else None
+        return Ledger.in_dir(self.state_dir, anchor=self.ledger_anchor, signing_key=key)
 
     def problems(self) -> list[str]:
         out = []
@@ -79,6 +83,7 @@ class SiteConfig:
             state_dir=abs_(self.state_dir) or "",
             ledger_anchor=abs_(self.ledger_anchor),
             private_key=abs_(self.private_key),
+            roster=abs_(self.roster),
             coordinator=replace(self.coordinator, ca_cert=abs_(self.coordinator.ca_cert)),
             data=replace(self.data, path=abs_(self.data.path), test_path=abs_(self.data.test_path)),
         )

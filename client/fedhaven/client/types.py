@@ -15,6 +15,7 @@ __all__ = ["Code", "PrivacyState", "Site", "SiteInfo", "TaskRefused"]
 
 if TYPE_CHECKING:
     from fedhaven.client.ledger import Ledger
+    from fedhaven.client.roster import Roster
     from fedhaven.shared.data import ImageData
 
 
@@ -29,6 +30,8 @@ class SiteInfo:
     cache_dir: Path | None = None  # decoded images and a fixed front end's features (default: state_dir/feature-cache)
     ledger_anchor: Path | None = None  # None: beside state_dir
     memory_mb: int = DEFAULT_MEMORY_MB  # the training process's memory limit: sets chunk and physical batch sizes
+    signing_key: Path | None = None  # the site key: signs SecAgg+ public keys and ledger entries (None: simulated)
+    roster: Roster | None = None  # the consortium roster it pinned (None: neighbours are whom the coordinator says)
 
     def cache(self) -> Path | None:
         """Where this site caches decoded images and features (None: a private temporary folder)."""
@@ -40,7 +43,8 @@ class SiteInfo:
         """The site's privacy ledger, or None for a site without a state directory."""
         from fedhaven.client.ledger import Ledger
 
-        return None if self.state_dir is None else Ledger.in_dir(self.state_dir, anchor=self.ledger_anchor)
+        return None if self.state_dir is None else Ledger.in_dir(self.state_dir, anchor=self.ledger_anchor,
+                                                                  signing_key=self.signing_key)
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,7 @@ from flwr.serverapp import Grid
 from fedhaven.server.attendance import Attendance
 from fedhaven.server.failures import SiteFailure, site_failure
 from fedhaven.server.guard import UpdateGuard
+from fedhaven.server.identity import Registered
 from fedhaven.server.latency.grid import PollingGrid
 from fedhaven.server.records import CentralNoise
 from fedhaven.server.seam.legacy import (
@@ -51,6 +52,7 @@ from fedhaven.server.seam.legacy import (
     global_weights,
     init_workflow_state,
     node_id,
+    reply_metrics,
     restore_vars,
     set_fedadam_state,
     set_global_weights,
@@ -361,20 +363,34 @@ class _ReplyWatch:
     site trained and recorded: its spending can then only be bounded.
     """
 
-    def __init__(self, grid: Grid, attendance: Attendance) -> None:
+    def __init__(self, grid: Grid, attendance: Attendance, registered: Registered | None = None) -> None:
         self._grid = grid
         self.attendance = attendance
+        self.registered = registered if registered is not None else Registered()
+        self.refused: list[SiteFailure] = []  # training replies that named another site than the node's own
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> list[Message]:
         messages = list(messages)
         tasks = {m.metadata.dst_node_id for m in messages if m.metadata.message_type == MessageType.TRAIN
                  and FITINS_CONFIG in m.content.config_records}
         self.attendance.asked |= tasks
-        replies = list(self._grid.send_and_receive(messages, timeout=timeout))
+        replies = [r for r in self._grid.send_and_receive(messages, timeout=timeout) if self._named_as_registered(r)]
         for r in replies:
             if r.metadata.src_node_id in tasks and (r.has_content() or code_of(r.error.code) is not None):
                 self.attendance.settled.add(r.metadata.src_node_id)
         return replies
+
+    def _named_as_registered(self, reply: Message) -> bool:
+        """False (the reply is dropped, the site listed) when a training reply names another site than the one its
+        node is registered as."""
+        metrics = reply_metrics(reply)
+        why = None if metrics is None else self.registered.mismatch(node=reply.metadata.src_node_id,
+                                                                     reported=metrics.get("site"))
+        if why is None:
+            return True
+        log.warning("%s", why)
+        self.refused.append(SiteFailure(why))
+        return False
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._grid, name)
@@ -401,6 +417,7 @@ class LegacyFederation:
                                  strategy=strategy, client_manager=manager)
         self.strategy = strategy
         self.node_sites: dict[int, str] = {}
+        self.registered = Registered()  # the registered names of the current round's nodes
         self._secagg_cfg = run.secagg
         self.secagg = secagg_workflow(run.secagg, max_weight=max_weight) if max_weight is not None else None
         self._thread, self._stop = start_client_manager(grid, manager)
@@ -435,7 +452,8 @@ class LegacyFederation:
         last = self.strategy.last
         if isinstance(self.grid, PollingGrid):
             self.grid.attendance = last.attendance  # this attempt's one record of who was contacted and who was silent
-        watch = _ReplyWatch(self.grid, last.attendance)
+        self.registered = Registered.of(self.grid)
+        watch = _ReplyWatch(self.grid, last.attendance, self.registered)
         if self.secagg is not None:
             self.secagg(watch, self.ctx)  # type: ignore[arg-type]  # _ReplyWatch: a Grid by duck typing
             halted = self.secagg.halted_stage
@@ -445,6 +463,7 @@ class LegacyFederation:
             last.results = [(k, m) for _, k, m in self.secagg.collected]
         else:
             fit_round_plain(watch, self.ctx)
+        last.failures.extend(watch.refused)
         last.unanswered = [self._site_name(n) for n in last.attendance.unanswered]
         assert isinstance(self.ctx.client_manager, BoundedClientManager)  # the one __init__ gave the context
         self.ctx.client_manager.suspect(last.attendance.silent)
@@ -470,7 +489,7 @@ class LegacyFederation:
                     self.strategy.witnesses.record(node_id=node, witness=witness)
 
     def _site_name(self, node: int) -> str:
-        name = self.node_sites.get(node)
+        name = self.registered.name_of(node) or self.node_sites.get(node)
         if name is None and self.strategy.witnesses is not None:
             name = self.strategy.witnesses.site_of(node)
         return name or f"node {node}"

@@ -16,7 +16,9 @@ class SiteWitnesses:
 
     Kept per site name with the node it came from, in memory or (deployment) in a JSON file
     under the coordinator's state directory, so it survives runs and restarts. Each task to a
-    node carries the witness back; the site refuses when its ledger lacks that entry.
+    node carries the witness back; the site refuses when its ledger lacks that entry, or holds
+    a different one at that seq (the entry's own hash, `hash`, covers its contents: a rewritten
+    entry is caught). A file written before `hash` was kept reads with an empty one.
     """
 
     def __init__(self, path: Path | None = None) -> None:
@@ -34,7 +36,8 @@ class SiteWitnesses:
         if not mine:
             return None
         _, name, v = max(mine, key=lambda t: t[0])
-        return Witness(site=name, seq=int(v["seq"]), prev_hash=str(v["prev_hash"]))
+        return Witness(site=name, seq=int(v["seq"]), prev_hash=str(v.get("prev_hash", "")),
+                       hash=str(v.get("hash", "")))
 
     def site_of(self, node_id: int) -> str | None:
         w = self.for_node(node_id)
@@ -42,7 +45,8 @@ class SiteWitnesses:
 
     def record(self, *, node_id: int, witness: Witness) -> None:
         """Remember the newest update received from a site (atomically, across concurrent runs)."""
-        entry = {"seq": witness.seq, "prev_hash": witness.prev_hash, "node_id": node_id, "time": time.time()}
+        entry = {"seq": witness.seq, "prev_hash": witness.prev_hash, "hash": witness.hash, "node_id": node_id,
+                 "time": time.time()}
         if self.path is None:
             self._mem[witness.site] = entry
             return

@@ -1,7 +1,8 @@
 """A site's refusal: a code the coordinator acts on, beside the sentence a person reads. No behaviour reads the words.
 
 A site that refuses a task sends nothing it trained: every refusal means nothing was
-trained or sent for that task. The site raises `TaskRefused(code, reason)`; its
+trained or sent for that task (SECAGG at SecAgg+'s unmask stage: the masked update sent
+earlier stays masked, since the site hands over no share). The site raises `TaskRefused(code, reason)`; its
 outermost ClientApp mod turns it into Flower's public `Error(code, reason)` reply (a
 returned error passes through Flower's simulation engine and SuperNode untouched),
 and the coordinator reads the code back with `code_of` and keys everything on it.
@@ -24,6 +25,8 @@ class Code(IntEnum):
     DATA = 5106  # the site's data cannot serve the task (image shape, classes, no examples)
     MAX_WEIGHT = 5107  # SecAgg+'s max_weight is below the site's example count
     UNSUPPORTED = 5108  # a request fedhaven sites never answer (initial weights, evaluation on private data)
+    SECAGG = 5109  # SecAgg+ parameters, neighbours or unmask lists that break the site's terms (refused at any stage:
+    #                at unmask, the masked update already sent stays masked: no share of it is handed over)
 
 
 #: Refusals for lack of privacy budget: when every site refuses so, a run ends cleanly with its last model.

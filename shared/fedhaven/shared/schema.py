@@ -143,9 +143,15 @@ class SecAggConfig:
             out.append(f"num_shares: a fraction must be in (0, 1], got {self.num_shares}")
         if isinstance(self.reconstruction_threshold, int):
             if self.reconstruction_threshold < 2:
-                out.append("reconstruction_threshold: must be at least 2 (or a fraction in (0, 1])")
-        elif not 0 < self.reconstruction_threshold <= 1:
-            out.append(f"reconstruction_threshold: a fraction must be in (0, 1], got {self.reconstruction_threshold}")
+                out.append("reconstruction_threshold: must be at least 2 (or a fraction in (0.5, 1])")
+            elif isinstance(self.num_shares, int) and 2 * self.reconstruction_threshold <= self.num_shares:
+                out.append(f"reconstruction_threshold: must be more than half of num_shares ({self.num_shares}), "
+                           f"got {self.reconstruction_threshold}; fedhaven sites refuse a lower threshold (with "
+                           f"half, a coordinator could collect one site's mask seed and mask key from disjoint "
+                           f"halves). Use {self.num_shares // 2 + 1}")
+        elif not 0.5 < self.reconstruction_threshold <= 1:
+            out.append(f"reconstruction_threshold: a fraction must be in (0.5, 1] (more than half the shares; "
+                       f"fedhaven sites refuse less), got {self.reconstruction_threshold}")
         if isinstance(self.max_weight, float) and self.max_weight <= 0:
             out.append(f"max_weight: must be > 0 (at least the largest site's example count), got {self.max_weight}")
         if self.modulus_range & (self.modulus_range - 1) or self.modulus_range <= self.quantization_range:
@@ -474,6 +480,13 @@ class SitePolicy:
     # L2 bound on the model delta (trained minus received) this site sends, whatever the coordinator asks:
     # "auto" is 0.1 * sqrt(number of model parameters). Post-processing of DP-SGD: free in privacy.
     max_update_norm: float | Literal["auto"] = "auto"
+    # SecAgg+ on this site's terms, whatever the coordinator sends (every SecAgg+ round; the threshold must also
+    # exceed half the shares, always): the fewest sites whose updates are summed with this site's (a site can
+    # subtract its own update from a 2-site sum), the lowest reconstruction threshold (shares needed to rebuild a
+    # site's mask secrets), and the fewest other sites whose pairwise masks cover this site's update
+    min_sites: int = field(default=3, metadata=bounds(ge=1))
+    secagg_min_threshold: int = field(default=2, metadata=bounds(ge=1))
+    secagg_min_neighbours: int = field(default=2, metadata=bounds(ge=0))
 
     def allows_model(self, name: str) -> bool:
         return "*" in self.allowed_models or name in self.allowed_models
@@ -493,7 +506,8 @@ class SitePolicy:
 #: The policy of a simulated site: no limits beyond what the experiment asks for.
 SIMULATION_POLICY = SitePolicy(max_epsilon=float("inf"), min_noise_multiplier=0.0, require_dp=False,
                                require_secure_aggregation=False, allowed_models=("*",),
-                               max_update_norm=float("inf"), send_training_metrics=True)
+                               max_update_norm=float("inf"), send_training_metrics=True, min_sites=1,
+                               secagg_min_threshold=1, secagg_min_neighbours=0)
 
 
 _PARTITION = re.compile(r"^(iid|folders|dirichlet:(?P<alpha>[0-9]*\.?[0-9]+(e-?[0-9]+)?))$")

@@ -108,6 +108,8 @@ class LoopbackFederation:
     port_restarts: dict[str, int] = field(default_factory=dict)  # sites started again because their port was taken
     #: each site's `cpu_threads`; None: its share of this machine's cores, as on a host that runs several sites
     cpu_threads: int | None = None
+    #: whether the provisioned sites pin a consortium roster of one another (SecAgg+ neighbours must be on it)
+    roster: bool = True
 
     def __post_init__(self) -> None:
         self.state = self.root / "coordinator"
@@ -139,6 +141,22 @@ class LoopbackFederation:
             dirs = list(pool.map(lambda item: self.add_site_dir(item[0], register=True, data_index=item[1]),
                                  zip(self.site_names, parts, strict=True)))
         self.site_dirs.update(zip(self.site_names, dirs, strict=True))
+        if self.roster:
+            self.pin_roster(self.site_names)
+
+    def pin_roster(self, names: Sequence[str]) -> None:
+        """Each of `names` pins the roster of `names` (their key fingerprints), as a consortium agrees it out of
+        band: `roster.toml` beside its site.toml, named there."""
+        from fedhaven.shared.crypto import fingerprint
+
+        lines = "".join(f'"{n}" = "{fingerprint((self.site_dirs[n] / "site.pub").read_bytes())}"\n' for n in names)
+        for n in names:
+            site = self.site_dirs[n]
+            (site / "roster.toml").write_text(f"[sites]\n{lines}")
+            text = (site / "site.toml").read_text()
+            if 'roster = "roster.toml"' not in text:
+                pinned = text.replace(f'name = "{n}"\n', f'name = "{n}"\nroster = "roster.toml"\n', 1)
+                (site / "site.toml").write_text(pinned)
 
     def add_site_dir(self, name: str, *, register: bool, data_index: Sequence[int] | None = None) -> Path:
         """A site's folder: its key pair, its digits part as IDX files, the CA certificate and site.toml."""

@@ -49,6 +49,32 @@ def credential_problems(cfg: SiteConfig) -> list[str]:
     return out
 
 
+def roster_problems(cfg: SiteConfig) -> list[str]:
+    """Whether the roster the site pins can be read, and lists this site under its name with its own key."""
+    if not cfg.roster:
+        return []
+    from fedhaven.client.roster import load_roster
+    from fedhaven.shared.signing import SigningKey
+
+    try:
+        roster = load_roster(cfg.roster)
+    except ConfigError as exc:
+        return [f"roster: {p}" for p in exc.problems]
+    pinned = roster.fingerprint_of(cfg.name)
+    if pinned is None:
+        return [f"roster: {cfg.roster} does not list this site ({cfg.name}); its neighbours' rosters must, or they "
+                f"refuse to share masks with it"]
+    if cfg.private_key and Path(cfg.private_key).exists():
+        try:
+            own = SigningKey(Path(cfg.private_key)).fingerprint
+        except ValueError as exc:
+            return [f"roster: {exc}"]
+        if own != pinned:
+            return [f"roster: {cfg.roster} lists {cfg.name} with key {pinned}, but this site's key is {own}: "
+                    f"the consortium's roster must carry this site's current key"]
+    return []
+
+
 def state_dir_problems(state_dir: Path) -> list[str]:
     """Whether the site can keep its state (ledger, executor secret, Flower's files) in `state_dir`."""
     parent = next((p for p in [state_dir, *state_dir.parents] if p.exists()), None)
@@ -68,11 +94,11 @@ def check_site(cfg: SiteConfig) -> tuple[ImageData, list[Footprint]]:
     from fedhaven.client.deployment import site_info
     from fedhaven.shared.sources import load_data  # torch: only the commands that read data pay for it
 
-    problems = credential_problems(cfg) + state_dir_problems(Path(cfg.state_dir))
+    problems = credential_problems(cfg) + roster_problems(cfg) + state_dir_problems(Path(cfg.state_dir))
     data = None
     needs: list[Footprint] = []
     try:
-        data = load_data(cfg=cfg.data, split="train", cache_dir=site_info(cfg).cache())
+        data = load_data(cfg=cfg.data, split="train", cache_dir=site_info(cfg, roster=False).cache())
         if len(data) == 0:
             problems.append(f"data: no training images found under {cfg.data.path}")
         else:
@@ -116,8 +142,8 @@ def resource_needs(cfg: SiteConfig, data: ImageData) -> tuple[list[Footprint], l
         needs.append(fp)
         problems += [f"{name}: {p}" for p in fp.memory_problems(setting="memory_mb")]
         if fp.feature_bytes and not features_cached(model_cfg=ModelConfig(name=name), data=data,
-                                                    cache_dir=site_info(cfg).cache()):
-            problems += disk_problems(folder=site_info(cfg).cache(), need_bytes=fp.feature_bytes,
+                                                    cache_dir=site_info(cfg, roster=False).cache()):
+            problems += disk_problems(folder=site_info(cfg, roster=False).cache(), need_bytes=fp.feature_bytes,
                                       what=f"{name}'s front-end features")
     return needs, problems
 
@@ -149,5 +175,9 @@ def run(args: argparse.Namespace) -> int:
     log.info("policy        min noise %g, DP %s, secure aggregation %s, models %s", cfg.policy.min_noise_multiplier,
              "required" if cfg.policy.require_dp else "optional",
              "required" if cfg.policy.require_secure_aggregation else "optional", list(cfg.policy.allowed_models))
+    p = cfg.policy
+    log.info("secagg+       at least %d sites summed, threshold >= %d and above half the shares, >= %d other sites "
+             "masking; neighbours %s", p.min_sites, p.secagg_min_threshold, p.secagg_min_neighbours,
+             f"on the roster {cfg.roster}" if cfg.roster else "as the coordinator says (no roster pinned)")
     log.info("check passed")
     return 0

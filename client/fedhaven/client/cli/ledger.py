@@ -3,7 +3,9 @@ and the only two ways a budget starts from zero (a new site; an operator's reset
 
 The ledger is found from site.toml (`--config`), or directly (`--state-dir DIR` or `--ledger FILE`, e.g. a
 simulated site's `runs/<run>/sites/<site>`); its anchor is the configured one, `--anchor FILE`, or the
-default beside the state directory.
+default beside the state directory. Signatures are checked against the site's key: the one site.toml's
+`private_key` names (or site.pub beside it), or `--public-key FILE` (an auditor's copy, e.g. the key the
+coordinator registered for the site).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import math
 from pathlib import Path
 
 from fedhaven.client.ledger import Ledger, LedgerEntry, LedgerError
+from fedhaven.client.ledger_signing import SiteKey, site_key
 from fedhaven.client.site_config import SitePolicy, load_site_config
 from fedhaven.shared.accounting import epsilon
 from fedhaven.shared.witness import Witness
@@ -32,12 +35,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     where.add_argument("--ledger", type=Path, help="a ledger file")
     p.add_argument("--anchor", type=Path, help="the ledger's anchor file (default: from site.toml, or beside the "
                                                "state directory)")
+    p.add_argument("--public-key", type=Path,
+                   help="verify: the site's public key (OpenSSH, e.g. its site.pub as the coordinator registered it) "
+                        "to check the entries' signatures against (default: the key site.toml names)")
     p.add_argument("--site", help="init/reset without site.toml: the site's name")
     p.add_argument("--reason", default="", help="init/reset: why, kept in the ledger for auditors")
     p.add_argument("--keep-budget", action="store_true",
                    help="reset: re-anchor the ledger as it is, still counting everything spent (no fresh budget)")
     p.add_argument("--accept-witness", metavar="SEQ:HASH",
-                   help="reset: record the coordinator's witness of an update this ledger lost (from the refusal)")
+                   help="reset: record the coordinator's witness of an update this ledger lost or holds differently "
+                        "(SEQ:HASH exactly as the refusal printed it)")
 
 
 def _ledger(args: argparse.Namespace) -> tuple[Ledger, SitePolicy | None, str | None]:
@@ -49,8 +56,15 @@ def _ledger(args: argparse.Namespace) -> tuple[Ledger, SitePolicy | None, str | 
     cfg = load_site_config(args.config or Path("site.toml"))
     ledger = cfg.ledger()
     if args.anchor is not None:
-        ledger = Ledger(ledger.path, anchor=args.anchor)
+        ledger = Ledger(ledger.path, anchor=args.anchor, signing_key=ledger.signing_key)
     return ledger, cfg.policy, cfg.name
+
+
+def _site_key(args: argparse.Namespace, ledger: Ledger) -> SiteKey | None:
+    """The site's public key to check signatures against: --public-key, else the site key site.toml names."""
+    if getattr(args, "public_key", None) is not None:
+        return site_key(public=args.public_key.expanduser())
+    return ledger.site_key()
 
 
 def _spent(entries: list[LedgerEntry], policy: SitePolicy | None) -> str:
@@ -93,11 +107,13 @@ def run(args: argparse.Namespace) -> int:
     if args.action == "reset":
         witness = None
         if args.accept_witness:
-            seq, _, prev = args.accept_witness.partition(":")
-            if not seq.isdigit() or len(prev) != 64:
+            seq, _, named = args.accept_witness.partition(":")
+            if not seq.isdigit() or len(named) != 64:
                 raise LedgerError(f"--accept-witness: expected SEQ:HASH as the refusal printed it, got "
                                   f"{args.accept_witness!r}")
-            witness = Witness(site=_name(ledger, site), seq=int(seq), prev_hash=prev)
+            # the hash as the refusal printed it (the entry's own; a coordinator older than that sent the hash the
+            # entry links to): recorded word for word, which is what the coordinator's witness is matched against
+            witness = Witness(site=_name(ledger, site), seq=int(seq), hash=named)
         entry = ledger.reset(site=_name(ledger, site), reason=args.reason, fresh_budget=not args.keep_budget,
                              accept_witness=witness)
         log.warning("ledger %s: reset entry seq %d appended (%s): %s", ledger.path, entry.seq,
@@ -106,15 +122,20 @@ def run(args: argparse.Namespace) -> int:
             log.warning("recorded as accepted: %s", entry.acknowledged)
         return 0
     if args.action == "verify":
-        report = ledger.verify()
+        key = _site_key(args, ledger)
+        report = ledger.verify(site=key, require_signed=key is not None and key.public_openssh is not None)
         if not report.ok:
             for p in report.problems:
                 log.error("%s", p)
+            for n in report.notes:
+                log.info("%s", n)
             log.error("ledger %s does NOT verify (%d entries checked)", ledger.path, report.entries)
             return 1
         entries = ledger.entries()
         log.info("ledger %s verified: %d entries, chain intact, anchor %s matches, every epsilon recomputed; "
                  "head %s", ledger.path, report.entries, ledger.anchor_path, ledger.head()[:16])
+        for n in report.notes:
+            log.info("%s", n)
         log.info("%s", _spent(entries, policy))
         resets = [e for e in entries if e.kind == "reset"]
         if resets:

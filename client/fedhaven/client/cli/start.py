@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
@@ -14,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,7 +23,7 @@ from fedhaven.client.cli.check import check_site
 from fedhaven.client.deployment import SITE_CONFIG_KEY
 from fedhaven.client.seam.formats import admission_failures, is_empty_log_line
 from fedhaven.client.site_config import SiteConfig, load_site_config
-from fedhaven.shared.crypto import fingerprint, write_private
+from fedhaven.shared.crypto import fingerprint, make_ca, make_server_cert, write_private
 from fedhaven.shared.process import pid_alive, spawn, stop_group, stop_pids
 from fedhaven.shared.runtime import hardened_env
 
@@ -109,21 +111,75 @@ def executor_secret(state_dir: Path) -> Path:
     return path
 
 
-def supernode_args(cfg: SiteConfig, config_path: Path, secret_file: Path) -> list[str]:
-    """Flower's SuperNode in process isolation: it starts nothing itself; the site's own executor takes its tasks."""
+#: Where the SuperNode serves its Runtime API for the site's executor: loopback only, at `clientappio_port`.
+RUNTIME_HOST = "127.0.0.1"
+#: The Runtime API's TLS files, made at every start, in the state directory (0700; the key 0600).
+RUNTIME_TLS = "runtime-tls"
+
+
+@dataclass(frozen=True)
+class RuntimeTls:
+    """The certificate the SuperNode serves its Runtime API with, its key, and the CA the executor trusts alone."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+
+def runtime_tls(state_dir: Path) -> RuntimeTls:
+    """A fresh certificate for the SuperNode's Runtime API (127.0.0.1), signed by a CA made for it alone whose key
+    is never written: the executor trusts that CA and nothing else, so only a process holding this start's key,
+    readable by the site's account alone, can answer it. Made again at every start (nothing long-lived to steal)."""
+    folder = state_dir / RUNTIME_TLS
+    folder.mkdir(mode=0o700, exist_ok=True)
+    folder.chmod(0o700)
+    ca = make_ca(common_name="fedhaven site Runtime API (one fl-client start)")
+    server = make_server_cert(ca=ca, dns_names=[], ips=[RUNTIME_HOST], days=3650)  # as long as the site runs
+    tls = RuntimeTls(ca=folder / "ca.pem", cert=folder / "cert.pem", key=folder / "key.pem")
+    write_private(tls.key, server.key_pem)
+    write_private(tls.cert, server.cert_pem)
+    write_private(tls.ca, ca.cert_pem)
+    return tls
+
+
+def runtime_port_problem(port: int, config_path: Path) -> str | None:
+    """Why the SuperNode could not serve its executor on 127.0.0.1:`port` (another process holds it), or None.
+
+    Bound as the SuperNode binds it (SO_REUSEADDR: the TIME_WAIT of a closed connection is no holder), and let go.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((RUNTIME_HOST, port))
+        except OSError as exc:
+            port_of = f"the loopback port of this site's SuperNode (clientappio_port in {config_path})"
+            if exc.errno == errno.EADDRINUSE:
+                return (f"another process holds {RUNTIME_HOST}:{port} (address already in use), {port_of}: free it "
+                        f"(`ss -ltnp 'sport = :{port}'` names its holder) or set clientappio_port to a free port. "
+                        f"The site did not start there and sent that process no request")
+            above = " above 1023" if exc.errno == errno.EACCES else ""
+            return f"cannot use {RUNTIME_HOST}:{port} ({exc.strerror or exc}), {port_of}: set it to a free port{above}"
+    return None
+
+
+def supernode_args(cfg: SiteConfig, config_path: Path, secret_file: Path, tls: RuntimeTls) -> list[str]:
+    """Flower's SuperNode in process isolation: it starts nothing itself; the site's own executor takes its tasks.
+    Its Runtime API is served on loopback with TLS (Flower's own `--ssl-*` flags) with this start's certificate."""
     bindir = Path(sys.executable).parent
-    tls = (["--insecure"] if cfg.coordinator.insecure else
-           ["--root-certificates", str(cfg.coordinator.ca_cert), "--auth-supernode-private-key", str(cfg.private_key)])
-    return [str(bindir / "flower-supernode"), *tls, "--superlink", cfg.coordinator.address,
-            "--node-config", f'{SITE_CONFIG_KEY}="{config_path}"', "--host", "127.0.0.1",
-            "--port", str(cfg.clientappio_port), "--isolation", "process",
+    coordinator = (["--insecure"] if cfg.coordinator.insecure else
+                   ["--root-certificates", str(cfg.coordinator.ca_cert),
+                    "--auth-supernode-private-key", str(cfg.private_key)])
+    return [str(bindir / "flower-supernode"), *coordinator, "--superlink", cfg.coordinator.address,
+            "--node-config", f'{SITE_CONFIG_KEY}="{config_path}"', "--host", RUNTIME_HOST,
+            "--port", str(cfg.clientappio_port), "--ssl-certfile", str(tls.cert), "--ssl-keyfile", str(tls.key),
+            "--ssl-ca-certfile", str(tls.ca), "--isolation", "process",
             "--superexec-auth-secret-file", str(secret_file)]
 
 
-def executor_args(config_path: Path, cfg: SiteConfig, secret_file: Path) -> list[str]:
+def executor_args(config_path: Path, cfg: SiteConfig, secret_file: Path, tls: RuntimeTls) -> list[str]:
     return [sys.executable, "-m", "fedhaven.client.executor", "--config", str(config_path),
-            "--runtime-api-address", f"127.0.0.1:{cfg.clientappio_port}", "--secret-file", str(secret_file),
-            "--parent-pid", str(os.getpid())]
+            "--runtime-api-address", f"{RUNTIME_HOST}:{cfg.clientappio_port}", "--runtime-ca-file", str(tls.ca),
+            "--secret-file", str(secret_file), "--parent-pid", str(os.getpid())]
 
 
 class _Child:
@@ -180,7 +236,11 @@ def run(args: argparse.Namespace) -> int:
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
     env.pop("PYTHONPATH", None)
     secret = executor_secret(state)
-    clean_site_leftovers(state, config_path)
+    clean_site_leftovers(state, config_path)  # first: what a crashed start left may hold the port
+    taken = runtime_port_problem(cfg.clientappio_port, config_path)
+    if taken:
+        raise RuntimeError(taken)
+    tls = runtime_tls(state)
     fp = ""
     if cfg.private_key and Path(cfg.private_key).with_suffix(".pub").exists():
         fp = f" ({fingerprint(Path(cfg.private_key).with_suffix('.pub').read_bytes())})"
@@ -193,10 +253,10 @@ def run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    children = [_Child("supernode", supernode_args(cfg, config_path, secret), env, reasons, fp)]
+    children = [_Child("supernode", supernode_args(cfg, config_path, secret, tls), env, reasons, fp)]
     dead: _Child | None = None
     try:
-        children.append(_Child("executor", executor_args(config_path, cfg, secret), env, reasons, fp))
+        children.append(_Child("executor", executor_args(config_path, cfg, secret, tls), env, reasons, fp))
         (state / SITE_RUNTIME).write_text(json.dumps({"pid": os.getpid(), **{c.name: c.proc.pid for c in children}}))
         while not stop.is_set() and dead is None:
             dead = next((c for c in children if c.proc.poll() is not None), None)
@@ -210,6 +270,9 @@ def run(args: argparse.Namespace) -> int:
     if reasons:
         raise RuntimeError(f"site {cfg.name} was not admitted: {reasons[0]}")
     if dead is not None and not stop.is_set():
+        taken = runtime_port_problem(cfg.clientappio_port, config_path)  # taken between the check and the bind
+        if taken:
+            raise RuntimeError(taken)
         raise RuntimeError(f"the site's {dead.name} exited with code {dead.proc.returncode}; see the lines above. "
                            f"Nothing else keeps running: start the site again with `fl-client start`")
     return 0

@@ -4,10 +4,11 @@ Everything else under `fedhaven.client` uses only Flower's public API (`flwr.app
 `flwr.clientapp`, `flwr.client`, `flwr.client.mod`, and the names `flwr.common` exports)
 plus this package. Its modules:
 
-- `runtime`: the executor's Runtime API client, task claims, pulls, pushes, heartbeat,
-  Flower's task identity and the message-id fix-up (adapted copies of
-  `run_clientapp.pull_task_input`, `heartbeat.make_task_heartbeat_fn_http`, and the claim
-  step of `run_superexec`);
+- `runtime`: the executor's Runtime API client (TLS trusting only the certificate
+  `fl-client start` made for its SuperNode, served through Flower's own `--ssl-*` flags),
+  task claims, pulls, pushes, heartbeat, Flower's task identity and the message-id fix-up
+  (adapted copies of `run_clientapp.pull_task_input`, `heartbeat.make_task_heartbeat_fn_http`,
+  and the claim step of `run_superexec`);
 - `legacy`: the legacy FitIns/FitRes records and the SecAgg+ records the ClientApp's mods
   read and write, and the ledger's hash of the bytes sent;
 - `formats`: the SuperNode's admission error text, its console line format, the FAB layout;
@@ -19,6 +20,11 @@ that a Flower upgrade removed or changed (`tests/client/test_seam.py`). "(module
 rely on text in the module's source. `CERTIFICATE_VERIFY_FAILED` is OpenSSL's text, printed by
 the SuperNode through `http_request_response`'s `str(exc)`. `MessageType` is not listed: the
 site imports it from `flwr.app`, where Flower exports it. All rows were read from flwr 1.42.0.
+
+The executor reaches its SuperNode over TLS, not a Unix socket: Flower 1.42's SuperNode hands
+uvicorn only `host` and `port` (`_start_supernode_http_api`, no `uds`), and its Runtime API
+client dials `http(s)://{server_address}` through a plain `httpx.Client` (no transport to
+give it): a socket file would need a patch on both sides, TLS needs only Flower's flags.
 
 `seam.runtime`:
 
@@ -57,11 +63,13 @@ site imports it from `flwr.app`, where Flower exports it. All rows were read fro
 | `RuntimeTokenHttpInterceptor` | import | 1.42.0 | the task's token | none |
 | `SuperExecAuthHttpInterceptor` | import | 1.42.0 | signs AcquireTask (shared secret) | none |
 | **`flwr.supercore.retry`** | | | | |
-| `make_simple_http_retry_invoker` | import | 1.42.0 | HTTP retries | none |
+| `make_simple_http_retry_invoker` | import | 1.42.0 | HTTP retries; gives up on a TLS error | none |
 | **`flwr.supercore.runtime`** | | | | |
 | `RuntimeHttpClient` | import | 1.42.0 | the Runtime API client | none |
-| `RuntimeHttpClient.from_server_address` | import | 1.42.0 | builds the client | none |
+| `RuntimeHttpClient.from_server_address` | import | 1.42.0 | builds the client; TLS trusting only the pinned CA | none |
 | `RuntimeHttpClient.AcquireTask` | format | 1.42.0 | RPC name SuperExec auth signs | none |
+| **`flwr.supernode.cli.flower_supernode`** | | | | |
+| `_start_supernode_http_api` | format | 1.42.0 | Runtime API on --host/--port, TLS from --ssl-*; no Unix socket | `--ssl-certfile`, `--ssl-keyfile`, `--ssl-ca-certfile`, `--host`, `--port` (flags only) |
 | **`flwr.supercore.task_identity`** | | | | |
 | `TaskIdentity` | patch | 1.42.0 | global identity `Message()` reads; set per task | none |
 | `_TaskIdentityMeta` | patch | 1.42.0 | its class-level setters | none |
@@ -83,9 +91,14 @@ site imports it from `flwr.app`, where Flower exports it. All rows were read fro
 | **`flwr.common.secure_aggregation.secaggplus_constants`** | | | | |
 | `RECORD_KEY_CONFIGS` | import | 1.42.0 | recognises SecAgg+ messages | none |
 | `RECORD_KEY_STATE` | import | 1.42.0 | finds SecAgg+'s state | none |
+| `Key` | import | 1.42.0 | the SecAgg+ fields the site's terms read | none |
+| `Stage` | import | 1.42.0 | SecAgg+'s stage names | none |
 | **`flwr.client.mod.secure_aggregation.secaggplus_mod`** | | | | |
-| `SecAggPlusState` | format | 1.42.0 | `max_weight`: refuse before training | none |
+| `SecAggPlusState` | format | 1.42.0 | `max_weight`: refuse before training; threshold, shares, node, neighbours: the site's terms | none |
+| `_unmask` | format | 1.42.0 | seed shares for nodes said active, key shares for nodes said dead: why the lists are checked | none |
+| `_setup` | format | 1.42.0 | the setup reply's two public keys, which the site signs | none |
 | `secaggplus_mod` | format | 1.42.0 | state kept in context; stage key popped | none |
+| `secaggplus_mod` | format | 1.42.0 | its collect reply keeps the FitRes metrics | none |
 | **`flwr.server.workflow.secure_aggregation.secaggplus_workflow`** | | | | |
 | `SecAggPlusWorkflow.collect_masked_vectors_stage` | format | 1.42.0 | only stage with the FitIns | none |
 | **`flwr.common.serde`** | | | | |
@@ -94,6 +107,7 @@ site imports it from `flwr.app`, where Flower exports it. All rows were read fro
 | `recorddict_to_fitins` | import | 1.42.0 | task config, received weights | none |
 | `recorddict_to_fitres` | import | 1.42.0 | the update, to encode | none |
 | `fitres_to_recorddict` | import | 1.42.0 | writes it back | none |
+| `fitres_to_recorddict` | format | 1.42.0 | 'fitres.metrics': where the ledger entry's hash is added to a reply | none |
 | `_recorddict_to_fit_or_evaluate_ins_components` | format | 1.42.0 | 'fitins.config' marks a task | none |
 
 `seam.formats`:

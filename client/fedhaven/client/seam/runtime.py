@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -54,21 +55,43 @@ class TaskInput:
     fab_content: bytes
 
 
-def executor_client(*, address: str, secret: bytes, component: str) -> RuntimeClient:
-    """The executor's own client, signed with the secret it shares with the SuperNode (as `flower-superexec`'s)."""
+def executor_client(*, address: str, secret: bytes, component: str, ca: bytes | None = None) -> RuntimeClient:
+    """The executor's own client, signed with the secret it shares with the SuperNode (as `flower-superexec`'s).
+
+    With `ca` (the certificate `fl-client start` made for this SuperNode's Runtime API), TLS that trusts it alone:
+    Flower builds an `ssl.SSLContext(PROTOCOL_TLS_CLIENT)` (hostname checked) with only these bytes as trust
+    anchor, so a process that took the port without the certificate's key fails the handshake before any request,
+    signed or not, is sent. Without `ca`: plain HTTP (tests only).
+    """
     return RuntimeHttpClient.from_server_address(
-        server_address=address, insecure=True, root_certificates=None,
+        server_address=address, insecure=ca is None, root_certificates=ca,
         interceptors=[RuntimeVersionHttpInterceptor(component_name=component),
                       SuperExecAuthHttpInterceptor(master_secret=secret, protected_methods=_SUPEREXEC_AUTH_METHODS)],
         retry_invoker=make_simple_http_retry_invoker())
 
 
-def task_client(*, address: str, token: str, component: str) -> RuntimeClient:
-    """A client for one claimed task, carrying the task's token (as `flwr-clientapp`'s)."""
+def task_client(*, address: str, token: str, component: str, ca: bytes | None = None) -> RuntimeClient:
+    """A client for one claimed task, carrying the task's token (as `flwr-clientapp`'s), over the same TLS."""
     return RuntimeHttpClient.from_server_address(
-        server_address=address, insecure=True, root_certificates=None,
+        server_address=address, insecure=ca is None, root_certificates=ca,
         interceptors=[RuntimeVersionHttpInterceptor(component_name=component), RuntimeTokenHttpInterceptor(token)],
         retry_invoker=make_simple_http_retry_invoker())
+
+
+def tls_failure(exc: BaseException) -> str | None:
+    """Why the TLS handshake with the Runtime API failed, when that is what `exc` (as the client raised it) comes
+    from; else None. Flower's retry gives up on a TLS error instead of retrying it, and the client raises it."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, ssl.SSLCertVerificationError):
+            return f"certificate not trusted: {cur.verify_message}"
+        if isinstance(cur, ssl.SSLError):
+            return f"TLS failed: {cur.reason or cur}"
+        cur = cur.__cause__ or cur.__context__
+    text = str(exc)  # what Flower's retry gives up on (a handshake that timed out, say)
+    return f"TLS failed: {text}" if any(t in text.lower() for t in ("certificate", "ssl", "tls")) else None
 
 
 def acquire_task(*, client: RuntimeClient, task_types: Sequence[str]) -> tuple[str, str] | None:

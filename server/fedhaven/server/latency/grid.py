@@ -83,6 +83,9 @@ class PollingGrid(Grid):
     def get_node_ids(self) -> Iterable[int]:
         return self.inner.get_node_ids()
 
+    def get_nodes(self) -> Iterable[Any]:  # the inner grid's NodeInfo (Grid's default would drop their names)
+        return self.inner.get_nodes()
+
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         return self.inner.push_messages(messages)
 

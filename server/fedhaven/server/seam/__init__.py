@@ -9,6 +9,7 @@ upgrade removes or changes. Modules:
 
 - `legacy`: the legacy stack driven one fit round at a time (SecAgg+ stages, central
   DP's aggregation, the client manager, the workflows' state, strategies' state);
+- `secagg_relay`: the sites' signed SecAgg+ keys relayed from setup to share-keys;
 - `superexec` (with `preload`): Flower's SuperExec with ServerApps forked warm;
 - `superlink_app`: Flower's SuperLink app built for fedhaven's listeners;
 - `wire`: Flower's HTTP routes and protobuf bodies, read by the doors;
@@ -37,6 +38,13 @@ state, its log lines) and are not part of a run: they are outside this rule.
 | `flwr.server.workflow.SecAggPlusWorkflow.__call__` | copy | CheckedSecAggPlus: the same four stages, remembering where the protocol halted and why | none |
 | `flwr.server.workflow.SecAggPlusWorkflow.collect_masked_vectors_stage` | import | a stage CheckedSecAggPlus calls | none |
 | `flwr.server.workflow.SecAggPlusWorkflow.unmask_stage` | import | a stage CheckedSecAggPlus calls | none |
+| `flwr.compat.common.recorddict_compat.fitres_to_recorddict` | format | 'fitres.metrics': a training reply's metrics, read to check the name it reports | none |
+| `flwr.proto.node_pb2.NodeInfo` | format | a node's id and the name its key was registered under, as `Grid.get_nodes()` returns them | none |
+| `flwr.common.secure_aggregation.secaggplus_constants.RECORD_KEY_CONFIGS` | import | the SecAgg+ record of a stage's messages | none |
+| `flwr.common.secure_aggregation.secaggplus_constants.Key` | import | a message's stage | none |
+| `flwr.common.secure_aggregation.secaggplus_constants.Stage` | import | the stages whose messages the relay reads and extends | none |
+| `flwr.server.workflow.SecAggPlusWorkflow.setup_stage` | format | setup replies arrive through `grid.send_and_receive`; only their two keys are kept | none |
+| `flwr.server.workflow.SecAggPlusWorkflow.share_keys_stage` | format | one share-keys message per node, keyed by its neighbours' node ids | none |
 | `flwr.server.strategy.DifferentialPrivacyClientSideFixedClipping.aggregate_fit` | copy | TolerantCentralDP: noise calibrated to the updates actually averaged, tolerating dropouts | none |
 | `flwr.server.strategy.DifferentialPrivacyClientSideFixedClipping.__init__` | import | the wrapper's state TolerantCentralDP reads | none |
 | `flwr.server.strategy.DifferentialPrivacyClientSideAdaptiveClipping._update_clip_norm` | import | adaptive clipping's norm update, called after noising with the norm the sites used | none |
@@ -133,6 +141,28 @@ INTERNALS: tuple[Internal, ...] = (
              "a stage CheckedSecAggPlus calls", params=("grid", "context", "state")),
     Internal("flwr.server.workflow", "SecAggPlusWorkflow.unmask_stage", "import",
              "a stage CheckedSecAggPlus calls", params=("grid", "context", "state")),
+    Internal("flwr.compat.common.recorddict_compat", "fitres_to_recorddict", "format",
+             "'fitres.metrics': a training reply's metrics, read to check the name it reports",
+             source=('res_str = "fitres"', 'recorddict.config_records[f"{res_str}.metrics"]')),
+    Internal("flwr.proto.node_pb2", "NodeInfo", "format",
+             "a node's id and the name its key was registered under, as `Grid.get_nodes()` returns them",
+             equals=(("NODE_ID_FIELD_NUMBER", 1), ("NAME_FIELD_NUMBER", 13))),
+    # ---- seam.secagg_relay: the sites' signed SecAgg+ keys carried from setup to share-keys ----
+    Internal("flwr.common.secure_aggregation.secaggplus_constants", "RECORD_KEY_CONFIGS", "import",
+             "the SecAgg+ record of a stage's messages"),
+    Internal("flwr.common.secure_aggregation.secaggplus_constants", "Key", "import", "a message's stage",
+             attrs=("STAGE",)),
+    Internal("flwr.common.secure_aggregation.secaggplus_constants", "Stage", "import",
+             "the stages whose messages the relay reads and extends", attrs=("SETUP", "SHARE_KEYS")),
+    Internal("flwr.server.workflow", "SecAggPlusWorkflow.setup_stage", "format",
+             "setup replies arrive through `grid.send_and_receive`; only their two keys are kept",
+             params=("grid", "context", "state"),
+             source=("grid.send_and_receive(", "pk1, pk2 = key_dict[Key.PUBLIC_KEY_1], key_dict[Key.PUBLIC_KEY_2]")),
+    Internal("flwr.server.workflow", "SecAggPlusWorkflow.share_keys_stage", "format",
+             "one share-keys message per node, keyed by its neighbours' node ids, sent through the grid",
+             params=("grid", "context", "state"),
+             source=("grid.send_and_receive(", "{str(nid): state.nid_to_publickeys[nid] for nid in neighbours}",
+                     "content = RecordDict({RECORD_KEY_CONFIGS: cfg_record})")),
     Internal("flwr.server.strategy", "DifferentialPrivacyClientSideFixedClipping.aggregate_fit", "copy",
              "TolerantCentralDP: noise calibrated to the updates actually averaged, tolerating dropouts",
              params=("server_round", "results", "failures"),

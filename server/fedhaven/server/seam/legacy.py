@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
-from flwr.app import ConfigRecord, Context
+from flwr.app import ConfigRecord, Context, Message
 from flwr.common import FitRes, Parameters, Scalar, ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.compat.common import recorddict_compat as compat
 from flwr.server.client_manager import SimpleClientManager
@@ -38,6 +38,7 @@ from flwr.supercore.differential_privacy import add_gaussian_noise_to_params, co
 
 from fedhaven.server.failures import SiteFailure, site_failure
 from fedhaven.server.records import CentralNoise
+from fedhaven.server.seam.secagg_relay import ProofRelay
 
 __all__ = ["BoundedClientManager", "CheckedSecAggPlus", "ClientProxy", "TolerantAdaptiveClipping",
            "TolerantCentralDP", "TolerantFixedClipping", "fedadam_state", "fit_round_plain", "global_weights",
@@ -46,6 +47,15 @@ __all__ = ["BoundedClientManager", "CheckedSecAggPlus", "ClientProxy", "Tolerant
 
 #: Flower's legacy FitIns config record: present only in messages that carry a training task.
 FITINS_CONFIG = "fitins.config"
+#: Flower's legacy FitRes metrics record: a training reply's metrics (kept beside SecAgg+'s masked vector).
+FITRES_METRICS = "fitres.metrics"
+
+
+def reply_metrics(reply: Message) -> dict[str, Any] | None:
+    """The metrics a training reply carries (what the site reported in the clear), or None for other replies."""
+    if not reply.has_content() or FITRES_METRICS not in reply.content.config_records:
+        return None
+    return dict(reply.content.config_records[FITRES_METRICS])
 
 
 def node_id(proxy: ClientProxy) -> int:
@@ -177,7 +187,8 @@ class CheckedSecAggPlus(SecAggPlusWorkflow):
     """Flower's SecAgg+ workflow that remembers at which stage it halted and why.
 
     Flower's own `__call__` logs "Secure aggregation halted." and returns; the
-    run would then carry on with the old model and finish as "completed".
+    run would then carry on with the old model and finish as "completed". Its grid
+    relays the sites' signed SecAgg+ keys to their neighbours (`secagg_relay`).
     """
 
     halted_stage: str | None = None
@@ -185,6 +196,7 @@ class CheckedSecAggPlus(SecAggPlusWorkflow):
     collected: tuple[tuple[int, int, dict[str, Any]], ...] = ()  # (node, examples, metrics) of each trained reply
 
     def __call__(self, grid: Grid, context: Context) -> None:
+        grid = ProofRelay(grid)  # the sites' signed keys, relayed to their neighbours
         state = WorkflowState()
         self.halted_stage, self.failures, self.collected = None, (), ()
         stages = (("setup", self.setup_stage), ("share keys", self.share_keys_stage),

@@ -127,3 +127,19 @@ def is_empty_pull(status: int, body: bytes) -> bool:
         return len(PullMessagesResponse.FromString(body).messages_list) == 0
     except Exception:  # noqa: BLE001 - not what we expected: never hold it
         return False
+
+
+#: `NodeInfo`'s fields read from `Grid.get_nodes()` (flwr/proto/node.proto): the node's id and registered name.
+NODE_INFO_FIELDS = (("NODE_ID_FIELD_NUMBER", 1), ("NAME_FIELD_NUMBER", 13))
+
+
+def node_names(nodes: Iterable[Any]) -> dict[int, str]:
+    """Node id -> the name its key was registered under (`fl-server site add` registers key and name with the
+    SuperLink; the node proves the key on every call), from `Grid.get_nodes()`; nameless nodes (simulation) are
+    left out."""
+    out = {}
+    for n in nodes:
+        name = getattr(n, "name", "")
+        if isinstance(name, str) and name:
+            out[int(n.node_id)] = name
+    return out

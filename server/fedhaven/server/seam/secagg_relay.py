@@ -1,0 +1,83 @@
+"""The sites' signed SecAgg+ keys relayed to their neighbours, around Flower's SecAgg+ workflow (which drops them).
+
+Each deployed site signs its SecAgg+ public keys with its site key and sends the
+proof beside them in its setup reply (`fedhaven.shared.secagg_keys`). Flower's
+workflow forwards only the bare keys at share-keys; this Grid wrapper remembers
+each node's proof from the setup replies and adds the proofs of a node's
+neighbours to its share-keys message. It forwards and checks nothing itself: a
+site with a roster checks each proof and refuses a neighbour without one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
+from flwr.serverapp import Grid
+
+from fedhaven.shared.secagg_keys import NEIGHBOURS_RECORD, PROOF_RECORD, KeyProof
+
+
+def _stage(msg: Message) -> object:
+    cfg = msg.content.config_records.get(RECORD_KEY_CONFIGS)
+    return None if cfg is None else cfg.get(Key.STAGE)
+
+
+class ProofRelay(Grid):
+    """Delegates to a Flower Grid; `send_and_receive` also carries the sites' key proofs from setup to share-keys."""
+
+    def __init__(self, inner: Grid) -> None:
+        self.inner = inner
+        self.proofs: dict[int, KeyProof] = {}
+
+    def set_run(self, run: Any) -> None:  # Flower's Run (flwr.supercore.run: not public)
+        self.inner.set_run(run)
+
+    @property
+    def run(self) -> Any:
+        return self.inner.run
+
+    def create_message(self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str,
+                       ttl: float | None = None) -> Message:
+        return self.inner.create_message(content, message_type, dst_node_id, group_id, ttl)
+
+    def get_node_ids(self) -> Iterable[int]:
+        return self.inner.get_node_ids()
+
+    def get_nodes(self) -> Iterable[Any]:  # the inner grid's NodeInfo (Grid's default would drop their names)
+        return self.inner.get_nodes()
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        return self.inner.push_messages(messages)
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        return self.inner.pull_messages(message_ids)
+
+    def __getattr__(self, name: str) -> Any:  # anything else a Flower grid offers
+        return getattr(self.inner, name)
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        messages = list(messages)
+        stage = _stage(messages[0]) if messages else None
+        if stage == Stage.SETUP:
+            self.proofs = {}
+        elif stage == Stage.SHARE_KEYS:
+            for msg in messages:
+                self._attach(msg)
+        replies = list(self.inner.send_and_receive(messages, timeout=timeout))
+        if stage == Stage.SETUP:
+            for reply in replies:
+                record = None if reply.has_error() else reply.content.config_records.get(PROOF_RECORD)
+                proof = None if record is None else KeyProof.from_record(record)
+                if proof is not None:
+                    self.proofs[reply.metadata.src_node_id] = proof
+        return replies
+
+    def _attach(self, msg: Message) -> None:
+        cfg = msg.content.config_records[RECORD_KEY_CONFIGS]
+        relayed = {k: self.proofs[int(k)].to_list() for k in cfg if k != Key.STAGE and k.lstrip("-").isdigit()
+                   and int(k) in self.proofs}
+        if relayed:
+            msg.content.config_records[NEIGHBOURS_RECORD] = ConfigRecord(relayed)  # type: ignore[arg-type]
