@@ -9,7 +9,7 @@ export FLWR_TELEMETRY_ENABLED := 0
 export FLWR_DISABLE_UPDATE_CHECK := 1
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: venv sim lint test test-fast faults bench bench-quick clean
+.PHONY: venv sim lint test test-fast trust faults bench bench-quick clean
 
 venv: $(STAMP)
 
@@ -27,7 +27,12 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check . && $(VENV)/bin/mypy
 
 test: $(STAMP)
-	$(VENV)/bin/pytest -q -m "not fault or fault_smoke"
+	$(VENV)/bin/pytest -q -m "(not fault or fault_smoke) and not trust"
+
+# The long loopback tests of site trust (systemd site, identity, SecAgg+ roster): about 5 minutes, kept out of
+# `make test` so CI stays under 15 minutes; the in-process tests of the same checks run in `make test`.
+trust: $(STAMP)
+	$(VENV)/bin/pytest -q -m trust
 
 # Every fault-injection test on real processes; writes RELIABILITY.md from this run.
 faults: $(STAMP)

@@ -9,7 +9,7 @@ import pytest
 
 from fedhaven.client.ledger import Ledger
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.trust]
 
 
 def test_a_neighbour_the_roster_does_not_vouch_for_gets_no_share_and_nothing_is_unmasked(federation):

@@ -12,7 +12,7 @@ import pytest
 from fedhaven.client.ledger import Ledger
 from fedhaven.sim.loopback import LoopbackFederation, run_toml
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.trust]
 
 
 def test_a_site_reporting_another_sites_name_is_refused_and_listed_by_its_own(federation):

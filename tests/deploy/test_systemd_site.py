@@ -21,7 +21,7 @@ from fedhaven.client.ledger import Ledger
 from fedhaven.sim.imagesets import fine_stripes
 from fedhaven.sim.loopback import LoopbackFederation, cli, free_port, run_toml
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.trust]
 
 SHIPPED = Path(__file__).resolve().parents[2] / "deploy" / "systemd" / "site.toml"
 #: Ordinary loopback sites beside it (digits replaced by images of the shipped size): SecAgg+ needs three per round.
