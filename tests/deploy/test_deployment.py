@@ -183,6 +183,8 @@ def test_site_trusting_another_ca_is_stopped_before_connecting(federation, tmp_p
     text = (site / "site.toml").read_text().replace('ca_cert = "ca.pem"', f'ca_cert = "{other}"')
     (tmp_path / "site.toml").write_text(text.replace('path = "data"', f'path = "{site / "data"}"'))
     (tmp_path / "site.key").write_bytes((site / "site.key").read_bytes())
+    if (site / "roster.toml").exists():  # the pinned roster travels with the copied site.toml (a relative path)
+        (tmp_path / "roster.toml").write_bytes((site / "roster.toml").read_bytes())
     os.chmod(tmp_path / "site.key", 0o600)
     assert federation.cli("fl-client", "ledger", "init", "--config", str(tmp_path / "site.toml")).returncode == 0
     res = federation.cli("fl-client", "start", "--config", str(tmp_path / "site.toml"), timeout=60)

@@ -68,7 +68,8 @@ def test_check_prints_config_and_warns_when_protections_are_off(capfd):
 def test_bad_experiment_lists_every_problem(capfd):
     assert cli.main(["check", "digits", "train.lr=-2", "sites=zero", "secagg.num_shares=4"]) == 2
     err = capfd.readouterr().err
-    assert "3 problem(s)" in err and "train.lr" in err and "sites" in err and "Use 5 or 3" in err
+    assert "4 problem(s)" in err and "train.lr" in err and "sites" in err and "Use 5 or 3" in err
+    assert "must be more than half of num_shares (4), got 2" in err  # digits' threshold 2 is too low for 4 shares
 
 
 def test_unknown_experiment_names_the_bundled_ones(capfd):
