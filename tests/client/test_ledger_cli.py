@@ -152,25 +152,9 @@ def test_check_names_a_state_dir_that_cannot_be_created(tmp_path):
         assert "does not let this account create it" in state_dir_problems(locked / "state")[0]
 
 
-def _rewrite_newest(ledger, noise: float) -> None:
-    """Issue #22 finding 4: the newest entry's noise rewritten, its epsilon recomputed, re-hashed, anchor rewritten."""
-    import json
-    from dataclasses import asdict, replace
-
-    from fedhaven.client.anchor import Anchor, write_anchor
-    from fedhaven.client.ledger import budget_history
-
-    entries = ledger.entries()
-    e = replace(entries[-1], noise_multiplier=noise)
-    eps = epsilon(history=budget_history([*entries[:-1], e]), delta=e.delta)
-    e = replace(e, epsilon_after=eps, cumulative_epsilon=eps)
-    e = replace(e, hash=e.computed_hash())
-    kept = ledger.path.read_text().splitlines(keepends=True)[:-1]
-    ledger.path.write_text("".join(kept) + json.dumps({k: v for k, v in asdict(e).items() if v is not None}) + "\n")
-    write_anchor(ledger.anchor_path, Anchor(entries=len(entries), head=e.hash, site=e.site, ledger="x", time=0.0))
 
 
-def test_verify_catches_a_rewritten_newest_entry_by_its_signature(site, capfd):
+def test_verify_catches_a_rewritten_newest_entry_by_its_signature(site, capfd, rewrite_newest):
     cfg = str(site / "site.toml")
     assert main(["ledger", "init", "--config", cfg]) == 0
     _spend(site, 3)
@@ -178,7 +162,7 @@ def test_verify_catches_a_rewritten_newest_entry_by_its_signature(site, capfd):
     code, text = _run(capfd, "ledger", "verify", "--config", cfg)
     assert code == 0 and "signed from seq 0 with key SHA256:" in text and "against this site's key" in text
     spent = epsilon(history=ledger.history(), delta=1e-5)
-    _rewrite_newest(ledger, noise=50.0)
+    rewrite_newest(ledger, noise=50.0)
     assert epsilon(history=ledger.history(), delta=1e-5) < spent
     code, text = _run(capfd, "ledger", "verify", "--config", cfg)
     assert code == 1 and "entry 4 (seq 3, run 1, round 3): its signature" in text and "does NOT verify" in text

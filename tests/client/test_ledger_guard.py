@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 import threading
-from dataclasses import asdict, replace
+from dataclasses import replace
 
 import pytest
 from flwr.app import Context, Message, RecordDict
@@ -203,30 +202,16 @@ def test_a_site_can_keep_its_training_metrics_to_itself(tmp_path, synthetic_imag
     assert "loss" not in m and "accuracy" not in m and "epsilon" in m
 
 
-def _rewrite_newest(ledger: Ledger, noise: float) -> None:
-    """Issue #22 finding 4: the newest entry's noise rewritten, its epsilon recomputed so that it follows, re-hashed
-    (its signature kept: no one but the site can make a new one), and the anchor rewritten to match."""
-    from fedhaven.client.anchor import Anchor, write_anchor
-    from fedhaven.client.ledger import budget_history
-
-    entries = ledger.entries()
-    e = replace(entries[-1], noise_multiplier=noise)
-    eps = epsilon(history=budget_history([*entries[:-1], e]), delta=e.delta)
-    e = replace(e, epsilon_after=eps, cumulative_epsilon=eps)
-    e = replace(e, hash=e.computed_hash())
-    lines = ledger.path.read_text().splitlines(keepends=True)[:-1]
-    ledger.path.write_text("".join(lines) + json.dumps({k: v for k, v in asdict(e).items() if v is not None},
-                                                       sort_keys=True) + "\n")
-    write_anchor(ledger.anchor_path, Anchor(entries=len(entries), head=e.hash, site=e.site, ledger="x", time=0.0))
 
 
 @pytest.mark.parametrize("keyed", [False, True], ids=["simulated-site", "site-key"])
-def test_a_rewritten_newest_entry_is_refused_through_the_witness(tmp_path, synthetic_images, site_app, answer, keyed):
+def test_a_rewritten_newest_entry_is_refused_through_the_witness(tmp_path, synthetic_images, site_app, answer, keyed,
+                                                                 rewrite_newest):
     app, ledger = site_app(key=keyed)
     task = _task(1, noise_multiplier=1.0, target_epsilon=100.0)
     seen = Witness.from_metrics(_metrics(app(_message(task), _context())))  # what the coordinator keeps
     spent = _fresh(ledger)
-    _rewrite_newest(ledger, noise=50.0)
+    rewrite_newest(ledger, noise=50.0)
     assert _fresh(ledger) < spent  # what the rewrite was for
     assert ledger.verify().ok is not keyed  # offline: only a signature tells (a simulated site has none)
     with pytest.raises(TaskRefused, match="holds a different entry seq 1") as err:

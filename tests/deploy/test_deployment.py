@@ -110,7 +110,7 @@ def test_a_deleted_ledger_stops_the_site_until_its_operator_acts(federation):
     assert federation.cli("fl-client", "ledger", "verify", "--config", str(site / "site.toml")).returncode == 0
 
 
-def test_a_rolled_back_ledger_and_anchor_are_caught_by_the_coordinators_witness(federation, tmp_path):
+def test_a_rolled_back_ledger_and_anchor_are_caught_by_the_coordinators_witness(federation, tmp_path, rewrite_newest):
     """A full restore of an older backup (ledger and anchor) verifies locally; the coordinator's witness does not."""
     site = federation.site_dirs_list[1]
     ledger = Ledger.in_dir(site / "state")
@@ -134,7 +134,7 @@ def test_a_rolled_back_ledger_and_anchor_are_caught_by_the_coordinators_witness(
     # issue #22 finding 4: the newest entry rewritten (noise -> 50, epsilon recomputed, re-hashed, anchor rewritten)
     witness = json.loads((federation.state / "runs" / "ledger-witnesses.json").read_text())["sites"]
     assert witness[federation.sites[1]]["hash"] == ledger.entries()[-1].hash  # the coordinator holds its hash
-    _rewrite_newest(ledger, noise=50.0)
+    rewrite_newest(ledger, noise=50.0)
     try:
         res = federation.cli("fl-client", "ledger", "verify", "--config", str(site / "site.toml"))
         assert res.returncode == 1 and "its signature" in res.stdout + res.stderr, res.stdout + res.stderr
@@ -147,20 +147,6 @@ def test_a_rolled_back_ledger_and_anchor_are_caught_by_the_coordinators_witness(
         ledger.anchor_path.write_bytes(newest[1])
 
 
-def _rewrite_newest(ledger: Ledger, noise: float) -> None:
-    from dataclasses import asdict, replace
-
-    from fedhaven.client.anchor import Anchor, write_anchor
-    from fedhaven.client.ledger import budget_history
-
-    entries = ledger.entries()
-    e = replace(entries[-1], noise_multiplier=noise)
-    eps = epsilon(history=budget_history([*entries[:-1], e]), delta=e.delta)
-    e = replace(e, epsilon_after=eps, cumulative_epsilon=eps)
-    e = replace(e, hash=e.computed_hash())
-    kept = ledger.path.read_text().splitlines(keepends=True)[:-1]
-    ledger.path.write_text("".join(kept) + json.dumps({k: v for k, v in asdict(e).items() if v is not None}) + "\n")
-    write_anchor(ledger.anchor_path, Anchor(entries=len(entries), head=e.hash, site=e.site, ledger="x", time=0.0))
 
 
 def _run_rounds(federation, *, rounds: int, target: float):
