@@ -59,3 +59,40 @@ def client_app_for() -> Callable[[Site], object]:
 def answer():
     """`answer(reply)`: the reply, or the site's coded refusal raised as TaskRefused (see `_answer`)."""
     return _answer
+
+
+DIGITS_SITE_TOML = """
+name = "hospital-a"
+{extra}
+[coordinator]
+address = "localhost:9092"
+ca_cert = "ca.pem"
+[data]
+source = "idx"
+path = "data"
+[policy]
+max_epsilon = 50.0
+"""
+
+
+@pytest.fixture
+def digits_site():
+    """`digits_site(folder, extra="", ledger=False)`: a site folder as `fl-client` reads it: 120 digits images as IDX,
+    a CA certificate, site.toml (`extra` lines at its top), the site's key, and with `ledger` an initialised
+    ledger. Returns the folder."""
+    import numpy as np
+
+    from fedhaven.client.cli import main
+    from fedhaven.shared.crypto import make_ca
+    from fedhaven.shared.sources import load_digits_data, save_idx
+
+    def make(folder, *, extra: str = "", ledger: bool = False):
+        save_idx(load_digits_data(split="train").subset(np.arange(120)), folder / "data", split="train")
+        (folder / "site.toml").write_text(DIGITS_SITE_TOML.format(extra=extra))
+        (folder / "ca.pem").write_bytes(make_ca().cert_pem)
+        assert main(["keygen", "--out", str(folder)]) == 0
+        if ledger:
+            assert main(["ledger", "init", "--config", str(folder / "site.toml")]) == 0
+        return folder
+
+    return make

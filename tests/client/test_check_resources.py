@@ -5,34 +5,15 @@ from __future__ import annotations
 import shutil
 from collections import namedtuple
 
-import numpy as np
 import pytest
 
 from fedhaven.client.cli import main
-from fedhaven.shared.crypto import make_ca
-from fedhaven.shared.sources import load_digits_data, save_idx
-
-SITE_TOML = """
-name = "hospital-a"
-{extra}
-[coordinator]
-address = "localhost:9092"
-ca_cert = "ca.pem"
-[data]
-source = "idx"
-path = "data"
-[policy]
-max_epsilon = 50.0
-"""
 
 
-def _site(tmp_path, extra: str = "") -> str:
-    save_idx(load_digits_data(split="train").subset(np.arange(120)), tmp_path / "data", split="train")
-    (tmp_path / "site.toml").write_text(SITE_TOML.format(extra=extra))
-    (tmp_path / "ca.pem").write_bytes(make_ca().cert_pem)
-    assert main(["keygen", "--out", str(tmp_path)]) == 0
-    assert main(["ledger", "init", "--config", str(tmp_path / "site.toml")]) == 0
-    return str(tmp_path / "site.toml")
+@pytest.fixture
+def site_toml(tmp_path, digits_site):
+    """`site_toml(extra="")`: a digits site with its ledger initialised; the path of its site.toml."""
+    return lambda extra="": str(digits_site(tmp_path, extra=extra, ledger=True) / "site.toml")
 
 
 def _check(capfd, cfg: str) -> tuple[int, str]:
@@ -41,8 +22,8 @@ def _check(capfd, cfg: str) -> tuple[int, str]:
     return code, out + err
 
 
-def test_check_names_disk_and_memory_per_allowed_model(tmp_path, capfd):
-    code, text = _check(capfd, _site(tmp_path))
+def test_check_names_disk_and_memory_per_allowed_model(tmp_path, site_toml, capfd):
+    code, text = _check(capfd, site_toml())
     assert code == 0, text
     assert "scatternet" in text and "lenet" in text
     assert "120 images of 1x8x8" in text and "front-end features" in text
@@ -50,19 +31,19 @@ def test_check_names_disk_and_memory_per_allowed_model(tmp_path, capfd):
     assert list((tmp_path / "state" / "feature-cache").glob("*.rows"))  # the check decoded the images once
 
 
-def test_a_limit_that_holds_no_training_step_is_refused_with_the_fix(tmp_path, capfd):
-    code, text = _check(capfd, _site(tmp_path, "memory_mb = 256"))
+def test_a_limit_that_holds_no_training_step_is_refused_with_the_fix(tmp_path, site_toml, capfd):
+    code, text = _check(capfd, site_toml("memory_mb = 256"))
     assert code == 2 and "memory_mb: 256 MB leaves no room for one training example" in text
     assert "raise it to at least" in text
 
 
-def test_a_limit_beyond_the_machine_is_refused(tmp_path, capfd):
-    code, text = _check(capfd, _site(tmp_path, "memory_mb = 100000000"))
+def test_a_limit_beyond_the_machine_is_refused(tmp_path, site_toml, capfd):
+    code, text = _check(capfd, site_toml("memory_mb = 100000000"))
     assert code == 2 and "memory: memory_mb = 100000000 needs about" in text and "available" in text
 
 
-def test_too_little_disk_for_the_features_is_refused(tmp_path, capfd, monkeypatch):
-    cfg = _site(tmp_path)
+def test_too_little_disk_for_the_features_is_refused(tmp_path, site_toml, capfd, monkeypatch):
+    cfg = site_toml()
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(shutil, "disk_usage", lambda _p: usage(10**9, 10**9 - 1000, 1000))
     code, text = _check(capfd, cfg)
@@ -70,8 +51,8 @@ def test_too_little_disk_for_the_features_is_refused(tmp_path, capfd, monkeypatc
 
 
 @pytest.mark.parametrize("models", ['["lenet"]', '["scatternet"]'])
-def test_only_allowed_models_are_sized(tmp_path, capfd, models):
-    cfg = _site(tmp_path)
+def test_only_allowed_models_are_sized(tmp_path, site_toml, capfd, models):
+    cfg = site_toml()
     text = (tmp_path / "site.toml").read_text().replace("max_epsilon = 50.0", f"max_epsilon = 50.0\nallowed_models = "
                                                                               f"{models}")
     (tmp_path / "site.toml").write_text(text)
@@ -80,7 +61,7 @@ def test_only_allowed_models_are_sized(tmp_path, capfd, models):
     assert code == 0 and f"\n{other} " not in out
 
 
-def test_start_prepares_the_front_end_before_joining(tmp_path):
+def test_start_prepares_the_front_end_before_joining(tmp_path, site_toml):
     from fedhaven.client.cli.check import check_site
     from fedhaven.client.cli.start import prepare
     from fedhaven.client.deployment import site_info
@@ -88,7 +69,7 @@ def test_start_prepares_the_front_end_before_joining(tmp_path):
     from fedhaven.shared.features import features_cached
     from fedhaven.shared.schema import ModelConfig
 
-    cfg = load_site_config(_site(tmp_path))
+    cfg = load_site_config(site_toml())
     data, _ = check_site(cfg)
     assert not features_cached(model_cfg=ModelConfig(), data=data, cache_dir=site_info(cfg).cache())
     prepare(cfg, data)

@@ -4,35 +4,16 @@ from __future__ import annotations
 
 import shutil
 
-import numpy as np
 import pytest
 
 from fedhaven.client.cli import main
 from fedhaven.client.site_config import load_site_config
 from fedhaven.shared.accounting import PrivacyHistory, epsilon
-from fedhaven.shared.crypto import make_ca
-from fedhaven.shared.sources import load_digits_data, save_idx
-
-SITE_TOML = """
-name = "hospital-a"
-[coordinator]
-address = "localhost:9092"
-ca_cert = "ca.pem"
-[data]
-source = "idx"
-path = "data"
-[policy]
-max_epsilon = 50.0
-"""
 
 
 @pytest.fixture
-def site(tmp_path):
-    save_idx(load_digits_data(split="train").subset(np.arange(120)), tmp_path / "data", split="train")
-    (tmp_path / "site.toml").write_text(SITE_TOML)
-    (tmp_path / "ca.pem").write_bytes(make_ca().cert_pem)
-    assert main(["keygen", "--out", str(tmp_path)]) == 0
-    return tmp_path
+def site(tmp_path, digits_site):
+    return digits_site(tmp_path)
 
 
 def _spend(path, rounds: int) -> None:

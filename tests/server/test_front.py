@@ -23,6 +23,7 @@ GATES = """
 import asyncio, sys
 import uvicorn
 from fedhaven.server.front import FLEET_PREFIX, RUNTIME_PREFIX, Gate
+from fedhaven.server.limits import Connections, Limits, uvicorn_options
 
 async def echo(scope, receive, send):  # stands in for Flower's SuperLink app: answers with path and body
     body = b""
@@ -36,8 +37,10 @@ async def echo(scope, receive, send):  # stands in for Flower's SuperLink app: a
     await send({"type": "http.response.body", "body": out})
 
 async def main():
-    servers = [uvicorn.Server(uvicorn.Config(Gate(echo, prefix=prefix, max_body=int(sys.argv[3]), read_timeout=1.0),
-                                             host="127.0.0.1", port=int(port), lifespan="off", log_level="warning"))
+    limits = Limits(max_object=int(sys.argv[3]), read_timeout=1.0, header_timeout=1.0)
+    servers = [uvicorn.Server(uvicorn.Config(Gate(echo, prefix=prefix, limits=limits),
+                                             host="127.0.0.1", port=int(port), lifespan="off", log_level="warning",
+                                             **uvicorn_options(limits, Connections(limits))))
                for port, prefix in ((sys.argv[1], FLEET_PREFIX), (sys.argv[2], RUNTIME_PREFIX))]
     await asyncio.gather(*(s.serve() for s in servers))
 

@@ -28,7 +28,7 @@ from flwr.client.mod import adaptiveclipping_mod, fixedclipping_mod, secaggplus_
 from flwr.clientapp import ClientApp
 from flwr.common import Scalar, ndarrays_to_parameters, parameters_to_ndarrays
 
-from fedhaven.client import secagg_terms
+from fedhaven.client import remask, secagg_terms
 from fedhaven.client.ledger import GENESIS, Ledger, LedgerBusy, budget_history
 from fedhaven.client.policy import refusal_code, task_violations
 from fedhaven.client.seam import legacy
@@ -177,7 +177,7 @@ def _policy_mod(sites: SiteProvider) -> Mod:
 
     def mod(msg: Message, ctx: Context, call_next: Callable[[Message, Context], Message]) -> Message:
         task, secagg = _task_of(msg)
-        if task is None:
+        if task is None or remask.is_remask(_fit_config(msg)):  # re-masking trains nothing: the site's own checks
             return call_next(msg, ctx)
         info = sites.info(ctx)
         violations = task_violations(task=task, policy=info.policy, secure_aggregation=secagg,
@@ -205,7 +205,7 @@ def _secagg_mod(sites: SiteProvider) -> Mod:
         info = sites.info(ctx)
         secagg_terms.check_terms(msg=msg, ctx=ctx, info=info)  # the site's terms, before Flower's mod acts
         task, _ = _task_of(msg)
-        if task is not None:
+        if task is not None and not remask.is_remask(_fit_config(msg)):
             max_weight = legacy.secagg_max_weight(ctx=ctx)
             n = _weight(task, len(_trainer(sites, ctx).site.data))
             if max_weight > 0 and n > max_weight:
@@ -214,7 +214,7 @@ def _secagg_mod(sites: SiteProvider) -> Mod:
                                   f"max_weight "
                                   f"is {max_weight:g}, so its update would be clipped. The operator must set "
                                   f"secagg.max_weight to at least {n}")
-        return secagg_terms.with_proof(reply=secaggplus_mod(msg, ctx, call_next), info=info, request=msg)
+        return secagg_terms.with_proof(reply=secaggplus_mod(msg, ctx, call_next), info=info, request=msg, ctx=ctx)
 
     return mod
 
@@ -305,6 +305,10 @@ def _ledger_mod(sites: SiteProvider) -> Mod:
             # the entry is final (appended, signed, fsync'd, anchored): its own hash goes with the reply, for the
             # coordinator's witness. `update_sha256` above covers the content without it (it cannot hold its own hash)
             legacy.set_fit_metric(reply=reply, key=LEDGER_HASH, value=entry.hash)
+            if info.policy.share_class_histogram:  # opt-in by site policy: a DP class histogram, once per run
+                from fedhaven.client.quality.histogram import share_in_reply
+
+                share_in_reply(reply=reply, ledger=ledger, info=info, data=sites.data(ctx), run_id=msg.metadata.run_id)
             return reply
 
     return mod
@@ -363,7 +367,7 @@ def make_client_app(*, sites: SiteProvider, update_mods: Sequence[Mod] = ()) -> 
 
 
 def client_mods(sites: SiteProvider, *, update_mods: Sequence[Mod] = ()) -> list[Mod]:
-    """fedhaven's mods, outermost first: refusals as coded errors, ledger, policy, SecAgg+ masking, update encoding,
-    central-DP clipping."""
-    return [_refusal_mod, _ledger_mod(sites), _policy_mod(sites), _secagg_mod(sites), _encoding_mod, *update_mods,
-            _central_dp_mod]
+    """fedhaven's mods, outermost first: refusals as coded errors, ledger, policy, SecAgg+ masking, the kept update
+    (re-masked for a subgroup on request, `remask`), update encoding, central-DP clipping."""
+    return [_refusal_mod, _ledger_mod(sites), _policy_mod(sites), _secagg_mod(sites), remask.mod(sites),
+            _encoding_mod, *update_mods, _central_dp_mod]

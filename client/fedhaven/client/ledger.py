@@ -37,6 +37,10 @@ _EXTENSIONS = {"kind": "update", "reason": None, "acknowledged": None, "fresh_bu
                "signer": None, "signer_key": None}
 #: Fields the hash does not cover: the hash itself, and the signature over it.
 _UNHASHED = ("hash", "signature")
+#: Entry kinds that spend budget: a training update, and a statistic the site's policy chose to share (a noisy class
+#: histogram: one Gaussian release, recorded as noise multiplier, sample rate 1 and one step).
+STATISTIC = "statistic"
+SPENDS = ("update", STATISTIC)
 NEW_SITE = "fl-client ledger init"
 RESET = "fl-client ledger reset --reason '...'"
 
@@ -76,7 +80,7 @@ class LedgerEntry:
     epsilon_before: float | None = None  # None: infinite (a round trained without noise)
     epsilon_after: float | None = None
     cumulative_epsilon: float | None = None
-    kind: str = "update"  # "init" (a new site), "update", "reset" (the operator's, with a reason)
+    kind: str = "update"  # "init" (a new site), "update", "statistic" (shared by policy), "reset" (with a reason)
     reason: str | None = None
     acknowledged: str | None = None  # init/reset: the problems the operator accepted, word for word
     fresh_budget: bool | None = None  # reset: whether the budget starts again from zero after it
@@ -129,7 +133,7 @@ def budget_history(entries: list[LedgerEntry]) -> PrivacyHistory:
     for e in entries:
         if e.starts_budget:
             h = PrivacyHistory()
-        elif e.kind == "update" and e.steps > 0:  # noise 0 (DP off) makes epsilon infinite, as it should
+        elif e.kind in SPENDS and e.steps > 0:  # noise 0 (DP off) makes epsilon infinite, as it should
             h = h.add(noise_multiplier=e.noise_multiplier, sample_rate=e.sample_rate, steps=e.steps)
     return h
 
@@ -340,7 +344,7 @@ class Ledger:
 
         out = []
         for i, e in enumerate(entries):
-            if e.kind != "update":
+            if e.kind not in SPENDS:
                 continue
             history = budget_history(entries[: i + 1])
             got = epsilon(history=history, delta=e.delta,
@@ -393,7 +397,7 @@ class Ledger:
         if signer is not None:
             values["signer"] = signer.fingerprint
             if rule is None or rule.fingerprint != signer.fingerprint:
-                if rule is not None and values.get("kind", "update") == "update":
+                if rule is not None and values.get("kind", "update") in SPENDS:
                     raise LedgerError(f"this ledger is signed with key {rule.fingerprint} since seq {rule.seq}, not "
                                       f"with this site's key {signer.fingerprint}: if the site key was replaced, "
                                       f"record it with `{ledger_signing.NEW_KEY}`")

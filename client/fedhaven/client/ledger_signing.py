@@ -174,9 +174,10 @@ def scan(entries: Sequence[LedgerEntry], *, site: SiteKey | None = None, every_s
                 continue
             if rule is not None and rule.fingerprint != named:
                 changes.append(f"seq {e.seq}: {rule.fingerprint} -> {named}")
-            if rule is not None and rule.fingerprint != named and e.kind == "update":
-                out.problems.append(f"{where}: an update that changes the signing key from {rule.fingerprint} to "
-                                    f"{named}: only `fl-client ledger init` or `reset` may name a new key. {damaged}")
+            if rule is not None and rule.fingerprint != named and e.kind not in ("init", "reset"):
+                out.problems.append(f"{where}: an entry of kind {e.kind} that changes the signing key from "
+                                    f"{rule.fingerprint} to {named}: only `fl-client ledger init` or `reset` may "
+                                    f"name a new key. {damaged}")
             rule = InForce(e.seq, named, e.signer_key)
         if not e.signer and not e.signature:
             if rule is not None:

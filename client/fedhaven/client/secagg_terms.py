@@ -16,7 +16,9 @@ before anything is sent for a stage whose request breaks the site's terms:
 - unmask: no node both active and dead, this site not dead, only nodes it
   shared with, and at least `policy.min_sites` active.
 
-A deployed site signs its own public keys at setup (`fedhaven.shared.secagg_keys`).
+A deployed site signs its own public keys at setup (`fedhaven.shared.secagg_keys`). In a re-mask round (locating
+a bad site, `fedhaven.client.remask`) setup also checks the group against the site's terms, the keys are signed
+over the group's member list, and with a roster every neighbour must be on that list and have signed the same one.
 What remains: a coordinator that tells different sites different active/dead
 lists is not seen by any one site; the threshold above half the shares keeps it
 from collecting both secrets of a site from honest neighbours that follow one
@@ -31,10 +33,12 @@ from pathlib import Path
 
 from flwr.app import ConfigRecord, Context, Message
 
+from fedhaven.client import remask
 from fedhaven.client.roster import Roster
 from fedhaven.client.seam import legacy
 from fedhaven.client.types import Code, SiteInfo, TaskRefused
 from fedhaven.shared.crypto import fingerprint
+from fedhaven.shared.remask import RemaskRequest
 from fedhaven.shared.secagg_keys import NEIGHBOURS_RECORD, PROOF_RECORD, KeyProof, keys_payload
 from fedhaven.shared.signing import SigningKey, verify
 
@@ -57,7 +61,8 @@ def setup_problems(*, info: SiteInfo, req: legacy.SecAggRequest) -> list[str]:
 
 
 def share_keys_problems(*, info: SiteInfo, req: legacy.SecAggRequest, state: legacy.SecAggRound, run_id: int,
-                        round_id: str, proofs: ConfigRecord | None) -> list[str]:
+                        round_id: str, proofs: ConfigRecord | None,
+                        group: RemaskRequest | None = None) -> list[str]:
     p, out = info.policy, []
     others = [n for n in req.neighbours if n[0] != state.node_id]
     if len(others) < p.secagg_min_neighbours:
@@ -68,12 +73,13 @@ def share_keys_problems(*, info: SiteInfo, req: legacy.SecAggRequest, state: leg
                    f"{len(req.neighbours)} shares handed out")
     if info.roster is not None:
         out += _roster_problems(info=info, roster=info.roster, others=others, run_id=run_id, round_id=round_id,
-                                proofs=proofs)
+                                proofs=proofs, group=group)
     return out
 
 
 def _roster_problems(*, info: SiteInfo, roster: Roster, others: list[tuple[int, bytes, bytes]], run_id: int,
-                     round_id: str, proofs: ConfigRecord | None) -> list[str]:
+                     round_id: str, proofs: ConfigRecord | None,
+                     group: RemaskRequest | None = None) -> list[str]:
     out: list[str] = []
     if proofs is None:
         return [f"the coordinator forwarded no signed keys for its {len(others)} neighbour(s); with a roster "
@@ -91,9 +97,12 @@ def _roster_problems(*, info: SiteInfo, roster: Roster, others: list[tuple[int, 
             out.append(f"node {node}: says it is {proof.site!r} but signs with key {fingerprint(proof.key)}, "
                        f"not the roster's {pinned}")
         elif not verify(public_openssh=proof.key, signature=proof.signature,
-                        data=keys_payload(run_id=run_id, round_id=round_id, node_id=node, pk1=pk1, pk2=pk2)):
+                        data=keys_payload(run_id=run_id, round_id=round_id, node_id=node, pk1=pk1, pk2=pk2,
+                                          group=group.digest if group is not None else "")):
             out.append(f"node {node} ({proof.site}): the signature does not cover these keys for this run, round "
-                       f"and node")
+                       f"and node" + (" and this re-mask group's member list" if group is not None else ""))
+        elif group is not None and proof.site not in group.members:
+            out.append(f"node {node}: {proof.site!r} is not on this re-mask group's member list")
         elif proof.site == info.name or proof.site in names:
             out.append(f"node {node}: {proof.site!r} also appears as "
                        f"{'this site' if proof.site == info.name else f'node {names[proof.site]}'}")
@@ -137,15 +146,16 @@ def _signing_key(path: Path) -> SigningKey:
     return _key_at(str(path), path.stat().st_mtime_ns)
 
 
-def with_proof(*, reply: Message, info: SiteInfo, request: Message) -> Message:
+def with_proof(*, reply: Message, info: SiteInfo, request: Message, ctx: Context) -> Message:
     """A setup reply with the site's signature over its two public keys (a site without a key sends none)."""
     keys = legacy.setup_public_keys(reply=reply)
     if info.signing_key is None or keys is None:
         return reply
     key = _signing_key(info.signing_key)
     md = request.metadata
+    group = remask.current(ctx)
     sig = key.sign(keys_payload(run_id=md.run_id, round_id=md.group_id, node_id=md.dst_node_id, pk1=keys[0],
-                                pk2=keys[1]))
+                                pk2=keys[1], group=group.digest if group is not None else ""))
     reply.content.config_records[PROOF_RECORD] = ConfigRecord(KeyProof(info.name, key.public_openssh,
                                                                        sig).to_record())
     return reply
@@ -160,11 +170,12 @@ def check_terms(*, msg: Message, ctx: Context, info: SiteInfo) -> None:
     if req.malformed:
         problems = [req.malformed]
     elif req.stage == legacy.SETUP:
-        problems = setup_problems(info=info, req=req)
+        problems = setup_problems(info=info, req=req) + remask.setup_problems(msg=msg, ctx=ctx, info=info)
     elif req.stage == legacy.SHARE_KEYS:
         problems = share_keys_problems(info=info, req=req, state=legacy.secagg_round(ctx=ctx),
                                        run_id=msg.metadata.run_id, round_id=msg.metadata.group_id,
-                                       proofs=msg.content.config_records.get(NEIGHBOURS_RECORD))
+                                       proofs=msg.content.config_records.get(NEIGHBOURS_RECORD),
+                                       group=remask.current(ctx))
     elif req.stage == legacy.COLLECT:
         problems = collect_problems(info=info, req=req)
     elif req.stage == legacy.UNMASK:

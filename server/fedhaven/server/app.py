@@ -17,6 +17,7 @@ from fedhaven.server.federation import RunResult, run_federation
 from fedhaven.server.progress import RUN_LOG, RUN_LOG_FORMAT
 from fedhaven.server.records import RoundRecord
 from fedhaven.server.witnesses import SiteWitnesses
+from fedhaven.shared.explain import EXPLAIN_DIR
 from fedhaven.shared.runtime import resolve_device
 from fedhaven.shared.schema import RunConfig
 from fedhaven.shared.sources import load_data
@@ -51,7 +52,8 @@ def serve(*, grid: Grid, context: Context, run: RunConfig, run_dir: Path, max_we
         evaluator = CentralEvaluator(run=run, data=test, device=resolve_device("auto"), cache_dir=run.cache_dir())
         return run_federation(grid=grid, context=context, run=run, run_dir=run_dir, input_spec=test.spec,
                               classes=test.classes, evaluator=evaluator, max_weight=max_weight, on_round=on_round,
-                              witnesses=witnesses, audit=audit, ledger_command=ledger_command)
+                              witnesses=witnesses, audit=audit, ledger_command=ledger_command,
+                              explain=lambda w: evaluator.explain(w, out_dir=run_dir / EXPLAIN_DIR))
 
 
 def make_server_app(

@@ -18,7 +18,7 @@ CHECKPOINT_FORMAT = 2
 
 
 #: Settings that say where and how a run is driven, not what it trains: they may differ when it is resumed.
-_OPERATIONAL = ("resume_from", "output_dir")
+_OPERATIONAL = ("resume_from", "output_dir", "tracking")
 
 
 def run_identity(run: RunConfig) -> dict[str, Any]:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -14,6 +16,8 @@ from fedhaven.shared.models import build_model, split_front
 from fedhaven.shared.schema import RunConfig
 from fedhaven.shared.training import evaluate
 from fedhaven.shared.weights import state_dict_from_weights
+
+log = logging.getLogger("fedhaven.server")
 
 
 class CentralEvaluator:
@@ -35,3 +39,21 @@ class CentralEvaluator:
     def __call__(self, weights: Sequence[np.ndarray]) -> tuple[float, float]:
         state_dict_from_weights(self.model, weights)
         return evaluate(model=self._head, data=self._inputs, device=self.device, batch_size=self._batch)
+
+    def explain(self, weights: Sequence[np.ndarray], *, out_dir: Path) -> dict[str, Any] | None:
+        """`out_dir` (RUN_DIR/explain) for `weights` on this test set (`fedhaven.shared.explain`): predictions from
+        the cached features, attributions through the whole model. A failure is a warning: the run is kept."""
+        from fedhaven.shared.explain import explain_model
+
+        state_dict_from_weights(self.model, weights)
+        try:
+            out = explain_model(model=self.model, data=self.data, out_dir=out_dir, device=self.device,
+                                batch_size=self._batch, predict=(self._head, self._inputs))
+        except (RuntimeError, ValueError, OSError, ImportError) as exc:
+            log.warning("explanations  not written (%s: %s); the model and its privacy report are", type(exc).__name__,
+                        exc)
+            return None
+        log.info("explanations  %s: accuracy %.3f, calibration error (ECE) %.3f, %d attribution maps; from the "
+                 "coordinator's own test data, no site's privacy spent", out_dir, out["accuracy"],
+                 out["calibration"]["ece"], len(out["attribution"]["examples"]))
+        return out

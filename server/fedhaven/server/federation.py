@@ -7,6 +7,7 @@ import logging
 import math
 import statistics
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -26,9 +27,12 @@ from fedhaven.server.flower_legacy import (
 from fedhaven.server.guard import CachedEvaluator, Evaluator, UpdateGuard
 from fedhaven.server.latency import grid_poll
 from fedhaven.server.latency.grid import PollingGrid, describe_nodes
+from fedhaven.server.model_card import write_release
 from fedhaven.server.privacy_report import PrivacyReport, build_privacy_report, worst_epsilon
 from fedhaven.server.recorder import RunRecorder
 from fedhaven.server.records import CentralNoise, RoundRecord, SiteReport
+from fedhaven.server.site_statistics import record_site_statistics
+from fedhaven.server.tracking import RunTracker
 from fedhaven.server.witnesses import SiteWitnesses
 from fedhaven.shared.models import InputSpec, build_model
 from fedhaven.shared.schema import RunConfig
@@ -111,6 +115,7 @@ def run_federation(
     witnesses: SiteWitnesses | None = None,
     audit: Callable[[list[np.ndarray]], dict[str, Any]] | None = None,
     ledger_command: str | None = None,
+    explain: Callable[[list[np.ndarray]], object] | None = None,
 ) -> RunResult:
     """Run `run.rounds` rounds on Flower's grid and write the privacy report, in every outcome.
 
@@ -118,14 +123,17 @@ def run_federation(
     the run ends (e.g. every site refused for lack of budget) without one aggregated round: a
     run that trained nothing is never a success. `witnesses` keeps what the coordinator saw of
     each site's ledger (in memory unless given a file); `audit` computes an empirical check on
-    the final weights (simulation); `ledger_command` is how a site recomputes its epsilon.
+    the final weights (simulation); `ledger_command` is how a site recomputes its epsilon; `explain` writes
+    RUN_DIR/explain from the final weights on the coordinator's own test data (a failure there is logged, never
+    fails the run).
     """
     start = time.perf_counter()
     resume = None
     if run.resume_from:
         resume, skipped = load_checkpoint(run_dir=run_dir, run=run, input_spec=input_spec)
-    recorder = RunRecorder(run_dir=run_dir, run=run, input_spec=input_spec, classes=classes, on_round=on_round,
-                           resuming=resume is not None)
+    tracker = RunTracker(run=run, run_dir=run_dir, resuming=resume is not None)  # MLflow, TensorBoard, metrics.csv
+    recorder = RunRecorder(run_dir=run_dir, run=run, input_spec=input_spec, classes=classes,
+                           on_round=tracker.chain(on_round), resuming=resume is not None)
     initial = get_weights(build_model(cfg=run.model, spec=input_spec, seed=run.seed, dp=run.dp.enabled))
     evaluator = CachedEvaluator(evaluator) if evaluator is not None else None
     guard = UpdateGuard(run=run, initial=initial, evaluator=evaluator, max_weight=max_weight)  # [robust]
@@ -137,14 +145,18 @@ def run_federation(
     strategy = build_strategy(run=run, initial=initial, fit_config=fit_config, guard=guard)
     strategy.witnesses = witnesses if witnesses is not None else SiteWitnesses()
     inner = grid
+    named: list[LegacyFederation] = []  # the federation, once built: it knows the sites' names
+
+    def name_of(node: int) -> str | None:
+        return named[0].known_name(node) if named else None
 
     def waiting_for_replies(waited: float, missing: frozenset[int]) -> None:
         log.warning("waiting %.0f s for %d site(s) to answer: %s", waited, len(missing),
-                    describe_nodes(inner, missing))
+                    describe_nodes(inner, missing, name_of=name_of))
 
     def waiting_for_sites(waited: float, need: int, have: int) -> None:
         log.warning("waiting %.0f s for %d sites (min_sites), %d connected: %s", waited, need, have,
-                    describe_nodes(inner))
+                    describe_nodes(inner, name_of=name_of))
 
     # Flower's own grid may wait forever; ours gives up after the stage timeout and says who is missing, polling
     # fast with the latency shims on and at Flower's 3 s with them off (fedhaven.server.latency).
@@ -153,6 +165,7 @@ def run_federation(
                        on_wait=waiting_for_replies, poll_min=poll_min, poll_max=poll_max)
     fed = LegacyFederation(grid=grid, context=context, run=run, strategy=strategy, on_waiting=waiting_for_sites,
                            max_weight=max_weight if run.secagg.enabled else None)
+    named.append(fed)
     weights = fed.weights()
     first = 1
     stopped, failure = None, None
@@ -200,6 +213,8 @@ def run_federation(
     finally:
         fed.close()
     trained = any(r.status == "ok" for r in recorder.rounds)
+    if explain is not None and trained and failure is None:
+        explain(weights)  # before the privacy report and model card, which read explain/explain.json
     report = build_privacy_report(
         run=run, sites=dict(recorder.sites), epsilons=recorder.epsilons(), rounds=recorder.rounds,
         max_weight=max_weight, central=central_noise(strategy),
@@ -208,6 +223,10 @@ def run_federation(
         membership_inference=audit(weights) if audit is not None and trained and failure is None else None,
         ledger_command=ledger_command, histories=recorder.histories)
     report.write(run_dir)
+    if failure is None:  # model.safetensors, model.onnx, MODEL_CARD.md: each failure one error line, never fatal
+        write_release(run_dir=run_dir, run=run, spec=input_spec, classes=classes, weights=weights,
+                      rounds=recorder.rounds, privacy=report.data)
+    tracker.finish(rounds=recorder.rounds, outcome=report.data["outcome"])  # plots, artifacts: never fails the run
     if failure is not None:
         raise failure
     return RunResult(run_dir=run_dir, weights=weights, rounds=recorder.rounds, sites=dict(recorder.sites),
@@ -226,6 +245,7 @@ def _one_round(*, fed: LegacyFederation, run: RunConfig, server_round: int, reco
             if getattr(fed, "secagg", None) is not None and guard.coordinate_range is not None:
                 fed.set_secagg_clipping(guard.coordinate_range)  # deltas: SecAgg+'s clip bounds each site's say
         outcome = fed.fit_round(server_round)
+        record_site_statistics(run_dir=recorder.run_dir, results=outcome.log.results, server_round=server_round)
         guard_eval = getattr(evaluator, "seconds", 0.0) - scored
         fit_time = time.perf_counter() - t0 - guard_eval
         verdict = guard.end() if guard is not None else None
@@ -249,11 +269,14 @@ def _one_round(*, fed: LegacyFederation, run: RunConfig, server_round: int, reco
             site_train_time_s=sum(r.train_time_s for r in reports),
             secure_aggregation=run.secagg.enabled, epsilons=eps_all,
             failures=(*(f.text for f in outcome.log.failures), *rejected_sites),
+            refusals=dict(Counter(f.code.name for f in outcome.log.failures if f.code is not None)),
             unanswered=tuple(outcome.log.unanswered),
             update_norm=verdict.update_norm if verdict is not None else None,
             update_bound=verdict.bound if verdict is not None else None,
             epsilon_max=worst, private=run.dp.enabled and (worst is None or math.isfinite(worst)),
-            epsilon_mean=statistics.fmean(finite) if finite else None)
+            epsilon_mean=statistics.fmean(finite) if finite else None,
+            located=tuple(outcome.log.located), locate_groups=outcome.log.locate_groups,
+            locate_time_s=outcome.log.locate_time_s, locate_note=outcome.log.locate_note)
         if verdict is not None and verdict.rejected:  # [robust]: the round is spent, its model never used
             recorder.record(RoundRecord(status="rejected", loss=verdict.loss_after, accuracy=None,
                                         round_time_s=time.perf_counter() - t0, eval_time_s=guard_eval,

@@ -78,6 +78,10 @@ class FitRoundLog:
     node_ids: list[int] = field(default_factory=list)  # the node of each result, when known
     unanswered: list[str] = field(default_factory=list)  # site names (or "node N") of attendance.unanswered
     attendance: Attendance = field(default_factory=Attendance)
+    located: list[str] = field(default_factory=list)  # sites the search over re-masked groups found (excluded)
+    locate_groups: int = 0  # re-masked groups unmasked in the round
+    locate_time_s: float = 0.0
+    locate_note: str | None = None  # how the search ended (or why no site could be located)
 
     @property
     def asked(self) -> int:
@@ -127,9 +131,16 @@ class RecordingStrategy(_Wrapper):
         self.inner = inner
         self.last = FitRoundLog()
         self.witnesses: SiteWitnesses | None = None
+        self.sent: dict[int, FitIns] = {}  # the round's task per node (a re-masked group is sent the same)
 
     def configure_fit(self, server_round: int, parameters: Parameters,
                       client_manager: ClientManager) -> list[tuple[ClientProxy, FitIns]]:
+        instructions = self._configure_fit(server_round, parameters, client_manager)
+        self.sent = {node_id(p): ins for p, ins in instructions}
+        return instructions
+
+    def _configure_fit(self, server_round: int, parameters: Parameters,
+                       client_manager: ClientManager) -> list[tuple[ClientProxy, FitIns]]:
         instructions = self.inner.configure_fit(server_round, parameters, client_manager)
         if self.witnesses is None:
             return instructions
@@ -253,6 +264,14 @@ class ScheduledStep(_Wrapper):
         stepped = [s + f * (a - s) if np.issubdtype(a.dtype, np.floating) else a
                    for s, a in zip(sent, agg, strict=True)]
         return ndarrays_to_parameters(stepped), metrics
+
+
+def guard_start(strategy: RecordingStrategy) -> list[np.ndarray]:
+    """The global weights the guarded layer was sent this round (what its checks start from)."""
+    layer: Any = strategy.inner
+    while layer is not None and not isinstance(layer, GuardedStrategy):
+        layer = getattr(layer, "inner", None) or getattr(layer, "strategy", None)
+    return list(layer.global_weights) if layer is not None else []
 
 
 def central_noise(strategy: RecordingStrategy) -> list[CentralNoise]:
@@ -419,6 +438,7 @@ class LegacyFederation:
         self.node_sites: dict[int, str] = {}
         self.registered = Registered()  # the registered names of the current round's nodes
         self._secagg_cfg = run.secagg
+        self._robust = run.robust
         self.secagg = secagg_workflow(run.secagg, max_weight=max_weight) if max_weight is not None else None
         self._thread, self._stop = start_client_manager(grid, manager)
         init_workflow_state(grid, self.ctx)
@@ -461,6 +481,8 @@ class LegacyFederation:
             # every site that trained, whether or not the sum could be unmasked
             last.node_ids = [n for n, _, _ in self.secagg.collected]
             last.results = [(k, m) for _, k, m in self.secagg.collected]
+            if halted is None and global_params_record(self.ctx) is before:
+                self._locate(server_round, last)
         else:
             fit_round_plain(watch, self.ctx)
         last.failures.extend(watch.refused)
@@ -477,6 +499,54 @@ class LegacyFederation:
                               halted_stage=halted or ("waiting for sites" if shortfall else "aggregate"))
         return FitOutcome(weights=self.weights(), log=self.strategy.last)
 
+    def _guard(self) -> UpdateGuard | None:
+        layer: Any = self.strategy.inner
+        while layer is not None and not isinstance(layer, GuardedStrategy):
+            layer = getattr(layer, "inner", None) or getattr(layer, "strategy", None)
+        return layer.guard if layer is not None else None
+
+    def _locate(self, server_round: int, last: FitRoundLog) -> None:
+        """The guard rejected the round's unmasked sum: search re-masked groups for the bad site(s) (`locate`); on
+        success the round's model is the other sites' sum and the located sites are left out of the run."""
+        from fedhaven.server.locate.remasked import locate
+
+        guard = self._guard()
+        if (guard is None or not guard.enabled or not guard.verdict.rejected or not self._robust.locate
+                or self.secagg is None):
+            return
+        rejected = guard.verdict.rejected
+        nodes = [n for n, _, _ in self.secagg.collected]
+        metrics = {n: m for n, _, m in self.secagg.collected}
+
+        def aggregate(results: list[tuple[ClientProxy, FitRes]]) -> Parameters | None:
+            guard.verdict.rejected = None  # the honest group's sum is tested afresh by the round's own checks
+            params, _ = self.strategy.inner.aggregate_fit(server_round, results, [])
+            return params
+
+        def name(node: int) -> str:  # the authenticated name where there is one, else the one the reply gave
+            claimed = metrics.get(node, {}).get("site")
+            return self.registered.name_of(node) or (str(claimed) if claimed else self._site_name(node))
+
+        found = locate(server_round=server_round, nodes=nodes, names=name, metrics=metrics,
+                       sent=self.strategy.sent, workflow=self.secagg, ctx=self.ctx,
+                       grid=_ReplyWatch(self.grid, Attendance(), self.registered), guard=guard, aggregate=aggregate,
+                       global_weights=guard_start(self.strategy), min_group=self._robust.locate_min_group,
+                       max_bad=self._robust.locate_max_bad, max_groups=self._robust.locate_max_groups)
+        last.locate_groups, last.locate_time_s, last.locate_note = found.groups, found.seconds, found.note
+        if found.params is None:
+            guard.verdict.rejected = f"{rejected}; {found.note}"
+            log.error("round %d: %s", server_round, found.note)
+            return
+        set_global_weights(self.ctx, parameters_to_ndarrays(found.params))
+        assert isinstance(self.ctx.client_manager, BoundedClientManager)
+        self.ctx.client_manager.exclude(found.located)
+        last.located = [name(n) for n in found.located]
+        for site in last.located:  # counted as a site whose update the guard rejected
+            guard.verdict.site_rejections.append(f"{site}: its update broke the round's sum (found by re-masked "
+                                                 f"groups); left out of the rest of the run")
+        log.warning("round %d: the sum was rejected (%s); %s (%.1f s); left out of the rest of the run",
+                    server_round, rejected, found.note, found.seconds)
+
     def _witness(self, log: FitRoundLog) -> None:
         """Remember, per site, the ledger entry each training reply was recorded as."""
         if len(log.node_ids) != len(log.results):
@@ -488,11 +558,15 @@ class LegacyFederation:
                 if self.strategy.witnesses is not None:
                     self.strategy.witnesses.record(node_id=node, witness=witness)
 
-    def _site_name(self, node: int) -> str:
+    def known_name(self, node: int) -> str | None:
+        """The name of the site on `node`: registered with the SuperLink, or given by its replies; None before."""
         name = self.registered.name_of(node) or self.node_sites.get(node)
         if name is None and self.strategy.witnesses is not None:
             name = self.strategy.witnesses.site_of(node)
-        return name or f"node {node}"
+        return name
+
+    def _site_name(self, node: int) -> str:
+        return self.known_name(node) or f"node {node}"
 
     def close(self) -> None:
         self._stop.set()

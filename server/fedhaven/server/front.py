@@ -3,8 +3,18 @@
 `Gate` wraps Flower's SuperLink application (same process, no proxy hop): a
 request whose path is not under its prefix is answered 403 (the Control API
 above all, which Flower 1.42's open-source edition serves without user
-authentication); a body above `max_body` gets 413; a client that stalls
-mid-request for `read_timeout` seconds gets 408; garbage gets uvicorn's 400.
+authentication); garbage gets uvicorn's 400.
+
+Nothing is read before it is allowed: with `auth` (`fedhaven.server.gate_auth`),
+a Fleet request whose headers do not carry a registered SuperNode's fresh,
+unreplayed signature is answered 401 (and a node with too many requests open 429)
+before a byte of its body is read; a declared body above its path's cap
+(`Limits.body_cap`) gets 413 unread, and a body that grows past it 413 at once; a
+body that would take the door past its budget of bytes in flight gets 503; a
+request still incomplete `read_timeout` seconds after its first byte gets 408
+(`fedhaven.server.limits` bounds headers and connections below this). Every
+refusal closes the connection. A body cut short by the client is dropped, never
+handed to Flower.
 
 Held pulls: Flower's SuperNode asks for a message and, finding none, sleeps 3 s
 before asking again; a SecAgg+ round is four such exchanges, so most of a
@@ -23,11 +33,16 @@ Flower's full second for objects still on their way.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from fedhaven.server.gate_auth import NodeAuth, Verdict
 from fedhaven.server.latency.uploads import Doorbell, Uploads
+from fedhaven.server.limits import STARTED, Budget, Limits
 from fedhaven.server.seam.wire import (
+    ACTIVATE_NODE_PATH,
+    ACTIVATION_FAILED_CODE,
     FLEET_PREFIX,
     OBJECT_PUSH_PATHS,
     PULL_PATH,
@@ -46,7 +61,8 @@ __all__ = ["FLEET_PREFIX", "RUNTIME_PREFIX", "Gate", "pushed_object_id"]
 
 REFUSAL = (b"fedhaven: only Flower's Fleet API (/v1/fleet/) is served here. The Control API is served to the "
            b"operator's account on the coordinator host only.\n")
-DEFAULT_MAX_BODY = 256 << 20  # a model push of a few hundred MB is the largest thing a site sends
+CLOSE = [(b"content-type", b"text/plain"), (b"connection", b"close")]
+CLOSE_JSON = [(b"content-type", b"application/json"), (b"connection", b"close")]
 #: Seconds a SuperNode's empty pull is held (its HTTP client gives up after 30 s) and, while held, how often Flower's
 #: app is asked again without a ring.
 DEFAULT_HOLD, RECHECK = 10.0, 0.5
@@ -59,24 +75,31 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
-class _TooLarge(Exception):
+class _Refused(Exception):
+    def __init__(self, status: int, text: str) -> None:
+        super().__init__(text)
+        self.status, self.text = status, text
+
+
+class _Truncated(Exception):
     pass
 
 
 class Gate:
     """ASGI middleware: passes HTTP requests under `prefix` (body read whole, bounded) to `app`, refuses the rest.
 
+    `limits` bounds bodies and time (`fedhaven.server.limits`); `auth` admits Fleet callers by their headers.
     With a `doorbell`: the Fleet gate (`hold` > 0) holds empty pulls, the Runtime gate rings it after a push.
     With `uploads` (one shared by both gates): a pulled message's answer waits until its objects are uploaded.
     """
 
-    def __init__(self, app: ASGIApp, *, prefix: str, max_body: int = DEFAULT_MAX_BODY,
-                 read_timeout: float = 60.0, doorbell: Doorbell | None = None, hold: float = 0.0,
-                 uploads: Uploads | None = None) -> None:
+    def __init__(self, app: ASGIApp, *, prefix: str, limits: Limits | None = None, auth: NodeAuth | None = None,
+                 doorbell: Doorbell | None = None, hold: float = 0.0, uploads: Uploads | None = None) -> None:
         self.app = app
         self.prefix = prefix
-        self.max_body = max_body
-        self.read_timeout = read_timeout
+        self.limits = limits or Limits()
+        self.auth = auth
+        self.budget = Budget(self.limits.in_flight)
         self.doorbell = doorbell
         self.hold = hold
         self.uploads = uploads
@@ -99,14 +122,29 @@ class Gate:
             self.refused += 1
             await respond(send, 403, REFUSAL)
             return
+        node: int | None = None
+        if self.auth is not None:
+            verdict = await self.auth.admit(scope.get("headers", []))
+            if verdict.node is None:
+                self.refused += 1
+                await respond(send, *_refusal(verdict, path))
+                return
+            node = verdict.node
+        held = [0]
         try:
-            body = await self._body(receive)
-        except _TooLarge:
-            await respond(send, 413, f"fedhaven: request body above {self.max_body} bytes\n".encode())
-            return
-        except TimeoutError:
-            await respond(send, 408, b"fedhaven: the request body did not arrive in time\n")
-            return
+            body = await self._body(scope, receive, held)
+            await self._serve(scope, path, body, receive, send)
+        except _Refused as no:
+            self.refused += 1
+            await respond(send, no.status, f"fedhaven: {no.text}\n".encode(), CLOSE)
+        except _Truncated:
+            return  # the client left mid-body: nothing is forwarded, there is no one to answer
+        finally:
+            self.budget.give(held[0])
+            if node is not None and self.auth is not None:
+                self.auth.release(node)
+
+    async def _serve(self, scope: Scope, path: str, body: bytes, receive: Receive, send: Send) -> None:
         node = pulling_node(body) if path == PULL_PATH and self.hold > 0 and self.doorbell is not None else None
         if node is not None and node not in self._holding and len(self._holding) < MAX_HELD:
             self._holding.add(node)  # one held pull per node: a site opening many gets the others answered at once
@@ -174,17 +212,30 @@ class Gate:
         finally:
             gone.cancel()
 
-    async def _body(self, receive: Receive) -> bytes:
+    async def _body(self, scope: Scope, receive: Receive, held: list[int]) -> bytes:
+        """The whole body, within its path's cap, the budget and the request's deadline; `held[0]` counts the
+        bytes taken from the budget (the caller gives them back when the request ends)."""
+        cap = self.limits.body_cap(scope["path"])
+        declared = _content_length(scope)
+        if declared is not None and declared > cap:
+            raise _Refused(413, f"request body above {cap} bytes for this path")
+        loop = asyncio.get_running_loop()
+        deadline = float(scope.get(STARTED, loop.time())) + self.limits.read_timeout
         chunks: list[bytes] = []
-        size = 0
         while True:
-            event = await asyncio.wait_for(receive(), timeout=self.read_timeout)
+            left = deadline - loop.time()
+            try:
+                event = await asyncio.wait_for(receive(), timeout=max(left, 0.001))
+            except TimeoutError:
+                raise _Refused(408, "the request did not arrive in time") from None
             if event["type"] == "http.disconnect":
-                return b"".join(chunks)
+                raise _Truncated
             chunk = event.get("body", b"")
-            size += len(chunk)
-            if size > self.max_body:
-                raise _TooLarge
+            if held[0] + len(chunk) > cap:
+                raise _Refused(413, f"request body above {cap} bytes for this path")
+            if not self.budget.take(len(chunk)):
+                raise _Refused(503, "the coordinator is busy; try again")
+            held[0] += len(chunk)
             chunks.append(chunk)
             if not event.get("more_body"):
                 return b"".join(chunks)
@@ -263,6 +314,23 @@ def _status_of(send: Send, status: list[int]) -> Send:
         await send(event)
 
     return wrapped
+
+
+def _content_length(scope: Scope) -> int | None:
+    for key, value in scope.get("headers", []):
+        if key == b"content-length":
+            return int(value) if value.isdigit() else None
+    return None
+
+
+def _refusal(verdict: Verdict, path: str) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+    """A refused caller's answer. A SuperNode whose key the coordinator does not know, asking to join, is told so as
+    Flower's SuperLink tells it (412, FLEET_NODE_ACTIVATION_FAILED in Flower's HTTP error shape) so that it prints
+    why and exits: on a 401 Flower's SuperNode stops itself without a word (`flwr.supercore.retry.http_retry`)."""
+    if verdict.unknown_key and path == ACTIVATE_NODE_PATH:
+        body = json.dumps({"code": ACTIVATION_FAILED_CODE, "detail": f"fedhaven: {verdict.reason}"}).encode()
+        return 412, body, CLOSE_JSON
+    return verdict.status, f"fedhaven: {verdict.reason}\n".encode(), CLOSE
 
 
 async def respond(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None) -> None:

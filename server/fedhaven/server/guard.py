@@ -130,6 +130,7 @@ class UpdateGuard:
         self._seed = secrets.randbits(40)  # public per round; randomness only keeps rotations unrelated
         self.verdict = RoundVerdict(server_round=0)
         self.consecutive_rejections = 0
+        self._testing = False  # inside `test_sum`: rejections are a search's verdicts, not the round's
 
     @property
     def coordinate_range(self) -> float | None:
@@ -171,13 +172,29 @@ class UpdateGuard:
         self.bound = self.next_bound()
         self.verdict = RoundVerdict(server_round=server_round, bound=self.bound if self.enabled else None)
         if self.enabled and self.bound < self.max_bound:
-            log.info("round %d: delta bound %.4g (%.3g x the median site delta norm of the round before; "
+            # behind --verbose: one line per round is the round's own (the bound is in metrics.jsonl, update_bound)
+            log.debug("round %d: delta bound %.4g (%.3g x the median site delta norm of the round before; "
                      "configured %.4g)", server_round, self.bound, self.adaptive_factor, self.max_bound)
         return self.verdict
 
     def reject(self, reason: str) -> None:
         self.verdict.rejected = reason
-        log.error("round %d rejected: %s", self.verdict.server_round, reason)
+        if not self._testing:
+            log.error("round %d rejected: %s", self.verdict.server_round, reason)
+
+    def test_sum(self, *, sent: Sequence[np.ndarray], global_weights: Sequence[np.ndarray],
+                 weights: Sequence[float]) -> str | None:
+        """Why a re-masked subgroup's unmasked sum (with its sites' weights) would be rejected, by the same checks as
+        the round's own (`aggregate`, `check_result`); None when it passes. The round's verdict is left as it was."""
+        saved, self._testing = self.verdict, True
+        self.verdict = RoundVerdict(server_round=saved.server_round, bound=saved.bound)
+        try:
+            new = self.aggregate(sent=sent, global_weights=global_weights, weights=weights)
+            if new is not None:
+                self.check_result(new=new, global_weights=global_weights)
+            return self.verdict.rejected
+        finally:
+            self.verdict, self._testing = saved, False
 
     def site_update(self, *, site: str, sent: Sequence[np.ndarray],
                     global_weights: Sequence[np.ndarray]) -> list[np.ndarray] | None:

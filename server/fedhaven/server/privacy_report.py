@@ -127,6 +127,16 @@ class PrivacyReport:
             lines += ["", "## Rounds rejected by the [robust] guard (the previous model kept; their spending is "
                       "counted above)", "",
                       *[f"- round {r['round']}: {markdown(r['reason'])}" for r in d["rounds_rejected"]]]
+        if d.get("located"):
+            lines += ["", "## Searches for a bad site inside a masked sum ([robust] locate)", "",
+                      "Each search re-masked the updates the sites had already sent (no training, no new spend) for "
+                      f"subgroups; the coordinator learned only those subgroups' sums (groups of at least "
+                      f"{d['located'][0]['min_group']} sites), planned so that no linear combination of the round's "
+                      f"sums is non-zero on fewer than {d['located'][0]['min_group']} honest sites.", "",
+                      *[f"- round {r['round']}: {markdown(r['note'] or '')}"
+                        + (f" Left out of the rest of the run: {', '.join(map(markdown, r['sites']))}."
+                           if r["sites"] else "") + f" ({r['groups']} group(s), {r['seconds']:.1f} s)"
+                        for r in d["located"]]]
         if d.get("site_failures"):
             lines += ["", "## Sites that did not contribute", "",
                       *[f"- round {r['round']}: {markdown(r['reason'])}" for r in d["site_failures"]]]
@@ -227,6 +237,9 @@ def build_privacy_report(*, run: RunConfig, sites: dict[str, SiteReport], rounds
                              "update_norm": r.update_norm, "update_bound": r.update_bound}
                             for r in rounds if r.status == "rejected"],
         "site_failures": failures,
+        "located": [{"round": r.round, "sites": list(r.located), "groups": r.locate_groups,
+                     "seconds": r.locate_time_s, "note": r.locate_note, "min_group": run.robust.locate_min_group}
+                    for r in rounds if r.locate_groups or r.locate_note],
         "membership_inference": membership_inference,
         "recompute": {"from_ledger": ledger_command or RECOMPUTE_LEDGER, "from_row": RECOMPUTE_ROW},
     }

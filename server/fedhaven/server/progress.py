@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import sys
+import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TextIO
 
 #: The coordinator's own log of a run (waits, site errors, resumption), beside its metrics; `fl-server run` follows it.
 RUN_LOG = "coordinator.log"
@@ -51,8 +53,44 @@ def absent_lines(rec: Mapping[str, Any], *, planned: int | None = None) -> list[
     return [f"round {rec['round']:3d}{of}  not counted: {why}" for why in dict.fromkeys(rec.get("failures", ()))]
 
 
-def print_round(logger: logging.Logger, rec: Mapping[str, Any], *, planned: int | None = None) -> None:
+class ProgressBar:
+    """On a terminal, each round line ends in a bar of the rounds done and the time left at the pace so far;
+    elsewhere (a log file, a pipe, CI) the round lines stay plain."""
+
+    WIDTH = 20
+
+    def __init__(self, *, planned: int, stream: TextIO | None = None) -> None:
+        self.planned = planned
+        self.stream = stream
+        self.started = time.monotonic()
+        self.first: int | None = None  # the first round this process saw done (a resumed run starts later)
+
+    def on_terminal(self) -> bool:
+        stream = self.stream if self.stream is not None else sys.stderr
+        try:
+            return stream.isatty()
+        except (AttributeError, ValueError):
+            return False
+
+    def bar(self, rec: Mapping[str, Any]) -> str:
+        """` [#####...............] 5/20, ~3 min left`; "" off a terminal or before round 1."""
+        done = int(rec.get("round", 0))
+        if not self.planned or done < 1 or rec.get("status") != "ok" or not self.on_terminal():
+            return ""
+        if self.first is None:
+            self.first = done
+        filled = min(self.WIDTH, round(self.WIDTH * done / self.planned))
+        text = f"  [{'#' * filled}{'.' * (self.WIDTH - filled)}]"
+        pace = (time.monotonic() - self.started) / max(1, done - self.first + 1)
+        left = pace * (self.planned - done)
+        if done < self.planned:
+            text += f" ~{left / 60:.0f} min left" if left >= 90 else f" ~{left:.0f} s left"
+        return text
+
+
+def print_round(logger: logging.Logger, rec: Mapping[str, Any], *, planned: int | None = None,
+                bar: ProgressBar | None = None) -> None:
     level, text = round_line(rec, planned=planned)
-    logger.log(level, "%s", text)
+    logger.log(level, "%s%s", text, bar.bar(rec) if bar is not None else "")
     for line in absent_lines(rec, planned=planned):
         logger.warning("%s", line)

@@ -74,6 +74,11 @@ class RoundRecord:
     rejected: str | None = None  # status "rejected": why the [robust] guard kept the previous model
     update_norm: float | None = None  # [robust] under SecAgg+: L2 norm of the aggregate's model delta
     update_bound: float | None = None  # [robust]: the L2 bound every honest site keeps on its delta
+    refusals: dict[str, int] = field(default_factory=dict)  # refusal code name (fedhaven.shared.refusal) -> sites
+    located: tuple[str, ...] = ()  # [robust] under SecAgg+: sites found to break the sum (left out of the run)
+    locate_groups: int = 0  # re-masked groups the search unmasked in this round
+    locate_time_s: float = 0.0  # what the search added to the round
+    locate_note: str | None = None  # how the search ended
 
 
 def finite_or_none(x: float | None) -> float | None:
@@ -82,7 +87,7 @@ def finite_or_none(x: float | None) -> float | None:
 
 
 def read_rounds(run_dir: Path) -> list[RoundRecord]:
-    """metrics.jsonl back as records (unknown keys ignored, a torn last line skipped)."""
+    """metrics.jsonl back as records (unknown keys ignored, a torn or incomplete line skipped)."""
     names = {f.name for f in fields(RoundRecord)}
     out = []
     path = run_dir / "metrics.jsonl"
@@ -95,5 +100,8 @@ def read_rounds(run_dir: Path) -> list[RoundRecord]:
         for key in ("failures", "unanswered"):
             rec[key] = tuple(rec.get(key) or ())
         rec["epsilons"] = {k: (math.inf if v is None else v) for k, v in (rec.get("epsilons") or {}).items()}
-        out.append(RoundRecord(**rec))
+        try:
+            out.append(RoundRecord(**rec))
+        except TypeError:  # a line missing a field (written over, or by hand) is skipped like a torn one
+            continue
     return out

@@ -18,8 +18,12 @@ and checks) is served by three uvicorn listeners in one process:
   executor (its calls carry the executor's shared secret or a per-task token).
 
 The TCP listeners wrap the app in `fedhaven.server.front.Gate` (refuse other
-paths with 403, bodies above the cap with 413, stalled clients with 408): no
-proxy hop, no second HTTP parse.
+paths with 403; on the Fleet listener, with Flower's SuperNode authentication on,
+callers that are not a registered node with a fresh signature get 401 before a
+byte of their body is read; bodies above their path's cap 413, stalled requests
+408) and run uvicorn's parser with `fedhaven.server.limits` (connections per source
+and in total, header size, header and request deadlines): no proxy hop, no second
+HTTP parse.
 
 Usage: `python -m fedhaven.server.superlink --uds PATH --listen HOST:PORT --runtime-listen 127.0.0.1:PORT
 [--certfile F --keyfile F] <flower-superlink arguments>`.
@@ -39,12 +43,14 @@ harden_environment()
 
 from fedhaven.server.front import (  # noqa: E402 - imported after harden_environment()
     DEFAULT_HOLD,
-    DEFAULT_MAX_BODY,
     FLEET_PREFIX,
     RUNTIME_PREFIX,
     Gate,
 )
+from fedhaven.server.gate_auth import NodeAuth  # noqa: E402 - imported after harden_environment()
 from fedhaven.server.latency.uploads import DEFAULT_SETTLE, Doorbell, Uploads  # noqa: E402 - imported after harden_environment()
+from fedhaven.server.limits import Connections, Limits, uvicorn_options  # noqa: E402 - after harden_environment()
+from fedhaven.server.seam.fleet_auth import auth_enabled, registered_keys  # noqa: E402 - after harden_environment()
 from fedhaven.server.seam.superlink_app import SUPERNODE_HTTP_TIMEOUT, superlink_app  # noqa: E402 - imported after harden_environment()
 
 
@@ -56,8 +62,19 @@ def _options(args: list[str]) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--runtime-listen", required=True, help="127.0.0.1:port for Flower's executor (Runtime API only)")
     p.add_argument("--certfile", help="TLS certificate of both TCP listeners (none: plain HTTP, --insecure)")
     p.add_argument("--keyfile")
-    p.add_argument("--max-body", type=int, default=DEFAULT_MAX_BODY, help="largest request body, bytes")
-    p.add_argument("--read-timeout", type=float, default=60.0, help="seconds a client may stall mid-request")
+    d = Limits()
+    p.add_argument("--max-object", type=int, default=d.max_object,
+                   help="largest object push (Flower sends arrays in 5 MB chunks), bytes; other Fleet calls are "
+                        "capped smaller")
+    p.add_argument("--max-in-flight", type=int, default=d.in_flight, help="request bodies held at once, bytes")
+    p.add_argument("--max-header", type=int, default=d.max_header, help="largest request line and headers, bytes")
+    p.add_argument("--header-timeout", type=float, default=d.header_timeout,
+                   help="seconds from a request's first byte to its last header")
+    p.add_argument("--read-timeout", type=float, default=d.read_timeout,
+                   help="seconds from a request's first byte to its last body byte")
+    p.add_argument("--max-connections", type=int, default=d.connections, help="open connections per listener")
+    p.add_argument("--max-connections-per-source", type=int, default=d.per_source,
+                   help="open connections per client address (a reverse proxy in front counts as one address)")
     p.add_argument("--pull-hold", type=float, default=DEFAULT_HOLD,
                    help="seconds a site's empty message pull is held until the ServerApp pushes (0: answer at once)")
     p.add_argument("--settle", type=float, default=DEFAULT_SETTLE,
@@ -71,11 +88,21 @@ def main(argv: list[str] | None = None) -> None:
     if opts.pull_hold < 0 or opts.settle < 0 or opts.pull_hold + opts.settle >= SUPERNODE_HTTP_TIMEOUT:
         raise SystemExit(f"fedhaven superlink: --pull-hold ({opts.pull_hold:g}) and --settle ({opts.settle:g}) must "
                          f"be >= 0 and sum to less than {SUPERNODE_HTTP_TIMEOUT:g} s (the SuperNode's HTTP timeout)")
+    try:
+        _limits(opts)
+    except ValueError as exc:
+        raise SystemExit(f"fedhaven superlink: {exc}") from None
     os.umask(0o077)  # the socket, the database and its -wal/-shm files: owner only
     app = superlink_app(flower_args)
     if os.path.exists(opts.uds):
         os.unlink(opts.uds)  # a socket left by a killed SuperLink
     asyncio.run(_serve(app, opts))
+
+
+def _limits(opts: argparse.Namespace) -> Limits:
+    return Limits(max_object=opts.max_object, in_flight=opts.max_in_flight, max_header=opts.max_header,
+                  header_timeout=opts.header_timeout, read_timeout=opts.read_timeout,
+                  connections=opts.max_connections, per_source=opts.max_connections_per_source)
 
 
 async def _serve(app: Any, opts: argparse.Namespace) -> None:
@@ -89,12 +116,15 @@ async def _serve(app: Any, opts: argparse.Namespace) -> None:
     doors = []
     bell = Doorbell()  # the runtime door rings it on every ServerApp push; the fleet door's held pulls wake up
     uploads = Uploads(settle=opts.settle)  # both doors: a pulled message waits for objects still being uploaded
+    limits = _limits(opts)
+    auth = NodeAuth(lambda: registered_keys(app)) if auth_enabled(app) else None
     for address, prefix in ((opts.listen, FLEET_PREFIX), (opts.runtime_listen, RUNTIME_PREFIX)):
         host, _, port = address.rpartition(":")
-        gate = Gate(app, prefix=prefix, max_body=opts.max_body, read_timeout=opts.read_timeout, doorbell=bell,
-                    hold=opts.pull_hold if prefix == FLEET_PREFIX else 0.0, uploads=uploads)
-        doors.append(uvicorn.Server(uvicorn.Config(gate, host=host, port=int(port), lifespan="off",
-                                                   h11_max_incomplete_event_size=64 * 1024, **tls, **common)))
+        fleet = prefix == FLEET_PREFIX
+        gate = Gate(app, prefix=prefix, limits=limits, auth=auth if fleet else None, doorbell=bell,
+                    hold=opts.pull_hold if fleet else 0.0, uploads=uploads)
+        doors.append(uvicorn.Server(uvicorn.Config(gate, host=host, port=int(port), lifespan="off", **tls,
+                                                   **{**common, **uvicorn_options(limits, Connections(limits))})))
     first = asyncio.create_task(inner.serve())
     while not inner.started:  # no TCP door opens before the SuperLink's state is up
         if first.done():

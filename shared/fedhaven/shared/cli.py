@@ -15,7 +15,10 @@ def build_parser(*, prog: str, description: str, package: str, subcommands: Mapp
                  common: Callable[[argparse.ArgumentParser], None] | None = None,
                  ) -> tuple[argparse.ArgumentParser, dict[str, ModuleType]]:
     """A parser with one subcommand per module `package.<name>`, each providing `add_arguments` and `run`."""
-    parser = argparse.ArgumentParser(prog=prog, description=description)
+    from fedhaven.shared.exitcodes import epilog
+
+    parser = argparse.ArgumentParser(prog=prog, description=description, epilog=epilog())
+    parser.add_argument("--version", action="version", version=version_line(prog))
     sub = parser.add_subparsers(dest="command", required=True)
     modules: dict[str, ModuleType] = {}
     for name, help_ in subcommands.items():
@@ -31,26 +34,54 @@ def build_parser(*, prog: str, description: str, package: str, subcommands: Mapp
 
 def run_command(*, prog: str, built: tuple[argparse.ArgumentParser, dict[str, ModuleType]],
                 argv: list[str] | None) -> int:
-    """Parse, set up logging, run the subcommand; configuration problems exit 2, runtime failures exit 1."""
+    """Parse, set up logging, run the subcommand; exit with a code of `fedhaven.shared.exitcodes.ExitCode`.
+
+    Configuration problems exit 2, runtime failures 1, a file of another account 5. Under a subcommand's
+    `--json` the error is also one JSON document on stdout (`error_document`), the message still on stderr.
+    """
     from fedhaven.shared.config import ConfigError
+    from fedhaven.shared.exitcodes import ExitCode, error_document, print_json
     from fedhaven.shared.runtime import configure_logging
 
     harden_environment()
     parser, modules = built
-    args = parse_with_overrides(parser, sys.argv[1:] if argv is None else argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = parse_with_overrides(parser, argv)
+    except SystemExit as exc:  # argparse: usage error (2) or --help/--version (0), already printed
+        if exc.code not in (0, None) and "--json" in argv:
+            print_json(error_document(command=prog, code=ExitCode.CONFIG, message="bad command line (see stderr)"))
+        raise
     configure_logging(verbose=args.verbose)
+    command = f"{prog} {args.command}"
+    problems: tuple[str, ...] = ()
     try:
         return int(modules[args.command].run(args) or 0)
     except ConfigError as exc:
-        print(_prefixed(f"{prog} {args.command}", str(exc)), file=sys.stderr)
-        return 2
+        code, message, problems = ExitCode.CONFIG, _prefixed(command, str(exc)), exc.problems
     except RuntimeError as exc:
-        print(_prefixed(f"{prog} {args.command}", str(exc)), file=sys.stderr)
-        return 1
+        code, message = ExitCode.FAILED, _prefixed(command, str(exc))
     except PermissionError as exc:
-        print(f"{prog} {args.command}: permission denied: {exc.filename or exc}. Only the account that owns it "
-              f"may use it (files are the owner's alone by design); run this as that account.", file=sys.stderr)
-        return 1
+        code, message = ExitCode.PERMISSION, (
+            f"{command}: permission denied: {exc.filename or exc}. Only the account that owns it may use it (files "
+            f"are the owner's alone by design); run this as that account.")
+    print(message, file=sys.stderr)
+    if getattr(args, "json", False):
+        print_json(error_document(command=command, code=code, message=message, problems=problems))
+    return int(code)
+
+
+def version_line(prog: str) -> str:
+    """`prog VERSION (Flower X, PyTorch Y, Opacus Z)`: what `--version` prints, read from the installed metadata."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def of(dist: str) -> str:
+        try:
+            return version(dist)
+        except PackageNotFoundError:
+            return "not installed"
+
+    return f"{prog} {of('fedhaven')} (Flower {of('flwr')}, PyTorch {of('torch')}, Opacus {of('opacus')})"
 
 
 def _prefixed(prefix: str, message: str) -> str:

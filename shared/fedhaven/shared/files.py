@@ -1,10 +1,12 @@
-"""Files written whole or not at all: the one way fedhaven writes a file that must survive a crash."""
+"""Files written whole or not at all (the one way fedhaven writes a file that must survive a crash), and read back."""
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 
 def fsync_dir(path: Path) -> None:
@@ -34,3 +36,12 @@ def write_atomic(path: Path, data: bytes, *, mode: int = 0o600) -> None:
         Path(tmp).unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+def read_json_object(path: Path) -> dict[str, Any]:
+    """A JSON object file as a dict; {} when it is missing, unreadable, torn or not an object (for display)."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}

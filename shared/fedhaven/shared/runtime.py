@@ -82,6 +82,7 @@ def configure_logging(*, verbose: bool = False) -> logging.Logger:
     for f in [f for f in flwr_logger.filters if isinstance(f, _FlowerLogFloor)]:
         flwr_logger.removeFilter(f)
     flwr_logger.addFilter(_FlowerLogFloor(logging.DEBUG if verbose else logging.CRITICAL))
+    quiet_python_warnings(verbose=verbose)
     logger = logging.getLogger("fedhaven")
     if not logger.handlers:
         handler = _StderrHandler()
@@ -90,6 +91,23 @@ def configure_logging(*, verbose: bool = False) -> logging.Logger:
         logger.propagate = False
     logger.setLevel(logging.DEBUG if verbose else logging.INFO)
     return logger
+
+
+def quiet_python_warnings(*, verbose: bool) -> None:
+    """Python's own warnings (a quantiser's RuntimeWarning, a library's DeprecationWarning) only under `verbose`:
+    in this process, and through PYTHONWARNINGS in every process it starts (Ray workers, SuperLink, SuperNodes,
+    ClientApp processes), unless the user set PYTHONWARNINGS."""
+    import warnings
+
+    if verbose:
+        if os.environ.get("PYTHONWARNINGS") == _QUIET_WARNINGS:
+            os.environ.pop("PYTHONWARNINGS")
+        return
+    warnings.simplefilter("ignore")
+    os.environ.setdefault("PYTHONWARNINGS", _QUIET_WARNINGS)
+
+
+_QUIET_WARNINGS = "ignore"
 
 
 class _StderrHandler(logging.StreamHandler[TextIO]):

@@ -215,8 +215,9 @@ class Scattering2D(nn.Module):
         low: torch.Tensor = s[..., 1: 1 + n, 1: 1 + n]
         return low
 
-    @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # No parameters: autograd records nothing unless `x` requires a gradient, which only attribution maps
+        # (fedhaven.shared.explain: gradients of the logits with respect to the raw image) ask for.
         spec = self.spec
         if x.dim() != 4 or x.shape[1:] != (spec.channels, spec.image_size, spec.image_size):
             raise ValueError(f"scattering expects (N, {spec.channels}, {spec.image_size}, {spec.image_size}), "

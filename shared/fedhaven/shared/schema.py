@@ -299,6 +299,13 @@ class RobustConfig:
     rotate: bool = True
     loss_factor: float = field(default=2.0, metadata=bounds(gt=1))
     max_rejected: int = field(default=3, metadata=bounds(ge=1))
+    # under SecAgg+, a rejected sum starts a search for the bad site over re-masked subgroup sums of the same
+    # updates (no training, no spend): groups of at least `locate_min_group` sites, no combination of the round's
+    # sums isolating fewer honest ones; up to `locate_max_bad` sites located, `locate_max_groups` groups a round
+    locate: bool = True
+    locate_min_group: int = field(default=3, metadata=bounds(ge=2))
+    locate_max_bad: int = field(default=1, metadata=bounds(ge=1, le=3))
+    locate_max_groups: int = field(default=8, metadata=bounds(ge=1, le=64))
 
     def problems(self) -> list[str]:
         if isinstance(self.max_update_norm, float) and self.max_update_norm <= 0:
@@ -400,6 +407,17 @@ class WaitConfig:
 
 
 @dataclass(frozen=True)
+class TrackingConfig:
+    """Experiment tracking by the coordinator (sites never need it): MLflow and TensorBoard event files."""
+
+    enabled: bool = True
+    # MLflow tracking URI ("http://mlflow.example:5000", "file:/data/mlruns", ...); "" takes MLFLOW_TRACKING_URI,
+    # else a local file store `mlruns` beside the run directories
+    uri: str = ""
+    experiment: str = "fedhaven"  # the MLflow experiment every run of this config is logged under
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """Everything the coordinator needs for one federated run; the same in simulation and deployment."""
 
@@ -422,6 +440,7 @@ class RunConfig:
     central_dp: CentralDPConfig = field(default_factory=CentralDPConfig)
     waits: WaitConfig = field(default_factory=WaitConfig)
     robust: RobustConfig = field(default_factory=RobustConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     #: Settings that exist only in simulation: refused with the reason rather than as an unknown setting.
     unknown_hints = {"attack": "the attack harness is simulation-only: only fl-sim experiments may have an [attack] "
@@ -487,6 +506,15 @@ class SitePolicy:
     min_sites: int = field(default=3, metadata=bounds(ge=1))
     secagg_min_threshold: int = field(default=2, metadata=bounds(ge=1))
     secagg_min_neighbours: int = field(default=2, metadata=bounds(ge=0))
+    # the fewest sites a re-masked subgroup sum (locating a bad site, `[robust] locate`) may hide this site's update
+    # among, counting every combination with the round's sum and the groups it joined before in that round
+    locate_min_group: int = field(default=3, metadata=bounds(ge=2))
+    # opt-in (off: nothing about the site's data leaves it but DP training updates): once per run, share a noisy
+    # class histogram with the coordinator, Gaussian noise of standard deviation `class_histogram_noise` images on
+    # each count (L2 sensitivity 1: one image changes one count by one); its epsilon is a ledger entry, counted
+    # against max_epsilon like a round of training, and it is not shared when the budget cannot pay for it
+    share_class_histogram: bool = False
+    class_histogram_noise: float = field(default=20.0, metadata=bounds(gt=0))
 
     def allows_model(self, name: str) -> bool:
         return "*" in self.allowed_models or name in self.allowed_models

@@ -24,8 +24,11 @@ NEIGHBOURS_RECORD = "fedhaven.secagg-neighbours"
 _DOMAIN = "fedhaven secagg+ public keys v1"
 
 
-def keys_payload(*, run_id: int, round_id: str, node_id: int, pk1: bytes, pk2: bytes) -> bytes:
-    """What a site signs: its two SecAgg+ public keys, for one run, round (Flower's group id) and node."""
+def keys_payload(*, run_id: int, round_id: str, node_id: int, pk1: bytes, pk2: bytes, group: str = "") -> bytes:
+    """What a site signs: its two SecAgg+ public keys, for one run, round (Flower's group id) and node, and in a
+    re-mask round the digest of the group's member list (`fedhaven.shared.remask`)."""
+    if group:
+        return payload(_DOMAIN, run_id, round_id, node_id, digest(pk1), digest(pk2), group)
     return payload(_DOMAIN, run_id, round_id, node_id, digest(pk1), digest(pk2))
 
 

@@ -1,9 +1,10 @@
-"""`fl-sim`: simulate many sites on one machine. `fl-sim run`, `fl-sim check`, `fl-sim list`."""
+"""`fl-sim`: simulate many sites on one machine. `fl-sim run`, `fl-sim check`, `fl-sim list`, `fl-sim compare`."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import time
 from dataclasses import asdict
@@ -14,9 +15,10 @@ from fedhaven.shared.runtime import configure_logging, harden_environment
 
 harden_environment()  # before anything imports flwr: Flower reads the telemetry switch on import
 
-from fedhaven.server.progress import print_round  # noqa: E402 - imported after harden_environment()
-from fedhaven.shared.cli import parse_with_overrides  # noqa: E402 - imported after harden_environment()
+from fedhaven.server.progress import ProgressBar, print_round  # noqa: E402 - imported after harden_environment()
+from fedhaven.shared.cli import parse_with_overrides, version_line  # noqa: E402 - after harden_environment()
 from fedhaven.shared.config import ConfigError, parse, to_dict  # noqa: E402 - imported after harden_environment()
+from fedhaven.shared.exitcodes import ExitCode, epilog  # noqa: E402 - imported after harden_environment()
 from fedhaven.shared.schema import ExperimentConfig  # noqa: E402 - imported after harden_environment()
 from fedhaven.sim.experiment import (  # noqa: E402 - imported after harden_environment()
     DEFAULT_EXPERIMENT,
@@ -28,12 +30,14 @@ from fedhaven.sim.experiment import (  # noqa: E402 - imported after harden_envi
 if TYPE_CHECKING:
     from fedhaven.server.records import RoundRecord
 
-COMMANDS = ("run", "check", "list")
+COMMANDS = ("run", "check", "list", "compare")
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fl-sim", description="Simulate a fedhaven federation on this machine "
                                 "(Flower simulation engine), with the same ClientApp and ServerApp as deployment.")
+    p.add_argument("--version", action="version", version=version_line("fl-sim"))
+    p.epilog = epilog()
     sub = p.add_subparsers(dest="command")
     for name, help_ in (("run", "run an experiment (the default command)"),
                         ("check", "validate an experiment and print its effective config, without training")):
@@ -54,8 +58,14 @@ def _parser() -> argparse.ArgumentParser:
         if name == "run":
             s.add_argument("--resume", type=Path, metavar="RUN_DIR",
                            help="continue an interrupted run from its last complete round, with its own settings")
-        s.add_argument("-v", "--verbose", action="store_true", help="show Flower's and Ray's own logs")
+            s.add_argument("--show-config", action="store_true",
+                           help="print the whole effective configuration (always written to experiment.json)")
+        s.add_argument("-v", "--verbose", action="store_true",
+                       help="show Flower's, Ray's and Python's own messages (workers included)")
     sub.add_parser("list", help="list the bundled experiments")
+    from fedhaven.sim import compare
+
+    compare.add_arguments(sub.add_parser("compare", help=compare.HELP, description=compare.HELP))
     return p
 
 
@@ -77,6 +87,33 @@ def effective_config(exp: ExperimentConfig) -> str:
     import tomli_w
 
     return tomli_w.dumps(to_dict(exp))
+
+
+def changed_settings(exp: ExperimentConfig) -> list[str]:
+    """`key=value` for every setting that differs from fedhaven's defaults (the name and places excepted)."""
+    from fedhaven.shared.config import flatten
+
+    ours, defaults = flatten(to_dict(exp)), flatten(to_dict(ExperimentConfig()))
+    skip = ("name", "output_dir", "resume_from")
+    return [f"{k}={v}" for k, v in ours.items() if k not in skip and defaults.get(k) != v]
+
+
+def headline(exp: ExperimentConfig) -> list[str]:
+    """What this run is, in a few lines: data, sites, rounds, privacy, and the settings not at their defaults."""
+    dp = (f"DP epsilon <= {exp.dp.target_epsilon:g} per site at delta {exp.dp.delta:g}" if exp.dp.enabled
+          else "DP OFF")
+    out = [f"{exp.name}: {exp.sites} sites, {exp.partition} split of {exp.data.source}, {exp.rounds} rounds, {dp}, "
+           f"SecAgg+ {'on' if exp.secagg.enabled else 'OFF'}"]
+    changed = changed_settings(exp)
+    if changed:
+        line, lines = "not default:", []
+        for item in changed:  # wrapped: a handful of lines at most
+            if len(line) + len(item) > 110:
+                lines.append(line)
+                line = "            "
+            line += f" {item}"
+        out += [*lines, line]
+    return out
 
 
 def resumed_experiment(args: argparse.Namespace) -> ExperimentConfig:
@@ -119,7 +156,7 @@ def warnings_for(exp: ExperimentConfig) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] not in (*COMMANDS, "-h", "--help"):
+    if not argv or argv[0] not in (*COMMANDS, "-h", "--help", "--version"):
         argv.insert(0, "run")
     args = parse_with_overrides(_parser(), argv)
     logger = configure_logging(verbose=getattr(args, "verbose", False))
@@ -127,6 +164,10 @@ def main(argv: list[str] | None = None) -> int:
         for name in bundled_experiments():
             print(name)
         return 0
+    if args.command == "compare":
+        from fedhaven.sim import compare
+
+        return compare.run(args)
     try:
         if getattr(args, "resume", None) is not None:
             exp = resumed_experiment(args)
@@ -134,10 +175,14 @@ def main(argv: list[str] | None = None) -> int:
             exp = load_experiment(source=args.experiment, overrides=args.overrides, flags=_flags(args))
     except ConfigError as exc:
         print(f"fl-sim: {exc}", file=sys.stderr)
-        return 2
+        return ExitCode.CONFIG
     for w in warnings_for(exp):
         logger.warning(w)
-    logger.info("effective configuration:\n%s", effective_config(exp))
+    if args.command == "check" or getattr(args, "show_config", False):
+        logger.info("effective configuration:\n%s", effective_config(exp))
+    else:
+        for line in headline(exp):
+            logger.info("%s", line)
 
     from fedhaven.sim.runner import SimulationFailed, check_experiment, run_experiment, sites_per_round
 
@@ -145,12 +190,12 @@ def main(argv: list[str] | None = None) -> int:
         checked = check_experiment(exp)
     except (ConfigError, ValueError) as exc:
         print(f"fl-sim: {exc}", file=sys.stderr)
-        return 2
+        return ExitCode.CONFIG
     sizes = checked.sizes
     logger.info("%d sites, %d-%d training examples each, %d per round", len(sizes), min(sizes), max(sizes),
                 sites_per_round(exp))
-    for line in checked.needs:
-        logger.info("%s", line)
+    for line in checked.needs:  # what the machine must give: printed by `check`, behind --verbose for a run
+        logger.log(logging.INFO if args.command == "check" else logging.DEBUG, "%s", line)
     if args.command == "check":
         logger.info("check passed: nothing was trained")
         return 0
@@ -158,15 +203,17 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = (Path(exp.resume_from) if exp.resume_from else
                args.run_dir or Path(exp.output_dir) / f"{exp.name}-{time.strftime('%Y%m%d-%H%M%S')}")
 
-    def progress(rec: RoundRecord) -> None:
-        print_round(logger, asdict(rec), planned=exp.rounds)
+    bar = ProgressBar(planned=exp.rounds)
 
-    logger.info("running %s -> %s", exp.name, run_dir)
+    def progress(rec: RoundRecord) -> None:
+        print_round(logger, asdict(rec), planned=exp.rounds, bar=bar)
+
+    logger.info("running %s -> %s (full configuration in %s)", exp.name, run_dir, run_dir / EXPERIMENT_FILE)
     try:
-        summary = run_experiment(exp=exp, run_dir=run_dir, on_round=progress)
+        summary = run_experiment(exp=exp, run_dir=run_dir, on_round=progress, verbose=args.verbose)
     except (SimulationFailed, ConfigError) as exc:
         print(f"fl-sim: FAILED: {exc}", file=sys.stderr)
-        return 1
+        return ExitCode.FAILED
     logger.info("\n%s", summary.text())
     for w in warnings_for(exp):
         logger.warning(w)

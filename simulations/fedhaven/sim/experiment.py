@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,16 @@ def experiment_path(name_or_path: str) -> Path:
                        f"({', '.join(bundled_experiments())})"], source="experiment")
 
 
+def default_name(exp: ExperimentConfig) -> str:
+    """`<data>-<N>-sites-<partition>`: `mnist-10-sites-iid`, `xrays-3-sites-folders` for an ImageFolder tree
+    `xrays/` (its folder's name), `digits-3-sites-dirichlet0.3`."""
+    data: str = exp.data.source
+    if exp.data.source in ("idx", "imagefolder") and exp.data.path:
+        data = Path(exp.data.path).expanduser().resolve().name or data
+    label = re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{data}-{exp.sites}-sites-{exp.partition.replace(':', '')}")
+    return label.strip("-.") or "experiment"
+
+
 def load_experiment(
     *, source: str = DEFAULT_EXPERIMENT, overrides: Sequence[str] = (), flags: Mapping[str, Any] | None = None
 ) -> ExperimentConfig:
@@ -45,6 +56,10 @@ def load_experiment(
     if flags:
         data = deep_merge(data, dict(flags))
     exp = parse(ExperimentConfig, data, source=str(path))
+    if "name" not in data:  # a run's name follows its data and sites, whatever file it started from
+        from dataclasses import replace
+
+        exp = replace(exp, name=default_name(exp))
     if exp.train.recipe != "auto":
         return exp
     from fedhaven.shared.recipe import apply_recipe

@@ -118,6 +118,7 @@ class LoopbackFederation:
             self.cpu_threads = max(1, (os.cpu_count() or 1) // len(self.site_names))
         self.front = free_port()
         self.runtime_port = free_port()
+        self.operator_port = free_port()  # the operator console, /metrics and probes (`--operator-listen`)
 
     @classmethod
     def in_temp(cls, *, prefix: str = "fedhaven-loopback-", **kwargs: Any) -> LoopbackFederation:
@@ -204,7 +205,8 @@ path = "data"
 
     def start_coordinator(self, *, timeout: float = 90) -> None:
         """`fl-server start`; returns once this very process has written its coordinator.json."""
-        proc = self.spawn("coordinator", "fl-server", "start", "--state-dir", str(self.state))
+        proc = self.spawn("coordinator", "fl-server", "start", "--state-dir", str(self.state), "--operator-listen",
+                          f"127.0.0.1:{self.operator_port}")
         deadline = time.monotonic() + timeout
         while (self.runtime() or {}).get("pid") != proc.pid:
             if proc.poll() is not None or time.monotonic() > deadline:

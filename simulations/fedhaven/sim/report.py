@@ -1,16 +1,14 @@
-"""What a researcher reads after a run: summary.json (also printed) and PNG plots of accuracy and epsilon per round."""
+"""What a researcher reads after a run: summary.json (also printed); the coordinator draws the plots (server.plots)."""
 
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from fedhaven.server.federation import RunResult
 from fedhaven.server.privacy_report import format_epsilon
-from fedhaven.server.records import RoundRecord, finite_or_none
 from fedhaven.shared.files import write_atomic
 from fedhaven.shared.schema import ExperimentConfig
 
@@ -43,12 +41,27 @@ class Summary:
         lines += [f"secure agg.    {'SecAgg+' if d['secure_aggregation'] else 'OFF'}",
                   f"wall time      {d['wall_time_s']:.1f} s",
                   f"run directory  {d['run_dir']}"]
+        tracking = d.get("tracking")
+        if tracking:
+            lines.append(f"tracking       MLflow {tracking['tracking_uri']} (experiment {tracking['experiment_id']}); "
+                         f"tensorboard --logdir {d['run_dir']}/tensorboard")
         if d.get("rounds_rejected"):
             lines.append(f"rejected       {d['rounds_rejected']} round(s) rejected by the [robust] guard, the previous "
                          f"model kept (metrics.jsonl says why)")
         if d.get("stopped"):
             lines.append(f"stopped        {d['stopped']}")
         return "\n".join(lines)
+
+
+def _tracking(run_dir: Path) -> dict[str, Any] | None:
+    """Where the coordinator logged the run in MLflow (its tracking.json), or None when it did not."""
+    from fedhaven.server.tracking import TRACKING_FILE
+
+    try:
+        data = json.loads((run_dir / TRACKING_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def summarize(*, exp: ExperimentConfig, result: RunResult, wall_time_s: float) -> Summary:
@@ -86,43 +99,8 @@ def summarize(*, exp: ExperimentConfig, result: RunResult, wall_time_s: float) -
         "stopped": report["stopped"],
         "wall_time_s": wall_time_s,
         "run_dir": str(result.run_dir),
+        "tracking": _tracking(result.run_dir),
     }
     path = result.run_dir / "summary.json"
     write_atomic(path, json.dumps(data, indent=2).encode())
     return Summary(data=data, path=path)
-
-
-def plot_rounds(*, rounds: list[RoundRecord], run_dir: Path, title: str) -> list[Path]:
-    """accuracy.png and epsilon.png per round; returns the files written."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ok = [r for r in rounds if r.status in ("ok", "initial")]
-    out = []
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot([r.round for r in ok], [100 * r.accuracy if r.accuracy is not None else math.nan for r in ok], "o-")
-    ax.set(xlabel="round", ylabel="test accuracy (%)", title=f"{title}: accuracy")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(run_dir / "accuracy.png", dpi=120)
-    out.append(run_dir / "accuracy.png")
-    plt.close(fig)
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    done = [r for r in ok if r.round > 0]
-    sites = sorted({s for r in done for s in r.epsilons})
-    for s in sites:
-        ax.plot([r.round for r in done], [finite_or_none(r.epsilons.get(s)) or math.nan for r in done],
-                color="grey", alpha=0.3, lw=1)
-    ax.plot([r.round for r in done], [finite_or_none(r.epsilon_max) or math.nan for r in done], "o-",
-            color="C3", label="max over sites")
-    ax.set(xlabel="round", ylabel="epsilon (cumulative)", title=f"{title}: privacy spent")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(run_dir / "epsilon.png", dpi=120)
-    out.append(run_dir / "epsilon.png")
-    plt.close(fig)
-    return out

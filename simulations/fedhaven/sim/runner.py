@@ -19,7 +19,7 @@ from fedhaven.shared.config import ConfigError
 from fedhaven.shared.data import ImageData
 from fedhaven.shared.runtime import HARDENED_ENV
 from fedhaven.shared.schema import ExperimentConfig
-from fedhaven.sim.report import Summary, plot_rounds, summarize
+from fedhaven.sim.report import Summary, summarize
 from fedhaven.sim.sites import SimulatedSites
 
 if TYPE_CHECKING:
@@ -134,9 +134,11 @@ def resource_needs(exp: ExperimentConfig, sizes: list[int], test: ImageData) -> 
 
 
 def run_experiment(
-    *, exp: ExperimentConfig, run_dir: Path, on_round: Callable[[RoundRecord], None] | None = None
+    *, exp: ExperimentConfig, run_dir: Path, on_round: Callable[[RoundRecord], None] | None = None,
+    verbose: bool = False,
 ) -> Summary:
-    """Simulate `exp` end to end; write the run directory; return the summary."""
+    """Simulate `exp` end to end; write the run directory; return the summary. Ray's and its workers' own output
+    (Flower's logs in the ClientApp actors) reach this terminal only when `verbose`."""
     from flwr.simulation import run_simulation
 
     started = time.perf_counter()
@@ -156,6 +158,9 @@ def run_experiment(
         (run_dir / EXPERIMENT_FILE).write_text(json.dumps({k: v for k, v in to_dict(exp).items()
                                                            if k != "resume_from"}, indent=2))
         create_site_ledgers(sites)
+        from fedhaven.sim.quality import write_site_reports
+
+        write_site_reports(sites)  # each site's data-quality report, kept with the site (never sent)
     server_app = make_server_app(run=exp.run_config(), run_dir=run_dir, max_weight=max_weight, on_round=on_round,
                                  on_result=results.append, witnesses=SiteWitnesses(run_dir / "ledger-witnesses.json"),
                                  audit=lambda weights: audit_membership(exp=exp, weights=weights),
@@ -163,7 +168,7 @@ def run_experiment(
     client_app = make_client_app(sites=sites, update_mods=attack_mods(exp, sites))
     backend_config = {
         "client_resources": {"num_cpus": exp.simulation.cpus_per_site, "num_gpus": exp.simulation.gpus_per_site},
-        "init_args": ray_init_args(exp),
+        "init_args": ray_init_args(exp, verbose=verbose),
     }
     os.environ.update(HARDENED_ENV)  # Ray workers inherit the environment of this process
     from fedhaven.sim.prepare import prepare_sites
@@ -181,15 +186,16 @@ def run_experiment(
     if not results:
         raise SimulationFailed(f"the server finished without a result; see the log (partial results in {run_dir})")
     wall = time.perf_counter() - started
-    result = results[0]
-    plot_rounds(rounds=result.rounds, run_dir=run_dir, title=exp.name)
-    return summarize(exp=exp, result=result, wall_time_s=wall)
+    return summarize(exp=exp, result=results[0], wall_time_s=wall)
 
 
-def ray_init_args(exp: ExperimentConfig) -> dict[str, Any]:
+def ray_init_args(exp: ExperimentConfig, *, verbose: bool = False) -> dict[str, Any]:
     """How the simulation reaches Ray: a local instance on this machine's cores, or the existing cluster at
-    `simulation.ray_address` (whose nodes run the same fedhaven installation)."""
-    args: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.ERROR, "log_to_driver": True}
+    `simulation.ray_address` (whose nodes run the same fedhaven installation). Quiet unless `verbose`: Ray's own
+    start-up lines and its workers' output (Flower's DEBUG lines from SecAgg+, actor warnings) stay in Ray's session
+    logs; the coordinator reports every site's failure itself, by name."""
+    args: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.INFO if verbose else logging.ERROR,
+                            "log_to_driver": verbose}
     if exp.simulation.ray_address:
         args["address"] = exp.simulation.ray_address
     else:

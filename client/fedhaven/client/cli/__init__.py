@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fedhaven.shared.runtime import harden_environment
@@ -18,6 +19,18 @@ SUBCOMMANDS = {
     "start": "join the federation (starts Flower's SuperNode with this site's key)",
     "ledger": "show, verify, init (new site) or reset (with a reason) this site's privacy ledger",
 }
+
+
+#: The environment variable that names the site's configuration file (and so its state directory, its
+#: `state_dir`) when --config is not given.
+SITE_CONFIG_ENV = "FEDHAVEN_SITE_CONFIG"
+
+
+def default_config() -> Path:
+    """The site.toml a subcommand reads without --config: $FEDHAVEN_SITE_CONFIG, else ./site.toml."""
+    import os
+
+    return Path(os.environ.get(SITE_CONFIG_ENV) or "site.toml")
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, ModuleType]]:

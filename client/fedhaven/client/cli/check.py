@@ -8,9 +8,10 @@ import logging
 import math
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from fedhaven.client.anchor import anchor_location_problems, anchor_location_warnings
+from fedhaven.client.cli import SITE_CONFIG_ENV, default_config
 from fedhaven.client.policy import budget_spent
 from fedhaven.client.site_config import SiteConfig, load_site_config
 from fedhaven.shared.config import ConfigError
@@ -28,7 +29,12 @@ log = logging.getLogger("fedhaven.client")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", type=Path, default=Path("site.toml"), help="the site's configuration file")
+    p.add_argument("--config", type=Path, default=default_config(),
+                   help=f"the site's configuration file (default: ${SITE_CONFIG_ENV}, else ./site.toml)")
+    p.add_argument("--json", action="store_true", help="print one JSON document on stdout (errors too, with a code)")
+    p.add_argument("--report", nargs="?", const="", default=None, metavar="DIR",
+                   help="also write the data-quality report (quality.md, quality.json) into DIR (default: "
+                        "STATE_DIR/quality); it stays at the site")
 
 
 def credential_problems(cfg: SiteConfig) -> list[str]:
@@ -148,11 +154,48 @@ def resource_needs(cfg: SiteConfig, data: ImageData) -> tuple[list[Footprint], l
     return needs, problems
 
 
+def check_document(*, cfg: SiteConfig, data: ImageData, needs: list[Footprint], spent: float,
+                   entries: int, anchor: Path) -> dict[str, Any]:
+    """What a passed `fl-client check` found, for `--json` (an infinite epsilon is null with `private` false)."""
+    from dataclasses import asdict
+
+    p, spec = cfg.policy, data.spec
+    models = [n for n in BUILT_IN_MODELS if p.allows_model(n)]
+    return {
+        "ok": True, "command": "fl-client check", "site": cfg.name,
+        "coordinator": {"address": cfg.coordinator.address, "tls": not cfg.coordinator.insecure},
+        "device": resolve_device(cfg.device),
+        "data": {"images": len(data), "channels": spec.channels, "image_size": spec.image_size,
+                 "classes": dict(data.class_counts())},
+        # not strict: resource_needs leaves out a model that does not take these images
+        "models": {m: asdict(fp) for m, fp in zip(models, needs, strict=False)},
+        "ledger": {"entries": entries, "verified": True, "anchor": str(anchor)},
+        "budget": {"epsilon_spent": None if math.isinf(spent) else spent, "private": not math.isinf(spent),
+                   "max_epsilon": p.max_epsilon, "delta": p.delta,
+                   "epsilon_left": None if math.isinf(spent) else max(0.0, p.max_epsilon - spent)},
+        "policy": {"min_noise_multiplier": p.min_noise_multiplier, "require_dp": p.require_dp,
+                   "require_secure_aggregation": p.require_secure_aggregation, "allowed_models": list(p.allowed_models),
+                   "min_sites": p.min_sites, "secagg_min_threshold": p.secagg_min_threshold,
+                   "secagg_min_neighbours": p.secagg_min_neighbours,
+                   "roster": str(cfg.roster) if cfg.roster else None},
+    }
+
+
 def run(args: argparse.Namespace) -> int:
     cfg = load_site_config(args.config)
+    if getattr(args, "report", None) is not None:  # before the checks: a report is most wanted when the data fails
+        from fedhaven.client.quality.report import write_site_report
+
+        write_site_report(cfg, folder=Path(args.report) if args.report else None)
     data, needs = check_site(cfg)
     ledger = cfg.ledger()
     spent = budget_spent(policy=cfg.policy, history=ledger.history())
+    if getattr(args, "json", False):
+        from fedhaven.shared.exitcodes import print_json
+
+        print_json(check_document(cfg=cfg, data=data, needs=needs, spent=spent, entries=len(ledger.entries()),
+                                  anchor=ledger.anchor_path))
+        return 0
     log.info("site          %s", cfg.name)
     log.info("coordinator   %s (%s)", cfg.coordinator.address, "PLAIN HTTP" if cfg.coordinator.insecure else "TLS")
     log.info("device        %s", resolve_device(cfg.device))

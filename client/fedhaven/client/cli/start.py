@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from fedhaven.client.cli import SITE_CONFIG_ENV, default_config
 from fedhaven.client.cli.check import check_site
 from fedhaven.client.deployment import SITE_CONFIG_KEY
 from fedhaven.client.seam.formats import admission_failures, is_empty_log_line
@@ -45,7 +46,8 @@ KNOWN_FAILURES = {
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", type=Path, default=Path("site.toml"), help="the site's configuration file")
+    p.add_argument("--config", type=Path, default=default_config(),
+                   help=f"the site's configuration file (default: ${SITE_CONFIG_ENV}, else ./site.toml)")
 
 
 def preflight(cfg: SiteConfig, *, timeout: float = 10.0) -> None:

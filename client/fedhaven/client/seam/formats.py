@@ -11,6 +11,7 @@ from __future__ import annotations
 #: - "CERTIFICATE_VERIFY_FAILED": OpenSSL's text, which the same function prints as `str(exc)`.
 ADMISSION_MARKERS: dict[str, str] = {
     "Failed to activate SuperNode": "key-rejected",
+    "fedhaven: unknown or revoked key": "key-rejected",  # the coordinator's gate (fedhaven.server.gate_auth)
     "code: 2001": "key-missing",
     "CERTIFICATE_VERIFY_FAILED": "tls-unverified",
 }

@@ -172,3 +172,31 @@ def content_sha256(*, msg: Message) -> str:
     whose content address is the public `content.object_id`; switching would change the hash.)
     """
     return hashlib.sha256(recorddict_to_proto(msg.content).SerializeToString(deterministic=True)).hexdigest()
+
+
+#: A site's last sent update (its FitRes parameters, Flower's legacy layout), kept in the context until its round ends.
+_KEPT_PARAMS = "fedhaven.kept-update"
+
+
+def keep_parameters(*, ctx: Context, reply: Message) -> None:
+    """Keep the parameters of the FitRes `reply` carries in the context (replacing any kept before)."""
+    ctx.state.array_records[_KEPT_PARAMS] = compat.parameters_to_arrayrecord(fitres_of(reply=reply).parameters,
+                                                                             keep_input=True)
+
+
+def forget_parameters(*, ctx: Context) -> None:
+    if _KEPT_PARAMS in ctx.state.array_records:
+        del ctx.state.array_records[_KEPT_PARAMS]
+
+
+def kept_reply(*, ctx: Context, msg: Message, num_examples: int, metrics: dict[str, Any]) -> Message | None:
+    """A reply to `msg` carrying the kept parameters as a FitRes (None: nothing kept)."""
+    record = ctx.state.array_records.get(_KEPT_PARAMS)
+    if record is None:
+        return None
+    from flwr.common import Code, Status
+
+    res = FitRes(status=Status(code=Code.OK, message="Success"),
+                 parameters=compat.arrayrecord_to_parameters(record, keep_input=True), num_examples=num_examples,
+                 metrics=metrics)
+    return Message(content=compat.fitres_to_recorddict(res, keep_input=True), reply_to=msg)

@@ -22,9 +22,15 @@ SUBCOMMANDS = {
 }
 
 
+#: The environment variable that names the coordinator's state directory when --state-dir is not given.
+STATE_DIR_ENV = "FEDHAVEN_STATE_DIR"
+
+
 def _state_dir(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--state-dir", default="fedhaven-coordinator",
-                   help="the coordinator's state directory (default: ./fedhaven-coordinator)")
+    import os
+
+    p.add_argument("--state-dir", default=os.environ.get(STATE_DIR_ENV) or "fedhaven-coordinator",
+                   help=f"the coordinator's state directory (default: ${STATE_DIR_ENV}, else ./fedhaven-coordinator)")
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, ModuleType]]:

@@ -8,15 +8,18 @@ import logging
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 import tomli_w
 
 from fedhaven.server.coordinator import Runtime, control_for, pid_alive
 from fedhaven.server.latency.checked import CHECKED_FILE, CheckedRuns, fingerprint
-from fedhaven.server.progress import RUN_LOG, print_round, run_log_fields
+from fedhaven.server.progress import RUN_LOG, ProgressBar, print_round, run_log_fields
 from fedhaven.server.provision import StateDir
 from fedhaven.server.seam.control import write_app_dir
 from fedhaven.shared.config import ConfigError, deep_merge, load_toml, parse, parse_override, to_dict
+from fedhaven.shared.exitcodes import print_json
+from fedhaven.shared.files import read_json_object
 from fedhaven.shared.recipe import apply_recipe
 from fedhaven.shared.schema import RunConfig
 
@@ -33,6 +36,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "with its own config; no config file is given then")
     p.add_argument("--detach", action="store_true", help="submit and return; follow with `fl-server status`")
     p.add_argument("--timeout", type=float, help="give up following after this many seconds (the run goes on)")
+    p.add_argument("--show-config", action="store_true",
+                   help="print the whole effective run configuration (always written to the run's config.json)")
+    p.add_argument("--json", action="store_true",
+                   help="print the final result as one JSON document on stdout (progress stays on stderr)")
 
 
 def load_run_config(*, path: Path, overrides: list[str], rounds: int | None, output_dir: Path,
@@ -128,17 +135,90 @@ def interrupted_runs(state: StateDir, running: set[str]) -> list[tuple[str, int,
     return out
 
 
+def run_headline(cfg: RunConfig) -> list[str]:
+    """The run in a few lines: rounds, data, privacy, and every setting that differs from fedhaven's defaults."""
+    from fedhaven.shared.config import flatten
+
+    ours, defaults = flatten(to_dict(cfg)), flatten(to_dict(RunConfig()))
+    changed = [f"{k}={v}" for k, v in ours.items() if k not in ("output_dir", "resume_from") and defaults.get(k) != v]
+    dp = (f"DP epsilon <= {cfg.dp.target_epsilon:g} per site at delta {cfg.dp.delta:g}" if cfg.dp.enabled
+          else "DP OFF")
+    out = [f"run: {cfg.rounds} rounds on {cfg.data.source} data, model {cfg.model.name}, {dp}, "
+           f"SecAgg+ {'on' if cfg.secagg.enabled else 'OFF'}"]
+    line = "not default:"
+    for item in changed:
+        if len(line) + len(item) > 110:
+            out.append(line)
+            line = "            "
+        line += f" {item}"
+    return [*out, line] if changed else out
+
+
+def result_document(*, run_id: int, run_dir: Path, status: str, details: str = "", ok: bool | None = None
+                    ) -> dict[str, Any]:
+    """`fl-server run --json`: the run's final result from its directory (metrics.jsonl, privacy.json,
+    tracking.json); JSON without infinities (an epsilon that is not finite is null, with `private` false)."""
+    from fedhaven.server.records import finite_or_none, read_rounds
+    from fedhaven.server.tracking import TENSORBOARD_DIR, TRACKING_FILE
+
+    rounds = read_rounds(run_dir)
+    done = [r for r in rounds if r.status == "ok"]
+    last = done[-1] if done else None
+    privacy = read_json_object(run_dir / "privacy.json")
+    tracking = read_json_object(run_dir / TRACKING_FILE)
+    files = {name: str(run_dir / name) for name in ("model.pt", "privacy.json", "privacy.md", "metrics.jsonl",
+                                                    "metrics.csv", "accuracy.png", "epsilon.png")
+             if (run_dir / name).exists()}
+    return {
+        "ok": (status == "completed" and bool(done)) if ok is None else ok,
+        "command": "fl-server run",
+        "run_id": run_id,
+        "run_dir": str(run_dir),
+        "status": status,
+        "details": details,
+        "rounds_trained": len({r.round for r in done}),
+        "rounds_rejected": sum(r.status == "rejected" for r in rounds),
+        "final_accuracy": finite_or_none(last.accuracy) if last else None,
+        "final_loss": finite_or_none(last.loss) if last else None,
+        "private": privacy.get("private"),
+        "epsilon_max": privacy.get("epsilon_max"),
+        "epsilon_per_site": {name: row.get("epsilon") for name, row in (privacy.get("sites") or {}).items()},
+        "stopped": privacy.get("stopped"),
+        "files": files,
+        "mlflow": tracking or None,
+        "tensorboard": str(run_dir / TENSORBOARD_DIR) if (run_dir / TENSORBOARD_DIR).exists() else None,
+    }
+
+
+def result_lines(run_dir: Path) -> list[str]:
+    """The end of a followed run in a few lines: accuracy, privacy, where the report and the tracking are."""
+    doc = result_document(run_id=0, run_dir=run_dir, status="")
+    acc = doc["final_accuracy"]
+    out = [f"test accuracy  {100 * acc:.2f}% after {doc['rounds_trained']} round(s)" if acc is not None
+           else "test accuracy  n/a (no round trained)"]
+    eps = doc["epsilon_max"]
+    privacy = (f"epsilon <= {eps:.3f} per site" if eps is not None else
+               "NOT PRIVATE (epsilon ∞)" if doc["private"] is False else "no site reported an epsilon")
+    out.append(f"Privacy report: {privacy}; per site and how to recompute it in {run_dir / 'privacy.md'}")
+    if doc["mlflow"]:
+        out.append(f"tracking       MLflow {doc['mlflow'].get('tracking_uri')} (run {doc['mlflow'].get('run_id')}); "
+                   f"TensorBoard: tensorboard --logdir {run_dir / 'tensorboard'}")
+    return out
+
+
+
 class _Follower:
     """Prints a run's new rounds (metrics.jsonl) and the coordinator's warnings about it (coordinator.log)."""
 
     def __init__(self, run_dir: Path, planned: int) -> None:
         self.run_dir, self.planned = run_dir, planned
+        self.bar = ProgressBar(planned=planned)
         self.seen = {"metrics.jsonl": _lines(run_dir / "metrics.jsonl"), RUN_LOG: _lines(run_dir / RUN_LOG)}
 
     def poll(self) -> None:
         for raw in self._new("metrics.jsonl"):
             try:
-                print_round(log, json.loads(raw), planned=self.planned)
+                print_round(log, json.loads(raw), planned=self.planned, bar=self.bar)
             except (ValueError, KeyError):
                 continue
         for raw in self._new(RUN_LOG):
@@ -178,7 +258,11 @@ def run(args: argparse.Namespace) -> int:
         log.warning("WARNING: differential privacy is OFF for this run (sites with require_dp will refuse)")
     if not cfg.secagg.enabled:
         log.warning("WARNING: secure aggregation is OFF for this run (sites requiring it will refuse)")
-    log.info("effective run configuration:\n%s", tomli_w.dumps(to_dict(cfg)))
+    if args.show_config:
+        log.info("effective run configuration:\n%s", tomli_w.dumps(to_dict(cfg)))
+    else:
+        for line in run_headline(cfg):
+            log.info("%s", line)
     app_dir = write_app_dir(run=cfg)
     control = control_for(state)
     try:
@@ -188,6 +272,8 @@ def run(args: argparse.Namespace) -> int:
         log.info("run %d submitted; results in %s%s", run_id, run_dir,
                  " (resuming the interrupted run there)" if cfg.resume_from else "")
         if args.detach:
+            if args.json:
+                print_json(result_document(run_id=run_id, run_dir=run_dir, status="submitted", ok=True))
             return 0
         follower = _Follower(run_dir, cfg.rounds)
         deadline = time.monotonic() + args.timeout if args.timeout else None
@@ -200,6 +286,8 @@ def run(args: argparse.Namespace) -> int:
             if deadline is not None and time.monotonic() > deadline:
                 log.warning("stopped following run %d after %.0f s; it goes on (fl-server status)", run_id,
                             args.timeout)
+                if args.json:
+                    print_json(result_document(run_id=run_id, run_dir=run_dir, status="running"))
                 return 1
             time.sleep(0.25)  # a local Unix-socket call: cheap, and the run's end shows at once
     finally:
@@ -207,12 +295,19 @@ def run(args: argparse.Namespace) -> int:
     log.info("run %d finished: %s%s", run_id, status.sub_status, f" ({status.details})" if status.details else "")
     report = run_dir / "privacy.md"
     if report.exists():
-        log.info("\n%s", report.read_text())
+        if args.verbose:
+            log.info("\n%s", report.read_text())
+        else:
+            for line in result_lines(run_dir):
+                log.info("%s", line)
     rounds = _rounds_trained(run_dir)
+    failed = status.sub_status != "completed" or rounds == 0
     if status.sub_status == "completed" and rounds == 0:  # never a success: nothing was trained
         log.error("run %d aggregated no round: see the site failures above", run_id)
-        return 1
-    return 0 if status.sub_status == "completed" else 1
+    if args.json:
+        print_json(result_document(run_id=run_id, run_dir=run_dir, status=status.sub_status,
+                                   details=status.details, ok=not failed))
+    return 1 if failed else 0
 
 
 def _rounds_trained(run_dir: Path) -> int:

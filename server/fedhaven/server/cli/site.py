@@ -17,6 +17,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("name", nargs="?", help="site name (add, revoke)")
     p.add_argument("--public-key", type=Path, help="the site's own public key (from `fl-client keygen`); "
                    "without it a key pair is generated into the bundle")
+    p.add_argument("--json", action="store_true", help="list: print one JSON document on stdout (errors too)")
 
 
 def _sync_if_running(state: StateDir) -> None:
@@ -35,6 +36,16 @@ def _sync_if_running(state: StateDir) -> None:
 def run(args: argparse.Namespace) -> int:
     state = StateDir(args.state_dir)
     if args.action == "list":
+        if getattr(args, "json", False):
+            from dataclasses import asdict
+
+            from fedhaven.shared.exitcodes import print_json
+
+            # node ids as strings: they are 64-bit, more than a JSON reader's double holds exactly
+            print_json({"ok": True, "command": "fl-server site list", "state_dir": str(state.root),
+                        "sites": [{**asdict(rec), "node_id": str(rec.node_id) if rec.node_id else None}
+                                  for rec in state.sites().values()]})
+            return 0
         for rec in state.sites().values():
             log.info("%-24s %-10s node %-22s key %s", rec.name, rec.status, rec.node_id or "-", rec.fingerprint)
         return 0

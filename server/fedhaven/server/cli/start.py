@@ -15,6 +15,10 @@ log = logging.getLogger("fedhaven.server")
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--insecure", action="store_true",
                    help="plain HTTP, no TLS and no site authentication (testing only; prints a warning)")
+    p.add_argument("--operator-listen", metavar="HOST:PORT",
+                   help="also serve the operator console, /metrics, /healthz and /readyz over TCP here (e.g. "
+                        "127.0.0.1:9094; the operator token is required except for the probes); they are always "
+                        "served on the operator's socket <state-dir>/run/operator.sock")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -34,11 +38,22 @@ def run(args: argparse.Namespace) -> int:
         log.warning("WARNING: --insecure: no TLS and no site authentication. Anyone who reaches %s can read "
                     "the traffic and join as a site.", cfg.listen)
     coordinator = Coordinator(state=state, cfg=cfg, insecure=args.insecure)
+    from fedhaven.server.console.serve import OperatorServer
+
+    def down() -> list[str]:
+        return [f"{name} exited" for name, proc in coordinator.procs.items() if proc.poll() is not None]
+
+    # first, so that /healthz answers (and /readyz says "not ready") while the SuperLink starts
+    operator = OperatorServer(state=state, listen=args.operator_listen, fleet=cfg.listen, ready=down)
     try:
+        operator.start()
         runtime = coordinator.start()
     except BaseException:
+        operator.stop()
         coordinator.stop()
         raise
+    log.info("operator console, /metrics, /healthz, /readyz: %s%s", operator.url or "",
+             f"{' and ' if operator.url else ''}socket {state.sockets / 'operator.sock'}")
     log.info("coordinator up: sites connect to %s (%s); SuperLink on %s (loopback only); logs in %s",
              cfg.listen, "plain HTTP" if args.insecure else "TLS, registered sites only",
              runtime.control_address, coordinator.logs)
@@ -48,4 +63,7 @@ def run(args: argparse.Namespace) -> int:
     for name, last, planned in interrupted_runs(state, running=set()):
         log.warning("run %s stopped after round %d of %d without finishing; continue it with: "
                     "fl-server run --resume %s --state-dir %s", name, last, planned, name, state.root)
-    return coordinator.wait()
+    try:
+        return coordinator.wait()
+    finally:
+        operator.stop()

@@ -23,8 +23,11 @@ from fedhaven.server.attendance import Attendance
 WaitReport = Callable[[float, frozenset[int]], None]
 
 
-def describe_nodes(grid: Grid, node_ids: Iterable[int] | None = None) -> str:
-    """`hospital-c (offline, last seen 40 s ago), node 123 (online)`: what Flower knows of these sites."""
+def describe_nodes(grid: Grid, node_ids: Iterable[int] | None = None,
+                   name_of: Callable[[int], str | None] | None = None) -> str:
+    """`hospital-c (offline, last seen 40 s ago), 2 sites not named yet (online)`: what Flower knows of these sites,
+    by name (the one registered with the SuperLink, else `name_of`'s: the name a site's replies gave); a site never
+    heard from has no name yet, and Flower's node ids mean nothing to an operator, so those are only counted."""
     wanted = None if node_ids is None else set(node_ids)
     now = time.time()
     parts = []
@@ -32,16 +35,24 @@ def describe_nodes(grid: Grid, node_ids: Iterable[int] | None = None) -> str:
         nodes = list(grid.get_nodes())
     except Exception:  # noqa: BLE001 - a report must never break the wait it reports on
         nodes = []
+    unnamed: list[str] = []
     for n in nodes:
         if wanted is not None and n.node_id not in wanted:
             continue
-        name = getattr(n, "name", "") or f"node {n.node_id}"
+        name = getattr(n, "name", "") or (name_of(n.node_id) if name_of is not None else None)
         status = getattr(n, "status", "") or "unknown"
         seen = _age(getattr(n, "last_activated_at", ""), now)
+        if not name:
+            unnamed.append(status)
+            continue
         parts.append(f"{name} ({status}{f', last active {seen}' if seen else ''})")
+    if unnamed:
+        states = ", ".join(f"{unnamed.count(s)} {s}" for s in dict.fromkeys(unnamed))
+        parts.append(f"{len(unnamed)} site(s) not named yet, as none has answered a round ({states})")
     if wanted is not None:
-        known = {n.node_id for n in nodes}
-        parts += [f"node {i} (not connected)" for i in sorted(wanted - known)]
+        lost = len(wanted - {n.node_id for n in nodes})
+        if lost:
+            parts.append(f"{lost} site(s) no longer connected")
     return ", ".join(parts) or "no sites known"
 
 

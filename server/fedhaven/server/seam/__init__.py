@@ -13,6 +13,7 @@ upgrade removes or changes. Modules:
 - `superexec` (with `preload`): Flower's SuperExec with ServerApps forked warm;
 - `superlink_app`: Flower's SuperLink app built for fedhaven's listeners;
 - `wire`: Flower's HTTP routes and protobuf bodies, read by the doors;
+- `fleet_auth`: Flower's SuperNode authentication headers, checked by the public door before a body;
 - `control`: Flower's Control API client over the operator's socket;
 - `errors`: Flower's and Ray's error text made readable (display only).
 
@@ -67,7 +68,21 @@ state, its log lines) and are not part of a run: they are outside this rule.
 | `flwr.superlink.cli.flower_superlink._parse_superlink_lifespan_config` | import | Flower's own argument parsing and checks (reads sys.argv) | none |
 | `flwr.superlink.cli.flower_superlink.SuperLinkLifespan` | import | the app's lifespan (state) | none |
 | `flwr.supercore.protobuf.client.ProtobufClient.__init__` | format | the SuperNode's 30 s HTTP timeout, which a held pull plus its settle stay under | none |
+| `flwr.superlink.routers.fleet.node_auth.authenticate_node` | copy | fleet_auth: the door makes Flower's header checks (key, window, signature) before reading a body | none |
+| `flwr.supercore.constant.` | format | fleet_auth: the authentication header names (deploy/nginx names them too) | none |
+| `flwr.common.constant.` | format | limits: an object push is at most one 5 MB array chunk (the door's --max-object default is 16 MB) | none |
+| `flwr.common.constant.` | format | fleet_auth: the signed-time header and Flower's window | none |
+| `flwr.supercore.primitives.asymmetric.verify_signature` | import | fleet_auth: Flower's signature check | none |
+| `flwr.supercore.primitives.asymmetric.bytes_to_public_key` | import | fleet_auth: the registered key as Flower loads it | none |
+| `flwr.supercore.constant.` | format | gate_auth: a SuperNode has 2 object pushes and 2 pulls open at once; 16 requests per node leave room | none |
+| `flwr.supercore.constant.NodeStatus` | import | fleet_auth: which nodes count as registered | none |
+| `flwr.server.superlink.linkstate.linkstate.LinkState.get_node_info` | import | fleet_auth: every registered key in one query | none |
+| `flwr.superlink.main.create_app` | format | fleet_auth: the app's link state and auth switch on `app.state` | none |
+| `flwr.supernode.node_auth_http_interceptor.NodeAuthHttpInterceptor.intercept` | format | gate_auth refuses a replayed (key, time): the SuperNode signs a fresh time on every call | none |
+| `flwr.supercore.protobuf.client.ProtobufClient._unary_unary` | format | gate_auth: every retry runs the interceptors again (a fresh signed time), so no retry looks replayed | none |
 | `flwr.superlink.routers.fleet.router.` | format | the Fleet routes the doors admit and hold | none |
+| `flwr.supercore.error.base.ApiErrorCode` | format | the door refuses an unknown key's activation with Flower's own activation-failed code | none |
+| `flwr.supercore.retry.http_retry.` | format | a SuperNode answered 401 stops itself silently: the door answers an unknown key's activation 412 | none |
 | `flwr.proto.fleet_pb2.PullMessagesRequest` | import | who pulls | none |
 | `flwr.proto.fleet_pb2.PullMessagesResponse` | import | an empty pull; the pulled objects | none |
 | `flwr.proto.fleet_pb2.PushMessagesResponse` | import | objects a push announces | none |
@@ -223,9 +238,51 @@ INTERNALS: tuple[Internal, ...] = (
     Internal("flwr.supercore.protobuf.client", "ProtobufClient.__init__", "format",
              "the SuperNode's 30 s HTTP timeout, which a held pull plus its settle stay under",
              source=("timeout: float = 30.0",)),
+    # ---- seam.fleet_auth (with gate_auth): SuperNode authentication checked before a body is read ----
+    Internal("flwr.superlink.routers.fleet.node_auth", "authenticate_node", "copy",
+             "fleet_auth: the door makes Flower's header checks (key, window, signature) before reading a body",
+             source=("TIMESTAMP_TOLERANCE + SYSTEM_TIME_TOLERANCE", "verify_signature(", "get_node_id_by_public_key")),
+    Internal("flwr.supercore.constant", "", "format",
+             "fleet_auth: the authentication header names (deploy/nginx names them too)",
+             equals=(("FLEET_HTTP_PUBLIC_KEY_HEADER", "flwr-public-key"), ("FLEET_HTTP_SIGNATURE_HEADER", "flwr-signature"))),
+    Internal("flwr.common.constant", "", "format",
+             "limits: an object push is at most one 5 MB array chunk (the door's --max-object default is 16 MB)",
+             equals=(("FLWR_PRIVATE_MAX_ARRAY_CHUNK_SIZE", 5242880),)),
+    Internal("flwr.common.constant", "", "format",
+             "fleet_auth: the signed-time header and Flower's window",
+             equals=(("TIMESTAMP_HEADER", "flwr-timestamp"),), attrs=("TIMESTAMP_TOLERANCE", "SYSTEM_TIME_TOLERANCE")),
+    Internal("flwr.supercore.primitives.asymmetric", "verify_signature", "import",
+             "fleet_auth: Flower's signature check",
+             params=("public_key", "message", "signature")),
+    Internal("flwr.supercore.primitives.asymmetric", "bytes_to_public_key", "import",
+             "fleet_auth: the registered key as Flower loads it"),
+    Internal("flwr.supercore.constant", "", "format",
+             "gate_auth: a SuperNode has 2 object pushes and 2 pulls open at once; 16 requests per node leave room",
+             equals=(("FLWR_PRIVATE_MAX_CONCURRENT_OBJ_PUSHES", 2), ("FLWR_PRIVATE_MAX_CONCURRENT_OBJ_PULLS", 2))),
+    Internal("flwr.supercore.constant", "NodeStatus", "import",
+             "fleet_auth: which nodes count as registered",
+             attrs=("REGISTERED", "ONLINE", "OFFLINE")),
+    Internal("flwr.server.superlink.linkstate.linkstate", "LinkState.get_node_info", "import",
+             "fleet_auth: every registered key in one query",
+             params=("statuses",)),
+    Internal("flwr.superlink.main", "create_app", "format",
+             "fleet_auth: the app's link state and auth switch on `app.state`",
+             source=("fastapi_app.state.linkstate_factory", "fastapi_app.state.enable_supernode_auth")),
+    Internal("flwr.supernode.node_auth_http_interceptor", "NodeAuthHttpInterceptor.intercept", "format",
+             "gate_auth refuses a replayed (key, time): the SuperNode signs a fresh time on every call",
+             source=("now().isoformat()",)),
+    Internal("flwr.supercore.protobuf.client", "ProtobufClient._unary_unary", "format",
+             "gate_auth: every retry runs the interceptors again (a fresh signed time), so no retry looks replayed",
+             source=("self._send(context)",)),
     # ---- seam.wire: the doors read Flower's routes and protobuf bodies ----
     Internal("flwr.superlink.routers.fleet.router", "", "format", "the Fleet routes the doors admit and hold",
-             source=('"/pull-messages"', '"/push-messages"', '"/push-object"')),
+             source=('"/pull-messages"', '"/push-messages"', '"/push-object"', '"/activate-node"')),
+    Internal("flwr.supercore.error.base", "ApiErrorCode", "format",
+             "the door refuses an unknown key's activation with Flower's own activation-failed code",
+             equals=(("FLEET_NODE_ACTIVATION_FAILED", 2004),)),
+    Internal("flwr.supercore.retry.http_retry", "", "format",
+             "a SuperNode answered 401 stops itself silently: the door answers an unknown key's activation 412",
+             source=("httpx.codes.UNAUTHORIZED", "os.kill(os.getpid(), signal.SIGINT)")),
     Internal("flwr.proto.fleet_pb2", "PullMessagesRequest", "import", "who pulls", attrs=("NODE_FIELD_NUMBER",)),
     Internal("flwr.proto.fleet_pb2", "PullMessagesResponse", "import", "an empty pull; the pulled objects",
              attrs=("MESSAGES_LIST_FIELD_NUMBER", "MESSAGE_OBJECT_TREES_FIELD_NUMBER")),

@@ -106,7 +106,9 @@ class Control:
         from flwr.proto.control_pb2 import ListNodesRequest
 
         res = self._call("ListNodes", ListNodesRequest())
-        return [{"node_id": n.node_id, "name": n.name, "status": n.status} for n in res.nodes_info]
+        # last_activated_at / last_deactivated_at: ISO times the SuperLink set when the node went online / offline
+        return [{"node_id": n.node_id, "name": n.name, "status": n.status, "last_activated_at": n.last_activated_at,
+                 "last_deactivated_at": n.last_deactivated_at} for n in res.nodes_info]
 
     def start_run(self, *, app_dir: Path) -> int:
         from flwr.cli.build import build_fab_from_disk

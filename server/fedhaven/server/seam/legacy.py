@@ -192,11 +192,12 @@ class CheckedSecAggPlus(SecAggPlusWorkflow):
     """
 
     halted_stage: str | None = None
+    setup_record: dict[str, Any] | None = None  # a re-mask round's group, sent to every member with setup
     failures: tuple[SiteFailure, ...] = ()
     collected: tuple[tuple[int, int, dict[str, Any]], ...] = ()  # (node, examples, metrics) of each trained reply
 
     def __call__(self, grid: Grid, context: Context) -> None:
-        grid = ProofRelay(grid)  # the sites' signed keys, relayed to their neighbours
+        grid = ProofRelay(grid, setup_record=self.setup_record)  # the sites' signed keys, relayed to neighbours
         state = WorkflowState()
         self.halted_stage, self.failures, self.collected = None, (), ()
         stages = (("setup", self.setup_stage), ("share keys", self.share_keys_stage),
@@ -240,6 +241,7 @@ class BoundedClientManager(SimpleClientManager):
         self.min_sites, self.suspect_for = min_sites, suspect_for
         self.shortfall: str | None = None  # why the last wait gave up
         self.suspects: dict[str, float] = {}  # cid -> when it last failed to answer in time
+        self.excluded: set[str] = set()  # cids of sites located as bad: never sampled again in this run
 
     # ----- sites that went silent: not asked again at once -----
     def suspect(self, node_ids: Iterable[int]) -> None:
@@ -250,20 +252,27 @@ class BoundedClientManager(SimpleClientManager):
         for n in node_ids:
             self.suspects[str(n)] = now
 
+    def exclude(self, node_ids: Iterable[int]) -> None:
+        """Sites located as bad: left out of every later round of the run."""
+        self.excluded |= {str(n) for n in node_ids}
+
     def _trusted(self) -> list[str]:
         now = time.monotonic()
         self.suspects = {c: t for c, t in self.suspects.items() if now - t < self.suspect_for and c in self.clients}
-        return [c for c in self.clients if c not in self.suspects]
+        return [c for c in self.clients if c not in self.suspects and c not in self.excluded]
 
     def num_available(self) -> int:  # Flower's signature
         trusted = self._trusted()
-        return len(trusted) if self.suspects and len(trusted) >= self.min_sites else len(self.clients)
+        allowed = [c for c in self.clients if c not in self.excluded]
+        return len(trusted) if self.suspects and len(trusted) >= self.min_sites else len(allowed)
 
     def sample(self, num_clients: int, min_num_clients: int | None = None,  # Flower's signature
                criterion: Criterion | None = None) -> list[ClientProxy]:
         trusted = set(self._trusted())
         if self.suspects and len(trusted) >= max(self.min_sites, num_clients):
             criterion = _Among(trusted, criterion)
+        elif self.excluded:
+            criterion = _Among({c for c in self.clients if c not in self.excluded}, criterion)
         return super().sample(num_clients, min_num_clients, criterion)
 
     def unregister(self, client: ClientProxy) -> None:  # a node Flower dropped comes back afresh

@@ -17,6 +17,7 @@ from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
 from flwr.serverapp import Grid
 
+from fedhaven.shared.remask import SETUP_RECORD
 from fedhaven.shared.secagg_keys import NEIGHBOURS_RECORD, PROOF_RECORD, KeyProof
 
 
@@ -28,9 +29,10 @@ def _stage(msg: Message) -> object:
 class ProofRelay(Grid):
     """Delegates to a Flower Grid; `send_and_receive` also carries the sites' key proofs from setup to share-keys."""
 
-    def __init__(self, inner: Grid) -> None:
+    def __init__(self, inner: Grid, *, setup_record: dict[str, Any] | None = None) -> None:
         self.inner = inner
         self.proofs: dict[int, KeyProof] = {}
+        self.setup_record = setup_record  # a re-mask round's group (`fedhaven.shared.remask`), sent with setup
 
     def set_run(self, run: Any) -> None:  # Flower's Run (flwr.supercore.run: not public)
         self.inner.set_run(run)
@@ -63,6 +65,9 @@ class ProofRelay(Grid):
         stage = _stage(messages[0]) if messages else None
         if stage == Stage.SETUP:
             self.proofs = {}
+            if self.setup_record is not None:
+                for msg in messages:
+                    msg.content.config_records[SETUP_RECORD] = ConfigRecord(self.setup_record)
         elif stage == Stage.SHARE_KEYS:
             for msg in messages:
                 self._attach(msg)

@@ -23,6 +23,10 @@ RING_PATHS = frozenset({RUNTIME_PREFIX + "push-messages", RUNTIME_PREFIX + "push
 PULL_PATHS = frozenset({PULL_PATH, RUNTIME_PREFIX + "pull-messages"})
 PUSH_PATHS = frozenset({FLEET_PREFIX + "push-messages", RUNTIME_PREFIX + "push-messages"})
 OBJECT_PUSH_PATHS = frozenset({FLEET_PREFIX + "push-object", RUNTIME_PREFIX + "push-object"})
+#: Where a SuperNode asks to join, and the code Flower's SuperLink answers a key it cannot activate with
+#: (`flwr.supercore.error.base.ApiErrorCode.FLEET_NODE_ACTIVATION_FAILED`, checked by the seam test).
+ACTIVATE_NODE_PATH = FLEET_PREFIX + "activate-node"
+ACTIVATION_FAILED_CODE = 2004
 #: `PushObjectRequest.object_id`'s field number (flwr/proto/message.proto): a string, serialised before the content.
 OBJECT_ID_FIELD = 3
 

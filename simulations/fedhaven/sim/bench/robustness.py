@@ -63,6 +63,9 @@ def run_cell(cell: dict[str, Any], *, rounds: int, source: str = "mnist",
             "sites_rejected": sum(x.get("sites_rejected", 0) for x in ok),
             "aggregates_clipped": sum(1 for x in ok if x.get("update_norm") and x.get("update_bound")
                                       and x["update_norm"] > x["update_bound"] * 1.001),
+            "located": sorted({s for x in lines for s in x.get("located", ())}),
+            "locate_groups": sum(x.get("locate_groups", 0) for x in lines),
+            "locate_time_s": sum(x.get("locate_time_s", 0.0) for x in lines),
             "stopped": stopped, "wall_s": time.perf_counter() - started, "run_dir": str(run_dir)}
 
 
@@ -144,7 +147,9 @@ def section(res: dict[str, Any]) -> list[str]:
         if acc is None:
             return "n/a"
         gap = f" ({100 * (acc - clean):+.1f})" if clean is not None and r["attack"] != "none" else ""
-        return f"{100 * acc:.2f}%{gap}"
+        found = (f"; located {', '.join(r['located'])} (+{r['locate_time_s']:.0f} s, {r['locate_groups']} groups)"
+                 if r.get("located") else "")
+        return f"{100 * acc:.2f}%{gap}{found}"
 
     L = [f"MNIST, {res['sites']} sites, IID, DP (epsilon <= 3) as in `make sim`, but {res['rounds']} rounds; "
          f"{res['runs_per_cell']} run per cell. The attackers are site-00 (and site-01), attacking from round 1 with "
@@ -155,7 +160,9 @@ def section(res: dict[str, Any]) -> list[str]:
          "each update checked and clipped); off: "
          "`robust.enabled = false`. Cells: final "
          "accuracy (points against the clean run of the same column); **stopped**: the guard rejected "
-         "`robust.max_rejected` rounds in a row and the run ended with an error.", "",
+         "`robust.max_rejected` rounds in a row and the run ended with an error; *located*: under SecAgg+ the "
+         "search over re-masked subgroup sums named the site (`robust.locate`), with the time and groups it added "
+         "to the run.", "",
          "| attack | attackers | SecAgg+, defended | SecAgg+, undefended | no SecAgg+, defended | "
          "no SecAgg+, undefended |", "|---|---|---|---|---|---|"]
     clean = {c: clean_accuracy(rows, secagg=c[0], defended=c[1]) for c in cols}
