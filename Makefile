@@ -26,10 +26,10 @@ sim: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check . && $(VENV)/bin/mypy
 
-# Two workers (pytest-xdist): most of a loopback test is waiting on processes; the tests on the shared deployment
-# federation stay in one worker (tests/conftest.py).
+# Two workers (pytest-xdist), each test file whole in one worker (the deployment tests' shared loopback federation
+# starts at most once per worker; each worker its own Ray, tests/conftest.py).
 test: $(STAMP)
-	$(VENV)/bin/pytest -q -n 2 --dist loadgroup --durations=25 -m "(not fault or fault_smoke) and not trust and (not abuse or abuse_smoke) and not locate"
+	$(VENV)/bin/pytest -q -n 2 --dist loadfile --durations=25 -m "(not fault or fault_smoke) and not trust and (not abuse or abuse_smoke) and not locate"
 
 # The long loopback tests of site trust (systemd site, identity, SecAgg+ roster): about 5 minutes, kept out of
 # `make test` so CI stays under 15 minutes; the in-process tests of the same checks run in `make test`.

@@ -71,17 +71,6 @@ def rewrite_newest():
     return rewrite
 
 
-def pytest_collection_modifyitems(config, items):
-    """Under `pytest -n` (make test), every test on the deployment tests' shared loopback federation runs in one
-    worker, so the federation starts once, not once per worker; a module with its own federation is a group too."""
-    for item in items:
-        names = getattr(item, "fixturenames", ())
-        if "own_federation" in names:  # a module with its own federation: a group of its own
-            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
-        elif "federation" in names:
-            item.add_marker(pytest.mark.xdist_group("federation"))
-
-
 
 # ----- the measured suites' records: RELIABILITY.md (`make faults`) and ABUSE.md (`make abuse`) -----------------
 
