@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
 
-from flwr.app import Message, RecordDict
+from flwr.app import Message
 from flwr.serverapp import Grid
 
 from fedhaven.server.attendance import Attendance
+from fedhaven.server.delegating_grid import DelegatingGrid
 
 #: Called while waiting: (seconds waited, node ids still missing).
 WaitReport = Callable[[float, frozenset[int]], None]
@@ -65,46 +65,19 @@ def _age(stamp: str, now: float) -> str:
         return ""
 
 
-class PollingGrid(Grid):
+class PollingGrid(DelegatingGrid):
     """Delegates to a Flower Grid; only `send_and_receive` is fedhaven's own."""
 
     def __init__(self, inner: Grid, *, timeout: float, poll_min: float = 0.05, poll_max: float = 0.2,
                  report_every: float = 30.0, on_wait: WaitReport | None = None) -> None:
         if timeout <= 0 or not 0 < poll_min <= poll_max:
             raise ValueError("PollingGrid needs timeout > 0 and 0 < poll_min <= poll_max")
-        self.inner = inner
+        super().__init__(inner)
         self.timeout = timeout
         self.poll_min, self.poll_max = poll_min, poll_max
         self.report_every = report_every
         self.on_wait = on_wait
         self.attendance = Attendance()  # the current attempt's (the round loop starts a new one per attempt)
-
-    # ----- delegated as is -----
-    def set_run(self, run: Any) -> None:  # Flower's Run (flwr.supercore.run: not public)
-        self.inner.set_run(run)
-
-    @property
-    def run(self) -> Any:
-        return self.inner.run
-
-    def create_message(self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str,
-                       ttl: float | None = None) -> Message:
-        return self.inner.create_message(content, message_type, dst_node_id, group_id, ttl)
-
-    def get_node_ids(self) -> Iterable[int]:
-        return self.inner.get_node_ids()
-
-    def get_nodes(self) -> Iterable[Any]:  # the inner grid's NodeInfo (Grid's default would drop their names)
-        return self.inner.get_nodes()
-
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        return self.inner.push_messages(messages)
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        return self.inner.pull_messages(message_ids)
-
-    def __getattr__(self, name: str) -> Any:  # anything else a Flower grid offers
-        return getattr(self.inner, name)
 
     # ----- fedhaven's wait -----
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:

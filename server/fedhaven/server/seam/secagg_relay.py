@@ -13,10 +13,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.app import ConfigRecord, Message
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
 from flwr.serverapp import Grid
 
+from fedhaven.server.delegating_grid import DelegatingGrid
 from fedhaven.shared.remask import SETUP_RECORD
 from fedhaven.shared.secagg_keys import NEIGHBOURS_RECORD, PROOF_RECORD, KeyProof
 
@@ -26,39 +27,13 @@ def _stage(msg: Message) -> object:
     return None if cfg is None else cfg.get(Key.STAGE)
 
 
-class ProofRelay(Grid):
+class ProofRelay(DelegatingGrid):
     """Delegates to a Flower Grid; `send_and_receive` also carries the sites' key proofs from setup to share-keys."""
 
     def __init__(self, inner: Grid, *, setup_record: dict[str, Any] | None = None) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.proofs: dict[int, KeyProof] = {}
         self.setup_record = setup_record  # a re-mask round's group (`fedhaven.shared.remask`), sent with setup
-
-    def set_run(self, run: Any) -> None:  # Flower's Run (flwr.supercore.run: not public)
-        self.inner.set_run(run)
-
-    @property
-    def run(self) -> Any:
-        return self.inner.run
-
-    def create_message(self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str,
-                       ttl: float | None = None) -> Message:
-        return self.inner.create_message(content, message_type, dst_node_id, group_id, ttl)
-
-    def get_node_ids(self) -> Iterable[int]:
-        return self.inner.get_node_ids()
-
-    def get_nodes(self) -> Iterable[Any]:  # the inner grid's NodeInfo (Grid's default would drop their names)
-        return self.inner.get_nodes()
-
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        return self.inner.push_messages(messages)
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        return self.inner.pull_messages(message_ids)
-
-    def __getattr__(self, name: str) -> Any:  # anything else a Flower grid offers
-        return getattr(self.inner, name)
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
         messages = list(messages)
