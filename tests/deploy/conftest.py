@@ -47,18 +47,6 @@ def deploy_cli():
     return cli
 
 
-@pytest.fixture(scope="module")
-def own_federation():
-    """A loopback federation for one module whose runs must not touch the shared one (the console's test stops a
-    run mid-round: see the note on issue #25)."""
-    fed = Federation.in_temp(prefix="fedhaven-deploy-own-")
-    try:
-        fed.start()
-        yield fed
-    finally:
-        fed.stop()
-
-
 @pytest.fixture(scope="session")
 def federation():
     # In a 0755 folder, not under pytest's 0700 tmp root: the tests show that the coordinator's OWN permissions

@@ -28,12 +28,6 @@ def _rounds(run_dir: Path) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def federation(own_federation):
-    """This module's own federation: stopping a run mid-round here must not reach the shared one's next test."""
-    return own_federation
-
-
-@pytest.fixture(scope="module")
 def training(federation):
     """A run that is still training while this module looks at it (stopped by the browser test, or at the end)."""
     spent = max(epsilon(history=Ledger.in_dir(d / "state").history(), delta=1e-5) for d in federation.site_dirs_list)
@@ -146,6 +140,9 @@ def test_the_console_in_a_browser_shows_the_training_run_and_stops_it(federation
         for site in federation.sites:
             spent = driver.find_element(By.CSS_SELECTOR, f'#budgets tr[data-site="{site}"]').text.split()[1]
             assert float(spent) > 0
+            # nothing shared by default: each site's data-quality report stays at the site
+            quality = driver.find_element(By.CSS_SELECTOR, f'#site-quality tr[data-site="{site}"]').text
+            assert "stays at the site" in quality, quality
         _assert_charts_drawn(driver)
         # stop: a link to a confirmation page, whose POST (with the page's CSRF token) acts
         driver.find_element(By.LINK_TEXT, "Stop this run…").click()

@@ -166,13 +166,15 @@ def runtime_port_problem(port: int, config_path: Path) -> str | None:
 
 def supernode_args(cfg: SiteConfig, config_path: Path, secret_file: Path, tls: RuntimeTls) -> list[str]:
     """Flower's SuperNode in process isolation: it starts nothing itself; the site's own executor takes its tasks.
-    Its Runtime API is served on loopback with TLS (Flower's own `--ssl-*` flags) with this start's certificate."""
-    bindir = Path(sys.executable).parent
+    Its Runtime API is served on loopback with TLS (Flower's own `--ssl-*` flags) with this start's certificate.
+    Started through the site's seam (`fedhaven.client.seam.supernode`: `flower-supernode`, with its reception
+    guarded so that a message of a run stopped while it arrives never stays a task for the executor)."""
     coordinator = (["--insecure"] if cfg.coordinator.insecure else
                    ["--root-certificates", str(cfg.coordinator.ca_cert),
                     "--auth-supernode-private-key", str(cfg.private_key)])
-    return [str(bindir / "flower-supernode"), *coordinator, "--superlink", cfg.coordinator.address,
-            "--node-config", f'{SITE_CONFIG_KEY}="{config_path}"', "--host", RUNTIME_HOST,
+    return [sys.executable, "-m", "fedhaven.client.seam.supernode", *coordinator,
+            "--superlink", cfg.coordinator.address, "--node-config", f'{SITE_CONFIG_KEY}="{config_path}"',
+            "--host", RUNTIME_HOST,
             "--port", str(cfg.clientappio_port), "--ssl-certfile", str(tls.cert), "--ssl-keyfile", str(tls.key),
             "--ssl-ca-certfile", str(tls.ca), "--isolation", "process",
             "--superexec-auth-secret-file", str(secret_file)]

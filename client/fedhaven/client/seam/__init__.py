@@ -12,6 +12,9 @@ plus this package. Its modules:
 - `legacy`: the legacy FitIns/FitRes records and the SecAgg+ records the ClientApp's mods
   read and write, and the ledger's hash of the bytes sent;
 - `formats`: the SuperNode's admission error text, its console line format, the FAB layout;
+- `supernode`: the site's SuperNode process (`python -m fedhaven.client.seam.supernode`), Flower's
+  `flower-supernode` with its reception guarded, so that a message of a run that stops while it is
+  received never stays a task for the executor (Flower 1.42 leaves it, and the next run stalls);
 - `internals`: the `Internal` records below, as data (no Flower import).
 
 Each internal is listed in `INTERNALS`; `fedhaven.shared.seams.verify(INTERNALS)` imports each
@@ -127,16 +130,37 @@ give it): a socket file would need a patch on both sides, TLS needs only Flower'
 | (module text) | format | 1.42.0 | the FAB's project file | none |
 | **`flwr.cli.build`** | | | | |
 | `build_fab_from_files` | format | 1.42.0 | a FAB: pyproject.toml, '.info/CONTENT' | none |
+
+`seam.supernode`:
+
+| module / name | kind | read from | why | public alternative |
+|---|---|---|---|---|
+| **`flwr.supernode.cli`** | | | | |
+| `flower_supernode` | import | 1.42.0 | the SuperNode's entry point, run once guarded | the `flower-supernode` command (unguarded) |
+| **`flwr.supernode.start_client_internal`** | | | | |
+| `_pull_and_store_message` | patch | 1.42.0 | wrapped: a task made for a message given up in reception is held back, then finished | none |
+| `start_client_internal` | format | 1.42.0 | calls it by its module name, with keywords | none |
+| `_push_messages` | format | 1.42.0 | takes any reply as the answer to the message just received: no task may outlive its message | none |
+| **`flwr.supernode.nodestate`** | | | | |
+| `NodeState` | patch | 1.42.0 | three methods wrapped per instance; a given-up task finished, its message deleted | none |
+| **`flwr.supernode.nodestate.nodestate_factory`** | | | | |
+| `NodeStateFactory.state` | format | 1.42.0 | one NodeState for the loop and the Runtime API | none |
+| **`flwr.supercore.servicer.runtime.runtime_handlers`** | | | | |
+| `acquire_task` | format | 1.42.0 | claims through `state.claim_task`, which the guard holds back | none |
+| **`flwr.supercore.retry.http_retry`** | | | | |
+| `make_simple_http_retry_invoker` | format | 1.42.0 | a 403 (run not running) is raised as `RunNotRunningException` | none |
+| **`flwr.common.constant`** | | | | |
+| `SubStatus` | import | 1.42.0 | a given-up message's task ends stopped | none |
 """
 
 from __future__ import annotations
 
-from fedhaven.client.seam.internals import FORMATS, LEGACY, RUNTIME
+from fedhaven.client.seam.internals import FORMATS, LEGACY, RUNTIME, SUPERNODE
 from fedhaven.shared.seams import Internal
 
 #: The Flower release every record below was read from.
 READ_FROM = "flwr 1.42.0"
 #: Every Flower internal the site relies on (imported, patched, copied, or a text/format relied upon).
-INTERNALS: tuple[Internal, ...] = (*RUNTIME, *LEGACY, *FORMATS)
+INTERNALS: tuple[Internal, ...] = (*RUNTIME, *LEGACY, *FORMATS, *SUPERNODE)
 
 __all__ = ["INTERNALS", "READ_FROM", "Internal"]

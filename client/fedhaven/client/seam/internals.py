@@ -175,3 +175,34 @@ FORMATS: tuple[Internal, ...] = (
     Internal("flwr.cli.build", "build_fab_from_files", "format", "a FAB: pyproject.toml, '.info/CONTENT'",
              source=('".info/CONTENT"', "_add_to_fab(fab_file, FAB_CONFIG_FILE, pyproject_bytes)")),
 )
+
+_LOOP = "flwr.supernode.start_client_internal"
+
+#: `seam.supernode`: the SuperNode process itself, whose loop leaves a task behind for a message it gives up on.
+SUPERNODE: tuple[Internal, ...] = (
+    Internal("flwr.supernode.cli", "flower_supernode", "import", "the SuperNode's entry point, run once guarded",
+             alternative="the `flower-supernode` command (unguarded)"),
+    Internal(_LOOP, "_pull_and_store_message", "patch",
+             "wrapped: a task made for a message given up in reception is held back, then finished",
+             params=("state", "object_store"),
+             source=("task_id = state.create_task(", "state.store_message(message)", "except Exception as err:",
+                     "except RunNotRunningException:", "Ignoring message %s.", "return None")),
+    Internal(_LOOP, "start_client_internal", "format", "calls it by its module name, with keywords",
+             source=("run_id = _pull_and_store_message(", "state=state,", "object_store=store,")),
+    Internal(_LOOP, "_push_messages", "format",
+             "takes any reply as the answer to the message just received: no task may outlive its message",
+             source=("state.get_messages_legacy(is_reply=True)",)),
+    Internal("flwr.supernode.nodestate", "NodeState", "patch",
+             "three methods wrapped per instance; a given-up task finished, its message deleted",
+             attrs=("create_task", "store_message", "claim_task", "finish_task", "delete_messages", "object_store")),
+    Internal("flwr.supernode.nodestate.nodestate_factory", "NodeStateFactory.state", "format",
+             "one NodeState for the loop and the Runtime API", source=("if self.state_instance is None:",)),
+    Internal("flwr.supercore.servicer.runtime.runtime_handlers", "acquire_task", "format",
+             "claims through `state.claim_task`, which the guard holds back",
+             source=("state.claim_task(task.task_id)",)),
+    Internal("flwr.supercore.retry.http_retry", "make_simple_http_retry_invoker", "format",
+             "a 403 (run not running) is raised as `RunNotRunningException`",
+             source=("raise RunNotRunningException",)),
+    Internal("flwr.common.constant", "SubStatus", "import", "a given-up message's task ends stopped",
+             attrs=("STOPPED",)),
+)

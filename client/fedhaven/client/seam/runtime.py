@@ -126,7 +126,9 @@ def pull_task_input(*, client: RuntimeClient, give_up: float) -> TaskInput:
     The SuperNode creates a task before it has stored the message's objects; a
     freshly started `flwr-clientapp` never sees that gap, a waiting executor does,
     and Flower's own pull then backs off a full second. Here the message is polled
-    for and its objects are pulled with a 20 ms initial backoff.
+    for and its objects are pulled with a 20 ms initial backoff. (The site's own
+    SuperNode, guarded by `seam.supernode`, hands a task out only once its message is
+    received; the poll stays for a SuperNode started without that guard.)
     """
     res = client.PullTaskInput(PullTaskInputRequest())
     set_task_identity(task_id=res.task_id, run_id=res.run.run_id, node_id=res.context.node_id)
