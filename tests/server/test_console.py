@@ -195,3 +195,72 @@ def test_the_round_loop_records_refusals_by_their_code(tmp_path):
         _one_round(fed=Refusing(), run=run, server_round=1, recorder=recorder, evaluator=None)
     line = json.loads((tmp_path / "metrics.jsonl").read_text())
     assert line["refusals"] == {"SITE_BUDGET": 2, "POLICY": 1}
+
+
+PNG = b"\x89PNG\r\n\x1a\n" + b"figure-bytes"
+
+
+@pytest.fixture
+def explained(state):
+    """run-42 with explanations (as `fedhaven.shared.explain` writes them) and one site's shared histogram."""
+    run = state.runs / "run-42"
+    explain = run / "explain"
+    explain.mkdir()
+    for name in ("confusion.png", "reliability.png", "attributions-class-0.png"):
+        (explain / name).write_bytes(PNG + name.encode())
+    (explain / "explain.json").write_text(json.dumps({
+        "format": 1, "privacy": "Computed by the coordinator on its own held-out test set", "test_examples": 360,
+        "accuracy": 0.9, "per_class_accuracy": {"zero": 0.95, "<b>one</b>": None},
+        "calibration": {"ece": 0.042}, "attribution": {"method": "integrated gradients (Captum)"},
+        "files": {"attributions_zero": "attributions-class-0.png", "confusion_matrix": "confusion.png",
+                  "reliability": "reliability.png", "odd": "../config.json"}}))
+    (run / "site-statistics.json").write_text(json.dumps(
+        {"hospital-a": {"class_histogram": {"zero": 101.0, "<i>one</i>": 87.0}, "round": 1}}))
+    (state.root / "secret.png").write_bytes(b"not for the browser")
+    return state
+
+
+def test_the_run_page_shows_explanations_and_what_sites_shared_of_their_data(explained):
+    client = _client(explained, token=False)
+    page = client.get("/runs/run-42").text
+    assert 'src="/runs/run-42/explain/confusion.png"' in page and "expected calibration error 0.042" in page
+    assert 'src="/runs/run-42/explain/attributions-class-0.png"' in page and "config.json" not in page
+    assert "&lt;b&gt;one&lt;/b&gt;" in page and "<b>one" not in page and "0.950" in page and "360 test" in page
+    quality = page.split('id="site-quality"')[1].split("</table>")[0]
+    a = quality.split('data-site="hospital-a"')[1].split("</tr>")[0]
+    b = quality.split('data-site="hospital-b"')[1].split("</tr>")[0]
+    assert "noisy class histogram (round 1)" in a and "zero 101" in a and "&lt;i&gt;one&lt;/i&gt; 87" in a
+    assert "stays at the site" in b and "histogram" not in b
+    for img in ("confusion.png", "attributions-class-0.png"):
+        res = client.get(f"/runs/run-42/explain/{img}")
+        assert res.status_code == 200 and res.headers["content-type"] == "image/png"
+        assert res.content == PNG + img.encode() and res.headers["x-content-type-options"] == "nosniff"
+
+
+def test_a_run_without_explanations_says_so_and_every_site_keeps_its_report(state):
+    page = _client(state, token=False).get("/runs/run-42").text
+    assert "None yet" in page and "/explain/" not in page
+    quality = page.split('id="site-quality"')[1].split("</table>")[0]
+    assert quality.count("stays at the site") == 2 and "histogram (round" not in quality
+
+
+def test_only_figures_inside_the_runs_explain_folder_are_served(explained):
+    import os
+
+    client = _client(explained, token=False)
+    explain = explained.runs / "run-42" / "explain"
+    os.symlink(explained.root / "secret.png", explain / "link.png")  # a link out of the folder
+    (explained.runs / "run-9").symlink_to(explained.root, target_is_directory=True)  # a run folder that leaves runs/
+    (explained.root / "explain").mkdir()
+    (explained.root / "explain" / "secret.png").write_bytes(b"not for the browser")
+    os.mkfifo(explain / "fifo.png")  # opening it must not hang the console
+    for path in ("/runs/run-42/explain/..%2F..%2F..%2Fsecret.png", "/runs/run-42/explain/%2e%2e%2Fconfig.json",
+                 "/runs/run-42/explain/..%5Cconfig.json", "/runs/%2e%2e/explain/secret.png",
+                 "/runs/run-42/explain/explain.json", "/runs/run-42/explain/link.png",
+                 "/runs/run-9/explain/secret.png", "/runs/run-42/explain/fifo.png",
+                 "/runs/run-42/explain/missing.png", "/runs/run-42/explain/.png"):
+        res = client.get(path)
+        assert res.status_code == 404, path
+        assert b"not for the browser" not in res.content and b"figure-bytes" not in res.content
+    guarded = _client(explained, token=True).get("/runs/run-42/explain/confusion.png")
+    assert guarded.status_code == 303 and guarded.headers["location"] == "/login"  # the figures need the token too

@@ -27,6 +27,7 @@ from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from fedhaven.server.console.actions import ActionError, resume_run, stop_run
+from fedhaven.server.console.artifacts import read_explain, read_figure, read_site_quality
 from fedhaven.server.console.charts import CHARTS, chart_svg
 from fedhaven.server.console.metrics import metrics_registry
 from fedhaven.server.console.view import FederationView, read_federation
@@ -185,7 +186,16 @@ def build_app(settings: ConsoleSettings) -> Starlette:
         if run is None:
             return _page(request, "message.html", settings, status_code=404, title="No such run",
                          message=f"{request.path_params['name']} is not a run of this coordinator")
-        return _page(request, "run.html", settings, fed=fed, run=run, charts=CHARTS)
+        run_dir = settings.state.runs / run.name
+        return _page(request, "run.html", settings, fed=fed, run=run, charts=CHARTS, explain=read_explain(run_dir),
+                     quality=read_site_quality(run_dir, sorted(run.site_epsilon)))
+
+    def figure(request: Request) -> Response:
+        """An explanation figure of a run: only a PNG directly in RUN_DIR/explain (see `read_figure`)."""
+        data = read_figure(settings.state.runs, run=request.path_params["name"], file=request.path_params["file"])
+        if data is None:
+            return PlainTextResponse("not found\n", status_code=404)
+        return Response(data, media_type="image/png")
 
     def chart(request: Request) -> Response:
         run = view().run(request.path_params["name"])
@@ -226,6 +236,7 @@ def build_app(settings: ConsoleSettings) -> Starlette:
     console = Router(routes=[
         Route("/", index), Route("/metrics", metrics), Route("/login", login, methods=["GET", "POST"]),
         Route("/runs/{name}", run_page), Route("/runs/{name}/{chart}.svg", chart),
+        Route("/runs/{name}/explain/{file}", figure),
         Route("/runs/{name}/{verb}", action, methods=["GET", "POST"])])
     hosts = [*LOCAL_HOSTS, *settings.hosts]
     guarded = TrustedHostMiddleware(_Guard(console, settings), allowed_hosts=hosts)
