@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -44,15 +44,16 @@ def run_log(run_dir: Path) -> Iterator[None]:
 def serve(*, grid: Grid, context: Context, run: RunConfig, run_dir: Path, max_weight: float | None,
           witnesses: SiteWitnesses, on_round: Callable[[RoundRecord], None] | None = None,
           audit: Callable[[list[np.ndarray]], dict[str, Any]] | None = None,
-          ledger_command: str | None = None) -> RunResult:
+          ledger_command: str | None = None, site_names: Sequence[str] = ()) -> RunResult:
     """Run `run` on `grid`: central evaluation on the test split of `run.data`, results in `run_dir`
-    (`run.resume_from`, when set, is that directory: the run continues from its last complete round)."""
+    (`run.resume_from`, when set, is that directory: the run continues from its last complete round); `site_names`
+    (simulation): the sites' names by partition id, for waits on sites that have not answered yet."""
     with run_log(run_dir):
         test = load_data(cfg=run.data, split="test", cache_dir=run.cache_dir())
         evaluator = CentralEvaluator(run=run, data=test, device=resolve_device("auto"), cache_dir=run.cache_dir())
         return run_federation(grid=grid, context=context, run=run, run_dir=run_dir, input_spec=test.spec,
                               classes=test.classes, evaluator=evaluator, max_weight=max_weight, on_round=on_round,
-                              witnesses=witnesses, audit=audit, ledger_command=ledger_command,
+                              witnesses=witnesses, audit=audit, ledger_command=ledger_command, site_names=site_names,
                               explain=lambda w: evaluator.explain(w, out_dir=run_dir / EXPLAIN_DIR))
 
 
@@ -66,6 +67,7 @@ def make_server_app(
     witnesses: SiteWitnesses | None = None,
     audit: Callable[[list[np.ndarray]], dict[str, Any]] | None = None,
     ledger_command: str | None = None,
+    site_names: Sequence[str] = (),
 ) -> ServerApp:
     """A ServerApp for a run known in advance (simulation): `serve` with these arguments."""
     app = ServerApp()
@@ -74,7 +76,7 @@ def make_server_app(
     def main(grid: Grid, context: Context) -> None:
         result = serve(grid=grid, context=context, run=run, run_dir=run_dir, max_weight=max_weight,
                        witnesses=witnesses if witnesses is not None else SiteWitnesses(), on_round=on_round,
-                       audit=audit, ledger_command=ledger_command)
+                       audit=audit, ledger_command=ledger_command, site_names=site_names)
         if on_result is not None:
             on_result(result)
 

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from fedhaven.server.locate.exclusions import Exclusions
 from fedhaven.shared.config import to_dict
 from fedhaven.shared.files import write_atomic
 from fedhaven.shared.models import InputSpec, build_model
@@ -55,6 +56,7 @@ def load_checkpoint(*, run_dir: Path, run: RunConfig, input_spec: InputSpec) -> 
             weights = [t.numpy().copy() for t in blob["state_dict"].values()]
             for key in ("sites", "unanswered", "histories", "strategy", "config", "round"):
                 blob[key]  # every key must be there
+            Exclusions.from_blob(blob.get("excluded"))  # sites located as bad (none before they were kept)
         except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint is skipped, and said so
             skipped.append(f"{path.name} unreadable ({type(exc).__name__}: {str(exc)[:120]})")
             continue

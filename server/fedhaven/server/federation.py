@@ -8,7 +8,7 @@ import math
 import statistics
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,8 @@ from fedhaven.server.flower_legacy import (
 )
 from fedhaven.server.guard import CachedEvaluator, Evaluator, UpdateGuard
 from fedhaven.server.latency import grid_poll
-from fedhaven.server.latency.grid import PollingGrid, describe_nodes
+from fedhaven.server.latency.grid import PartitionNames, PollingGrid, describe_nodes
+from fedhaven.server.locate.exclusions import Exclusions
 from fedhaven.server.model_card import write_release
 from fedhaven.server.privacy_report import PrivacyReport, build_privacy_report, worst_epsilon
 from fedhaven.server.recorder import RunRecorder
@@ -116,6 +117,7 @@ def run_federation(
     audit: Callable[[list[np.ndarray]], dict[str, Any]] | None = None,
     ledger_command: str | None = None,
     explain: Callable[[list[np.ndarray]], object] | None = None,
+    site_names: Sequence[str] = (),
 ) -> RunResult:
     """Run `run.rounds` rounds on Flower's grid and write the privacy report, in every outcome.
 
@@ -125,7 +127,8 @@ def run_federation(
     each site's ledger (in memory unless given a file); `audit` computes an empirical check on
     the final weights (simulation); `ledger_command` is how a site recomputes its epsilon; `explain` writes
     RUN_DIR/explain from the final weights on the coordinator's own test data (a failure there is logged, never
-    fails the run).
+    fails the run); `site_names` (simulation) names the sites by partition id, so that a wait names a site that has
+    not answered yet (`PartitionNames`).
     """
     start = time.perf_counter()
     resume = None
@@ -147,8 +150,16 @@ def run_federation(
     inner = grid
     named: list[LegacyFederation] = []  # the federation, once built: it knows the sites' names
 
-    def name_of(node: int) -> str | None:
+    partitions = PartitionNames(grid, site_names) if site_names else None
+
+    def known_name(node: int) -> str | None:
         return named[0].known_name(node) if named else None
+
+    def name_hint(node: int) -> str | None:
+        return partitions.name_of(node, known=known_name) if partitions is not None else None
+
+    def name_of(node: int) -> str | None:
+        return known_name(node) or name_hint(node)
 
     def waiting_for_replies(waited: float, missing: frozenset[int]) -> None:
         log.warning("waiting %.0f s for %d site(s) to answer: %s", waited, len(missing),
@@ -164,7 +175,7 @@ def run_federation(
     grid = PollingGrid(grid, timeout=run.waits.stage, report_every=run.waits.report_every,
                        on_wait=waiting_for_replies, poll_min=poll_min, poll_max=poll_max)
     fed = LegacyFederation(grid=grid, context=context, run=run, strategy=strategy, on_waiting=waiting_for_sites,
-                           max_weight=max_weight if run.secagg.enabled else None)
+                           max_weight=max_weight if run.secagg.enabled else None, name_hint=name_hint)
     named.append(fed)
     weights = fed.weights()
     first = 1
@@ -174,10 +185,13 @@ def run_federation(
             weights, first = resume.weights, resume.round + 1
             fed.set_weights(weights)
             restore_strategy_state(strategy, resume.blob["strategy"], weights=weights)
+            fed.restore_exclusions(Exclusions.from_blob(resume.blob.get("excluded")))  # located sites stay out
             recorder.restore(resume)
             guard.observe_norms([r.update_norm for r in recorder.sites.values()])  # the bound picks up where it was
             why = (f"continued after round {resume.round} from {resume.path.name}"
-                   + (f"; newer checkpoints skipped: {'; '.join(skipped)}" if skipped else ""))
+                   + (f"; newer checkpoints skipped: {'; '.join(skipped)}" if skipped else "")
+                   + (f"; left out as located: {', '.join(e.summary() for e in fed.exclusions.by_site.values())}"
+                      if fed.exclusions else ""))
             log.warning("resuming %s: %s", run_dir, why)
             recorder.record(RoundRecord(round=resume.round, status="resumed", attempt=0, loss=None, accuracy=None,
                                         epsilon_max=None, epsilon_mean=None, sites_ok=0, sites_failed=0,
@@ -299,7 +313,9 @@ def _one_round(*, fed: LegacyFederation, run: RunConfig, server_round: int, reco
         t1 = time.perf_counter()
         loss, acc = evaluator(outcome.weights) if evaluator is not None else (None, None)
         eval_time = time.perf_counter() - t1 + guard_eval
-        recorder.checkpoint(server_round=server_round, weights=outcome.weights, strategy=fed.strategy_state())
+        located = getattr(fed, "exclusions", None)  # sites located as bad stay out of a resumed run too
+        recorder.checkpoint(server_round=server_round, weights=outcome.weights, strategy=fed.strategy_state(),
+                            excluded=located.to_blob() if located is not None else ())
         recorder.record(RoundRecord(status="ok", loss=loss, accuracy=acc, round_time_s=time.perf_counter() - t0,
                                     eval_time_s=eval_time, **common))
         return outcome.weights

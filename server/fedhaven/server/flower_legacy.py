@@ -37,6 +37,7 @@ from fedhaven.server.failures import SiteFailure, site_failure
 from fedhaven.server.guard import UpdateGuard
 from fedhaven.server.identity import Registered
 from fedhaven.server.latency.grid import PollingGrid
+from fedhaven.server.locate.exclusions import Exclusions
 from fedhaven.server.records import CentralNoise
 from fedhaven.server.seam.legacy import (
     FITINS_CONFIG,
@@ -428,8 +429,10 @@ class LegacyFederation:
     """Drives Flower's legacy stack one fit round at a time for fedhaven's round loop."""
 
     def __init__(self, *, grid: Grid, context: Context, run: RunConfig, strategy: RecordingStrategy,
-                 max_weight: float | None, on_waiting: Callable[[float, int, int], None] | None = None) -> None:
+                 max_weight: float | None, on_waiting: Callable[[float, int, int], None] | None = None,
+                 name_hint: Callable[[int], str | None] | None = None) -> None:
         self.grid = grid
+        self.name_hint = name_hint  # a name for a node not yet heard from, display only (fl-sim: by partition)
         manager = BoundedClientManager(timeout=run.waits.min_sites, report=on_waiting, min_sites=run.min_sites,
                                        report_every=run.waits.report_every)
         self.ctx = LegacyContext(context=context, config=FlowerServerConfig(num_rounds=run.rounds),
@@ -440,6 +443,8 @@ class LegacyFederation:
         self._secagg_cfg = run.secagg
         self._robust = run.robust
         self.secagg = secagg_workflow(run.secagg, max_weight=max_weight) if max_weight is not None else None
+        self.exclusions = Exclusions()  # sites located as bad (kept in checkpoints): never sampled again in the run
+        manager.leave_out = self.exclusions.predicate(self.known_name)
         self._thread, self._stop = start_client_manager(grid, manager)
         init_workflow_state(grid, self.ctx)
 
@@ -455,6 +460,11 @@ class LegacyFederation:
         if self.secagg is not None:
             self.secagg = secagg_workflow(self._secagg_cfg, max_weight=self.secagg.max_weight,
                                           clipping_range=clipping_range)
+
+    def restore_exclusions(self, exclusions: Exclusions) -> None:
+        """A checkpoint's located sites: left out of every round of the resumed run (see `locate.exclusions`)."""
+        for e in exclusions.by_site.values():
+            self.exclusions.by_site.setdefault(e.site, e)
 
     def available_sites(self) -> int:
         return self.ctx.client_manager.num_available()
@@ -541,6 +551,9 @@ class LegacyFederation:
         assert isinstance(self.ctx.client_manager, BoundedClientManager)
         self.ctx.client_manager.exclude(found.located)
         last.located = [name(n) for n in found.located]
+        for n in found.located:
+            self.exclusions.add(site=name(n), server_round=server_round, node=n, reason=rejected,
+                                groups=found.evidence)
         for site in last.located:  # counted as a site whose update the guard rejected
             guard.verdict.site_rejections.append(f"{site}: its update broke the round's sum (found by re-masked "
                                                  f"groups); left out of the rest of the run")
@@ -566,7 +579,7 @@ class LegacyFederation:
         return name
 
     def _site_name(self, node: int) -> str:
-        return self.known_name(node) or f"node {node}"
+        return self.known_name(node) or (self.name_hint(node) if self.name_hint else None) or f"node {node}"
 
     def close(self) -> None:
         self._stop.set()

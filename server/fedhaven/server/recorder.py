@@ -80,16 +80,17 @@ class RunRecorder:
         return state_dict_from_weights(self._model, weights)
 
     def checkpoint(self, *, server_round: int, weights: Sequence[np.ndarray],
-                   strategy: dict[str, Any] | None = None) -> Path:
+                   strategy: dict[str, Any] | None = None, excluded: Sequence[dict[str, Any]] = ()) -> Path:
         """Everything a resumed run needs after `server_round`: weights, the strategy's state, what every site
-        reported. Plain values and tensors only, so resuming never unpickles code."""
+        reported, the sites located as bad (`excluded`, with their evidence). Plain values and tensors only, so
+        resuming never unpickles code."""
         path = self.run_dir / "checkpoints" / f"round-{server_round:03d}.pt"
         blob = {"format": CHECKPOINT_FORMAT, "round": server_round, "state_dict": self._payload(weights),
                 "model": to_dict(self.run.model), "input": asdict(self.input_spec), "classes": list(self.classes),
                 "config": run_identity(self.run), "sites": {k: asdict(v) for k, v in self.sites.items()},
                 "unanswered": {k: list(v) for k, v in self.unanswered.items()},
                 "histories": {k: [list(h) for h in v] for k, v in self.histories.items()},
-                "strategy": strategy or {}}
+                "strategy": strategy or {}, "excluded": [dict(e) for e in excluded]}
         torch_save_atomic(path, blob)
         return path
 

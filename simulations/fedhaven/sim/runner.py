@@ -164,7 +164,8 @@ def run_experiment(
     server_app = make_server_app(run=exp.run_config(), run_dir=run_dir, max_weight=max_weight, on_round=on_round,
                                  on_result=results.append, witnesses=SiteWitnesses(run_dir / "ledger-witnesses.json"),
                                  audit=lambda weights: audit_membership(exp=exp, weights=weights),
-                                 ledger_command=f"fl-client ledger verify --state-dir {run_dir / 'sites'}/SITE")
+                                 ledger_command=f"fl-client ledger verify --state-dir {run_dir / 'sites'}/SITE",
+                                 site_names=[sites.site_info(i).name for i in range(exp.sites)])  # waits name them
     client_app = make_client_app(sites=sites, update_mods=attack_mods(exp, sites))
     backend_config = {
         "client_resources": {"num_cpus": exp.simulation.cpus_per_site, "num_gpus": exp.simulation.gpus_per_site},

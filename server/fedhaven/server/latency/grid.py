@@ -10,14 +10,19 @@ arrives, and gives up after `timeout` seconds whatever the caller asked.
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 from flwr.app import Message
 from flwr.serverapp import Grid
 
 from fedhaven.server.attendance import Attendance
 from fedhaven.server.delegating_grid import DelegatingGrid
+from fedhaven.server.seam.simulation import partition_ids
+from fedhaven.shared.text import printable
+
+log = logging.getLogger("fedhaven.server")
 
 #: Called while waiting: (seconds waited, node ids still missing).
 WaitReport = Callable[[float, frozenset[int]], None]
@@ -54,6 +59,46 @@ def describe_nodes(grid: Grid, node_ids: Iterable[int] | None = None,
         if lost:
             parts.append(f"{lost} site(s) no longer connected")
     return ", ".join(parts) or "no sites known"
+
+
+class PartitionNames:
+    """A simulated site's name before it has answered: `fl-sim` knows its sites' names by partition (`site-01`, ...)
+    and Flower's simulation which node holds which partition (`fedhaven.server.seam.simulation`).
+
+    For display only (waits, the sites that never answered), never an identity: a name a site's reply gave wins,
+    and should any answered node's name differ from the one its partition gives, these names are dropped for the
+    rest of the run (the wait lines then count unnamed sites, as before).
+    """
+
+    def __init__(self, grid: Grid, names: Sequence[str]) -> None:
+        self.grid, self.names = grid, tuple(names)
+        self._nodes: dict[int, int] = {}  # node id -> partition id, once every site's node is known
+        self._dropped = False
+
+    def name_of(self, node: int, *, known: Callable[[int], str | None]) -> str | None:
+        """The name of the site on `node` by its partition; `known` gives the names sites' replies gave."""
+        nodes = self._partitions()
+        if node not in nodes:
+            return None
+        for other, pid in nodes.items():
+            reported = known(other)
+            if reported is not None and reported != self.names[pid]:
+                log.warning("simulated sites are no longer named by partition: the site on partition %d answered "
+                            "as %s, not %s", pid, printable(reported, limit=80), self.names[pid])
+                self._dropped, self._nodes = True, {}
+                return None
+        return self.names[nodes[node]]
+
+    def _partitions(self) -> dict[int, int]:
+        if self._dropped or self._nodes:
+            return self._nodes
+        try:
+            found = partition_ids(self.grid.get_nodes())
+        except Exception:  # noqa: BLE001 - a name must never break the wait it reports on
+            return {}
+        if len(found) == len(self.names):  # every partition's node registered: the order is complete
+            self._nodes = found
+        return self._nodes
 
 
 def _age(stamp: str, now: float) -> str:

@@ -192,9 +192,10 @@ class Locator:
         if self.honest is not None:
             return None
         if not self.explanations:
-            raise NoPlan(f"no set of at most {self.max_bad} site(s) (locate.max_bad) explains which groups failed: "
-                         f"more bad sites, or some site sent a different update in the re-masked groups than in "
-                         f"the round")
+            raise NoPlan(f"no set of at most {self.max_bad} site(s) explains which re-masked groups failed: more "
+                         f"than {self.max_bad} site(s) sent a bad update (robust.locate_max_bad = {self.max_bad} is "
+                         f"how many are searched for), or some site sent a different update in the re-masked "
+                         f"groups than in the round")
         if len(self.explanations) == 1 and self._unproven():  # evidence first: a re-masked group with it fails
             for group in self._options_with(self._unproven()):
                 if self.safe(group):

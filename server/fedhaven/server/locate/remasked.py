@@ -79,7 +79,7 @@ class _Group(Strategy):
 @dataclass
 class Search:
     """What a search found: located nodes, the honest group's aggregate (None: the round stays rejected), its
-    note, groups unmasked and seconds spent."""
+    note, groups unmasked, seconds spent and each group's verdict (the evidence kept with an exclusion)."""
 
     located: list[int] = field(default_factory=list)
     params: Parameters | None = None
@@ -87,6 +87,7 @@ class Search:
     groups: int = 0
     seconds: float = 0.0
     failures: list[str] = field(default_factory=list)
+    evidence: list[tuple[tuple[str, ...], bool]] = field(default_factory=list)  # (group's sites, passed?) in order
 
 
 def locate(*, server_round: int, nodes: Sequence[int], names: Callable[[int], str], metrics: dict[int, dict[str, Any]],
@@ -135,6 +136,7 @@ def locate(*, server_round: int, nodes: Sequence[int], names: Callable[[int], st
                 passed = reason is None
             log.info("round %d: re-masked group of %d site(s) %s", server_round, len(group),
                      "passed" if passed else "failed")
+            out.evidence.append((tuple(sorted(names(n) for n in group)), passed))
             locator.record(group, passed=passed)
         out.located = sorted(locator.located)
         out.note = (f"located {', '.join(names(n) for n in out.located)} in {out.groups} re-masked group(s); the "

@@ -16,6 +16,8 @@ upgrade removes or changes. Modules:
 - `fleet_auth`: Flower's SuperNode authentication headers, checked by the public door before a body;
 - `control`: Flower's Control API client over the operator's socket;
 - `errors`: Flower's and Ray's error text made readable (display only).
+- `simulation`: which simulated node holds which partition, so that `fl-sim` names a site
+  that has not answered yet (display only).
 
 The benchmarks (`fedhaven.sim.bench`) measure Flower itself (its masking, its SQL
 state, its log lines) and are not part of a run: they are outside this rule.
@@ -104,6 +106,8 @@ state, its log lines) and are not part of a run: they are outside this rule.
 | `flwr.supernode.runtime.run_clientapp.run_clientapp` | format | a raised exception as Flower writes it into an Error's reason | none |
 | `flwr.clientapp.client_app.ClientAppException` | format | Flower's message marker in simulation | none |
 | `flwr.simulation.run_simulation.run_simulation` | format | run_simulation's deprecation warning, dropped from fl-sim's output | `flwr run` against a local SuperLink (installs app dependencies with uv by default) |
+| `flwr.server.superlink.fleet.vce.vce_api._register_nodes` | format | simulation: node i, registered i-th, holds partition i (fl-sim names its sites before they answer) | none |
+| `flwr.server.superlink.linkstate.in_memory_linkstate.InMemoryLinkState.create_node` | format | simulation: each node stamped `registered_at` when created, the order `Grid.get_nodes()` shows | none |
 """
 
 from __future__ import annotations
@@ -325,4 +329,12 @@ INTERNALS: tuple[Internal, ...] = (
              "run_simulation's deprecation warning, dropped from fl-sim's output",
              source=("The `run_simulation` function is deprecated",),
              alternative="`flwr run` against a local SuperLink (installs app dependencies with uv by default)"),
+    # ---- seam.simulation: which simulated node holds which partition (names before a site answers) ----
+    Internal("flwr.server.superlink.fleet.vce.vce_api", "_register_nodes", "format",
+             "simulation: node i, registered i-th, holds partition i (fl-sim names its sites before they answer)",
+             params=("num_nodes", "state_factory"),
+             source=("for i in range(num_nodes):", "node_id = state.create_node(", "nodes_mapping[node_id] = i")),
+    Internal("flwr.server.superlink.linkstate.in_memory_linkstate", "InMemoryLinkState.create_node", "format",
+             "simulation: each node stamped `registered_at` when created, the order `Grid.get_nodes()` shows",
+             source=("registered_at=now().isoformat()",)),
 )

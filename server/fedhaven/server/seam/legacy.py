@@ -242,6 +242,7 @@ class BoundedClientManager(SimpleClientManager):
         self.shortfall: str | None = None  # why the last wait gave up
         self.suspects: dict[str, float] = {}  # cid -> when it last failed to answer in time
         self.excluded: set[str] = set()  # cids of sites located as bad: never sampled again in this run
+        self.leave_out: Callable[[str], bool] | None = None  # also left out (a resumed run's located sites, by name)
 
     # ----- sites that went silent: not asked again at once -----
     def suspect(self, node_ids: Iterable[int]) -> None:
@@ -256,14 +257,17 @@ class BoundedClientManager(SimpleClientManager):
         """Sites located as bad: left out of every later round of the run."""
         self.excluded |= {str(n) for n in node_ids}
 
+    def _left_out(self, cid: str) -> bool:
+        return cid in self.excluded or (self.leave_out is not None and self.leave_out(cid))
+
     def _trusted(self) -> list[str]:
         now = time.monotonic()
         self.suspects = {c: t for c, t in self.suspects.items() if now - t < self.suspect_for and c in self.clients}
-        return [c for c in self.clients if c not in self.suspects and c not in self.excluded]
+        return [c for c in self.clients if c not in self.suspects and not self._left_out(c)]
 
     def num_available(self) -> int:  # Flower's signature
         trusted = self._trusted()
-        allowed = [c for c in self.clients if c not in self.excluded]
+        allowed = [c for c in self.clients if not self._left_out(c)]
         return len(trusted) if self.suspects and len(trusted) >= self.min_sites else len(allowed)
 
     def sample(self, num_clients: int, min_num_clients: int | None = None,  # Flower's signature
@@ -271,8 +275,8 @@ class BoundedClientManager(SimpleClientManager):
         trusted = set(self._trusted())
         if self.suspects and len(trusted) >= max(self.min_sites, num_clients):
             criterion = _Among(trusted, criterion)
-        elif self.excluded:
-            criterion = _Among({c for c in self.clients if c not in self.excluded}, criterion)
+        elif any(self._left_out(c) for c in self.clients):
+            criterion = _Among({c for c in self.clients if not self._left_out(c)}, criterion)
         return super().sample(num_clients, min_num_clients, criterion)
 
     def unregister(self, client: ClientProxy) -> None:  # a node Flower dropped comes back afresh
