@@ -46,6 +46,12 @@ def fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far, all its threads."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class Meter:
     """Samples a process's RSS (MB) and fds every `every` seconds in a thread, between `with` and its end."""
 
@@ -270,7 +276,7 @@ def tools() -> SimpleNamespace:
     """The attack clients and meters above, for the tests (pytest's importlib mode shares helpers by fixture)."""
     return SimpleNamespace(Door=Door, Tally=Tally, Meter=Meter, Signer=Signer, source=source, big_body=big_body,
                            slow_headers=slow_headers, huge_headers=huge_headers, signed_post=signed_post,
-                           until=until, rss_mb=rss_mb, fds=fds, settle_rss=settle_rss, MB=MB)
+                           until=until, rss_mb=rss_mb, fds=fds, cpu_s=cpu_s, settle_rss=settle_rss, MB=MB)
 
 
 @pytest.fixture(scope="module")

@@ -23,6 +23,14 @@ ATTACK_SECONDS = 60.0
 RECONNECT = 1.0
 ATTACKER_SECONDS_TEXT = f"{ATTACK_SECONDS:g} s"
 FLOODERS = 24
+#: The honest run's steady round under the registered-key flood, at most this many times its round without it.
+#: Measured on this 2-core machine shared with other work (2026-12-07, load 5-9), every round ok each time: with 16
+#: open requests per node 4.1x (27.8 s vs 6.7 s) and 4.4x (38.0 s vs 8.6 s); with 8 (the default now) 2.8x (31.3 s
+#: vs 11.1 s; the round without the flood varies from 6.7 to 11.1 s here). Before the per-key limits the same flood
+#: lost round 1 and stretched rounds to 41-46 s. The flood costs the SuperLink about +0.2 cores and the flooders
+#: 0.2-0.35: what is left is the SuperLink's one event loop, short of CPU, doing a TLS handshake per flood request
+#: (65-96/s) and Flower's work for the 13-25 pulls/s the key's limits let through, with the honest sites queued behind.
+FLOOD_FACTOR = 5.0
 
 
 def _steady_round(fed, res) -> tuple[float, list[float]]:
@@ -249,39 +257,85 @@ def test_replayed_authentication_headers_are_refused_unread(fed, door, superlink
     assert set(replays.statuses) == {"401 (door)"}, replays.statuses
 
 
-def test_a_registered_site_flooding_pulls_is_capped_and_the_honest_run_completes(
+def test_a_registered_key_flooding_signed_pulls_is_rate_limited_and_the_honest_run_keeps_its_pace(
         fed, door, superlink, tools, observe, mallory):
-    obs = observe(f"a registered key flooding pulls: {FLOODERS} concurrent loops of signed pulls from 2 addresses "
-                  "during an honest 2-round run",
-                  "one pull held, the rest answered by Flower; requests past the per-node cap (16 open) answered "
-                  "429 unread; memory bounded; the honest run completes")
+    """The attacker holds a registered key: every pull it sends is validly signed and fresh. Past its bucket
+    (LIMITS.node_burst, then LIMITS.node_rate a second) the door answers 503 unread, before verifying the signature,
+    so Flower sees at most the bucket's worth; the honest run's steady round stays within FLOOD_FACTOR of its round
+    without the flood. The flooders share this machine's two cores with the coordinator and the sites, and each of
+    their requests still costs the coordinator a TLS handshake (uvicorn completes it before the door sees the
+    connection; a new connection costs it a handshake, bounded per address by LIMITS.source_rate, which
+    tests/server/test_limits_tls.py checks)."""
+    obs = observe(f"a registered key flooding signed pulls: {FLOODERS} concurrent loops, one fresh TLS connection "
+                  f"per pull, each from its own address (so that the per-address connection rate, "
+                  f"{LIMITS.source_rate:g}/s, does not bind), during an honest 3-site DP + SecAgg+ run of {ROUNDS} "
+                  "rounds",
+                  f"past the key's bucket ({LIMITS.node_burst} then {LIMITS.node_rate:g}/s) 503 with Retry-After "
+                  f"from the door, unread; Flower answers at most the bucket's worth; memory bounded; every honest "
+                  f"round ok, steady round <= {FLOOD_FACTOR:g}x the same run without the flood")
     signer, node = mallory
     from flwr.proto.fleet_pb2 import PullMessagesRequest
 
     request = PullMessagesRequest()
     request.node.node_id = node
     body = request.SerializeToString()
+    cpu0, wall0 = tools.cpu_s(superlink), time.monotonic()
+    base, base_rounds = _steady_round(fed, _run(fed, target=6.0))
+    base_cpu = (tools.cpu_s(superlink) - cpu0) / (time.monotonic() - wall0)
+    obs.observed.append(f"without the flood: steady round {base:.1f} s (rounds "
+                        f"{', '.join(f'{t:.1f}' for t in base_rounds)}), SuperLink CPU {base_cpu:.2f} cores")
     tally = tools.Tally()
+    cpu0, own0 = tools.cpu_s(superlink), time.process_time()
     idle = tools.rss_mb(superlink)
     with tools.Meter(superlink) as meter, ThreadPoolExecutor(max_workers=1) as pool:
-        honest = pool.submit(lambda: fed.run(run_toml(rounds=2, target=16.0), timeout=900))
+        honest = None
 
-        async def go():
+        async def go() -> float:
+            nonlocal honest
             loop = asyncio.get_running_loop()
             start = loop.time()
 
             async def flood(i: int) -> None:
-                while not honest.done() and loop.time() - start < 600:
-                    await tools.signed_post(door, tools.source(150 + i % 2), tally, path="/v1/fleet/pull-messages",
+                while (honest is None or not honest.done()) and loop.time() - start < 900:
+                    await tools.signed_post(door, tools.source(150 + i), tally, path="/v1/fleet/pull-messages",
                                             body=body, headers=signer.headers())
-            await asyncio.gather(*(flood(i) for i in range(FLOODERS)))
-        asyncio.run(go())
-        res = honest.result()
-    run_dir = Path(fed.run_dir_of(res.stdout + res.stderr))
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    rounds = ", ".join(f"{r['status']} {float(r['round_time_s']):.0f} s" for r in rows if r.get("round"))
-    obs.observed += [tally.summary(), f"RSS idle {idle:.0f} MB, peak {max(meter.rss):.0f} MB",
-                     f"honest run exit {res.returncode}, its rounds: {rounds} (a failed round is retried)"]
+
+            async def later() -> None:
+                nonlocal honest
+                await asyncio.sleep(3)  # the flood is on before the run starts
+                honest = pool.submit(_run_rows, fed, 12.0)
+            await asyncio.gather(later(), *(flood(i) for i in range(FLOODERS)))
+            return loop.time() - start
+
+        seconds = asyncio.run(go())
+        res, rows = honest.result()
+    flood_cpu, own_cpu = (tools.cpu_s(superlink) - cpu0) / seconds, (time.process_time() - own0) / seconds
+    times = [float(r["round_time_s"]) for r in rows if r.get("status") == "ok"]
+    under = statistics.median(times[1:]) if len(times) > 1 else float("inf")
+    by_flower = sum(n for s, n in tally.statuses.items() if s.isdigit())  # an answer without the door's mark
+    rounds = ", ".join(f"{r['status']} {float(r['round_time_s']):.1f} s" for r in rows if r.get("round"))
+    obs.observed += [f"flood lasted {seconds:.0f} s: {tally.summary()}, {tally.connections / seconds:.0f} requests/s",
+                     f"answered by Flower: {by_flower} (bucket allows at most "
+                     f"{LIMITS.node_burst + LIMITS.node_rate * seconds:.0f})",
+                     f"RSS idle {idle:.0f} MB, peak {max(meter.rss):.0f} MB",
+                     f"CPU during the flood: SuperLink {flood_cpu:.2f} cores, the flooders themselves "
+                     f"{own_cpu:.2f} cores (of this machine's 2)",
+                     f"under the flood: exit {res.returncode}, rounds {rounds}; steady round {under:.1f} s = "
+                     f"{under / base:.2f}x"]
     assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
-    assert "429 (door)" in tally.statuses or "refused" in tally.statuses, tally.statuses
+    assert "503 (door)" in tally.statuses, tally.statuses
+    assert by_flower <= LIMITS.node_burst + LIMITS.node_rate * seconds + FLOODERS
     assert max(meter.rss) - idle <= 100
+    assert len(times) == ROUNDS and all(r.get("status") == "ok" for r in rows if r.get("round")), rounds
+    assert under <= FLOOD_FACTOR * base, (under, base)
+
+
+def _run_rows(fed, target: float) -> tuple:
+    """An honest run of ROUNDS rounds (its result, never raising) and its metrics rows."""
+    res = fed.run(run_toml(rounds=ROUNDS, target=target), timeout=900)
+    try:
+        run_dir = Path(fed.run_dir_of(res.stdout + res.stderr))
+        rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    except (OSError, ValueError, TypeError, RuntimeError):  # no run directory named: the assertions say why
+        rows = []
+    return res, rows

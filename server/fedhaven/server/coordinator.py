@@ -144,23 +144,28 @@ class Coordinator:
         """The doors' latency options: Flower's timings (nothing held) when the shims are off."""
         return [] if self.cfg.latency else ["--pull-hold", "0", "--settle", "0"]
 
-    def start(self) -> Runtime:
+    def superlink_command(self) -> list[str]:
+        """Flower's SuperLink behind fedhaven's doors (`fedhaven.server.superlink`), with server.toml's limits."""
         st, port = self.state, self.cfg.superlink_port
-        st.sockets.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.chmod(st.sockets, 0o700)
         # Flower's SuperLink, on a Unix socket only this account can enter. Flower requires TLS certificates
         # for SuperNode authentication; sites get TLS at the TCP listeners, the socket itself carries plain HTTP.
         tls = (["--insecure"] if self.insecure else
                ["--ssl-ca-certfile", str(st.ca_cert), "--ssl-certfile", str(st.server_cert),
                 "--ssl-keyfile", str(st.server_key), "--enable-supernode-auth"])
-        host, _, fport = self.cfg.listen.rpartition(":")
-        superlink = self._spawn("superlink", [
+        return [
             sys.executable, "-m", "fedhaven.server.superlink", "--uds", str(st.superlink_socket),
             "--listen", self.cfg.listen, "--runtime-listen", f"127.0.0.1:{port}",
             *([] if self.insecure else ["--certfile", str(st.server_cert), "--keyfile", str(st.server_key)]),
             *tls, "--database", str(st.database), "--disable-runtime-dependency-installation",
             "--isolation", "process", "--superexec-auth-secret-file", str(st.secret_file),
-            *self.door_options()])
+            *self.door_options(), *self.cfg.limits.options()]
+
+    def start(self) -> Runtime:
+        st, port = self.state, self.cfg.superlink_port
+        st.sockets.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(st.sockets, 0o700)
+        host, _, fport = self.cfg.listen.rpartition(":")
+        superlink = self._spawn("superlink", self.superlink_command())
         wait_for_socket(st.superlink_socket, timeout=60, proc=superlink, what="flower-superlink")
         wait_for_port("127.0.0.1" if host in ("0.0.0.0", "") else host, int(fport), timeout=60, proc=superlink,
                       what="the Fleet listener")

@@ -7,9 +7,10 @@ authentication); garbage gets uvicorn's 400.
 
 Nothing is read before it is allowed: with `auth` (`fedhaven.server.gate_auth`),
 a Fleet request whose headers do not carry a registered SuperNode's fresh,
-unreplayed signature is answered 401 (and a node with too many requests open 429)
-before a byte of its body is read; a declared body above its path's cap
-(`Limits.body_cap`) gets 413 unread, and a body that grows past it 413 at once; a
+unreplayed signature is answered 401 (a node with too many requests open, or over
+its request rate, 503 with Retry-After) before a byte of its body is read;
+a declared body above its path's cap (`Limits.body_cap`) gets 413 unread, and a
+body that grows past it 413 at once; a
 body that would take the door past its budget of bytes in flight gets 503; a
 request still incomplete `read_timeout` seconds after its first byte gets 408
 (`fedhaven.server.limits` bounds headers and connections below this). Every
@@ -39,7 +40,7 @@ from typing import Any
 
 from fedhaven.server.gate_auth import NodeAuth, Verdict
 from fedhaven.server.latency.uploads import Doorbell, Uploads
-from fedhaven.server.limits import STARTED, Budget, Limits
+from fedhaven.server.limits import STARTED, Budget, Limits, retry_after
 from fedhaven.server.seam.wire import (
     ACTIVATE_NODE_PATH,
     ACTIVATION_FAILED_CODE,
@@ -330,7 +331,8 @@ def _refusal(verdict: Verdict, path: str) -> tuple[int, bytes, list[tuple[bytes,
     if verdict.unknown_key and path == ACTIVATE_NODE_PATH:
         body = json.dumps({"code": ACTIVATION_FAILED_CODE, "detail": f"fedhaven: {verdict.reason}"}).encode()
         return 412, body, CLOSE_JSON
-    return verdict.status, f"fedhaven: {verdict.reason}\n".encode(), CLOSE
+    wait = [(b"retry-after", retry_after(verdict.retry_after))] if verdict.retry_after > 0 else []
+    return verdict.status, f"fedhaven: {verdict.reason}\n".encode(), [*CLOSE, *wait]
 
 
 async def respond(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None) -> None:

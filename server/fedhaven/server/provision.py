@@ -12,6 +12,7 @@ from typing import Literal
 
 import tomli_w
 
+from fedhaven.server.limits import Limits
 from fedhaven.shared.config import ConfigError, bounds, load_toml, parse, to_dict
 from fedhaven.shared.crypto import (
     CredentialError,
@@ -39,6 +40,9 @@ class CoordinatorConfig:
     ips: tuple[str, ...] = ()
     # fedhaven's speed shims over Flower's waits (fedhaven.server.latency); false: Flower's own timings, same results
     latency: bool = True
+    # [coordinator.limits]: the Fleet door's bounds (body sizes, connections, deadlines, each site's request rate);
+    # see docs/limits.md and fedhaven.server.limits.Limits
+    limits: Limits = field(default_factory=Limits)
 
     def problems(self) -> list[str]:
         out = []
@@ -139,8 +143,20 @@ class StateDir:
         if not self.config_file.exists():
             raise ConfigError([f"{self.config_file}: not found; run `fl-server init --state-dir {self.root}` first"],
                               source=str(self.config_file))
-        return parse(CoordinatorConfig, load_toml(self.config_file).get("coordinator", {}),
-                     source=str(self.config_file))
+        data = load_toml(self.config_file)
+        stray = [f"[{k}]: not a table of server.toml (everything goes under [coordinator]"
+                 f"{'; the door limits under [coordinator.limits]' if k == 'limits' else ''})"
+                 for k in data if k != "coordinator"]
+        try:
+            cfg = parse(CoordinatorConfig, data.get("coordinator", {}), source=str(self.config_file))
+        except ConfigError as exc:
+            raise ConfigError([*stray, *exc.problems], source=str(self.config_file)) from None
+        except ValueError as exc:  # limits that contradict each other (each one in range): Limits refuses them
+            problems = [f"limits.{p}" for p in str(exc).removeprefix("fedhaven limits: ").split("; ")]
+            raise ConfigError([*stray, *problems], source=str(self.config_file)) from None
+        if stray:
+            raise ConfigError(stray, source=str(self.config_file))
+        return cfg
 
     # ----- registry -----
     def sites(self) -> dict[str, SiteRecord]:
@@ -175,7 +191,10 @@ def init_state(*, state: StateDir, cfg: CoordinatorConfig, force: bool = False) 
     write_private(state.server_key, server.key_pem)
     write_public(state.server_cert, server.cert_pem)
     write_private(state.secret_file, secrets.token_bytes(32))
-    state.config_file.write_text(tomli_w.dumps({"coordinator": to_dict(cfg)}))
+    table = to_dict(cfg)
+    if cfg.limits == Limits():
+        del table["limits"]  # defaults stay defaults (a later release's defaults apply); docs/limits.md lists them
+    state.config_file.write_text(tomli_w.dumps({"coordinator": table}))
     state.sites_dir.mkdir(parents=True, exist_ok=True)
     state.runs.mkdir(parents=True, exist_ok=True)
     if not state.registry_file.exists():

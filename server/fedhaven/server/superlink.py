@@ -21,9 +21,12 @@ The TCP listeners wrap the app in `fedhaven.server.front.Gate` (refuse other
 paths with 403; on the Fleet listener, with Flower's SuperNode authentication on,
 callers that are not a registered node with a fresh signature get 401 before a
 byte of their body is read; bodies above their path's cap 413, stalled requests
-408) and run uvicorn's parser with `fedhaven.server.limits` (connections per source
-and in total, header size, header and request deadlines): no proxy hop, no second
-HTTP parse.
+408; a site over its request rate 503) and run uvicorn's parser with
+`fedhaven.server.limits` (connections per source and in total, a rate of new
+connections per source, TLS handshakes in progress, header size, header and request
+deadlines; the TLS handshake is the door's own, so these apply before it): no proxy
+hop, no second HTTP parse. `fl-server start` passes
+server.toml's `[coordinator.limits]` as these options (`Limits.options`).
 
 Usage: `python -m fedhaven.server.superlink --uds PATH --listen HOST:PORT --runtime-listen 127.0.0.1:PORT
 [--certfile F --keyfile F] <flower-superlink arguments>`.
@@ -75,6 +78,20 @@ def _options(args: list[str]) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--max-connections", type=int, default=d.connections, help="open connections per listener")
     p.add_argument("--max-connections-per-source", type=int, default=d.per_source,
                    help="open connections per client address (a reverse proxy in front counts as one address)")
+    p.add_argument("--max-node-requests", type=int, default=d.per_node,
+                   help="requests one registered site may have open at once (more: 503 with Retry-After, unread)")
+    p.add_argument("--node-rate", type=float, default=d.node_rate,
+                   help="requests per second one registered site may make, sustained (more: 503 with Retry-After, "
+                        "unread; Flower's SuperNode backs off and retries)")
+    p.add_argument("--node-burst", type=int, default=d.node_burst,
+                   help="requests one registered site may make at once above --node-rate")
+    p.add_argument("--max-handshakes", type=int, default=d.handshakes,
+                   help="TLS handshakes in progress at once per listener (more: the connection is closed at once)")
+    p.add_argument("--source-rate", type=float, default=d.source_rate,
+                   help="new connections per second from one address, sustained (more: closed before the TLS "
+                        "handshake; a reverse proxy in front counts as one address)")
+    p.add_argument("--source-burst", type=int, default=d.source_burst,
+                   help="new connections one address may open at once above --source-rate")
     p.add_argument("--pull-hold", type=float, default=DEFAULT_HOLD,
                    help="seconds a site's empty message pull is held until the ServerApp pushes (0: answer at once)")
     p.add_argument("--settle", type=float, default=DEFAULT_SETTLE,
@@ -102,7 +119,9 @@ def main(argv: list[str] | None = None) -> None:
 def _limits(opts: argparse.Namespace) -> Limits:
     return Limits(max_object=opts.max_object, in_flight=opts.max_in_flight, max_header=opts.max_header,
                   header_timeout=opts.header_timeout, read_timeout=opts.read_timeout,
-                  connections=opts.max_connections, per_source=opts.max_connections_per_source)
+                  connections=opts.max_connections, per_source=opts.max_connections_per_source,
+                  per_node=opts.max_node_requests, node_rate=opts.node_rate, node_burst=opts.node_burst,
+                  handshakes=opts.max_handshakes, source_rate=opts.source_rate, source_burst=opts.source_burst)
 
 
 async def _serve(app: Any, opts: argparse.Namespace) -> None:
@@ -112,19 +131,21 @@ async def _serve(app: Any, opts: argparse.Namespace) -> None:
                               "timeout_keep_alive": 30}
     # Plain HTTP on the socket: the 0700 directory is the boundary. The app's lifespan runs here, once.
     inner = uvicorn.Server(uvicorn.Config(app, uds=opts.uds, lifespan="on", **common))
-    tls = {"ssl_certfile": opts.certfile, "ssl_keyfile": opts.keyfile} if opts.certfile else {}
+    tls = {"certfile": opts.certfile, "keyfile": opts.keyfile}  # the doors run their TLS handshakes, bounded
     doors = []
     bell = Doorbell()  # the runtime door rings it on every ServerApp push; the fleet door's held pulls wake up
     uploads = Uploads(settle=opts.settle)  # both doors: a pulled message waits for objects still being uploaded
     limits = _limits(opts)
-    auth = NodeAuth(lambda: registered_keys(app)) if auth_enabled(app) else None
+    auth = (NodeAuth(lambda: registered_keys(app), per_node=limits.per_node, rate=limits.node_rate,
+                     burst=limits.node_burst) if auth_enabled(app) else None)
     for address, prefix in ((opts.listen, FLEET_PREFIX), (opts.runtime_listen, RUNTIME_PREFIX)):
         host, _, port = address.rpartition(":")
         fleet = prefix == FLEET_PREFIX
         gate = Gate(app, prefix=prefix, limits=limits, auth=auth if fleet else None, doorbell=bell,
                     hold=opts.pull_hold if fleet else 0.0, uploads=uploads)
-        doors.append(uvicorn.Server(uvicorn.Config(gate, host=host, port=int(port), lifespan="off", **tls,
-                                                   **{**common, **uvicorn_options(limits, Connections(limits))})))
+        door = uvicorn_options(limits, Connections(limits), **tls)
+        doors.append(uvicorn.Server(uvicorn.Config(gate, host=host, port=int(port), lifespan="off",
+                                                   **{**common, **door})))
     first = asyncio.create_task(inner.serve())
     while not inner.started:  # no TCP door opens before the SuperLink's state is up
         if first.done():

@@ -1,4 +1,4 @@
-"""`fl-server`: the operator's command. One module per subcommand: init, site, start, run, status, stop."""
+"""`fl-server`: the operator's command. One module per subcommand: init, site, check, start, run, status, stop."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ harden_environment()  # before anything imports flwr
 SUBCOMMANDS = {
     "init": "create the state directory: CA, coordinator certificate, server.toml",
     "site": "add, revoke or list sites (per-site credential bundles)",
+    "check": "check server.toml (the Fleet door's limits included) and the PKI without starting anything",
     "start": "start the coordinator (SuperLink + executor on loopback, Fleet front for sites)",
     "run": "submit a training run from a run config file and follow it",
     "status": "show the coordinator, its sites and its runs",
