@@ -1,6 +1,6 @@
 """The systemd site as shipped trains (issue #22): deploy/systemd/site.toml, with only its absolute paths moved under a
 temporary root and the coordinator's address and the site's loopback port pointed at a real coordinator on
-127.0.0.1, goes through what the unit's comments and README tell a site's IT to do (`fl-client keygen`, the
+127.0.0.1, goes through what the unit's comments and docs/site.md tell a site's IT to do (`fl-client keygen`, the
 operator's ca.pem, `fl-client ledger init`, `fl-client check`, `fl-client start`) and trains a DP + SecAgg+ round
 beside two ordinary loopback sites. Its executor keeps the ledger's anchor where site.toml puts it (`ledger_anchor`,
 outside `state_dir`); before the fix it looked beside `state_dir` and refused every task."""

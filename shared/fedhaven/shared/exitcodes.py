@@ -11,7 +11,7 @@ from typing import Any
 
 
 class ExitCode(enum.IntEnum):
-    """What a fedhaven command's exit status means (README, "Exit codes", shows this table)."""
+    """What a fedhaven command's exit status means (docs/operator.md shows this table, under "Scripts")."""
 
     OK = 0  # done: the check passed, the run completed, the ledger verifies
     FAILED = 1  # it ran and failed: a run failed or trained nothing, a ledger does not verify, an API call failed
@@ -33,7 +33,7 @@ MEANINGS: dict[ExitCode, str] = {
 
 
 def table() -> str:
-    """The exit codes as a Markdown table (what README shows; a test keeps the two equal)."""
+    """The exit codes as a Markdown table (what docs/operator.md shows; a test keeps the two equal)."""
     rows = ["| code | name | meaning |", "|---|---|---|"]
     rows += [f"| {c.value} | {c.name} | {MEANINGS[c]} |" for c in ExitCode]
     return "\n".join(rows)

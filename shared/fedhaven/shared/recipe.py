@@ -2,7 +2,7 @@
 
 One written rule, used by `train.recipe = "auto"` (the bundled experiments and
 the deployment templates), not tuned per dataset. It was chosen on MNIST with a
-scattering front end (see README, "How fedhaven picks hyperparameters"):
+scattering front end (see docs/researcher.md, "How fedhaven picks hyperparameters"):
 
 - expected batch per site: a sixth of the site (sample rate ~0.17), at most 1024
   and at least 16 (or the whole site). Each site derives it from its own size
