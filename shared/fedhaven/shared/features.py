@@ -60,7 +60,8 @@ def cached_features(*, front: nn.Module, front_key: str, data: ImageData, cache_
         try:
             for part in compute_features(front=front, data=data, chunk=chunk, device=device):
                 if out is None:
-                    out = RowsWriter(dest, key=key, row_shape=tuple(part.shape[1:]), dtype=FEATURE_DTYPE)
+                    out = RowsWriter(dest, key=key, row_shape=tuple(part.shape[1:]), dtype=FEATURE_DTYPE,
+                                     expected_rows=len(data))
                 out.append(part)
                 if time.monotonic() - last >= 30:
                     last = time.monotonic()

@@ -7,6 +7,14 @@ reads the rows a batch needs and nothing more. File-backed rows are read with
 touches would stay resident in the process for as long as the mapping lives, and
 the process's memory would again grow with the data.
 
+The page cache would grow with the data too: every page read or written stays
+there, clean, after the read. A file whose rows take more than
+`KEEP_CACHED_BYTES` is therefore read and written past it: each range is dropped
+from the page cache once read, or once written and on disk (POSIX_FADV_DONTNEED),
+so the cached pages of a site's files stay under that bound whatever its number of
+images. A smaller file (MNIST's per-site features) stays cached: it is read every
+round.
+
 A rows file is the raw rows (C order) followed by a JSON trailer (format, key, row
 shape, dtype, count, SHA-256 of the rows, optional extra fields such as labels),
 its length and a magic number. It is written to a temporary file and renamed into
@@ -16,6 +24,7 @@ opened and one that does not match is rebuilt, never trusted.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -35,6 +44,11 @@ MAGIC = b"FHROWS01"
 FORMAT = 1
 _TRAILER_LEN = 8  # bytes of the little-endian trailer length before MAGIC
 _HASH_CHUNK = 8 << 20
+#: A rows file of at most this many bytes of rows stays in the page cache once read; a larger one does not
+#: (module docstring). Bounded either way; 64 MiB keeps MNIST's per-site features (48 MB) cached.
+KEEP_CACHED_BYTES = 64 << 20
+#: Bytes a writer past `KEEP_CACHED_BYTES` lets accumulate before syncing them to disk and dropping their pages.
+_WRITE_DROP_BYTES = 16 << 20
 
 Index = int | slice | torch.Tensor | np.ndarray | list[int]
 
@@ -53,6 +67,17 @@ def _positions(index: Index, n: int) -> np.ndarray:
     if pos.size and (pos.min() < -n or pos.max() >= n):
         raise IndexError(f"row index out of range for {n} rows")
     return np.where(pos < 0, pos + n, pos)
+
+
+def drop_cached(fd: int, offset: int = 0, length: int = 0) -> None:
+    """Ask the kernel to drop the page-cache pages of bytes [offset, offset + length) of open file `fd` (to its end
+    with length 0). Clean pages go at once; written pages only once they are on disk, so a writer syncs first.
+    Where posix_fadvise is missing (not Linux or another POSIX system) or refused (a pipe) the pages stay: it is
+    advice, and only memory is at stake, never the data read."""
+    advise = getattr(os, "posix_fadvise", None)
+    if advise is not None:
+        with contextlib.suppress(OSError):
+            advise(fd, offset, length, os.POSIX_FADV_DONTNEED)
 
 
 class Rows:
@@ -164,6 +189,7 @@ class FileRows(Rows):
         self.index = index
         count = int(meta["count"]) if index is None else len(index)
         self.shape = (count, *self._row_shape)
+        self._uncached = self.count_bytes() > KEEP_CACHED_BYTES  # read past the page cache (module docstring)
         self._fh: IO[bytes] | None = None  # positioned reads never move its offset, so forks may share it
 
     def __getstate__(self) -> dict[str, Any]:
@@ -176,6 +202,10 @@ class FileRows(Rows):
     def _file(self) -> int:
         if self._fh is None:
             self._fh = open(self.path, "rb", buffering=0)  # noqa: SIM115 - closed with this object
+            if self._uncached and hasattr(os, "posix_fadvise"):
+                # no readahead: pages read ahead of a Poisson batch's rows would stay cached (8 MiB a read here)
+                with contextlib.suppress(OSError):  # advice, as in drop_cached
+                    os.posix_fadvise(self._fh.fileno(), 0, 0, os.POSIX_FADV_RANDOM)
         return self._fh.fileno()
 
     def _read(self, pos: np.ndarray) -> torch.Tensor:
@@ -194,9 +224,12 @@ class FileRows(Rows):
                 dest = memoryview(
                     flat[first: last + 1],  # type: ignore[arg-type]  # numpy: ndarray.__buffer__ on Python >= 3.12
                 ).cast("B")
-                got = os.preadv(fd, [dest], int(sorted_rows[first]) * self._row_bytes)
+                offset = int(sorted_rows[first]) * self._row_bytes
+                got = os.preadv(fd, [dest], offset)
                 if got != len(dest):
                     raise OSError(f"{self.path}: short read ({got} of {len(dest)} bytes); the file changed")
+                if self._uncached:
+                    drop_cached(fd, offset, got)
             if staged is not out:
                 out[order] = staged
         return torch.from_numpy(out)
@@ -223,9 +256,14 @@ class FileRows(Rows):
 
 
 class RowsWriter:
-    """Appends rows chunk by chunk to a temporary file; `commit` writes the trailer and renames it into place."""
+    """Appends rows chunk by chunk to a temporary file; `commit` writes the trailer and renames it into place.
 
-    def __init__(self, path: Path, *, key: str, row_shape: tuple[int, ...], dtype: str) -> None:
+    With `expected_rows` (how many rows the file will hold) a file past KEEP_CACHED_BYTES leaves the page cache
+    from its first bytes on; without, once it has grown past that bound.
+    """
+
+    def __init__(self, path: Path, *, key: str, row_shape: tuple[int, ...], dtype: str,
+                 expected_rows: int | None = None) -> None:
         if dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
         self.path, self.key, self.row_shape, self.dtype = Path(path), key, tuple(row_shape), dtype
@@ -235,6 +273,10 @@ class RowsWriter:
         self._fh = os.fdopen(fd, "wb")
         self._sha = hashlib.sha256()
         self.count = 0
+        self._written = 0  # bytes of rows written
+        self._dropped = 0  # bytes from the start that are on disk and out of the page cache
+        row_bytes = int(np.prod(self.row_shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+        self._uncached = expected_rows is not None and expected_rows * row_bytes > KEEP_CACHED_BYTES
 
     def __enter__(self) -> RowsWriter:
         return self
@@ -252,6 +294,19 @@ class RowsWriter:
         self._sha.update(data)
         self._fh.write(data)
         self.count += len(arr)
+        self._written += len(data)
+        if self._past_bound() and self._written - self._dropped >= _WRITE_DROP_BYTES:
+            self._drop_written()
+
+    def _past_bound(self) -> bool:
+        return self._uncached or self._written > KEEP_CACHED_BYTES
+
+    def _drop_written(self) -> None:
+        """Sync what was written and drop it from the page cache (a file past KEEP_CACHED_BYTES)."""
+        self._fh.flush()
+        os.fdatasync(self._fh.fileno())
+        drop_cached(self._fh.fileno(), self._dropped, self._written - self._dropped)
+        self._dropped = self._written
 
     def commit(self, *, extra: dict[str, Any] | None = None) -> FileRows:
         meta = {"format": FORMAT, "key": self.key, "row_shape": list(self.row_shape), "dtype": self.dtype,
@@ -260,6 +315,8 @@ class RowsWriter:
         self._fh.write(blob + len(blob).to_bytes(_TRAILER_LEN, "little") + MAGIC)
         self._fh.flush()
         os.fsync(self._fh.fileno())
+        if self._past_bound():
+            drop_cached(self._fh.fileno())
         self._fh.close()
         os.replace(self._tmp, self.path)
         rows = FileRows(self.path, meta=meta)
@@ -308,6 +365,8 @@ def _file_sha256(fd: int, length: int) -> str:
         if not block:
             break
         h.update(block)
+        if length > KEEP_CACHED_BYTES:
+            drop_cached(fd, offset, len(block))
         offset += len(block)
     return h.hexdigest()
 

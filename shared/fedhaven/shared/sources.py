@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from fedhaven.shared.data import DataError, ImageData
-from fedhaven.shared.rows import FileRows, MemoryRows, RowsWriter, cached_rows
+from fedhaven.shared.rows import FileRows, MemoryRows, RowsWriter, cached_rows, drop_cached
 from fedhaven.shared.schema import BUNDLED_MNIST, DataConfig
 
 if TYPE_CHECKING:
@@ -118,7 +118,7 @@ def _idx_image_rows(p: Path, cache_dir: Path | None) -> FileRows:
                 raise DataError("; ".join(problems))
             n, h, w = dims
             per = max(1, (8 << 20) // max(1, h * w))
-            with RowsWriter(dest, key=key, row_shape=(1, h, w), dtype="uint8") as out:
+            with RowsWriter(dest, key=key, row_shape=(1, h, w), dtype="uint8", expected_rows=n) as out:
                 done = 0
                 while done < n:
                     k = min(per, n - done)
@@ -178,15 +178,18 @@ def load_idx(root: str | Path, *, split: Split, cache_dir: Path | None = None) -
 
 def _decode(path: str, *, mode: str, size: int) -> np.ndarray:
     """One image file as uint8 (C, size, size): converted to `mode`, resized as torchvision's Resize does (PIL
-    bilinear with antialiasing)."""
+    bilinear with antialiasing). The file is read once, so its pages leave the page cache after (a site's image
+    files would otherwise stay cached, as many as it has)."""
     from PIL import Image
 
     im: Image.Image
-    with Image.open(path) as im:
-        im = im.convert(mode)
-        if im.size != (size, size):
-            im = im.resize((size, size), Image.Resampling.BILINEAR)
-        arr = np.asarray(im, dtype=np.uint8)
+    with open(path, "rb") as fh:
+        with Image.open(fh) as im:
+            im = im.convert(mode)
+            if im.size != (size, size):
+                im = im.resize((size, size), Image.Resampling.BILINEAR)
+            arr = np.asarray(im, dtype=np.uint8)
+        drop_cached(fh.fileno())
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
 
 
@@ -222,7 +225,8 @@ def load_imagefolder(root: str | Path, *, image_size: int, channels: int = 3,
 
     def build(dest: Path) -> FileRows:
         bad: list[str] = []
-        with RowsWriter(dest, key=key, row_shape=(channels, image_size, image_size), dtype="uint8") as out:
+        with RowsWriter(dest, key=key, row_shape=(channels, image_size, image_size), dtype="uint8",
+                        expected_rows=len(samples)) as out:
             for chunk in _chunks(samples, DECODE_CHUNK):
                 arr = np.zeros((len(chunk), channels, image_size, image_size), dtype=np.uint8)
                 for i, (path, _) in enumerate(chunk):

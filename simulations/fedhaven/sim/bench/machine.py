@@ -108,10 +108,22 @@ def _name(pid: int) -> str:
 class PeakMemory:
     """Samples a process tree in a thread: the peak of its summed PSS (`peak_mib`, shared pages once), the peak of
     its summed resident memory (`peak_rss_total_mib`), and each process's own peak resident memory (VmHWM: its
-    high-water mark, file pages it mapped included) in `per_process` (name -> MiB, the largest of that name)."""
+    high-water mark, file pages it mapped included) in `per_process` (name -> MiB, the largest of that name).
 
-    def __init__(self, interval: float = 0.5) -> None:
+    With `cache_dir`, also the page-cache pages of the files under it (`peak_cached_mib`, sampled every
+    `cache_every` seconds with util-linux `fincore`) and the largest sum of the tree's resident memory and those
+    pages at one such sample (`peak_rss_plus_cached_mib`): the issue's "resident memory including touched cache
+    pages" for the run's cache files."""
+
+    def __init__(self, interval: float = 0.5, *, cache_dir: Path | None = None, cache_every: float = 5.0) -> None:
+        import shutil
+
         self.interval = interval
+        self.cache_dir = cache_dir if shutil.which("fincore") else None
+        self.cache_every = cache_every
+        self._cache_at = 0.0
+        self.peak_cached_mib = 0.0
+        self.peak_rss_plus_cached_mib = 0.0
         self.peak_mib = 0.0
         self.peak_rss_total_mib = 0.0
         self._hwm: dict[int, tuple[str, float]] = {}
@@ -134,6 +146,14 @@ class PeakMemory:
                 name = self._hwm.get(p, (None, 0.0))[0] or _name(p)
                 self._hwm[p] = (name, max(self._hwm.get(p, ("", 0.0))[1], st["VmHWM"] / 1024))
         self.peak_rss_total_mib = max(self.peak_rss_total_mib, total)
+        if self.cache_dir is not None and time.monotonic() - self._cache_at >= self.cache_every:
+            from fedhaven.sim.bench.doubling import resident_bytes
+
+            self._cache_at = time.monotonic()
+            files = sorted(p for p in self.cache_dir.rglob("*") if p.is_file()) if self.cache_dir.is_dir() else []
+            cached = resident_bytes(files) / 2**20
+            self.peak_cached_mib = max(self.peak_cached_mib, cached)
+            self.peak_rss_plus_cached_mib = max(self.peak_rss_plus_cached_mib, total + cached)
 
     @property
     def per_process(self) -> dict[str, float]:

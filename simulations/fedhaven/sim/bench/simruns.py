@@ -22,7 +22,7 @@ def simulate(*, overrides: list[str], source: str = "mnist", workdir: Path | Non
     run_dir = Path(tempfile.mkdtemp(prefix="fedhaven-bench-", dir=workdir))
     started = time.perf_counter()
     rounds: list[RoundRecord] = []
-    with PeakMemory() as mem:
+    with PeakMemory(cache_dir=exp.cache_dir()) as mem:
         summary = run_experiment(exp=exp, run_dir=run_dir, on_round=rounds.append)
     wall = time.perf_counter() - started
     done = [r for r in rounds if r.status == "ok"]
@@ -38,7 +38,8 @@ def simulate(*, overrides: list[str], source: str = "mnist", workdir: Path | Non
         "accuracy": summary.data["final_accuracy"], "accuracy_per_round": [r.accuracy for r in done],
         "epsilon_max": summary.data["epsilon_max"], "peak_memory_mib": mem.peak_mib,
         "peak_rss_total_mib": mem.peak_rss_total_mib, "largest_process_mib": mem.largest_process_mib,
-        "per_process_mib": mem.per_process,
+        "per_process_mib": mem.per_process, "peak_cached_mib": mem.peak_cached_mib,
+        "peak_rss_plus_cached_mib": mem.peak_rss_plus_cached_mib,
         "membership_auc": _auc(run_dir), "run_dir": str(run_dir),
     }
 
