@@ -20,7 +20,8 @@ import sys
 import uvicorn
 from fedhaven.server.front import FLEET_PREFIX, Gate
 from fedhaven.server.gate_auth import NodeAuth
-from fedhaven.server.limits import Connections, Limits, uvicorn_options
+from fedhaven.server.door_http import Connections, uvicorn_options
+from fedhaven.server.limits import Limits
 
 async def flower(scope, receive, send):
     while (await receive()).get("more_body"):

@@ -23,7 +23,8 @@ GATES = """
 import asyncio, sys
 import uvicorn
 from fedhaven.server.front import FLEET_PREFIX, RUNTIME_PREFIX, Gate
-from fedhaven.server.limits import Connections, Limits, uvicorn_options
+from fedhaven.server.door_http import Connections, uvicorn_options
+from fedhaven.server.limits import Limits
 
 async def echo(scope, receive, send):  # stands in for Flower's SuperLink app: answers with path and body
     body = b""

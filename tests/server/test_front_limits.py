@@ -16,7 +16,8 @@ DOOR = """
 import asyncio, sys
 import uvicorn
 from fedhaven.server.front import FLEET_PREFIX, Gate
-from fedhaven.server.limits import Connections, Limits, uvicorn_options
+from fedhaven.server.door_http import Connections, uvicorn_options
+from fedhaven.server.limits import Limits
 
 async def echo(scope, receive, send):
     body = b""

@@ -20,7 +20,8 @@ DOOR = """
 import sys
 import uvicorn
 from fedhaven.server.front import FLEET_PREFIX, Gate
-from fedhaven.server.limits import Connections, Limits, uvicorn_options
+from fedhaven.server.door_http import Connections, uvicorn_options
+from fedhaven.server.limits import Limits
 
 async def echo(scope, receive, send):
     body = b""

@@ -44,6 +44,7 @@ from fedhaven.shared.runtime import harden_environment
 
 harden_environment()
 
+from fedhaven.server.door_http import Connections, uvicorn_options  # noqa: E402 - after harden_environment()
 from fedhaven.server.front import (  # noqa: E402 - imported after harden_environment()
     DEFAULT_HOLD,
     FLEET_PREFIX,
@@ -52,7 +53,7 @@ from fedhaven.server.front import (  # noqa: E402 - imported after harden_enviro
 )
 from fedhaven.server.gate_auth import NodeAuth  # noqa: E402 - imported after harden_environment()
 from fedhaven.server.latency.uploads import DEFAULT_SETTLE, Doorbell, Uploads  # noqa: E402 - imported after harden_environment()
-from fedhaven.server.limits import Connections, Limits, uvicorn_options  # noqa: E402 - after harden_environment()
+from fedhaven.server.limits import Limits  # noqa: E402 - after harden_environment()
 from fedhaven.server.seam.fleet_auth import auth_enabled, registered_keys  # noqa: E402 - after harden_environment()
 from fedhaven.server.seam.superlink_app import SUPERNODE_HTTP_TIMEOUT, superlink_app  # noqa: E402 - imported after harden_environment()
 
