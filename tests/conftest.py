@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
+import subprocess
+import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 import torch
 
+from fedhaven.server.coordinator import CoordinatorError, wait_for_port
 from fedhaven.shared.runtime import HARDENED_ENV, harden_environment
+from fedhaven.sim.loopback import free_port
 
 harden_environment()
 if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs two workers: each its own local Ray, never the other's
@@ -43,6 +49,33 @@ def _hardened_env():
     for k, v in HARDENED_ENV.items():
         assert os.environ.get(k) == v
     yield
+
+
+@contextlib.contextmanager
+def _script_server(script: str, *args: str, ports: int = 1) -> Iterator[tuple[list[int], subprocess.Popen[bytes]]]:
+    """`script` (Python source) in a child process, its argv the `ports` free loopback ports it serves then `args`;
+    yields once every port accepts connections, terminates the process after."""
+    numbers = [free_port() for _ in range(ports)]
+    proc = subprocess.Popen([sys.executable, "-c", script, *map(str, numbers), *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": ""})
+    try:
+        try:
+            for port in numbers:
+                wait_for_port("127.0.0.1", port, timeout=30, proc=proc, what="the test's server script")
+        except CoordinatorError as exc:
+            proc.kill()
+            raise AssertionError(f"{exc}:\n{proc.communicate()[0].decode()}") from None
+        yield numbers, proc
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
+
+
+@pytest.fixture(scope="session")
+def script_server():
+    """A context manager serving a script on free loopback ports (`_script_server`): the doors the front tests
+    start in a real uvicorn process."""
+    return _script_server
 
 
 @pytest.fixture

@@ -4,13 +4,7 @@ deadlines, a stand-in for Flower's app): what `make test` keeps of `make abuse`.
 from __future__ import annotations
 
 import asyncio
-import os
-import socket
-import subprocess
-import sys
-import time
 
-import httpx
 import pytest
 
 pytestmark = pytest.mark.abuse_smoke
@@ -38,23 +32,9 @@ SECONDS, CLIENTS = 3.0, 20
 
 
 @pytest.fixture
-def door_process():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-c", DOOR, str(port)], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": ""})
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            httpx.post(f"http://127.0.0.1:{port}/v1/fleet/x", timeout=1)
-            break
-        except httpx.HTTPError:
-            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read().decode()
-            time.sleep(0.2)
-    yield port, proc.pid
-    proc.terminate()
-    proc.wait(timeout=15)
+def door_process(script_server):
+    with script_server(DOOR) as ((port,), proc):
+        yield port, proc.pid
 
 
 def test_unauthenticated_bodies_and_stalled_headers_cost_the_door_nothing(door_process, tools, observe):

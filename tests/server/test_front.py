@@ -4,10 +4,7 @@ and garbage requests get a 4xx and the door keeps serving."""
 from __future__ import annotations
 
 import asyncio
-import os
 import socket
-import subprocess
-import sys
 import threading
 import time
 
@@ -49,29 +46,10 @@ asyncio.run(main())
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def front():
-    fleet, runtime = _free_port(), _free_port()
-    proc = subprocess.Popen([sys.executable, "-c", GATES, str(fleet), str(runtime), str(MAX_BODY)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": ""})
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            httpx.get(f"http://127.0.0.1:{runtime}/", timeout=1)
-            httpx.get(f"http://127.0.0.1:{fleet}/", timeout=1)
-            break
-        except httpx.HTTPError:
-            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read().decode()
-            time.sleep(0.2)
-    yield f"http://127.0.0.1:{fleet}", f"http://127.0.0.1:{runtime}", fleet
-    proc.terminate()
-    proc.wait(timeout=15)
+def front(script_server):
+    with script_server(GATES, str(MAX_BODY), ports=2) as ((fleet, runtime), _):
+        yield f"http://127.0.0.1:{fleet}", f"http://127.0.0.1:{runtime}", fleet
 
 
 def _raw(port: int, data: bytes, *, wait: float = 5.0) -> bytes:

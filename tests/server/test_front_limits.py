@@ -3,10 +3,7 @@ connections per source and in total; each abuser is let go and the door keeps se
 
 from __future__ import annotations
 
-import os
 import socket
-import subprocess
-import sys
 import time
 
 import httpx
@@ -36,23 +33,9 @@ uvicorn.run(Gate(echo, prefix=FLEET_PREFIX, limits=limits), host="127.0.0.1", po
 
 
 @pytest.fixture(scope="module")
-def door():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-c", DOOR, str(port)], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": ""})
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            httpx.post(f"http://127.0.0.1:{port}/v1/fleet/x", timeout=1)
-            break
-        except httpx.HTTPError:
-            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read().decode()
-            time.sleep(0.2)
-    yield port
-    proc.terminate()
-    proc.wait(timeout=15)
+def door(script_server):
+    with script_server(DOOR) as ((port,), _):
+        yield port
 
 
 def _served(port: int) -> bool:

@@ -4,11 +4,8 @@ the header deadline, and an honest HTTPS client is served as before."""
 
 from __future__ import annotations
 
-import os
 import socket
 import ssl
-import subprocess
-import sys
 import time
 
 import httpx
@@ -43,30 +40,16 @@ HEADER_TIMEOUT = 3.0  # a handshake must end within it: on this shared machine a
 
 
 @pytest.fixture(scope="module")
-def door(tmp_path_factory):
+def door(tmp_path_factory, script_server):
     pki = tmp_path_factory.mktemp("pki")
     ca = make_ca()
     server = make_server_cert(ca=ca, dns_names=["localhost"], ips=["127.0.0.1"])
     (pki / "ca.pem").write_bytes(ca.cert_pem)
     (pki / "server.pem").write_bytes(server.cert_pem)
     (pki / "server.key").write_bytes(server.key_pem)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-c", DOOR, str(port), str(pki / "server.pem"), str(pki / "server.key")],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": ""})
     context = ssl.create_default_context(cafile=str(pki / "ca.pem"))
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):  # (from 127.0.0.1: no test uses it)
-                break
-        except OSError:
-            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read().decode()
-            time.sleep(0.2)
-    yield port, context
-    proc.terminate()
-    proc.wait(timeout=15)
+    with script_server(DOOR, str(pki / "server.pem"), str(pki / "server.key")) as ((port,), _):
+        yield port, context
 
 
 def _post(port: int, context: ssl.SSLContext, source: str) -> bytes:
