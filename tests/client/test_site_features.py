@@ -70,3 +70,23 @@ def test_rgb_site_trains_the_head_on_features_computed_once(rgb_site, monkeypatc
     loss, acc = evaluator(weights)
     evaluator(weights)
     assert calls == [len(train), len(test)] and acc > 0.6 and np.isfinite(loss)
+
+
+def test_a_larger_site_takes_more_passes_not_a_larger_physical_batch(rgb_site):
+    """The physical batch has a fixed cap (as Opacus' BatchMemoryManager): 2,000 and 4,000 examples pass equally."""
+    import torch
+
+    from fedhaven.shared.data import FeatureData
+    from fedhaven.shared.memory import PHYSICAL_BATCH_CAP
+    from fedhaven.shared.models import split_front
+    from fedhaven.shared.recipe import expected_batch
+
+    train, _, tmp = rgb_site
+    trainer = SiteTrainer(site=Site(info=SiteInfo(name="rgb", state_dir=tmp / "state", memory_mb=4096), data=train))
+    _, head = split_front(build_model(cfg=ModelConfig(name="scatternet", head="pointwise", width=8), spec=train.spec))
+    sizes = {}
+    for n in (60, 2000, 4000):
+        inputs = FeatureData(torch.zeros(n, 27, 8, 8), torch.zeros(n, dtype=torch.long), train.classes)
+        sizes[n] = trainer.physical_batch(head, inputs, expected=expected_batch(site_size=n), ghost=True)
+    assert sizes[2000] == sizes[4000] == PHYSICAL_BATCH_CAP  # 333 and 667 expected: both capped
+    assert sizes[60] < PHYSICAL_BATCH_CAP  # a small site's whole Poisson batch in one pass

@@ -14,6 +14,10 @@ MB = 1 << 20
 SAFETY = 2.0
 #: The per-image working memory of a front end that does not state its own, as a multiple of its input's bytes.
 FRONT_WORK_FACTOR = 64
+#: The most examples one DP-SGD forward/backward pass takes, whatever the site's size (as Opacus'
+#: BatchMemoryManager's `max_physical_batch_size`): a larger site takes more passes per step, not more memory.
+#: Not slower than whole batches on the default model's heads (BENCHMARKS.md, "Large images").
+PHYSICAL_BATCH_CAP = 256
 
 
 def _status_kb(field: str, path: str = "/proc/self/status") -> int | None:
