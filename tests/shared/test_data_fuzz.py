@@ -71,6 +71,23 @@ def test_every_unreadable_image_is_named_at_once(tmp_path):
         raise AssertionError("unreadable images were accepted")
 
 
+def test_a_decompression_bomb_is_named_with_the_unreadable_files(tmp_path, monkeypatch):
+    """PIL refuses an image over twice its pixel limit with DecompressionBombError (not an OSError): named like any
+    unreadable file, never a crash halfway through decoding."""
+    from PIL import Image
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "small.png").write_bytes(_png("L", 8, 8))
+    (tmp_path / "a" / "huge.png").write_bytes(_png("L", 64, 64))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 64x64 is over twice the limit, 8x8 is not
+    try:
+        load_imagefolder(tmp_path, image_size=8, channels=1)
+    except DataError as exc:
+        assert "1 of 2 image files cannot be read" in str(exc) and "huge.png (DecompressionBombError" in str(exc)
+    else:
+        raise AssertionError("a decompression bomb was decoded")
+
+
 def _idx(kind: str, n: int, *, corrupt: bytes | None) -> bytes:
     if corrupt is not None:
         return corrupt

@@ -151,39 +151,26 @@ def scan(source: Source, *, channels: int, thumbs: IO[bytes] | None = None, thum
 
 
 def folder_source(root: Path) -> Source:
-    """The classes of an ImageFolder tree and its images, opened one at a time (a file PIL cannot open is an item
-    with its error, not an exception)."""
-    from torchvision.datasets import ImageFolder  # the listing only: which files, which classes
+    """The classes of an ImageFolder tree and its images, opened one at a time as training's decoding opens them (a
+    file PIL cannot open is an item with its error, not an exception)."""
+    from fedhaven.shared.sources import PIL_REFUSALS, list_imagefolder, open_image
 
-    from fedhaven.shared.data import DataError
-
-    if not root.is_dir():
-        raise DataError(f"ImageFolder root {root} does not exist")
-    try:
-        folder = ImageFolder(str(root))
-    except (FileNotFoundError, RuntimeError) as exc:
-        raise DataError(f"{root}: not an ImageFolder tree (one sub-folder of images per class): {exc}") from None
-
-    samples = folder.samples
+    samples, classes = list_imagefolder(root)
 
     def name(i: int) -> str:
         return str(Path(samples[i][0]).relative_to(root))
 
     def items() -> Iterator[Item]:
-        from PIL import Image as PILImage
-
         for i, (path, target) in enumerate(samples):
             try:
                 size = Path(path).stat().st_size
-                with PILImage.open(path) as im:
-                    im.load()
-                    img = im.copy()
-            except (OSError, ValueError, SyntaxError, PILImage.DecompressionBombError) as exc:  # PIL's refusals
+                img = open_image(path)
+            except PIL_REFUSALS as exc:
                 yield Item(position=i, label=target, image=None, error=f"{type(exc).__name__}: {str(exc)[:80]}")
                 continue
             yield Item(position=i, label=target, image=img, file_bytes=size)
 
-    return Source(classes=tuple(folder.classes), name=name, items=items())
+    return Source(classes=classes, name=name, items=items())
 
 
 def data_source(data: ImageData, *, chunk: int = 1024, what: str = "image") -> Source:

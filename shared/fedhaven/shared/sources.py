@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Literal, TypeVar
 
 import numpy as np
 import torch
+from PIL import Image
 
 from fedhaven.shared.data import DataError, ImageData
 from fedhaven.shared.rows import FileRows, MemoryRows, RowsWriter, cached_rows, drop_cached
@@ -28,12 +29,14 @@ from fedhaven.shared.schema import BUNDLED_MNIST, DataConfig
 if TYPE_CHECKING:
     from numpy.typing import DTypeLike
 
-__all__ = ["BUNDLED_MNIST", "DECODE_CHUNK", "Split", "load_data", "load_digits_data", "load_idx",
-           "load_imagefolder", "read_idx", "save_idx"]
+__all__ = ["BUNDLED_MNIST", "DECODE_CHUNK", "PIL_REFUSALS", "Split", "list_imagefolder", "load_data",
+           "load_digits_data", "load_idx", "load_imagefolder", "open_image", "read_idx", "save_idx"]
 
 Split = Literal["train", "test"]
 T = TypeVar("T")
 
+#: What PIL raises for a file it cannot read: unreadable, truncated, not an image, a decompression bomb.
+PIL_REFUSALS: tuple[type[Exception], ...] = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 #: Images decoded per chunk (a 224x224 RGB chunk is 38 MB as bytes).
 DECODE_CHUNK = 256
 #: Bump when decoding produces other pixels for the same files.
@@ -176,21 +179,39 @@ def load_idx(root: str | Path, *, split: Split, cache_dir: Path | None = None) -
     return ImageData(images, labels, tuple(str(i) for i in range(n_classes)))
 
 
-def _decode(path: str, *, mode: str, size: int) -> np.ndarray:
-    """One image file as uint8 (C, size, size): converted to `mode`, resized as torchvision's Resize does (PIL
-    bilinear with antialiasing). The file is read once, so its pages leave the page cache after (a site's image
-    files would otherwise stay cached, as many as it has)."""
-    from PIL import Image
-
-    im: Image.Image
+def open_image(path: str | Path) -> Image.Image:
+    """One image file, loaded into memory. The file is read once, so its pages leave the page cache after (a site's
+    image files would otherwise stay cached, as many as it has). Raises what PIL raises (`PIL_REFUSALS`)."""
     with open(path, "rb") as fh:
         with Image.open(fh) as im:
-            im = im.convert(mode)
-            if im.size != (size, size):
-                im = im.resize((size, size), Image.Resampling.BILINEAR)
-            arr = np.asarray(im, dtype=np.uint8)
+            im.load()
+            img = im.copy()
         drop_cached(fh.fileno())
+    return img
+
+
+def _decode(path: str, *, mode: str, size: int) -> np.ndarray:
+    """One image file as uint8 (C, size, size): converted to `mode`, resized as torchvision's Resize does (PIL
+    bilinear with antialiasing)."""
+    im = open_image(path).convert(mode)
+    if im.size != (size, size):
+        im = im.resize((size, size), Image.Resampling.BILINEAR)
+    arr = np.asarray(im, dtype=np.uint8)
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+
+
+def list_imagefolder(root: str | Path) -> tuple[list[tuple[str, int]], tuple[str, ...]]:
+    """An ImageFolder tree's (file, class index) pairs and class names, without opening any image."""
+    from torchvision.datasets import ImageFolder  # the listing only: which files, which classes
+
+    base = Path(root)
+    if not base.is_dir():
+        raise DataError(f"ImageFolder root {base} does not exist")
+    try:
+        folder = ImageFolder(str(base))
+    except (FileNotFoundError, RuntimeError) as exc:
+        raise DataError(f"{base}: not an ImageFolder tree (one sub-folder of images per class): {exc}") from None
+    return list(folder.samples), tuple(folder.classes)
 
 
 def _chunks(items: list[T], size: int) -> Iterator[list[T]]:
@@ -202,16 +223,8 @@ def load_imagefolder(root: str | Path, *, image_size: int, channels: int = 3,
                      cache_dir: Path | None = None) -> ImageData:
     """An ImageFolder tree (`root/<class>/<image>`), resized to `image_size` squares, decoded in chunks into a
     rows file (once per version of the tree). Every unreadable file is named in one error."""
-    from torchvision.datasets import ImageFolder  # the listing only: which files, which classes
-
     base = Path(root)
-    if not base.is_dir():
-        raise DataError(f"ImageFolder root {base} does not exist")
-    try:
-        folder = ImageFolder(str(base))
-    except (FileNotFoundError, RuntimeError) as exc:
-        raise DataError(f"{base}: not an ImageFolder tree (one sub-folder of images per class): {exc}") from None
-    samples = folder.samples
+    samples, classes = list_imagefolder(base)
     labels = torch.tensor([t for _, t in samples], dtype=torch.int64)
     h = hashlib.sha256(f"imagefolder-v{DECODE_VERSION}|{image_size}|{channels}".encode())
     for path, target in samples:
@@ -232,7 +245,7 @@ def load_imagefolder(root: str | Path, *, image_size: int, channels: int = 3,
                 for i, (path, _) in enumerate(chunk):
                     try:
                         arr[i] = _decode(path, mode=mode, size=image_size)
-                    except (OSError, ValueError, SyntaxError) as exc:  # PIL: unreadable, truncated, not an image
+                    except PIL_REFUSALS as exc:
                         bad.append(f"{Path(path).relative_to(base)} ({type(exc).__name__}: {str(exc)[:80]})")
                 if not bad:
                     out.append(arr)
@@ -242,7 +255,7 @@ def load_imagefolder(root: str | Path, *, image_size: int, channels: int = 3,
                                 "or replace them (every file under a class folder with an image extension is read)")
             return out.commit()
 
-    return ImageData(cached_rows(cache_dir, key=key, build=build), labels, tuple(folder.classes))
+    return ImageData(cached_rows(cache_dir, key=key, build=build), labels, classes)
 
 
 def load_digits_data(*, split: Split, test_fraction: float = 0.25, seed: int = 0) -> ImageData:
