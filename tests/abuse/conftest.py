@@ -137,6 +137,17 @@ async def _open(door: Door, src: str) -> tuple[asyncio.StreamReader, asyncio.Str
         local_addr=(src, 0)), timeout=15)
 
 
+async def _open_or_refused(door: Door, src: str,
+                           tally: Tally) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+    """A connection, or None with the refusal noted (connect or TLS handshake failed)."""
+    t = time.monotonic()
+    try:
+        return await _open(door, src)
+    except (OSError, TimeoutError, ssl.SSLError):
+        tally.note("refused", time.monotonic() - t, 0)
+        return None
+
+
 async def _status(reader: asyncio.StreamReader, timeout: float) -> str:
     try:
         line = await asyncio.wait_for(reader.readline(), timeout=timeout)
@@ -157,13 +168,10 @@ async def _finish(writer: asyncio.StreamWriter) -> None:
 async def big_body(door: Door, src: str, tally: Tally, *, path: str = "/v1/fleet/push-object",
                    declared: int = 150 * MB, headers: bytes = b"", chunk: int = MB, max_send: int = 150 * MB) -> None:
     """One connection: headers announcing a `declared` body, then the body in `chunk`s until the door stops it."""
-    t, sent = time.monotonic(), 0
-    try:
-        reader, writer = await _open(door, src)
-    except (OSError, TimeoutError, ssl.SSLError):
-        tally.note("refused", time.monotonic() - t, 0)
+    if (conn := await _open_or_refused(door, src, tally)) is None:
         return
-    t = time.monotonic()  # held: from the connection's being established (TLS handshake done)
+    reader, writer = conn
+    t, sent = time.monotonic(), 0  # held: from the connection's being established (TLS handshake done)
     try:
         writer.write(b"POST " + path.encode() + b" HTTP/1.1\r\nHost: localhost\r\nContent-Type: "
                      b"application/protobuf\r\n" + headers + b"Content-Length: " + str(declared).encode()
@@ -182,14 +190,10 @@ async def big_body(door: Door, src: str, tally: Tally, *, path: str = "/v1/fleet
 
 async def slow_headers(door: Door, src: str, tally: Tally, *, every: float = 0.5, limit: float = 120.0) -> None:
     """One connection: a request line, then a header byte every `every` seconds, never ending its headers."""
-    t = time.monotonic()
-    try:
-        reader, writer = await _open(door, src)
-    except (OSError, TimeoutError, ssl.SSLError):
-        tally.note("refused", time.monotonic() - t, 0)
+    if (conn := await _open_or_refused(door, src, tally)) is None:
         return
-    t = time.monotonic()  # held: from the connection's being established (TLS handshake done)
-    sent = 0
+    reader, writer = conn
+    t, sent = time.monotonic(), 0  # held: from the connection's being established (TLS handshake done)
     status = asyncio.ensure_future(_status(reader, limit))
     try:
         writer.write(b"POST /v1/fleet/pull-messages HTTP/1.1\r\nHost: localhost\r\nX-Slow: ")
