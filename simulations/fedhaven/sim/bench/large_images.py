@@ -129,6 +129,9 @@ def run(*, sites: int = 10, per_site: int = 2000, test: int = 2000, lenet_rounds
     if d and b:
         out["doubling_peak_ratio"] = b["largest_process_mib"] / d["largest_process_mib"]
         out["doubling_total_ratio"] = b["peak_rss_total_mib"] / d["peak_rss_total_mib"]
+        pd, pb = peak_with_cache(d), peak_with_cache(b)
+        if pd and pb:
+            out["doubling_cached_peak_ratio"] = pb / pd
         if d.get("peak_rss_plus_cached_mib") and b.get("peak_rss_plus_cached_mib"):
             out["doubling_cached_total_ratio"] = b["peak_rss_plus_cached_mib"] / d["peak_rss_plus_cached_mib"]
     return out
@@ -186,18 +189,27 @@ ACCURACY_POINTS = 2.0
 PREPARE_LIMIT_S = 120.0
 
 
+def peak_with_cache(r: dict[str, Any]) -> float | None:
+    """A run's largest process's peak resident memory plus every cached page of the run's cache files, in MiB: an
+    upper bound on any one process's resident memory with the cache pages it touched (the pages are the sites'
+    and the coordinator's together, and need not peak with it)."""
+    if not r.get("largest_process_mib"):
+        return None
+    return float(r["largest_process_mib"]) + float(r.get("peak_cached_mib") or 0.0)
+
+
 def targets(res: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
     """(target, measured, met) rows for BENCHMARKS.md's table."""
     d, d28 = res.get("default_224") or {}, res.get("default_28") or {}
     prep = res.get("prepare_one_site") or {}
     rows: list[tuple[str, str, bool | None]] = []
-    peak, total = d.get("largest_process_mib"), d.get("peak_rss_total_mib")
+    peak, total = peak_with_cache(d), d.get("peak_rss_plus_cached_mib") or d.get("peak_rss_total_mib")
     rows.append(("10 sites x 2,000 RGB 224x224 images, default experiment at epsilon 3: every process < 3 GiB, "
-                 "all together < 12 GiB",
+                 "all together < 12 GiB (resident memory with the cache files' cached pages)",
                  f"largest {peak / 1024:.2f} GiB, all {total / 1024:.2f} GiB" if peak and total else "n/a",
                  None if not (peak and total) else peak < PEAK_LIMIT_MIB and total < TOTAL_LIMIT_MIB))
-    ratio = res.get("doubling_peak_ratio")
-    rows.append(("twice the images per site: largest process's peak memory at most 1.10x",
+    ratio = res.get("doubling_cached_peak_ratio") or res.get("doubling_peak_ratio")
+    rows.append(("twice the images per site: the largest process's peak memory at most 1.10x",
                  f"{ratio:.3f}x" if ratio else "n/a", None if ratio is None else ratio <= DOUBLING_LIMIT))
     one = res.get("doubling_site") or {}
     if one:
@@ -251,9 +263,11 @@ def section(res: dict[str, Any]) -> list[str]:
               f"the largest process's peak from {d['largest_process_mib']:.0f} to {b['largest_process_mib']:.0f} MiB "
               f"({res['doubling_peak_ratio']:.3f}x) and all processes' from {d['peak_rss_total_mib']:.0f} to "
               f"{b['peak_rss_total_mib']:.0f} MiB ({res['doubling_total_ratio']:.3f}x); disk doubles instead."
-              + (f" With the page-cache pages of the run's cache files (sampled every 5 s): "
-                 f"{d['peak_rss_plus_cached_mib']:.0f} and {b['peak_rss_plus_cached_mib']:.0f} MiB "
-                 f"({res['doubling_cached_total_ratio']:.3f}x)." if res.get("doubling_cached_total_ratio") else "")]
+              + (f" With every cached page of the run's cache files added (`fincore`, sampled every 5 s): the "
+                 f"largest process {peak_with_cache(d):.0f} -> {peak_with_cache(b):.0f} MiB "
+                 f"({res['doubling_cached_peak_ratio']:.3f}x), all processes {d['peak_rss_plus_cached_mib']:.0f} "
+                 f"-> {b['peak_rss_plus_cached_mib']:.0f} MiB ({res['doubling_cached_total_ratio']:.3f}x)."
+                 if res.get("doubling_cached_peak_ratio") and res.get("doubling_cached_total_ratio") else "")]
         L += ["", "Largest peak per process kind (default model, 224x224): " + ", ".join(
             f"{name} {mib:.0f} MiB" for name, mib in list(d.get("per_process_mib", {}).items())[:6]) + "."]
     one = res.get("doubling_site")
