@@ -39,12 +39,27 @@ def _data(train: Path, test: Path, size: int) -> list[str]:
 
 
 def _run(name: str, overrides: list[str], work: Path, log: Callable[[str], None]) -> dict[str, Any]:
+    """One simulation in a fresh process, as `fl-sim` would run it: what earlier runs left in this process (its
+    allocator's pages, Ray's driver state) must not count as the next run's memory."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
     log(f"large images: {name} ...")
     out = work / f"out-{name}"  # each run its own cache: every run decodes and prepares its own data
-    res = simulate(overrides=[*overrides, f"output_dir={out}", f"name={name}"], workdir=work)
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_child) as pool:
+        res = pool.submit(simulate, overrides=[*overrides, f"output_dir={out}", f"name={name}"],
+                          workdir=work).result()
     log(f"large images: {name}: {res['accuracy']:.4f} in {res['wall_s']:.0f} s, largest process "
         f"{res['largest_process_mib']:.0f} MiB, all processes {res['peak_rss_total_mib']:.0f} MiB")
     return res
+
+
+def _child() -> None:
+    from fedhaven.shared.runtime import configure_logging, harden_environment
+
+    harden_environment()
+    configure_logging()
 
 
 def prepare_one_site(*, train: Path, images: int, work: Path) -> dict[str, Any]:
@@ -77,14 +92,16 @@ def prepare_one_site(*, train: Path, images: int, work: Path) -> dict[str, Any]:
 
 
 #: The parts of the section, in the order they run (`run(only=...)` reruns some and keeps the others).
-PARTS = ("default_224", "default_28", "lenet_224", "doubled_224", "prepare_one_site", "stripes_224", "stripes_28",
+PARTS = ("default_224", "doubled_224", "default_28", "prepare_one_site", "stripes_224", "stripes_28", "lenet_224",
          "doubling_site")
 
 
 def run(*, sites: int = 10, per_site: int = 2000, test: int = 2000, lenet_rounds: int = 3,
         work: Path | None = None, log: Callable[[str], None] = print, only: Collection[str] | None = None,
-        previous: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Every part (or those in `only`, the rest kept from `previous`), each from scratch (its own cache)."""
+        previous: dict[str, Any] | None = None,
+        on_part: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Every part (or those in `only`, the rest kept from `previous`), each from scratch (its own cache); `on_part`
+    gets the results so far after each part (a later part's failure loses nothing measured)."""
     work = Path(work or tempfile.mkdtemp(prefix="fedhaven-large-"))
     work.mkdir(parents=True, exist_ok=True)
     if only is not None and set(only) <= {"doubling_site"}:  # one site alone: none of the federation's trees
@@ -125,6 +142,12 @@ def run(*, sites: int = 10, per_site: int = 2000, test: int = 2000, lenet_rounds
         if only is None or part in only:
             out[part] = jobs[part]()
             out.setdefault("part_runs", {})[part] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+            if on_part is not None:
+                on_part(_ratios(out))
+    return _ratios(out)
+
+
+def _ratios(out: dict[str, Any]) -> dict[str, Any]:
     d, b = out.get("default_224"), out.get("doubled_224")
     if d and b:
         out["doubling_peak_ratio"] = b["largest_process_mib"] / d["largest_process_mib"]
@@ -158,12 +181,15 @@ def main(argv: list[str] | None = None) -> int:
     data_dir = args.out / "simulations" / "benchmarks"
     results_file = data_dir / "results-full.json"
     results = json.loads(results_file.read_text()) if results_file.exists() else {}
-    results["large_images"] = run(work=root / "bench-results" / "large-images", log=log.info, only=args.only,
-                                  previous=results.get("large_images"), per_site=args.per_site)
-    results.setdefault("section_runs", {})["large_images"] = {
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "commit": machine_info().get("commit")}
-    data_dir.mkdir(parents=True, exist_ok=True)
-    results_file.write_text(json.dumps(results, indent=2, default=str))
+    def save(section: dict[str, Any]) -> None:
+        results["large_images"] = section
+        results.setdefault("section_runs", {})["large_images"] = {
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "commit": machine_info().get("commit")}
+        data_dir.mkdir(parents=True, exist_ok=True)
+        results_file.write_text(json.dumps(results, indent=2, default=str))
+
+    save(run(work=root / "bench-results" / "large-images", log=log.info, only=args.only,
+             previous=results.get("large_images"), per_site=args.per_site, on_part=save))
     if "machine" in results and "mode" in results:
         write_report(results=results, out=args.out, data_dir=data_dir)
     return 0
