@@ -42,6 +42,28 @@ def test_a_nan_site_among_eight_is_located_named_and_left_out(tmp_path, capfd):
     assert "Searches for a bad site inside a masked sum" in privacy and "site\\-02" in privacy
 
 
+def test_a_resumed_simulation_never_asks_the_located_site_again(tmp_path, capfd):
+    """Located in round 1, then the run is cut after round 1 and resumed: the simulated sites come back on new nodes,
+    and the located one is left out from the resumed run's first round (named by partition before it answers)."""
+    from fedhaven.client.ledger import Ledger
+
+    code = cli.main(["run", "digits", *TINY, "sites=8", "min_sites=5", 'attack.kind="nan"', "attack.sites=[2]",
+                     "--rounds", "3", "--run-dir", str(tmp_path)])
+    assert code == 0, capfd.readouterr().err
+    # what a crash during round 2 leaves: round 1's checkpoint and record, nothing after
+    for name in ("model.pt", "model.json", "privacy.json", "privacy.md", "checkpoints/round-002.pt",
+                 "checkpoints/round-003.pt"):
+        (tmp_path / name).unlink()
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    (tmp_path / "metrics.jsonl").write_text("\n".join(x for x in lines if json.loads(x)["round"] < 2) + "\n")
+    bad = Ledger.in_dir(tmp_path / "sites" / "site-02")
+    assert [s[0] for s in _spends(bad)] == [1]
+    assert cli.main(["run", "--resume", str(tmp_path)]) == 0, capfd.readouterr().err
+    after = [x for x in _lines(tmp_path) if x["status"] == "ok" and x["round"] >= 2]
+    assert [x["round"] for x in after] == [2, 3] and all(x["located"] == [] for x in after)
+    assert [s[0] for s in _spends(Ledger.in_dir(tmp_path / "sites" / "site-02"))] == [1]  # never trained again
+
+
 def test_three_sites_cannot_hide_an_honest_update_so_the_run_stops_with_the_reason(tmp_path, capfd):
     code = cli.main(["run", "digits", *TINY, 'attack.kind="nan"', "attack.sites=[0]", "robust.max_rejected=1",
                      "--rounds", "1", "--run-dir", str(tmp_path)])

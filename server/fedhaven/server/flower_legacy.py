@@ -444,7 +444,9 @@ class LegacyFederation:
         self._robust = run.robust
         self.secagg = secagg_workflow(run.secagg, max_weight=max_weight) if max_weight is not None else None
         self.exclusions = Exclusions()  # sites located as bad (kept in checkpoints): never sampled again in the run
-        manager.leave_out = self.exclusions.predicate(self.known_name)
+        # a located simulated site is left out of a resumed run's first round too: its new node is named by
+        # partition before it answers (fl-sim's own sites; leaving a site out can only narrow a round)
+        manager.leave_out = self.exclusions.predicate(self._name_or_hint)
         self._thread, self._stop = start_client_manager(grid, manager)
         init_workflow_state(grid, self.ctx)
 
@@ -578,8 +580,11 @@ class LegacyFederation:
             name = self.strategy.witnesses.site_of(node)
         return name
 
+    def _name_or_hint(self, node: int) -> str | None:
+        return self.known_name(node) or (self.name_hint(node) if self.name_hint else None)
+
     def _site_name(self, node: int) -> str:
-        return self.known_name(node) or (self.name_hint(node) if self.name_hint else None) or f"node {node}"
+        return self._name_or_hint(node) or f"node {node}"
 
     def close(self) -> None:
         self._stop.set()

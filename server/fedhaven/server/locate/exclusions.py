@@ -5,9 +5,9 @@ coordinator authenticates sites, else the one its replies gave) and by the node
 it answered from. A resumed run leaves out every node whose name is one of them
 or, while its name is not known yet, that is the very node it was located on
 (a deployed site keeps its node across a coordinator restart). A resumed
-simulation has new nodes whose names are learnt from their first reply, so
-until then a located simulated site can be sampled once more (the guard and the
-search stand as in any round).
+simulation has new nodes: `fl-sim` names them by partition before they answer
+(`fedhaven.server.latency.grid.PartitionNames`), so a located simulated site is
+left out from the resumed run's first round.
 
 Each exclusion keeps its evidence: the round, the guard's reason for rejecting
 that round's sum, and every re-masked group (by site names) with its verdict.
