@@ -53,7 +53,6 @@ def test_three_sites_train_through_the_nginx_front(observe):
                   "a 2-round DP + SecAgg+ run completes through nginx; unsigned calls 401 and oversized bodies 413 "
                   "at nginx, huge headers refused")
     fed = LoopbackFederation.in_temp(prefix="fedhaven-nginx-")
-    nginx = None
     try:
         fed.provision()
         public = free_port()
@@ -69,8 +68,7 @@ def test_three_sites_train_through_the_nginx_front(observe):
         check = subprocess.run([NGINX, "-t", "-p", str(root), "-c", str(root / "nginx.conf")], capture_output=True,
                                text=True, timeout=30)
         assert check.returncode == 0, check.stderr
-        nginx = subprocess.Popen([NGINX, "-p", str(root), "-c", str(root / "nginx.conf"), "-g", "daemon off;"],
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        fed.spawn("nginx", NGINX, "-p", str(root), "-c", str(root / "nginx.conf"), "-g", "daemon off;")
         fed.start()
         res = fed.run(run_toml(rounds=2), timeout=900)
         assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
@@ -97,11 +95,5 @@ def test_three_sites_train_through_the_nginx_front(observe):
         assert forged.status_code == 401 and "fedhaven" in forged.text  # the door behind nginx checks signatures
         assert huge.status_code in (400, 414, 431, 494)
     finally:
-        if nginx is not None and nginx.poll() is None:
-            nginx.terminate()
-            try:
-                nginx.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                nginx.kill()
         fed.stop()
         time.sleep(0.1)

@@ -196,7 +196,8 @@ path = "data"
         return site
 
     def spawn(self, name: str, *args: str) -> subprocess.Popen[bytes]:
-        """Start a long-running command, its output appended to `root/<name>.log`."""
+        """Start a long-running command (a fedhaven command by name, or any program by absolute path), its output
+        appended to `root/<name>.log`; `stop()` ends it."""
         with (self.root / f"{name}.log").open("a") as log:
             proc = subprocess.Popen([str(BIN / args[0]), *args[1:]], stdout=log, stderr=subprocess.STDOUT,
                                     env=command_env(self.env), cwd=self.root)
