@@ -126,6 +126,26 @@ def test_an_exploding_round_is_rejected_and_the_strategys_state_is_kept():
         assert all(np.array_equal(a, b) for a, b in zip(before[k], after[k], strict=True))
 
 
+def test_a_near_perfect_model_is_not_rejected_for_noise_in_a_near_zero_loss():
+    """A held-out loss of 0.0002 that becomes 0.0006 has tripled and is still perfect (a 3-site run on learnable
+    stripes failed this way: three such rounds in a row stopped it); more than `loss_slack` above it is rejected."""
+    loss = {"now": 0.0002}
+
+    def evaluator(weights):
+        return (loss["now"] if float(weights[0][0, 0]) <= START[0][0, 0] else loss["next"]), 1.0
+
+    s = _guarded(_run(robust={"loss_factor": 2.0, "loss_slack": 0.01}), evaluator)
+    up = [np.full_like(a, 0.01) for a in START]
+    # (current loss, new loss, rejected?): within the slack; just within; just past; a real loss doubled
+    for r, (now, after, rejected) in enumerate(((0.0002, 0.0006, False), (0.0002, 0.0102, False),
+                                               (0.0002, 0.0103, True), (0.5, 1.01, True)), start=1):
+        loss["now"], loss["next"] = now, after
+        s.global_weights = [a.copy() for a in START]  # each round starts from START, evaluated as "now"
+        params, _ = s.aggregate_fit(r, _aggregate(up, s.guard.rotation_seed(r)), [])
+        assert (params is None) is rejected and (s.guard.verdict.rejected is not None) is rejected, (now, after)
+    assert "held-out loss 1.01" in s.guard.verdict.rejected
+
+
 def test_robust_rules_are_flowers_and_a_round_with_too_few_acceptable_updates_is_rejected():
     plain = {"secagg": {"enabled": False}, "min_sites": 7}
     for name, cls in (("fedmedian", FedMedian), ("trimmedavg", FedTrimmedAvg), ("krum", Krum), ("multikrum", Krum),

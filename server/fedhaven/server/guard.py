@@ -124,7 +124,7 @@ class UpdateGuard:
         else:
             self.encoding = "rotated" if run.secagg.enabled and r.rotate else "delta"
         self._length = padded_length(self.num_params) if self.encoding == "rotated" else self.num_params
-        self.loss_factor = r.loss_factor
+        self.loss_factor, self.loss_slack = r.loss_factor, r.loss_slack
         self.max_rejected = r.max_rejected
         self.evaluator = evaluator
         self._seed = secrets.randbits(40)  # public per round; randomness only keeps rotations unrelated
@@ -251,7 +251,8 @@ class UpdateGuard:
 
     def check_result(self, *, new: Sequence[np.ndarray], global_weights: Sequence[np.ndarray]) -> bool:
         """Whether the round's new model may replace the global one: finite, and its held-out loss not past
-        `loss_factor` times the current model's. Rejects the round (reason recorded) when not."""
+        `loss_factor` times the current model's (nor, below `loss_slack` above it, counted as raised: a model
+        near a held-out loss of zero may triple it with noise alone). Rejects the round (reason recorded) when not."""
         bad = nonfinite(new)
         if bad:
             self.reject(f"the aggregated model has {bad}; the model of the previous round is kept")
@@ -261,10 +262,11 @@ class UpdateGuard:
         before, _ = self.evaluator(global_weights)
         after, _ = self.evaluator(new)
         self.verdict.loss_before, self.verdict.loss_after = before, after
-        if not math.isfinite(after) or (math.isfinite(before) and after > self.loss_factor * before):
+        limit = max(self.loss_factor * before, before + self.loss_slack)
+        if not math.isfinite(after) or (math.isfinite(before) and after > limit):
             self.reject(f"the aggregated model's held-out loss {after:.4g} is above robust.loss_factor = "
-                        f"{self.loss_factor:g} times the current model's {before:.4g}; the model of the previous "
-                        f"round is kept")
+                        f"{self.loss_factor:g} times the current model's {before:.4g} (and more than "
+                        f"robust.loss_slack = {self.loss_slack:g} above it); the model of the previous round is kept")
             return False
         return True
 

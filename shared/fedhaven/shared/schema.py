@@ -287,7 +287,8 @@ class RobustConfig:
     `coordinate_clip * bound / sqrt(length)`: an honest, flat update is left alone, while any site's contribution
     is bounded in L2 norm by about `coordinate_clip * bound`. The coordinator rejects a round whose aggregate is not
     finite, whose delta exceeds the bound, or whose held-out loss exceeds `loss_factor` times
-    the current model's, keeping the previous model; `max_rejected` rejected rounds in a row
+    the current model's and is more than `loss_slack` above it (two near-zero losses differ by
+    large factors from noise alone), keeping the previous model; `max_rejected` rejected rounds in a row
     stop the run with an error.
     """
 
@@ -298,6 +299,7 @@ class RobustConfig:
     coordinate_clip: float = field(default=2.0, metadata=bounds(ge=1))
     rotate: bool = True
     loss_factor: float = field(default=2.0, metadata=bounds(gt=1))
+    loss_slack: float = field(default=0.01, metadata=bounds(ge=0, le=10))  # nats a round may add to any loss
     max_rejected: int = field(default=3, metadata=bounds(ge=1))
     # under SecAgg+, a rejected sum starts a search for the bad site over re-masked subgroup sums of the same
     # updates (no training, no spend): groups of at least `locate_min_group` sites, no combination of the round's
