@@ -259,9 +259,9 @@ def targets(res: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
 
 def section(res: dict[str, Any]) -> list[str]:
     """BENCHMARKS.md's "Large images" section."""
-    def row(name: str, r: dict[str, Any]) -> str:
+    def row(name: str, r: dict[str, Any], images: int) -> str:
         train = r.get("steady_site_train_s")
-        per_image = f"{train / res['per_site'] * 1000:.2f} ms" if train else "n/a"
+        per_image = f"{train / images * 1000:.2f} ms" if train else "n/a"
         return (f"| {name} | {100 * r['accuracy']:.2f}% | {r['epsilon_max']:.3f} | {r['rounds']} | "
                 f"{r['first_round_s']:.0f} s | {r['steady_round_s']:.1f} s | {per_image} | "
                 f"{r['largest_process_mib']:.0f} MiB | {r['peak_rss_total_mib']:.0f} MiB |")
@@ -278,11 +278,13 @@ def section(res: dict[str, Any]) -> list[str]:
             if res.get("part_runs") else ""), "",
          "| run | accuracy | epsilon | rounds | first round | steady round | training per image | largest process "
          "| all processes |", "|---|---|---|---|---|---|---|---|---|"]
-    for key, name in (("default_224", "default model, 224x224 RGB"), ("default_28", "default model, same files at "
-                      "28x28"), ("lenet_224", "seed's LeNet, 224x224 RGB"),
-                      ("doubled_224", f"default model, 224x224, {2 * per_site:,} images per site")):
+    for key, name, images in (("default_224", "default model, 224x224 RGB", per_site),
+                              ("default_28", "default model, same files at 28x28", per_site),
+                              ("lenet_224", "seed's LeNet, 224x224 RGB", per_site),
+                              ("doubled_224", f"default model, 224x224, {2 * per_site:,} images per site",
+                               2 * per_site)):
         if res.get(key):
-            L.append(row(name, res[key]))
+            L.append(row(name, res[key], images))
     d, b = res.get("default_224") or {}, res.get("doubled_224") or {}
     if d and b:
         L += ["", f"Doubling the images per site ({per_site:,} -> {2 * per_site:,}, 2 rounds, fresh caches) moved "
