@@ -105,14 +105,11 @@ class SiteTrainer:
     def physical_batch(self, trainable: torch.nn.Module, inputs: ImageData | FeatureData, *, expected: int,
                        ghost: bool) -> int:
         """The most examples one forward/backward pass may take within this site's memory limit."""
-        from fedhaven.shared.memory import PHYSICAL_BATCH_CAP, MemoryBudget, train_example_bytes
+        from fedhaven.shared.memory import MemoryBudget, physical_batch_cap, train_example_bytes
 
         row = inputs.images.row_shape if isinstance(inputs, ImageData) else inputs.features.row_shape
         per = train_example_bytes(trainable, row_shape=row, ghost=ghost)
-        # a Poisson batch exceeds its expected size by a few standard deviations at most; a fixed cap above that,
-        # so that a larger site's larger batch takes more passes, not more memory
-        poisson = expected + 4 * int(expected**0.5) + 8
-        return MemoryBudget(self.site.info.memory_mb).rows(per_row_bytes=per, cap=min(PHYSICAL_BATCH_CAP, poisson))
+        return MemoryBudget(self.site.info.memory_mb).rows(per_row_bytes=per, cap=physical_batch_cap(expected))
 
     def _model_for(self, task: TaskSpec) -> torch.nn.Module:
         key = (task.model, task.input)

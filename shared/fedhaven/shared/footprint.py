@@ -12,12 +12,12 @@ from pathlib import Path
 from fedhaven.shared.data import ImageData
 from fedhaven.shared.memory import (
     MB,
-    PHYSICAL_BATCH_CAP,
     SAFETY,
     MemoryBudget,
     available_mb,
     eval_example_bytes,
     front_image_bytes,
+    physical_batch_cap,
     rss_mb,
     train_example_bytes,
 )
@@ -83,7 +83,7 @@ def footprint(*, model_cfg: ModelConfig, spec: InputSpec, images: int, memory_mb
     fits = budget.working_bytes() // per
     return Footprint(images=images, image_shape=shape, memory_mb=memory_mb, held_mb=rss_mb(),
                      image_bytes=images * math.prod(shape), feature_bytes=feature_bytes, train_example_bytes=per,
-                     front_chunk=chunk, physical_batch=int(min(fits, expected_batch, PHYSICAL_BATCH_CAP)),
+                     front_chunk=chunk, physical_batch=int(min(fits, physical_batch_cap(expected_batch))),
                      eval_batch=budget.rows(per_row_bytes=eval_example_bytes(head, row_shape=row), cap=2048))
 
 

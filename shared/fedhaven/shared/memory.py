@@ -20,6 +20,12 @@ FRONT_WORK_FACTOR = 64
 PHYSICAL_BATCH_CAP = 256
 
 
+def physical_batch_cap(expected: int) -> int:
+    """The most examples one DP-SGD pass of a Poisson batch of `expected` examples takes: the batch's size a few
+    standard deviations above `expected`, at most `PHYSICAL_BATCH_CAP`. Training and `check` both size from it."""
+    return min(PHYSICAL_BATCH_CAP, expected + 4 * math.isqrt(max(0, expected)) + 8)
+
+
 def _status_kb(field: str, path: str = "/proc/self/status") -> int | None:
     try:
         with open(path) as fh:
