@@ -76,3 +76,30 @@ def test_attributions_reach_the_raw_image_through_the_fixed_scattering_front():
     x = torch.nn.functional.interpolate(x, size=(28, 28))
     maps = attributions(model=model, inputs=x, targets=torch.tensor([0, 1]), steps=4)
     assert maps.shape == (2, 28, 28) and torch.isfinite(maps).all() and (maps.sum((1, 2)) > 0).all()
+
+
+def test_attributions_in_smaller_passes_are_the_same_maps():
+    torch.manual_seed(0)
+    model = _trained(_marked(64, 0))
+    x = _marked(3, 4).inputs(slice(None))
+    targets = torch.tensor([0, 1, 0])
+    whole = attributions(model=model, inputs=x, targets=targets, steps=12)
+    for per_pass in (1, 5):
+        assert torch.allclose(attributions(model=model, inputs=x, targets=targets, steps=12, steps_per_pass=per_pass),
+                              whole, rtol=1e-4, atol=1e-6)
+
+
+def test_the_attribution_pass_follows_the_memory_limit():
+    from fedhaven.shared.explain import IG_STEPS, attribution_pass, attribution_step_bytes
+    from fedhaven.shared.memory import MB, rss_mb
+    from fedhaven.shared.models import InputSpec, build_model
+    from fedhaven.shared.schema import ModelConfig
+
+    model = build_model(cfg=ModelConfig(), spec=InputSpec(3, 224, 10), seed=0, dp=False)
+    step = attribution_step_bytes(model, image_shape=(3, 224, 224))
+    assert step > 3 * 224 * 224 * 4  # at least the image as floats, with its gradient and the front's work
+    assert attribution_pass(model, image_shape=(3, 224, 224), memory_mb=None) == IG_STEPS
+    held = int(rss_mb())
+    # room for about four steps (the budget halves what is left for safety), and for none at all
+    assert attribution_pass(model, image_shape=(3, 224, 224), memory_mb=held + 8 * step // MB + 1) in (3, 4, 5)
+    assert attribution_pass(model, image_shape=(3, 224, 224), memory_mb=held // 2) == 1

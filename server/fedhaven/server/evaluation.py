@@ -26,6 +26,7 @@ class CentralEvaluator:
     def __init__(self, *, run: RunConfig, data: ImageData, device: str, cache_dir: Path | None = None) -> None:
         self.data = data
         self.device = device
+        self.memory_mb = run.memory_mb
         self.model = build_model(cfg=run.model, spec=data.spec, dp=False)
         _, self._head = split_front(self.model)
         # A fixed front end (e.g. scattering) runs once on the test set, a chunk at a time, not at every evaluation.
@@ -48,7 +49,7 @@ class CentralEvaluator:
         state_dict_from_weights(self.model, weights)
         try:
             out = explain_model(model=self.model, data=self.data, out_dir=out_dir, device=self.device,
-                                batch_size=self._batch, predict=(self._head, self._inputs))
+                                batch_size=self._batch, predict=(self._head, self._inputs), memory_mb=self.memory_mb)
         except (RuntimeError, ValueError, OSError, ImportError) as exc:
             log.warning("explanations  not written (%s: %s); the model and its privacy report are", type(exc).__name__,
                         exc)

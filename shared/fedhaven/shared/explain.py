@@ -5,7 +5,8 @@ how far its confidence can be trusted. Plain torch and Captum; no site data and 
 size) for the confusion matrix, per-class accuracy and a reliability diagram with
 its expected calibration error (ECE), keeping only the indices of a capped number
 of examples per class (the most confident right and wrong predictions), then
-computes Captum's integrated gradients for those few examples, one at a time,
+computes Captum's integrated gradients for those few examples, one at a time
+(as many path steps per pass as the process's memory limit leaves room for),
 and writes RUN_DIR/explain/: PNG figures and explain.json summarising them all.
 """
 
@@ -33,10 +34,38 @@ PRIVACY_NOTE = ("Computed by the coordinator on its own held-out test set after 
                 "and no site spends privacy budget on it.")
 
 
+def attribution_step_bytes(model: nn.Module, *, image_shape: tuple[int, ...]) -> int:
+    """An upper estimate of one integrated-gradients path step's memory on one image, in bytes: the gradient flows
+    back to the image, so a fixed front end's working memory counts twice (forward and backward) beside its head's
+    training memory."""
+    from fedhaven.shared.memory import front_image_bytes, train_example_bytes
+    from fedhaven.shared.models import split_front
+
+    front, head = split_front(model)
+    if front is None:
+        return train_example_bytes(model, row_shape=image_shape, ghost=True)
+    with torch.no_grad():
+        row = tuple(front.eval()(torch.zeros(1, *image_shape)).shape[1:])
+    return 2 * front_image_bytes(front, image_shape=image_shape) + train_example_bytes(head, row_shape=row, ghost=True)
+
+
+def attribution_pass(model: nn.Module, *, image_shape: tuple[int, ...], memory_mb: int | None,
+                     steps: int = IG_STEPS) -> int:
+    """Path steps per forward/backward pass: all `steps` without a limit, else as many as `memory_mb` leaves room
+    for (at least one). On a 224x224 RGB image the default model's step takes about 26 MB (BENCHMARKS.md)."""
+    if memory_mb is None:
+        return steps
+    from fedhaven.shared.memory import MemoryBudget
+
+    return MemoryBudget(memory_mb).rows(per_row_bytes=attribution_step_bytes(model, image_shape=image_shape),
+                                        cap=steps)
+
+
 def attributions(*, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, steps: int = IG_STEPS,
-                 device: str = "cpu") -> torch.Tensor:
+                 device: str = "cpu", steps_per_pass: int | None = None) -> torch.Tensor:
     """Captum's integrated gradients of each target logit with respect to the input, one example at a time; the
-    absolute attribution summed over channels, (N, H, W).
+    absolute attribution summed over channels, (N, H, W). `steps_per_pass` (default: all) bounds the memory: Captum
+    runs the path's steps that many at a time, with the same result.
 
     Two baselines, a black (-1) and a white (+1) image, averaged: from one baseline alone, pixels that already
     look like it (a dark mark against a black baseline) get almost no attribution however much the model uses them.
@@ -51,7 +80,7 @@ def attributions(*, model: nn.Module, inputs: torch.Tensor, targets: torch.Tenso
         for level in (-1.0, 1.0):
             x1 = x[None].to(device).requires_grad_(True)
             a = ig.attribute(x1, baselines=torch.full_like(x1, level), target=int(t), n_steps=steps,
-                             internal_batch_size=steps)
+                             internal_batch_size=max(1, min(steps, steps_per_pass or steps)))
             total += a.detach().abs().sum(1)[0].cpu() / 2
         out.append(total)
     return torch.stack(out) if out else torch.zeros((0, *inputs.shape[2:]))
@@ -105,11 +134,13 @@ class _Tally:
 
 def explain_model(*, model: nn.Module, data: ImageData, out_dir: Path, device: str = "cpu", batch_size: int = 256,
                   predict: tuple[nn.Module, ImageData | FeatureData] | None = None, per_class: int = PER_CLASS,
-                  max_examples: int = MAX_EXAMPLES, steps: int = IG_STEPS) -> dict[str, Any]:
+                  max_examples: int = MAX_EXAMPLES, steps: int = IG_STEPS,
+                  memory_mb: int | None = None) -> dict[str, Any]:
     """Write `out_dir` (RUN_DIR/explain) for `model` on the test images `data`; return explain.json's content.
 
     `predict`: a cheaper (module, inputs) pair giving the same logits in the same order (a fixed front end's
-    cached features and the head); attributions always run the whole model on the images.
+    cached features and the head); attributions always run the whole model on the images. `memory_mb`: the
+    process's limit, which sizes the attributions' passes (`attribution_pass`).
     """
     k = len(data.classes)
     if len(data) == 0:
@@ -130,8 +161,10 @@ def explain_model(*, model: nn.Module, data: ImageData, out_dir: Path, device: s
     if picks:
         idx = torch.tensor([p[3] for p in picks])
         images = data.images[idx]
+        per_pass = attribution_pass(model, image_shape=tuple(data.images.row_shape), memory_mb=memory_mb,
+                                    steps=steps)
         maps = attributions(model=model, inputs=data.inputs(idx), targets=torch.tensor([p[4] for p in picks]),
-                            steps=steps, device=device)
+                            steps=steps, device=device, steps_per_pass=per_pass)
         for cls in sorted({p[0] for p in picks}):
             rows = [i for i, p in enumerate(picks) if p[0] == cls]
             name = f"attributions-class-{cls}.png"
