@@ -42,10 +42,12 @@ def _run(name: str, overrides: list[str], work: Path, log: Callable[[str], None]
     """One simulation in a fresh process, as `fl-sim` would run it: what earlier runs left in this process (its
     allocator's pages, Ray's driver state) must not count as the next run's memory."""
     import multiprocessing
+    import shutil
     from concurrent.futures import ProcessPoolExecutor
 
     log(f"large images: {name} ...")
-    out = work / f"out-{name}"  # each run its own cache: every run decodes and prepares its own data
+    out = work / f"out-{name}"  # each run its own cache, emptied: every run decodes and prepares its own data
+    shutil.rmtree(out, ignore_errors=True)  # (an interrupted earlier run's cache would skip that work)
     with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
                              initializer=_child) as pool:
         res = pool.submit(simulate, overrides=[*overrides, f"output_dir={out}", f"name={name}"],
