@@ -42,6 +42,15 @@ def test_the_fingerprint_follows_everything_the_check_depends_on(tmp_path, monke
     assert fingerprint(_run(tmp_path)) != base  # another Opacus validates differently
 
 
+def test_the_memory_check_is_redone_for_another_limit_or_more_sites(tmp_path):
+    """The memory check reads memory_mb, SecAgg+ and how many sites a round gathers: any of them changed is
+    checked again (a limit lowered after a passed check was not)."""
+    base = fingerprint(_run(tmp_path), sites=3)
+    lower = parse(RunConfig, {"data": {"source": "digits"}, "memory_mb": 1024}, source="t")
+    assert fingerprint(lower, sites=3) != base
+    assert fingerprint(_run(tmp_path), sites=30) != base
+
+
 def test_a_changed_test_file_changes_the_fingerprint(tmp_path):
     root = _idx_folder(tmp_path)
     run = _run(tmp_path, source="idx", path=str(root))
@@ -79,7 +88,8 @@ def _write(tmp_path: Path, text: str) -> Path:
 def test_fl_server_run_checks_once_then_only_when_something_changed(tmp_path, monkeypatch):
     calls = []
     real = run_cli._model_and_data_problems
-    monkeypatch.setattr(run_cli, "_model_and_data_problems", lambda run: calls.append(run) or real(run))
+    monkeypatch.setattr(run_cli, "_model_and_data_problems",
+                        lambda run, sites: calls.append(run) or real(run, sites=sites))
     root = _idx_folder(tmp_path)
     path = _write(tmp_path, f'[data]\nsource = "idx"\npath = "{root}"\n[secagg]\nenabled = false\n')
     rec = CheckedRuns(tmp_path / "checked.json")

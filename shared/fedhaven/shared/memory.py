@@ -20,6 +20,25 @@ FRONT_WORK_FACTOR = 64
 PHYSICAL_BATCH_CAP = 256
 
 
+#: Copies of a model's parameters a training process holds beside its examples' memory: the weights, their gradient,
+#: the optimiser's momentum, Opacus' summed and noised gradient, and the update being sent.
+TRAIN_MODEL_COPIES = 6
+#: Wire-sized copies of each site's update a coordinator holds while a round aggregates. Flower's aggregation
+#: gathers every reply of the round before it sums them (each reply's bytes and their decoded arrays; the
+#: SuperLink keeps the replies too); in a simulation each reply also passes through Ray's object store, whose
+#: shared pages count in the driver's resident memory. The simulated figure is from the 224px LeNet benchmark run
+#: (BENCHMARKS.md, "Large images"): its driver's peak was 5.0 copies above what it held before round 1, which was
+#: 460 MB more than `check` holds (1.1 copies there); rounded up, so that the limit `check` names was above that
+#: run's peak. The deployed figure is not measured: the simulated one without the object store's share.
+COORDINATOR_UPDATE_COPIES = 4
+SIMULATED_UPDATE_COPIES = 7
+
+
+def update_wire_bytes(parameters: int, *, secagg: bool) -> int:
+    """Bytes one site's update takes as sent: SecAgg+ sends int64 masked integers, a plain update float32."""
+    return parameters * (8 if secagg else 4)
+
+
 def physical_batch_cap(expected: int) -> int:
     """The most examples one DP-SGD pass of a Poisson batch of `expected` examples takes: the batch's size a few
     standard deviations above `expected`, at most `PHYSICAL_BATCH_CAP`. Training and `check` both size from it."""

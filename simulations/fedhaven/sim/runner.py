@@ -110,7 +110,8 @@ def resource_needs(exp: ExperimentConfig, sizes: list[int], test: ImageData) -> 
     batch = expected_batch(site_size=median) if exp.train.batch_size == "auto" else int(exp.train.batch_size)
     site = footprint(model_cfg=exp.model, spec=test.spec, images=median, memory_mb=exp.simulation.memory_mb,
                      dp=exp.dp, expected_batch=batch)
-    coord = data_footprint(model_cfg=exp.model, data=test, memory_mb=exp.memory_mb, dp=exp.dp)
+    coord = data_footprint(model_cfg=exp.model, data=test, memory_mb=exp.memory_mb, dp=exp.dp,
+                           round_sites=sites_per_round(exp), secagg=exp.secagg.enabled, simulated=True)
     needs = ["a site (median)  " + "\n                 ".join(site.describe()),
              "coordinator      " + "\n                 ".join(coord.describe())]
     problems = site.memory_problems(setting="simulation.memory_mb") + coord.memory_problems(setting="memory_mb")

@@ -63,12 +63,12 @@ def load_run_config(*, path: Path, overrides: list[str], rounds: int | None, out
     if run.secagg.enabled and run.known_max_weight() is None:
         problems.append("secagg.max_weight: set it to at least the largest site's number of training examples "
                         "(a deployed coordinator cannot see site sizes before training)")
-    key = fingerprint(run) if checked is not None else ""
+    key = fingerprint(run, sites=sites) if checked is not None else ""
     if checked is not None and checked.passed(key):
         log.info("model and test set: passed this check before with the same settings, files and versions "
                  "(%s); the ServerApp checks them again", checked.path)
     else:
-        problems += _model_and_data_problems(run)
+        problems += _model_and_data_problems(run, sites=max(sites, run.min_sites))
     if problems:
         raise ConfigError(problems, source=str(path))
     if checked is not None:
@@ -76,7 +76,7 @@ def load_run_config(*, path: Path, overrides: list[str], rounds: int | None, out
     return run
 
 
-def _model_and_data_problems(run: RunConfig) -> list[str]:
+def _model_and_data_problems(run: RunConfig, *, sites: int) -> list[str]:
     """The test set loads (decoded into the coordinator's cache), the model takes its images, and evaluating it
     fits the run's memory_mb and the cache's disk."""
     from fedhaven.shared.features import features_cached
@@ -91,7 +91,9 @@ def _model_and_data_problems(run: RunConfig) -> list[str]:
         return [f"data: the coordinator's held-out test set does not load: {exc}"]
     if problems:
         return problems
-    need = data_footprint(model_cfg=run.model, data=test, memory_mb=run.memory_mb, dp=run.dp)
+    round_sites = min(sites, max(int(sites * run.strategy.fraction_fit), run.min_sites))
+    need = data_footprint(model_cfg=run.model, data=test, memory_mb=run.memory_mb, dp=run.dp, round_sites=round_sites,
+                          secagg=run.secagg.enabled)
     for line in need.describe():
         log.info("test set: %s", line)
     problems = need.memory_problems(setting="memory_mb") + machine_problems(need_mb=run.memory_mb,

@@ -33,8 +33,8 @@ KEEP = 64
 _VERSIONED = ("fedhaven", "torch", "torchvision", "opacus", "numpy", "scikit-learn", "pillow")
 
 
-def fingerprint(run: RunConfig) -> str:
-    """Everything the model and test-set check of `run` depends on, hashed."""
+def fingerprint(run: RunConfig, *, sites: int = 0) -> str:
+    """Everything the model, test-set and memory check of `run` for `sites` registered sites depends on, hashed."""
     versions: dict[str, str | None] = {}
     for name in _VERSIONED:
         try:
@@ -46,7 +46,8 @@ def fingerprint(run: RunConfig) -> str:
     code = _stamp(Path(shared_pkg.__file__).parent, suffix=".py")  # the model and data code itself (an editable
     # install, or a release whose version was not bumped, still changes it)
     what = {"model": to_dict(run.model), "data": to_dict(run.data), "dp": run.dp.enabled, "versions": versions,
-            "code": code, "test_root": str(root) if root is not None else None, "files": files}
+            "code": code, "test_root": str(root) if root is not None else None, "files": files,
+            "memory": [run.memory_mb, run.secagg.enabled, run.strategy.fraction_fit, run.min_sites, sites]}
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()
 
 
