@@ -42,6 +42,15 @@ def test_the_section_reports_the_one_site_measure(double_peak, met):
     assert "300 images" in text and "600 images" in text and f"{double_peak / 1000:.3f}x" in text
 
 
+def test_training_per_image_divides_the_rounds_summed_training_by_every_sites_images():
+    """A round's `site_train_time_s` is summed over its sites: per image it is divided by all their images."""
+    run = {"sites": 10, "accuracy": 0.9, "epsilon_max": 3.0, "rounds": 40, "first_round_s": 20.0,
+           "steady_round_s": 6.0, "steady_site_train_s": 8.0, "largest_process_mib": 1700.0,
+           "peak_rss_total_mib": 4700.0}
+    text = "\n".join(large_images.section({"sites": 10, "per_site": 2000, "test": 2000, "default_224": run}))
+    assert "| 0.400 ms |" in text  # 8 s over 10 sites x 2,000 images, not over one site's 2,000 (4 ms)
+
+
 def test_peak_memory_counts_the_cache_folders_pages(tmp_path):
     from fedhaven.sim.bench.machine import PeakMemory
 

@@ -269,8 +269,8 @@ def targets(res: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
 def section(res: dict[str, Any]) -> list[str]:
     """BENCHMARKS.md's "Large images" section."""
     def row(name: str, r: dict[str, Any], images: int) -> str:
-        train = r.get("steady_site_train_s")
-        per_image = f"{train / images * 1000:.2f} ms" if train else "n/a"
+        train = r.get("steady_site_train_s")  # a round's training loops summed over its sites
+        per_image = f"{train / (images * (r.get('sites') or res['sites'])) * 1000:.3f} ms" if train else "n/a"
         return (f"| {name} | {100 * r['accuracy']:.2f}% | {r['epsilon_max']:.3f} | {r['rounds']} | "
                 f"{r['first_round_s']:.0f} s | {r['steady_round_s']:.1f} s | {per_image} | "
                 f"{r['largest_process_mib']:.0f} MiB | {r['peak_rss_total_mib']:.0f} MiB |")
@@ -281,8 +281,9 @@ def section(res: dict[str, Any]) -> list[str]:
          "(`python -m fedhaven.sim.imagesets mnist`). Every run decodes its images and computes its features from "
          "scratch (its own cache folder). Memory is each process's peak resident memory (VmHWM: file pages it mapped "
          "included), sampled every 0.5 s over the simulation's whole process tree (driver with the coordinator, Ray's "
-         "processes and workers); \"all\" is the largest sum of resident memory over the tree at one sample. A site "
-         "round's training time per image is the median site's DP-SGD time in a steady round over its images."
+         "processes and workers); \"all\" is the largest sum of resident memory over the tree at one sample. "
+         "Training per image is a steady round's DP-SGD time summed over its sites (the median over steady rounds), "
+         "divided by the images the sites trained on."
          + (" Parts were run at: " + "; ".join(f"{k} {v}" for k, v in res["part_runs"].items()) + "."
             if res.get("part_runs") else ""), "",
          "| run | accuracy | epsilon | rounds | first round | steady round | training per image | largest process "
