@@ -183,9 +183,8 @@ def open_image(path: str | Path) -> Image.Image:
     """One image file, loaded into memory. The file is read once, so its pages leave the page cache after (a site's
     image files would otherwise stay cached, as many as it has). Raises what PIL raises (`PIL_REFUSALS`)."""
     with open(path, "rb") as fh:
-        with Image.open(fh) as im:
-            im.load()
-            img = im.copy()
+        img = Image.open(fh)
+        img.load()  # the pixels are in memory now: usable once the file is closed, without a copy
         drop_cached(fh.fileno())
     return img
 
