@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import time
 from pathlib import Path
 
 import httpx
@@ -26,15 +25,8 @@ def _site_size(site_dir: Path) -> int:
     return len(load_idx(site_dir / "data", split="train").labels)
 
 
-def _executor(site_dir: Path, *, wait: float = 180.0) -> dict:
-    """The site executor's stats file. The executor is its own process, started beside the SuperNode: a site is
-    online once its SuperNode connects, and on a loaded machine its executor may still be importing torch then
-    (a clean-clone `make test` read the file before it existed)."""
-    path = site_dir / "state" / "executor.json"
-    deadline = time.monotonic() + wait
-    while not path.exists() and time.monotonic() < deadline:
-        time.sleep(0.5)
-    return json.loads(path.read_text())
+def _executor(site_dir: Path) -> dict:
+    return json.loads((site_dir / "state" / "executor.json").read_text())
 
 
 def test_two_rounds_of_dp_secagg_training_over_tls(federation):

@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from fedhaven.shared.files import read_json_object
+from fedhaven.shared.process import pid_alive
 from fedhaven.shared.runtime import HARDENED_ENV
 
 BIN = Path(sys.executable).parent
@@ -218,13 +220,15 @@ path = "data"
         return self.spawn(name, "fl-client", "start", "--config", str(self.site_dirs[name] / "site.toml"))
 
     def start(self, *, online_timeout: float = 90) -> LoopbackFederation:
-        """Provision (once), start the coordinator and every site, and wait until all sites are online."""
+        """Provision (once), start the coordinator and every site, and wait until all sites are online and each
+        site's executor is up."""
         if not self.state.exists():
             self.provision()
         self.start_coordinator()
         for name in self.site_names:
             self.start_site(name)
         self.wait_online(len(self.site_names), timeout=online_timeout)
+        self.wait_executors(timeout=online_timeout)
         return self
 
     # ----- observing -----
@@ -275,6 +279,18 @@ path = "data"
                 res = self.status()
                 raise RuntimeError(f"{n} sites did not come online:\n{res.stdout}{res.stderr}")
             time.sleep(1)
+
+    def wait_executors(self, *, timeout: float = 90) -> None:
+        """Block until every site's executor has written its stats file (`executor.json`, from its constructor)
+        with a live pid. A site counts as online once its SuperNode connects; its executor is a process of its own,
+        which on a loaded machine may still be importing torch then."""
+        deadline = time.monotonic() + timeout
+        for name in self.site_names:
+            path = self.site_dirs[name] / "state" / "executor.json"
+            while not isinstance(pid := read_json_object(path).get("pid"), int) or not pid_alive(pid):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"site {name}'s executor did not start:\n{self.log(name)[-3000:]}")
+                time.sleep(0.2)
 
     def wait_for_log(self, name: str, text: str, *, count: int = 1, timeout: float = 300) -> None:
         """Block until `text` appears `count` times in a process's log (e.g. a site's executor task lines)."""
