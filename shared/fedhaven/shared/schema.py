@@ -244,6 +244,11 @@ class StrategyConfig:
     def robust(self) -> bool:
         return self.name in ROBUST_STRATEGIES
 
+    def sites_per_round(self, *, sites: int, min_sites: int) -> int:
+        """How many of `sites` available sites Flower's strategies sample each round (`fraction_fit` of them, at
+        least `min_sites`, its `min_fit_clients`)."""
+        return min(sites, max(int(sites * self.fraction_fit), min_sites))
+
     def fewest_sites(self) -> int:
         """Sites per round the rule needs to tolerate `malicious_sites` (Blanchard et al. 2017,
         El Mhamdi et al. 2018)."""

@@ -51,7 +51,7 @@ def resolve_max_weight(exp: ExperimentConfig, sizes: list[int]) -> float:
 
 def sites_per_round(exp: ExperimentConfig) -> int:
     """How many sites Flower's strategies sample each round."""
-    return min(exp.sites, max(int(exp.sites * exp.strategy.fraction_fit), exp.min_sites))
+    return exp.strategy.sites_per_round(sites=exp.sites, min_sites=exp.min_sites)
 
 
 #: Ray's own processes on the head node (GCS, raylet, dashboard and runtime-env agents), in MB: see BENCHMARKS.md.

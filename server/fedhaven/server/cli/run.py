@@ -91,8 +91,8 @@ def _model_and_data_problems(run: RunConfig, *, sites: int) -> list[str]:
         return [f"data: the coordinator's held-out test set does not load: {exc}"]
     if problems:
         return problems
-    round_sites = min(sites, max(int(sites * run.strategy.fraction_fit), run.min_sites))
-    need = data_footprint(model_cfg=run.model, data=test, memory_mb=run.memory_mb, dp=run.dp, round_sites=round_sites,
+    need = data_footprint(model_cfg=run.model, data=test, memory_mb=run.memory_mb, dp=run.dp,
+                          round_sites=run.strategy.sites_per_round(sites=sites, min_sites=run.min_sites),
                           secagg=run.secagg.enabled)
     for line in need.describe():
         log.info("test set: %s", line)
